@@ -1,0 +1,501 @@
+"""The recipe: typed, strict, and explained when wrong.
+
+`load_recipe` returns a validated `Recipe` or raises `RecipeError` listing every
+problem with its key path, YAML line and a fix. Imports no ML framework.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from toolchain.errors import Problem, RecipeError
+
+NAME_RE = r"^[a-z0-9][a-z0-9_-]*$"
+DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool", "uint8")
+TENSOR_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_.:-]*$"
+
+
+class Strict(BaseModel):
+    """Base for every recipe section: unknown keys are errors with a hint."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            known = set(cls.model_fields)
+            known |= {f.alias for f in cls.model_fields.values() if f.alias}
+            for key in data:
+                if key not in known:
+                    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+                    hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(known))}"
+                    raise PydanticCustomError(
+                        "unknown_key",
+                        "unknown key '{key}'; {hint}",
+                        {"key": str(key), "hint": hint},
+                    )
+        return data
+
+
+class Source(Strict):
+    framework: Literal["pytorch", "tensorflow"]
+    factory: str | None = Field(None, description="file.py:callable, relative to the recipe")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    exported: str | None = Field(None, description="torch.export.save() .pt2 file")
+    savedmodel: str | None = None
+    keras: str | None = None
+    weights: str | None = Field(None, description=".safetensors or a state_dict .pt/.pth")
+    signature: str | None = Field(None, description="SavedModel signature (default serving_default)")
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_form(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*", v):
+            raise PydanticCustomError(
+                "factory_form", "'{v}' is not of the form path/to/file.py:callable", {"v": v}
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Source:
+        given = [k for k in ("factory", "exported", "savedmodel", "keras") if getattr(self, k)]
+        if len(given) != 1:
+            raise PydanticCustomError(
+                "source_count",
+                "give exactly one of factory, exported, savedmodel, keras (got {got})",
+                {"got": ", ".join(given) or "none"},
+            )
+        allowed = {"pytorch": {"factory", "exported"}, "tensorflow": {"factory", "savedmodel", "keras"}}
+        if given[0] not in allowed[self.framework]:
+            raise PydanticCustomError(
+                "source_framework",
+                "'{kind}' is not a {fw} source; {fw} takes {ok}",
+                {"kind": given[0], "fw": self.framework, "ok": " or ".join(sorted(allowed[self.framework]))},
+            )
+        if self.weights and not (self.framework == "pytorch" and self.factory):
+            raise PydanticCustomError("weights_needs_factory", "weights are loaded into a pytorch factory's module; use them with source.factory", {})
+        if self.kwargs and not self.factory:
+            raise PydanticCustomError("kwargs_needs_factory", "kwargs are passed to source.factory; there is no factory", {})
+        return self
+
+
+class InputSpec(Strict):
+    name: Annotated[str, Field(pattern=TENSOR_NAME_RE)]
+    dtype: Literal["float32", "float16", "bfloat16", "int64", "int32", "bool", "uint8"]
+    shape: list[Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]]
+    range: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _range_order(self) -> InputSpec:
+        if self.range is not None and not self.range[0] < self.range[1]:
+            raise PydanticCustomError("range_order", "range [low, high] needs low < high", {})
+        return self
+
+
+class DimSpec(Strict):
+    min: Annotated[int, Field(ge=1)]
+    opt: Annotated[int, Field(ge=1)] | None = None
+    max: Annotated[int, Field(ge=1)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DimSpec:
+        if self.opt is None:
+            self.opt = self.min
+        if not self.min <= self.opt <= self.max:
+            raise PydanticCustomError(
+                "dim_order", "needs min <= opt <= max (got {a}, {b}, {c})", {"a": self.min, "b": self.opt, "c": self.max}
+            )
+        return self
+
+
+class DataSpec(Strict):
+    path: str
+
+
+class TargetBase(Strict):
+    name: Annotated[str, Field(pattern=NAME_RE)] | None = None
+    timeout: Annotated[float, Field(gt=0)] = 1800
+    # Only matters when the target cannot run on this machine (no GPU, no
+    # TensorRT): required targets then fail the build instead of being skipped.
+    required: bool = False
+
+    @property
+    def target_name(self) -> str:
+        return self.name or self.kind  # type: ignore[attr-defined]
+
+
+class OnnxTarget(TargetBase):
+    kind: Literal["onnx"]
+    opset: Annotated[int, Field(ge=7, le=23)] = 18
+    quantize: Literal["int8", "int8-dynamic", "fp16"] | None = None
+    calibration: Literal["minmax", "entropy", "percentile"] | None = None
+    fallback: Literal["off", "auto"] = "off"
+    optimize: bool = False
+    device: Literal["cpu", "cuda"] = "cpu"
+
+    @model_validator(mode="after")
+    def _calibration_int8(self) -> OnnxTarget:
+        if self.calibration and self.quantize != "int8":
+            raise PydanticCustomError("calibration_int8", "calibration applies to quantize: int8 only", {})
+        return self
+
+
+class AotiTarget(TargetBase):
+    kind: Literal["aoti"]
+    device: Literal["cpu", "cuda"] = "cpu"
+
+
+class XlaTarget(TargetBase):
+    kind: Literal["xla"]
+
+
+class SavedModelTarget(TargetBase):
+    kind: Literal["savedmodel"]
+
+
+class TensorRTTarget(TargetBase):
+    kind: Literal["tensorrt"]
+    precision: Literal["fp32", "fp16", "int8"] = "fp16"
+
+
+Target = Annotated[
+    Union[OnnxTarget, AotiTarget, XlaTarget, SavedModelTarget, TensorRTTarget],
+    Field(discriminator="kind"),
+]
+TARGET_KINDS = ("onnx", "aoti", "xla", "savedmodel", "tensorrt")
+FRAMEWORK_KINDS = {"pytorch": {"onnx", "aoti", "tensorrt"}, "tensorflow": {"onnx", "xla", "savedmodel", "tensorrt"}}
+
+
+class Tolerance(Strict):
+    atol: Annotated[float, Field(ge=0)] | None = None
+    rtol: Annotated[float, Field(ge=0)] | None = None
+    cosine: Annotated[float, Field(ge=-1, le=1)] | None = None
+    top1: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
+class Parity(Strict):
+    samples: Annotated[int, Field(ge=1, le=10000)] = 16
+    seed: int = 0
+    default: Tolerance = Field(default_factory=lambda: Tolerance(atol=1e-4, rtol=1e-3))
+    per_target: dict[str, Tolerance] = Field(default_factory=dict)
+
+    def tolerance_for(self, target: str) -> Tolerance:
+        """Default tolerance with the target's overrides applied key by key."""
+        base = self.default.model_dump()
+        base.setdefault("atol", 1e-4)
+        base["atol"] = 1e-4 if base["atol"] is None else base["atol"]
+        base["rtol"] = 1e-3 if base["rtol"] is None else base["rtol"]
+        over = self.per_target.get(target)
+        if over:
+            base.update({k: v for k, v in over.model_dump().items() if v is not None})
+        return Tolerance(**base)
+
+
+class DynamicBatching(Strict):
+    preferred_batch_size: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    max_queue_delay_microseconds: Annotated[int, Field(ge=0)] = 0
+
+
+class InstanceGroup(Strict):
+    count: Annotated[int, Field(ge=1)] = 1
+    kind: Literal["auto", "cpu", "gpu"] = "auto"
+
+
+class SpecificVersions(Strict):
+    specific: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+
+
+VersionPolicy = Union[Literal["latest", "all"], SpecificVersions]
+
+
+class TritonServe(Strict):
+    max_batch_size: Annotated[int, Field(ge=0)] = 0
+    dynamic_batching: DynamicBatching | None = None
+    instance_group: InstanceGroup = Field(default_factory=InstanceGroup)
+    targets: list[str] = Field(default_factory=list)
+    backend: Literal["native", "python"] = "native"
+    version_policy: VersionPolicy = "latest"
+
+
+class TFServingServe(Strict):
+    targets: list[str] = Field(default_factory=list)
+    version_policy: VersionPolicy = "latest"
+
+
+class Serve(Strict):
+    triton: TritonServe | None = None
+    tfserving: TFServingServe | None = None
+
+
+class Recipe(Strict):
+    name: Annotated[str, Field(pattern=NAME_RE, max_length=64)]
+    version: Annotated[int, Field(ge=1)] = 1
+    source: Source
+    inputs: list[InputSpec] = Field(min_length=1)
+    outputs: list[Annotated[str, Field(pattern=TENSOR_NAME_RE)]] | None = None
+    dims: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], DimSpec] = Field(default_factory=dict)
+    data: DataSpec | None = None
+    targets: list[Target] = Field(min_length=1)
+    parity: Parity = Field(default_factory=Parity)
+    serve: Serve = Field(default_factory=Serve)
+
+    # Set by load_recipe: where relative paths resolve from. Not a recipe key.
+    _path: Path | None = None
+
+    @property
+    def path(self) -> Path:
+        assert self._path is not None, "recipe was not loaded from a file"
+        return self._path
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, rel: str) -> Path:
+        return (self.root / rel).resolve()
+
+    def target(self, name: str) -> Target:
+        for t in self.targets:
+            if t.target_name == name:
+                return t
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------- cross checks
+
+
+def _cross_check(r: Recipe) -> list[tuple[tuple, str, str | None]]:
+    """Checks that relate sections; returns (loc, message, hint) triples."""
+    out: list[tuple[tuple, str, str | None]] = []
+    names = [t.target_name for t in r.targets]
+    seen: set[str] = set()
+    for i, t in enumerate(r.targets):
+        n = t.target_name
+        if n in seen:
+            out.append((("targets", i, "name"), f"target name '{n}' is used twice", "give one of them a distinct `name:`"))
+        seen.add(n)
+        if t.kind not in FRAMEWORK_KINDS[r.source.framework]:
+            ok = ", ".join(sorted(FRAMEWORK_KINDS[r.source.framework]))
+            out.append((("targets", i, "kind"), f"'{t.kind}' does not build from a {r.source.framework} source", f"use one of: {ok}"))
+    in_names = [s.name for s in r.inputs]
+    for i, spec in enumerate(r.inputs):
+        if in_names.count(spec.name) > 1 and in_names.index(spec.name) != i:
+            out.append((("inputs", i, "name"), f"input name '{spec.name}' is used twice", None))
+        for j, d in enumerate(spec.shape):
+            if isinstance(d, str) and d not in r.dims:
+                out.append(
+                    (("inputs", i, "shape", j), f"dynamic dimension '{d}' has no entry under dims", f"add `dims: {{{d}: {{min: 1, opt: 8, max: 64}}}}`")
+                )
+    if r.outputs and len(set(r.outputs)) != len(r.outputs):
+        out.append((("outputs",), "output names must be distinct", None))
+    for key in r.parity.per_target:
+        if key not in names:
+            out.append((("parity", "per_target", key), f"no target is named '{key}'", _did_you_mean(key, names)))
+    if r.serve.triton:
+        tri = r.serve.triton
+        for j, key in enumerate(tri.targets):
+            if key not in names:
+                out.append((("serve", "triton", "targets", j), f"no target is named '{key}'", _did_you_mean(key, names)))
+        if tri.max_batch_size > 0:
+            for i, spec in enumerate(r.inputs):
+                first = spec.shape[0] if spec.shape else None
+                if not isinstance(first, str):
+                    out.append(
+                        (("serve", "triton", "max_batch_size"), f"batching needs a dynamic first dimension, but input '{spec.name}' has shape {spec.shape}",
+                         "set max_batch_size: 0, or make the first dimension of every input a named dim such as `batch`")
+                    )
+                    break
+                if tri.max_batch_size > r.dims[first].max if first in r.dims else False:
+                    out.append(
+                        (("serve", "triton", "max_batch_size"), f"{tri.max_batch_size} exceeds dims.{first}.max ({r.dims[first].max})",
+                         f"lower max_batch_size to at most {r.dims[first].max} or raise dims.{first}.max")
+                    )
+                    break
+            firsts = {s.shape[0] for s in r.inputs if s.shape}
+            if len(firsts) > 1 and all(isinstance(f, str) for f in firsts):
+                out.append((("serve", "triton", "max_batch_size"), f"inputs disagree on the batch dimension ({', '.join(sorted(map(str, firsts)))})", "name the first dimension of every input the same"))
+    if r.serve.tfserving:
+        for j, key in enumerate(r.serve.tfserving.targets):
+            if key not in names:
+                out.append((("serve", "tfserving", "targets", j), f"no target is named '{key}'", _did_you_mean(key, names)))
+            elif r.target(key).kind not in ("xla", "savedmodel"):
+                out.append((("serve", "tfserving", "targets", j), f"TF Serving serves SavedModels; '{key}' is a {r.target(key).kind} target", "list xla or savedmodel targets here"))
+    return out
+
+
+def _check_files(r: Recipe) -> list[tuple[tuple, str, str | None]]:
+    """Every path the recipe names must exist, relative to the recipe file."""
+    out: list[tuple[tuple, str, str | None]] = []
+    checks: list[tuple[tuple, str | None, str]] = [
+        (("source", "exported"), r.source.exported, "file"),
+        (("source", "savedmodel"), r.source.savedmodel, "dir"),
+        (("source", "keras"), r.source.keras, "file"),
+        (("source", "weights"), r.source.weights, "file"),
+        (("data", "path"), r.data.path if r.data else None, "file"),
+    ]
+    if r.source.factory:
+        checks.append((("source", "factory"), r.source.factory.rsplit(":", 1)[0], "file"))
+    for loc, rel, kind in checks:
+        if rel is None:
+            continue
+        p = r.resolve(rel)
+        ok = p.is_dir() if kind == "dir" else p.is_file()
+        if not ok:
+            out.append((loc, f"{'directory' if kind == 'dir' else 'file'} not found: {p}", f"paths are relative to the recipe's folder ({r.root})"))
+    return out
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str | None:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
+    return f"did you mean '{close[0]}'?" if close else (f"targets are: {', '.join(choices)}" if choices else None)
+
+
+# ------------------------------------------------------------ YAML positions
+
+
+def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
+    """1-based line of the deepest YAML node that `loc` reaches."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(part):
+                    node = v
+                    line = k.start_mark.line + 1
+                    break
+            else:
+                continue  # a union tag pydantic adds to loc, not a YAML key
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _key_path(loc: tuple, data: Any) -> str:
+    """'targets[1].opset' from ('targets', 1, 'onnx', 'opset'), dropping union tags.
+
+    Pydantic inserts the branch of a union into `loc` (a target's kind, a
+    Literal's repr, a model's class name); those are not keys in the YAML.
+    """
+    out = ""
+    cur = data
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+            cur = cur[part] if isinstance(cur, list) and part < len(cur) else None
+            continue
+        absent = not (isinstance(cur, dict) and part in cur)
+        if absent and ("[" in part or part[:1].isupper() or i < len(loc) - 1):
+            continue
+        out += ("." if out else "") + part
+        cur = cur.get(part) if isinstance(cur, dict) else None
+    return out
+
+
+def _pydantic_problem(err: dict, data: Any, root: yaml.Node | None) -> Problem:
+    loc = tuple(err["loc"])
+    typ = err["type"]
+    hint = None
+    msg = err["msg"]
+    if typ == "unknown_key":
+        loc = loc + (err["ctx"]["key"],)
+        msg = f"unknown key '{err['ctx']['key']}'"
+        hint = err["ctx"]["hint"]
+        if hint.startswith("known"):
+            hint = "remove it; " + hint
+    elif typ == "union_tag_invalid":
+        tags = [t.strip(" '") for t in str(err["ctx"]["expected_tags"]).split(",")]
+        close = difflib.get_close_matches(str(err["ctx"]["tag"]), tags, n=1, cutoff=0.5)
+        msg = f"unknown kind '{err['ctx']['tag']}'"
+        hint = f"did you mean '{close[0]}'?" if close else f"kind is one of: {', '.join(tags)}"
+        loc = loc + ("kind",)
+    elif typ == "union_tag_not_found":
+        msg = "every target needs a `kind`"
+        hint = f"kind is one of: {', '.join(TARGET_KINDS)}"
+    elif typ == "missing":
+        msg = "required key is missing"
+    elif typ == "literal_error":
+        hint = msg.replace("Input should be", "use")
+        msg = f"{err.get('input')!r} is not allowed"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return Problem(key=_key_path(loc, data), message=msg, line=_line_of(root, loc), hint=hint)
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    """Pydantic reports a bad value once per union branch; keep the first per key."""
+    seen: set[str] = set()
+    out = []
+    for p in problems:
+        if p.key in seen:
+            continue
+        seen.add(p.key)
+        out.append(p)
+    return out
+
+
+def parse_recipe(text: str, path: Path, check_files: bool = True) -> Recipe:
+    """Parse and validate recipe text as if read from `path`."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        detail = getattr(e, "problem", None) or str(e)
+        raise RecipeError(path, [Problem("", f"not valid YAML: {detail}", line, "fix the YAML syntax at that line")]) from None
+    if not isinstance(data, dict):
+        raise RecipeError(path, [Problem("", "a recipe is a YAML mapping (name:, source:, inputs:, targets: ...)", 1, "see the complete example in the README")])
+    if any(not isinstance(k, str) for k in _all_keys(data)):
+        raise RecipeError(path, [Problem("", "every key must be a string", None, "quote keys that YAML reads as numbers, booleans or null")])
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        probs = [_pydantic_problem(err, data, root) for err in e.errors(include_url=False)]
+        raise RecipeError(path, _dedupe(probs)) from None
+    recipe._path = path.resolve()
+    found = _cross_check(recipe) + (_check_files(recipe) if check_files else [])
+    if found:
+        raise RecipeError(path, [Problem(_key_path(loc, data), msg, _line_of(root, loc), hint) for loc, msg, hint in found])
+    return recipe
+
+
+def _all_keys(obj: Any):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k
+            yield from _all_keys(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _all_keys(v)
+
+
+def load_recipe(path: str | Path, check_files: bool = True) -> Recipe:
+    """Read, parse and validate a recipe file; raises RecipeError or UsageError."""
+    from toolchain.errors import UsageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"recipe not found: {p}", "pass the path of a recipe .yaml file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read recipe {p}: {e}") from None
+    return parse_recipe(text, p, check_files=check_files)

@@ -1,0 +1,38 @@
+"""AOTInductor .pt2 packages through torch._inductor.aoti_load_package.
+
+Inputs are made contiguous: a package fed a layout other than its export
+example's returns silently wrong numbers (see FIELD_NOTES).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class AotiRunner:
+    def __init__(self, path: Path, input_names: list[str], output_names: list[str], device: str = "cpu"):
+        self.path, self.input_names, self.output_names, self.device = Path(path), input_names, output_names, device
+        self.model = None
+
+    def __enter__(self):
+        import torch._inductor
+
+        self.model = torch._inductor.aoti_load_package(str(self.path))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.model = None
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from toolchain.tensors import to_numpy
+
+        args = [torch.from_numpy(np.asarray(feed[n])).to(self.device).contiguous() for n in self.input_names]
+        with torch.no_grad():
+            out = self.model(*args)
+        if isinstance(out, torch.Tensor):
+            out = [out]
+        return {n: to_numpy(t) for n, t in zip(self.output_names, out)}

@@ -1,0 +1,33 @@
+"""ONNX Runtime: CPU provider, or CUDA first where the target asks for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class OnnxRuntimeRunner:
+    def __init__(self, path: Path, output_names: list[str], device: str = "cpu", threads: int | None = None):
+        self.path, self.output_names, self.device, self.threads = Path(path), output_names, device, threads
+        self.session = None
+
+    def __enter__(self):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        providers = ["CPUExecutionProvider"]
+        if self.device == "cuda":
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.session = None
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.session.run(self.output_names, {n: np.ascontiguousarray(feed[n]) for n in self.input_names})
+        return dict(zip(self.output_names, out))

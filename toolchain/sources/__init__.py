@@ -1,0 +1,1 @@
+"""Loading source models named by a recipe (one module per framework)."""
