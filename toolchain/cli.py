@@ -96,9 +96,7 @@ def cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
         return EXIT_OK
-    from rich.console import Console
-
-    con = Console(file=sys.stdout)
+    con = _console(sys.stdout)
     env = m.get("environment", {})
     con.print(f"[bold]{m.get('name')}[/] v{m.get('version')} ({m.get('framework')}) built in {m.get('build_seconds', 0):.1f}s")
     con.print(f"recipe {m['recipe']['path']}  torch {env.get('torch')}  onnxruntime {env.get('onnxruntime')}  device {env.get('device')}")
@@ -125,11 +123,17 @@ def _table(targets: list[dict]):
     return t
 
 
-def _print_summary(result) -> None:
+def _console(stream):
+    """A rich console; wide when piped so tables in CI logs do not wrap."""
     from rich.console import Console
+
+    return Console(file=stream, width=None if stream.isatty() else 160)
+
+
+def _print_summary(result) -> None:
     from rich.table import Table
 
-    con = Console(file=sys.stderr, width=max(120, Console(file=sys.stderr).width))
+    con = _console(sys.stderr)
     con.print(_table(result.manifest["targets"]))
     failing = [(r, name, d) for r in result.targets if r.parity and not r.parity.passed for name, d in r.parity.outputs.items() if not d.passed]
     if failing:

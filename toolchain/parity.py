@@ -82,6 +82,8 @@ def load_samples(recipe: Recipe, path: Path, n: int) -> list[Feed]:
         if start >= total:
             break
         stop = min(start + b, total)
+        if feeds and batched and stop - start < recipe.dims[recipe.inputs[0].shape[0]].min:
+            break  # a leftover smaller than dims min: drop it, the data itself is fine
         feed = {}
         for s in recipe.inputs:
             arr = data[s.name][start:stop] if batched else data[s.name][start]

@@ -227,34 +227,7 @@ def test_model_py_compiles_and_is_one_template(kind, device):
     assert "import triton_python_backend_utils as pb_utils" in body
 
 
-class _StubPbUtils:
-    """Just enough of triton_python_backend_utils to drive model.py outside Triton."""
-
-    class Tensor:
-        def __init__(self, name, array):
-            self.name, self.array = name, array
-
-        def as_numpy(self):
-            return self.array
-
-    class TritonError:
-        def __init__(self, msg):
-            self.msg = msg
-
-    class InferenceResponse:
-        def __init__(self, output_tensors, error=None):
-            self.outputs = {t.name: t.array for t in output_tensors}
-            self.error = error
-
-    @staticmethod
-    def triton_string_to_numpy(name):
-        import numpy as np
-
-        return {"TYPE_FP32": np.float32, "TYPE_INT64": np.int64, "TYPE_BOOL": np.bool_}[name]
-
-    @staticmethod
-    def get_input_tensor_by_name(request, name):
-        return request.get(name)
+from tests.triton_stub import StubPbUtils  # noqa: E402
 
 
 def test_python_backend_model_py_runs_onnx(tmp_path, monkeypatch):
@@ -288,7 +261,7 @@ def test_python_backend_model_py_runs_onnx(tmp_path, monkeypatch):
         "input": [{"name": t.name, "data_type": mc.DataType.Name(t.data_type)} for t in cfg.input],
         "output": [{"name": t.name, "data_type": mc.DataType.Name(t.data_type)} for t in cfg.output],
     }
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _StubPbUtils)
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", StubPbUtils)
     mod = types.ModuleType("generated_model")
     exec(compile((model_dir / "1" / "model.py").read_text(), "model.py", "exec"), mod.__dict__)
     m = mod.TritonPythonModel()
@@ -298,7 +271,7 @@ def test_python_backend_model_py_runs_onnx(tmp_path, monkeypatch):
     reqs = []
     for n in (1, 3, 2):
         a, b = rng.random((n, 3), dtype=np.float32), rng.random((n, 3), dtype=np.float32)
-        reqs.append({"a": _StubPbUtils.Tensor("a", a), "b": _StubPbUtils.Tensor("b", b)})
+        reqs.append({"a": StubPbUtils.Tensor("a", a), "b": StubPbUtils.Tensor("b", b)})
     for batch in (reqs, reqs[:1]):  # merged across requests, and a single request
         responses = m.execute(batch)
         assert len(responses) == len(batch)
@@ -307,5 +280,5 @@ def test_python_backend_model_py_runs_onnx(tmp_path, monkeypatch):
             want = req["a"].array + req["b"].array
             np.testing.assert_allclose(resp.outputs["y"], want, rtol=1e-6)
             np.testing.assert_allclose(resp.outputs["s"], want.sum(axis=1), rtol=1e-5)
-    bad = m.execute([{"a": _StubPbUtils.Tensor("a", np.zeros((1, 4), np.float32)), "b": reqs[0]["b"]}])
+    bad = m.execute([{"a": StubPbUtils.Tensor("a", np.zeros((1, 4), np.float32)), "b": reqs[0]["b"]}])
     assert bad[0].error is not None

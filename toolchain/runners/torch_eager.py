@@ -10,7 +10,7 @@ class TorchEagerRunner:
         self.module, self.input_names, self.output_names, self.device = module, input_names, output_names, device
 
     def __enter__(self):
-        self.module = self.module.to(self.device).eval()
+        self.module = self.module.to(self.device)  # already in eval mode (see sources)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -146,7 +146,11 @@ def wrap(model, recipe: Recipe):
     scope: dict = {}
     exec(f"def forward(self, {params_src}):\n    return self.call(({params_src},))\n", scope)
     FlatModule.forward = scope["forward"]
-    return FlatModule(model).eval()
+    flat = FlatModule(model)
+    # Not .eval(): it recurses into train(), which an ExportedProgram's module()
+    # refuses. Factory modules were put in eval mode when loaded.
+    flat.training = False
+    return flat
 
 
 def output_names(recipe: Recipe, count: int) -> list[str]:

@@ -1,0 +1,31 @@
+"""Markers skip with the precise reason when what they need is missing."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+
+def _cuda_reason() -> str | None:
+    if importlib.util.find_spec("torch") is None:
+        return "torch is not installed"
+    import torch
+
+    return None if torch.cuda.is_available() else "no CUDA GPU visible to torch"
+
+
+def pytest_collection_modifyitems(config, items):
+    reasons = {
+        "gpu": _cuda_reason,
+        "tensorrt": lambda: None if importlib.util.find_spec("tensorrt") else "tensorrt is not installed (not installable from this workplace's registries)",
+        "tf": lambda: None if importlib.util.find_spec("tensorflow") else "tensorflow is not installed (pip install 'mlpack[tensorflow]')",
+    }
+    cache: dict[str, str | None] = {}
+    for item in items:
+        for mark, probe in reasons.items():
+            if mark in item.keywords:
+                if mark not in cache:
+                    cache[mark] = probe()
+                if cache[mark]:
+                    item.add_marker(pytest.mark.skip(reason=cache[mark]))

@@ -1,0 +1,237 @@
+"""The parity gate: seeded samples, loaded samples, and the pass/fail verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from toolchain.errors import UsageError
+from toolchain.parity import compare, generate_samples, load_samples
+from toolchain.recipe import Recipe, Tolerance
+
+
+def recipe(inputs: list[dict], dims: dict | None = None, **parity) -> Recipe:
+    return Recipe.model_validate({
+        "name": "t",
+        "source": {"framework": "pytorch", "factory": "m.py:build"},
+        "inputs": inputs,
+        "dims": dims or {},
+        "targets": [{"kind": "onnx"}],
+        "parity": parity,
+    })
+
+
+# ----------------------------------------------------------------- compare
+
+TOL = Tolerance(atol=0.5, rtol=0.25)  # powers of two: the bound is exact in float
+
+
+def out(*values, dtype=np.float32) -> list[dict]:
+    return [{"y": np.array(v, dtype=dtype)} for v in values]
+
+
+def test_identical_outputs_pass_with_zero_error():
+    ref = out([[0.1, 0.9], [0.7, 0.3]], [[1.0, -2.0], [3.0, 4.0]])
+    rep = compare(ref, out([[0.1, 0.9], [0.7, 0.3]], [[1.0, -2.0], [3.0, 4.0]]), TOL)
+    d = rep.outputs["y"]
+    assert rep.passed and d.passed and d.failures == []
+    assert (d.max_abs_err, d.max_rel_err, d.nonfinite, d.top1) == (0.0, 0.0, 0, 1.0)
+    assert d.cosine == pytest.approx(1.0)
+    assert rep.samples == 2 and rep.tolerance == {"atol": 0.5, "rtol": 0.25}
+
+
+@pytest.mark.parametrize(
+    "actual, passed",
+    [
+        (3.0, True),  # |3 - 2| = 1.0 == atol + rtol*|2|: on the boundary passes
+        (np.nextafter(np.float32(3.0), np.float32(4.0)), False),  # one ulp outside
+        (1.0, True),  # the bound is symmetric
+        (np.nextafter(np.float32(1.0), np.float32(0.0)), False),
+    ],
+)
+def test_atol_rtol_boundary(actual, passed):
+    rep = compare(out([2.0, 0.0]), out([actual, 0.0]), TOL)
+    assert rep.passed is passed
+    assert rep.outputs["y"].failures == ([] if passed else ["sample 0: 1/2 values outside atol+rtol*|ref|"])
+
+
+def test_cosine_floor_fails_with_message():
+    rep = compare(out([1.0, 0.0]), out([0.0, 1.0]), Tolerance(atol=10.0, rtol=0.0, cosine=0.99))
+    d = rep.outputs["y"]
+    assert not rep.passed and d.cosine == 0.0
+    assert d.failures == ["cosine 0.000000 < floor 0.99"]
+
+
+def test_top1_floor_fails_with_message():
+    ref = out([[0.9, 0.1], [0.2, 0.8]])
+    act = out([[0.4, 0.6], [0.2, 0.8]])  # row 0's argmax flips: 1/2 agree
+    d = compare(ref, act, Tolerance(atol=1.0, rtol=0.0, top1=0.9)).outputs["y"]
+    assert d.top1 == 0.5 and not d.passed
+    assert d.failures == ["top-1 agreement 0.5000 < floor 0.9"]
+
+
+@pytest.mark.parametrize("value", [[0.2, 0.8], [[[0.2, 0.8]]], [[0.5], [0.7]], 3.0])
+def test_top1_is_none_unless_2d_scores(value):
+    d = compare(out(value), out(value), Tolerance(atol=0.0, rtol=0.0, top1=1.0)).outputs["y"]
+    assert d.top1 is None and d.passed
+
+
+def test_nan_in_artifact_where_reference_is_finite_fails():
+    d = compare(out([1.0, 2.0]), out([1.0, np.nan]), Tolerance(atol=1e9, rtol=1e9)).outputs["y"]
+    assert d.nonfinite == 1 and not d.passed and d.max_abs_err == np.inf
+    assert "1 non-finite values where the reference is finite" in d.failures
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_same_nonfinite_at_same_position_passes(bad):
+    d = compare(out([1.0, bad]), out([1.0, bad]), Tolerance(atol=0.0, rtol=0.0)).outputs["y"]
+    assert d.passed and d.nonfinite == 0 and d.max_abs_err == 0.0
+
+
+def test_nonfinite_reference_with_finite_artifact_fails():
+    assert not compare(out([1.0, np.nan]), out([1.0, 2.0]), TOL).passed
+
+
+def test_shape_mismatch_fails():
+    d = compare(out([1.0, 2.0]), out([1.0, 2.0, 3.0]), TOL).outputs["y"]
+    assert not d.passed and d.failures == ["sample 0: shape [3] != reference [2]"]
+
+
+def test_missing_output_fails():
+    d = compare(out([1.0]), [{"other": np.zeros(1)}], TOL).outputs["y"]
+    assert not d.passed and d.failures == ["sample 0: output missing"]
+
+
+@pytest.mark.parametrize("n_actual", [0, 1, 3])
+def test_result_count_must_match_samples(n_actual):
+    ref = out([1.0], [2.0])
+    rep = compare(ref, out(*[[1.0], [2.0], [3.0]][:n_actual]), TOL)
+    assert not rep.passed
+    assert f"{n_actual} results for 2 samples" in rep.outputs["y"].failures
+
+
+# ------------------------------------------------------- generate_samples
+
+MIXED = [
+    {"name": "image", "dtype": "float32", "shape": ["batch", 3, "side"], "range": [-2.0, -1.0]},
+    {"name": "ids", "dtype": "int64", "shape": ["batch", "seq"], "range": [5, 8]},
+    {"name": "mask", "dtype": "bool", "shape": ["batch", "seq"]},
+    {"name": "pix", "dtype": "uint8", "shape": [2]},
+    {"name": "half", "dtype": "float16", "shape": [4]},
+]
+MIXED_DIMS = {"batch": {"min": 1, "max": 5}, "seq": {"min": 2, "max": 9}, "side": {"min": 3, "max": 4}}
+
+
+def test_same_seed_same_samples_different_seed_differs():
+    r = recipe(MIXED, MIXED_DIMS)
+    a, b, c = generate_samples(r, 4), generate_samples(r, 4, seed=0), generate_samples(r, 4, seed=1)
+    assert all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
+    assert not all(x[k].shape == y[k].shape and np.array_equal(x[k], y[k]) for x, y in zip(a, c) for k in x)
+
+
+def test_sample_count_and_seed_default_to_parity_section():
+    r = recipe(MIXED, MIXED_DIMS, samples=5, seed=7)
+    feeds = generate_samples(r)
+    assert len(feeds) == 5
+    assert all(np.array_equal(x[k], y[k]) for x, y in zip(feeds, generate_samples(r, 5, seed=7)) for k in x)
+
+
+def test_dtypes_and_ranges():
+    for feed in generate_samples(recipe(MIXED, MIXED_DIMS), 16):
+        assert {k: v.dtype.name for k, v in feed.items()} == {
+            "image": "float32", "ids": "int64", "mask": "bool", "pix": "uint8", "half": "float16"
+        }
+        assert ((feed["image"] >= -2.0) & (feed["image"] < -1.0)).all()
+        assert ((feed["ids"] >= 5) & (feed["ids"] < 8)).all()  # ints: [low, high)
+        assert ((feed["half"] >= 0.0) & (feed["half"] <= 1.0)).all()  # default float range
+        assert feed["pix"].shape == (2,) and feed["half"].shape == (4,)
+
+
+def test_int_range_covers_low_but_never_high():
+    r = recipe([{"name": "i", "dtype": "int32", "shape": [4096], "range": [0, 3]}])
+    assert set(np.unique(generate_samples(r, 1)[0]["i"])) == {0, 1, 2}
+
+
+def test_dynamic_dims_hit_min_then_max_and_vary():
+    feeds = generate_samples(recipe(MIXED, MIXED_DIMS), 16)
+    batch = [f["image"].shape[0] for f in feeds]
+    seq = [f["ids"].shape[1] for f in feeds]
+    side = [f["image"].shape[2] for f in feeds]
+    assert (batch[0], seq[0], side[0]) == (1, 2, 3)
+    assert (batch[1], seq[1], side[1]) == (5, 9, 4)
+    assert all(1 <= b <= 5 for b in batch) and all(2 <= s <= 9 for s in seq)
+    assert len(set(batch[2:])) > 1 and len(set(seq[2:])) > 1
+    assert all(f["image"].shape[1] == 3 for f in feeds)
+
+
+def test_named_dims_are_shared_across_inputs_within_a_sample():
+    for f in generate_samples(recipe(MIXED, MIXED_DIMS), 16):
+        assert f["image"].shape[0] == f["ids"].shape[0] == f["mask"].shape[0]
+        assert f["ids"].shape == f["mask"].shape
+
+
+# ---------------------------------------------------------- load_samples
+
+BATCHED = [
+    {"name": "x", "dtype": "float32", "shape": ["batch", 3]},
+    {"name": "n", "dtype": "int64", "shape": ["batch"]},
+]
+
+
+def npz(tmp_path: Path, **arrays) -> Path:
+    path = tmp_path / "data.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def test_batched_inputs_are_split_along_axis_0(tmp_path):
+    x = np.arange(60, dtype=np.float64).reshape(20, 3)  # cast to the recipe dtype on load
+    path = npz(tmp_path, x=x, n=np.arange(20))
+    feeds = load_samples(recipe(BATCHED, {"batch": {"min": 1, "max": 4}}), path, 5)
+    sizes = [f["x"].shape[0] for f in feeds]
+    assert len(feeds) == 5 and sizes[:2] == [1, 4] and all(1 <= s <= 4 for s in sizes)
+    assert all(f["x"].dtype == np.float32 and f["n"].dtype == np.int64 for f in feeds)
+    assert all(len(f["n"]) == len(f["x"]) for f in feeds)
+    # consecutive, in order, rows kept together across inputs
+    np.testing.assert_array_equal(np.concatenate([f["x"] for f in feeds]), x[: sum(sizes)])
+    np.testing.assert_array_equal(np.concatenate([f["n"] for f in feeds]), np.arange(sum(sizes)))
+
+
+def test_load_stops_when_rows_run_out(tmp_path):
+    path = npz(tmp_path, x=np.zeros((5, 3)), n=np.zeros(5))
+    feeds = load_samples(recipe(BATCHED, {"batch": {"min": 1, "max": 4}}), path, 16)
+    assert [len(f["x"]) for f in feeds] == [1, 4]
+
+
+@pytest.mark.parametrize("rows", [2, 3, 7, 11, 29])
+def test_short_remainder_below_dims_min_is_dropped(tmp_path, rows):
+    path = npz(tmp_path, x=np.zeros((rows, 3)), n=np.zeros(rows))
+    feeds = load_samples(recipe(BATCHED, {"batch": {"min": 2, "max": 4}}), path, 16)
+    assert feeds and all(2 <= len(f["x"]) <= 4 for f in feeds)
+
+
+def test_static_inputs_are_one_sample_per_row(tmp_path):
+    path = npz(tmp_path, x=np.arange(12).reshape(4, 3))
+    feeds = load_samples(recipe([{"name": "x", "dtype": "float32", "shape": [3]}]), path, 3)
+    assert [f["x"].tolist() for f in feeds] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+
+
+def test_missing_input_array_names_the_input(tmp_path):
+    path = npz(tmp_path, x=np.zeros((4, 3)))
+    with pytest.raises(UsageError, match=r"lacks arrays for inputs \['n'\]"):
+        load_samples(recipe(BATCHED, {"batch": {"min": 1, "max": 4}}), path, 2)
+
+
+@pytest.mark.parametrize("shape", [(8, 4), (8, 3, 1)])
+def test_wrong_static_shape_is_usage_error(tmp_path, shape):
+    path = npz(tmp_path, x=np.zeros(shape), n=np.zeros(8))
+    with pytest.raises(UsageError, match=r"a sample of 'x' .* does not fit \['batch', 3\]"):
+        load_samples(recipe(BATCHED, {"batch": {"min": 1, "max": 4}}), path, 2)
+
+
+def test_unreadable_npz_is_usage_error(tmp_path):
+    (tmp_path / "bad.npz").write_text("not a zip")
+    with pytest.raises(UsageError, match="cannot read"):
+        load_samples(recipe(BATCHED, {"batch": {"min": 1, "max": 4}}), tmp_path / "bad.npz", 2)

@@ -1,0 +1,383 @@
+"""Recipe validation: every mistake names the key, the YAML line and a fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from toolchain.errors import EXIT_USAGE, RecipeError, UsageError
+from toolchain.recipe import load_recipe, parse_recipe
+
+# A valid minimal recipe; line numbers below refer to this text (after edits).
+BASE = """\
+name: tiny
+source:
+  framework: pytorch
+  factory: m.py:build
+inputs:
+  - name: x
+    dtype: float32
+    shape: [batch, 4]
+dims:
+  batch: {min: 1, opt: 2, max: 8}
+targets:
+  - kind: onnx
+  - kind: aoti
+"""
+# Lines 1-13 are BASE; a section appended with APPEND starts at line 14.
+APPEND = ""
+
+
+def edit(*edits: tuple[str, str]) -> str:
+    """BASE with each (old, new) applied once; old == APPEND appends `new`."""
+    text = BASE
+    for old, new in edits:
+        if old == APPEND:
+            text += new
+        else:
+            assert text.count(old) == 1, f"edit target {old!r} is not unique in BASE"
+            text = text.replace(old, new)
+    return text
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "m.py").write_text("def build(): ...\n")
+    return tmp_path.resolve()
+
+
+def problems(text: str, root: Path) -> list[tuple]:
+    with pytest.raises(RecipeError) as ei:
+        parse_recipe(text, root / "r.yaml")
+    return [(p.key, p.line, p.message, p.hint) for p in ei.value.problems]
+
+
+REL = "paths are relative to the recipe's folder ({root})"
+
+# (edits, [(key, line, message, hint), ...]); "{root}" is the recipe's folder.
+ERRORS = {
+    "top-level typo": (
+        [("dims:", "dimz:")],
+        [("dimz", 9, "unknown key 'dimz'", "did you mean 'dims'?")],
+    ),
+    "top-level unknown, no close match": (
+        [(APPEND, "zzz: 1\n")],
+        [("zzz", 14, "unknown key 'zzz'",
+          "remove it; known keys: data, dims, inputs, name, outputs, parity, serve, source, targets, version")],
+    ),
+    "source.factroy": (
+        [("factory:", "factroy:")],
+        [("source.factroy", 4, "unknown key 'factroy'", "did you mean 'factory'?")],
+    ),
+    "targets[1].opsett": (
+        [("kind: aoti", "kind: onnx\n    name: o2\n    opsett: 17")],
+        [("targets[1].opsett", 15, "unknown key 'opsett'", "did you mean 'opset'?")],
+    ),
+    "parity.per_target.x.cosin": (
+        [(APPEND, "parity:\n  per_target:\n    onnx: {cosin: 0.9}\n")],
+        [("parity.per_target.onnx.cosin", 16, "unknown key 'cosin'", "did you mean 'cosine'?")],
+    ),
+    "typos in two sections are both reported": (
+        [("factory:", "factroy:"), ("kind: onnx", "kind: onnx\n    opsett: 17")],
+        [("source.factroy", 4, "unknown key 'factroy'", "did you mean 'factory'?"),
+         ("targets[0].opsett", 13, "unknown key 'opsett'", "did you mean 'opset'?")],
+    ),
+    "unknown target kind, close": (
+        [("kind: aoti", "kind: onxx")],
+        [("targets[1].kind", 13, "unknown kind 'onxx'", "did you mean 'onnx'?")],
+    ),
+    "unknown target kind, far": (
+        [("kind: aoti", "kind: zzz")],
+        [("targets[1].kind", 13, "unknown kind 'zzz'", "kind is one of: onnx, aoti, xla, savedmodel, tensorrt")],
+    ),
+    "missing name": (
+        [("name: tiny\n", "")],
+        [("name", 1, "required key is missing", None)],
+    ),
+    "missing source.framework": (
+        [("  framework: pytorch\n", "")],
+        [("source.framework", 2, "required key is missing", None)],
+    ),
+    "framework typo": (
+        [("framework: pytorch", "framework: pytorh")],
+        [("source.framework", 3, "'pytorh' is not allowed", "use 'pytorch' or 'tensorflow'")],
+    ),
+    "uppercase name": (
+        [("name: tiny", "name: Tiny")],
+        [("name", 1, "String should match pattern '^[a-z0-9][a-z0-9_-]*$'", None)],
+    ),
+    "path-like name": (
+        [("name: tiny", "name: ../x")],
+        [("name", 1, "String should match pattern '^[a-z0-9][a-z0-9_-]*$'", None)],
+    ),
+    "factory without :callable": (
+        [("m.py:build", "m.py")],
+        [("source.factory", 4, "'m.py' is not of the form path/to/file.py:callable", None)],
+    ),
+    "dynamic dim without dims entry": (
+        [("[batch, 4]", "[batch, seq]")],
+        [("inputs[0].shape[1]", 8, "dynamic dimension 'seq' has no entry under dims",
+          "add `dims: {seq: {min: 1, opt: 8, max: 64}}`")],
+    ),
+    "dims min > max": (
+        [("{min: 1, opt: 2, max: 8}", "{min: 9, max: 8}")],
+        [("dims.batch", 10, "needs min <= opt <= max (got 9, 9, 8)", None)],
+    ),
+    "duplicate target names": (
+        [("kind: aoti", "kind: onnx")],
+        [("targets[1].name", 13, "target name 'onnx' is used twice", "give one of them a distinct `name:`")],
+    ),
+    "per_target names a missing target": (
+        [(APPEND, "parity:\n  per_target:\n    onxx: {atol: 0.1}\n")],
+        [("parity.per_target.onxx", 16, "no target is named 'onxx'", "did you mean 'onnx'?")],
+    ),
+    "serve.triton.targets names a missing target": (
+        [(APPEND, "serve:\n  triton:\n    targets: [onnx, aot]\n")],
+        [("serve.triton.targets[1]", 16, "no target is named 'aot'", "did you mean 'aoti'?")],
+    ),
+    "max_batch_size with a static first dim": (
+        [("[batch, 4]", "[1, 4]"), ("dims:\n  batch: {min: 1, opt: 2, max: 8}\n", ""),
+         (APPEND, "serve:\n  triton:\n    max_batch_size: 8\n")],
+        [("serve.triton.max_batch_size", 14, "batching needs a dynamic first dimension, but input 'x' has shape [1, 4]",
+          "set max_batch_size: 0, or make the first dimension of every input a named dim such as `batch`")],
+    ),
+    "max_batch_size above dims max": (
+        [(APPEND, "serve:\n  triton:\n    max_batch_size: 64\n")],
+        [("serve.triton.max_batch_size", 16, "64 exceeds dims.batch.max (8)",
+          "lower max_batch_size to at most 8 or raise dims.batch.max")],
+    ),
+    "version_policy typo": (
+        [(APPEND, "serve:\n  triton:\n    version_policy: lastest\n")],
+        [("serve.triton.version_policy", 16, "'lastest' is not allowed", "use 'latest' or 'all'")],
+    ),
+    "factory file not found": (
+        [("m.py:build", "models/nope.py:build")],
+        [("source.factory", 4, "file not found: {root}/models/nope.py", REL)],
+    ),
+    "data.path not found": (
+        [(APPEND, "data:\n  path: data/s.npz\n")],
+        [("data.path", 15, "file not found: {root}/data/s.npz", REL)],
+    ),
+    "two sources": (
+        [("  factory: m.py:build", "  factory: m.py:build\n  exported: m.pt2")],
+        [("source", 2, "give exactly one of factory, exported, savedmodel, keras (got factory, exported)", None)],
+    ),
+    "weights without factory": (
+        [("  factory: m.py:build", "  exported: m.pt2\n  weights: w.safetensors")],
+        [("source", 2, "weights are loaded into a pytorch factory's module; use them with source.factory", None)],
+    ),
+    "xla target on a pytorch source": (
+        [("kind: aoti", "kind: xla")],
+        [("targets[1].kind", 13, "'xla' does not build from a pytorch source", "use one of: aoti, onnx, tensorrt")],
+    ),
+    "invalid YAML": (
+        [("dtype: float32", "dtype: float32: x")],
+        [("", 7, "not valid YAML: mapping values are not allowed here", "fix the YAML syntax at that line")],
+    ),
+}
+
+
+@pytest.mark.parametrize("edits, expected", list(ERRORS.values()), ids=list(ERRORS))
+def test_error_table(root, edits, expected):
+    def fill(s):
+        return s and s.replace("{root}", str(root))
+
+    want = [(k, line, fill(msg), fill(hint)) for k, line, msg, hint in expected]
+    assert problems(edit(*edits), root) == want
+
+
+def test_top_level_list_is_rejected(root):
+    assert problems("- name: tiny\n- kind: onnx\n", root) == [
+        ("", 1, "a recipe is a YAML mapping (name:, source:, inputs:, targets: ...)", "see the complete example in the README")
+    ]
+
+
+def test_render_names_file_line_key_and_fix(root):
+    with pytest.raises(RecipeError) as ei:
+        parse_recipe(edit(("factory:", "factroy:"), ("kind: aoti", "kind: xla")), root / "r.yaml")
+    f = root / "r.yaml"
+    # Pydantic problems stop validation before cross checks, so only the typo shows.
+    assert ei.value.render() == (
+        f"invalid recipe {f} (1 problem):\n"
+        f"  {f}:4: source.factroy: unknown key 'factroy'\n"
+        f"    fix: did you mean 'factory'?"
+    )
+    assert ei.value.exit_code == EXIT_USAGE
+
+
+def test_cross_check_problems_are_all_reported(root):
+    text = edit(("kind: aoti", "kind: xla"), (APPEND, "parity:\n  per_target:\n    nope: {atol: 1}\n"))
+    assert [(k, line) for k, line, _, _ in problems(text, root)] == [("targets[1].kind", 13), ("parity.per_target.nope", 16)]
+
+
+def test_missing_recipe_file_is_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="recipe not found"):
+        load_recipe(tmp_path / "absent.yaml")
+
+
+# ------------------------------------------------------------ valid recipes
+
+
+def test_defaults(root):
+    (root / "r.yaml").write_text(BASE)
+    r = load_recipe(root / "r.yaml")
+    assert (r.name, r.version, r.source.framework, r.source.kwargs) == ("tiny", 1, "pytorch", {})
+    assert [t.target_name for t in r.targets] == ["onnx", "aoti"]
+    assert [t.required for t in r.targets] == [False, False]
+    assert r.targets[0].opset == 18 and r.targets[0].timeout == 1800
+    assert (r.dims["batch"].min, r.dims["batch"].opt, r.dims["batch"].max) == (1, 2, 8)
+    assert (r.parity.samples, r.parity.seed) == (16, 0)
+    assert r.parity.tolerance_for("onnx").model_dump() == {"atol": 1e-4, "rtol": 1e-3, "cosine": None, "top1": None}
+    assert r.serve.triton is None and r.serve.tfserving is None and r.data is None
+    assert r.root == root and r.resolve("m.py") == root / "m.py"
+
+
+def test_dims_opt_defaults_to_min(root):
+    r = parse_recipe(edit(("{min: 1, opt: 2, max: 8}", "{min: 3, max: 8}")), root / "r.yaml")
+    assert r.dims["batch"].opt == 3
+
+
+def test_named_target_and_lookup(root):
+    r = parse_recipe(edit(("kind: aoti", "kind: onnx\n    name: onnx-int8\n    quantize: int8\n    required: true")), root / "r.yaml")
+    assert [t.target_name for t in r.targets] == ["onnx", "onnx-int8"]
+    assert r.target("onnx-int8").quantize == "int8" and r.target("onnx-int8").required is True
+    with pytest.raises(KeyError):
+        r.target("aoti")
+
+
+def test_tolerance_for_merges_key_by_key(root):
+    parity = (
+        "parity:\n"
+        "  default: {atol: 1.0e-5, cosine: 0.99}\n"
+        "  per_target:\n"
+        "    onnx: {rtol: 0.01, top1: 0.9}\n"
+    )
+    r = parse_recipe(edit((APPEND, parity)), root / "r.yaml")
+    assert r.parity.tolerance_for("onnx").model_dump() == {"atol": 1e-5, "rtol": 0.01, "cosine": 0.99, "top1": 0.9}
+    # No override: the default, with the documented rtol filled in.
+    assert r.parity.tolerance_for("aoti").model_dump() == {"atol": 1e-5, "rtol": 1e-3, "cosine": 0.99, "top1": None}
+
+
+# The example recipe from /work/shared/SPEC.md, verbatim.
+SPEC_EXAMPLE = """\
+name: resnet50               # [a-z0-9][a-z0-9_-]*, becomes the served model name
+version: 1                   # serving version directory
+source:
+  framework: pytorch         # pytorch | tensorflow
+  factory: models/resnet.py:build    # file:callable returning nn.Module / keras.Model / tf.Module
+  kwargs: {depth: 50}                # passed to the factory
+  # instead of factory, exactly one of:
+  # exported: model.pt2        (torch.export ExportedProgram, torch.export.save)
+  # savedmodel: saved/         (TensorFlow SavedModel directory)
+  # keras: model.keras         (Keras 3 file)
+  # weights: weights.safetensors   (optional, loaded into the factory's module)
+inputs:
+  - name: image
+    dtype: float32           # float32 float16 bfloat16 int64 int32 bool uint8
+    shape: [batch, 3, 224, 224]   # a string is a named dynamic dimension
+    range: [0.0, 1.0]        # for generated samples (ints: [low, high) )
+outputs: [logits]            # names for the outputs, in order (optional)
+dims:
+  batch: {min: 1, opt: 8, max: 64}
+data:                        # real samples for calibration and parity (optional;
+  path: data/samples.npz     #   else samples are generated from `inputs`, seeded)
+targets:                     # each builds one artifact; `name` defaults to `kind`
+  - kind: aoti               # torch.export + AOTInductor .pt2 package
+    device: cpu              # cpu | cuda
+  - kind: onnx
+    opset: 18
+  - kind: onnx
+    name: onnx-int8
+    quantize: int8           # int8 (static QDQ, calibrated on `data`) | int8-dynamic | fp16
+    calibration: entropy     # minmax | entropy | percentile (int8 only)
+    fallback: auto           # off | auto: keep the worst nodes in float until the budget holds
+    optimize: true           # ONNX Runtime graph/transformer fusions, checked by the same gate
+    timeout: 1800            # seconds for this step (any target)
+  - kind: xla                # TensorFlow SavedModel whose serving function is jit_compile=True
+  - kind: savedmodel         # plain SavedModel (TF sources; PyTorch via ONNX only if supported)
+  - kind: tensorrt
+    precision: fp16          # fp32 | fp16 | int8 (int8 from the QDQ ONNX)
+    required: false
+parity:
+  samples: 16
+  seed: 0
+  default: {atol: 1.0e-4, rtol: 1.0e-3}
+  per_target:                # overrides; any of atol rtol cosine top1
+    onnx-int8: {cosine: 0.995, top1: 0.98}
+serve:
+  triton:
+    max_batch_size: 64       # 0 = no batching dimension
+    dynamic_batching: {preferred_batch_size: [8, 32], max_queue_delay_microseconds: 200}
+    instance_group: {count: 1, kind: auto}   # auto = GPU where the artifact needs one
+    targets: [onnx, onnx-int8, aoti]          # which artifacts get a Triton model
+    backend: native          # native (onnxruntime, torch_aoti, tensorrt_plan, tensorflow_savedmodel)
+                             # | python (a model.py that runs the artifact; for servers lacking the backend)
+    version_policy: latest   # latest | all | {specific: [1, 3]}
+  tfserving:
+    targets: [xla]
+    version_policy: latest
+"""
+
+
+@pytest.fixture
+def spec_root(tmp_path: Path) -> Path:
+    for rel in ("models/resnet.py", "data/samples.npz"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).touch()
+    return tmp_path.resolve()
+
+
+def test_spec_example_mixes_tf_only_targets_into_a_pytorch_recipe(spec_root):
+    # The SPEC's example is a tour of every key: its xla and savedmodel targets
+    # are TensorFlow kinds under `framework: pytorch`, which validation rejects.
+    assert problems(SPEC_EXAMPLE, spec_root) == [
+        ("targets[3].kind", 34, "'xla' does not build from a pytorch source", "use one of: aoti, onnx, tensorrt"),
+        ("targets[4].kind", 35, "'savedmodel' does not build from a pytorch source", "use one of: aoti, onnx, tensorrt"),
+    ]
+
+
+def test_spec_example_validates_without_tf_only_targets(spec_root):
+    text = SPEC_EXAMPLE
+    for cut in (
+        "  - kind: xla                # TensorFlow SavedModel whose serving function is jit_compile=True\n",
+        "  - kind: savedmodel         # plain SavedModel (TF sources; PyTorch via ONNX only if supported)\n",
+        "  tfserving:\n    targets: [xla]\n    version_policy: latest\n",
+    ):
+        assert text.count(cut) == 1
+        text = text.replace(cut, "")
+    r = parse_recipe(text, spec_root / "r.yaml")
+    assert [t.target_name for t in r.targets] == ["aoti", "onnx", "onnx-int8", "tensorrt"]
+    assert r.source.kwargs == {"depth": 50} and r.outputs == ["logits"]
+    assert r.serve.triton.max_batch_size == 64 and r.serve.triton.targets == ["onnx", "onnx-int8", "aoti"]
+    assert r.parity.tolerance_for("onnx-int8").model_dump() == {"atol": 1e-4, "rtol": 1e-3, "cosine": 0.995, "top1": 0.98}
+
+
+# ------------------------------------------------------------------- CLI
+
+
+def _validate(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "toolchain", "validate", str(path)], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_validate_typo_exits_2_with_hint(root):
+    (root / "r.yaml").write_text(edit(("factory:", "factroy:")))
+    p = _validate(root / "r.yaml")
+    out = p.stdout + p.stderr
+    assert p.returncode == 2, out
+    assert f"{root / 'r.yaml'}:4: source.factroy" in out and "did you mean 'factory'?" in out
+    assert "Traceback" not in out
+
+
+def test_cli_validate_ok(root):
+    (root / "r.yaml").write_text(BASE)
+    p = _validate(root / "r.yaml")
+    assert p.returncode == 0, p.stderr
+    assert "ok - tiny v1, pytorch, targets: onnx (onnx), aoti (aoti)" in p.stderr
+
+
+def test_cli_validate_missing_file_exits_2(tmp_path):
+    p = _validate(tmp_path / "absent.yaml")
+    assert p.returncode == 2 and "recipe not found" in p.stderr and "Traceback" not in p.stderr
