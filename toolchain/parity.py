@@ -186,7 +186,8 @@ def compare(reference: list[Feed], actual: list[Feed], tol: Tolerance) -> Parity
             # Non-finite values must match the reference exactly (same NaN/Inf positions).
             both_bad = ~ref_ok & ~np.isfinite(x64)
             same_bad = both_bad & ((np.isnan(b64) & np.isnan(x64)) | (b64 == x64))
-            diff = np.where(same_bad, 0.0, np.abs(x64 - b64))
+            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is handled by same_bad
+                diff = np.where(same_bad, 0.0, np.abs(x64 - b64))
             diff = np.where(np.isnan(diff), np.inf, diff)
             if diff.size:
                 d.max_abs_err = max(d.max_abs_err, float(diff.max()))

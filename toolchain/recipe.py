@@ -429,6 +429,11 @@ def _pydantic_problem(err: dict, data: Any, root: yaml.Node | None) -> Problem:
     elif typ == "union_tag_not_found":
         msg = "every target needs a `kind`"
         hint = f"kind is one of: {', '.join(TARGET_KINDS)}"
+    elif typ == "string_pattern_mismatch":
+        msg = f"{err.get('input')!r} does not match {err['ctx']['pattern']}"
+        hint = {NAME_RE: "use lowercase letters, digits, '-' and '_', starting with a letter or digit"}.get(
+            err["ctx"]["pattern"], "names are letters, digits and '_', starting with a letter"
+        )
     elif typ == "missing":
         msg = "required key is missing"
     elif typ == "literal_error":

@@ -107,11 +107,11 @@ ERRORS = {
     ),
     "uppercase name": (
         [("name: tiny", "name: Tiny")],
-        [("name", 1, "String should match pattern '^[a-z0-9][a-z0-9_-]*$'", None)],
+        [("name", 1, "'Tiny' does not match ^[a-z0-9][a-z0-9_-]*$", "use lowercase letters, digits, '-' and '_', starting with a letter or digit")],
     ),
     "path-like name": (
         [("name: tiny", "name: ../x")],
-        [("name", 1, "String should match pattern '^[a-z0-9][a-z0-9_-]*$'", None)],
+        [("name", 1, "'../x' does not match ^[a-z0-9][a-z0-9_-]*$", "use lowercase letters, digits, '-' and '_', starting with a letter or digit")],
     ),
     "factory without :callable": (
         [("m.py:build", "m.py")],
