@@ -28,9 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("recipe", type=Path)
     b.add_argument("--out", type=Path, default=Path("artifacts"), help="output root (default: artifacts/)")
     b.add_argument("--target", action="append", metavar="NAME", help="build only this target (repeatable)")
-    b.add_argument("--jobs", type=int, default=1, help="parallel targets (this version builds sequentially)")
-    b.add_argument("--force", action="store_true", help="rebuild everything (this version keeps no cache: always rebuilds)")
+    b.add_argument("--jobs", type=int, default=None, help="targets built in parallel (default: what cores and memory allow)")
+    b.add_argument("--force", action="store_true", help="rebuild every target, ignoring the cache")
     b.add_argument("--json", action="store_true", help="print the manifest to stdout")
+    b.add_argument("--junit", type=Path, metavar="FILE", help="write a JUnit XML report, one test case per target")
 
     v = sub.add_parser("validate", help="check a recipe's schema and files; imports no framework")
     v.add_argument("recipe", type=Path)
@@ -72,12 +73,16 @@ def cmd_build(args) -> int:
     from toolchain.progress import make_progress
     from toolchain.recipe import load_recipe
 
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     recipe = load_recipe(args.recipe)
     with make_progress() as progress:
-        result = build(recipe, args.out, only=args.target, progress=progress)
+        result = build(recipe, args.out, only=args.target, progress=progress, jobs=args.jobs, force=args.force)
     _print_summary(result)
+    if args.junit:
+        from toolchain.junit import write_junit
+
+        write_junit(args.junit, result.manifest, result.path)
     if args.json:
         print(json.dumps(result.manifest, indent=2))
     return result.exit_code

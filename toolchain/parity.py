@@ -148,6 +148,10 @@ class ParityReport:
             "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "ParityReport":
+        return cls(d["passed"], d["samples"], d["tolerance"], {k: OutputDiff(**v) for k, v in d["outputs"].items()})
+
     def worst(self) -> tuple[float, float]:
         """(largest max_abs_err, smallest cosine) across outputs."""
         if not self.outputs:

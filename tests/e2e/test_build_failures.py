@@ -193,7 +193,7 @@ def test_killed_build_leaves_last_good_output(tmp_path):
     assert mlpack("build", str(recipe), "--out", str(out)).returncode == 0
     before = (out / "small" / "manifest.json").read_bytes()
     env = {**os.environ, "CI": "true", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "toolchain", "build", str(recipe), "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "toolchain", "build", str(recipe), "--out", str(out), "--force"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob(".small.tmp-*/parity")):
         time.sleep(0.05)

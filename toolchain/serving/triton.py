@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from toolchain.fsutil import link_or_copy
 from toolchain.recipe import SpecificVersions, TritonServe
 from toolchain.tensors import TRITON_DTYPE, Signature, TensorSig
 
@@ -200,9 +201,9 @@ def write_triton_model(
     if kind == "onnx":
         for f in sorted(artifact_dir.iterdir()):
             if f.is_file():
-                shutil.copy2(f, vdir / f.name)
+                link_or_copy(f, vdir / f.name)
     else:
-        shutil.copy2(main, vdir / main.name)
+        link_or_copy(main, vdir / main.name)
     if b == "python":
         (vdir / "model.py").write_text(render_model_py(kind, device), encoding="utf-8")
     (model_dir / "config.pbtxt").write_text(text, encoding="utf-8")

@@ -172,6 +172,11 @@ class TorchSource:
             n_out = len(self.module(*self.example_args()))
         self.output_names = output_names(recipe, n_out)
 
+    def reference_runner(self):
+        from toolchain.runners.torch_eager import TorchEagerRunner
+
+        return TorchEagerRunner(self.module, self.input_names, self.output_names)
+
     def export_sizes(self) -> dict[str, int]:
         """Example size per dim: opt, but at least 2 where the range allows.
 

@@ -33,7 +33,7 @@ class Artifact:
     runner: str  # key in toolchain.runners.RUNNERS
     runner_args: dict
     device: str = "cpu"
-    notes: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # target-specific manifest fields (added, never renamed)
 
 
 def target_module(kind: str) -> ModuleType:

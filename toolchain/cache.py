@@ -1,0 +1,178 @@
+"""Content-addressed build cache. Imports no ML framework.
+
+A step's key hashes everything that determines its result: the source model's
+files, the recipe sections it reads, mlpack's own code and every tool's
+version. Entries live in `<out>/.mlpack-cache/<key>/` as hard links to the
+published files (no extra disk) plus the step's result; a hit is verified
+file by file against the recorded sha256 before it is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+from toolchain.fsutil import link_or_copy
+from toolchain.manifest import sha256_file
+from toolchain.recipe import Recipe
+
+CACHE_DIR = ".mlpack-cache"
+TOOLS = ("torch", "tensorflow", "tf2onnx", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "onnxconverter-common", "tensorrt", "transformers", "keras", "numpy")
+# Recipe sections every step's result depends on (targets add their own spec).
+SOURCE_SECTIONS = ("source", "inputs", "outputs", "dims", "data")
+
+
+def _hash_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@lru_cache(maxsize=None)
+def _file_digest(path: str, mtime_ns: int, size: int) -> str:
+    return sha256_file(Path(path))
+
+
+def file_digest(path: Path) -> str:
+    st = path.stat()
+    return _file_digest(str(path), st.st_mtime_ns, st.st_size)
+
+
+def _tree_digest(root: Path, pattern: str) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): file_digest(p) for p in sorted(root.rglob(pattern)) if p.is_file() and "__pycache__" not in p.parts}
+
+
+@lru_cache(maxsize=None)
+def tool_versions() -> tuple:
+    """Versions from package metadata: reading them imports nothing."""
+    out = []
+    for name in TOOLS:
+        try:
+            out.append((name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            out.append((name, None))
+    return tuple(out)
+
+
+@lru_cache(maxsize=None)
+def code_digest() -> str:
+    """mlpack's own code: a change to a converter invalidates what it built."""
+    root = Path(__file__).parent
+    return _hash_json(_tree_digest(root, "*.py") | _tree_digest(root, "*.txt"))
+
+
+@lru_cache(maxsize=None)
+def gpu_identity() -> str:
+    """GPU name and compute capability via nvidia-smi (no CUDA import); 'none' without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "none"
+    except (OSError, subprocess.TimeoutExpired):
+        return "none"
+
+
+def source_files(recipe: Recipe) -> dict[str, str]:
+    """Digests of the files that define the model.
+
+    For a factory: every .py file under the factory's folder (what it can
+    import from the recipe's tree), plus weights, exported programs, data.
+    """
+    src = recipe.source
+    files: dict[str, str] = {}
+    if src.factory:
+        folder = recipe.resolve(src.factory.rsplit(":", 1)[0]).parent
+        files |= {f"factory/{k}": v for k, v in _tree_digest(folder, "*.py").items()}
+    for key in ("exported", "weights", "keras"):
+        rel = getattr(src, key)
+        if rel:
+            files[key] = file_digest(recipe.resolve(rel))
+    if src.savedmodel:
+        files |= {f"savedmodel/{k}": v for k, v in _tree_digest(recipe.resolve(src.savedmodel), "*").items()}
+    if recipe.data:
+        files["data"] = file_digest(recipe.resolve(recipe.data.path))
+    return files
+
+
+def source_key(recipe: Recipe) -> str:
+    """Key of the reference step: the model, its I/O and the parity samples."""
+    dump = recipe.model_dump(mode="json")
+    return _hash_json(
+        {
+            "sections": {k: dump[k] for k in SOURCE_SECTIONS},
+            "samples": {"n": recipe.parity.samples, "seed": recipe.parity.seed},
+            "files": source_files(recipe),
+            "tools": tool_versions(),
+            "code": code_digest(),
+        }
+    )
+
+
+def target_key(recipe: Recipe, spec, src_key: str) -> str:
+    parts = {
+        "source": src_key,
+        "target": spec.model_dump(mode="json"),
+        "tolerance": recipe.parity.tolerance_for(spec.target_name).model_dump(mode="json"),
+    }
+    if getattr(spec, "device", "cpu") == "cuda" or spec.kind == "tensorrt":
+        parts["gpu"] = gpu_identity()  # an engine or CUDA kernel is only valid on the GPU that built it
+    return _hash_json(parts)
+
+
+# ------------------------------------------------------------------ entries
+
+
+def entry_dir(out_root: Path, key: str) -> Path:
+    return out_root / CACHE_DIR / key
+
+
+def lookup(out_root: Path, key: str) -> dict | None:
+    """The cached result for `key` if every file is present and intact."""
+    entry = entry_dir(out_root, key)
+    try:
+        result = json.loads((entry / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for f in result.get("files", []):
+        p = entry / "files" / f["path"]
+        try:
+            if p.stat().st_size != f["bytes"] or sha256_file(p) != f["sha256"]:
+                raise OSError("hash mismatch")
+        except OSError:
+            shutil.rmtree(entry, ignore_errors=True)  # corrupted: never served
+            return None
+    return result
+
+
+def _paths(result: dict) -> list[str]:
+    """Verified artifact files, then the step's logs (kept, not verified)."""
+    return [f["path"] for f in result.get("files", [])] + result.get("aux", [])
+
+
+def restore(out_root: Path, key: str, result: dict, staging: Path) -> None:
+    """Link the cached files into a new build tree at their manifest paths."""
+    for rel in _paths(result):
+        src = entry_dir(out_root, key) / "files" / rel
+        if src.is_file():
+            dst = staging / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            link_or_copy(src, dst)
+
+
+def store(out_root: Path, key: str, result: dict, root: Path, aux: list[str] = ()) -> None:
+    """Record a successful step: link its files (and logs) from the published tree."""
+    entry = entry_dir(out_root, key)
+    tmp = entry.with_name(f".{key}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    result = {**result, "aux": [a for a in aux if (root / a).is_file()]}
+    for rel in _paths(result):
+        dst = tmp / "files" / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        link_or_copy(root / rel, dst)
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "result.json").write_text(json.dumps(result))
+    shutil.rmtree(entry, ignore_errors=True)
+    os.replace(tmp, entry)

@@ -1,0 +1,65 @@
+"""File operations a build relies on: links instead of copies, atomic publish."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link where possible: a multi-GB model is not copied twice."""
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links unsupported
+        shutil.copy2(src, dst)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def publish(staging: Path, final: Path) -> None:
+    """Put `staging` at `final` so a reader sees the old tree or the new, never half."""
+    if not final.exists():
+        os.rename(staging, final)
+        return
+    if _exchange(staging, final):
+        shutil.rmtree(staging, ignore_errors=True)  # staging now holds the old tree
+        return
+    old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(final, old)
+    os.rename(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(out_root: Path, pattern: str) -> list[Path]:
+    """Remove temporaries named `...tmp-<pid>-...` whose build process is gone."""
+    removed = []
+    for p in out_root.glob(pattern):
+        try:
+            pid = int(p.name.split("tmp-", 1)[1].split("-")[0])
+        except (IndexError, ValueError):
+            continue
+        if not pid_alive(pid):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
