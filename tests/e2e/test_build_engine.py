@@ -201,18 +201,23 @@ def test_hanging_converter_times_out(tmp_path):
     assert "timed out after 8s" in by["onnx-b"]["reason"]
 
 
+def step_spans(trace: Path) -> list[tuple[float, float]]:
+    """(first, last) time each step process wrote to the trace, in start order."""
+    times: dict[str, list[float]] = {}
+    for line in trace.read_text().splitlines():
+        pid, t, _ = line.split()
+        times.setdefault(pid, []).append(float(t))
+    return sorted((min(ts), max(ts)) for ts in times.values())
+
+
 def test_jobs_2_runs_targets_concurrently(tmp_path):
     recipe = project(tmp_path)
     trace = tmp_path / "trace.txt"
     proc, m = build(recipe, tmp_path / "out", "--jobs", "2", env={"MLPACK_TEST_MODE": "overlap", "MLPACK_TEST_TRACE": str(trace)})
     assert proc.returncode == 0, proc.stderr
-    spans: dict[str, list[float]] = {}
-    for line in trace.read_text().splitlines():
-        pid, t, _ = line.split()
-        spans.setdefault(pid, []).append(float(t))
-    pids = [p for p, ts in spans.items()]
-    assert len(pids) >= 2
-    (a0, a1), (b0, b1) = [(min(spans[p]), max(spans[p])) for p in pids[:2]]
+    spans = step_spans(trace)
+    assert len(spans) == 2
+    (a0, a1), (b0, b1) = spans
     assert a0 < b1 and b0 < a1, "the two target steps did not overlap"
 
 
@@ -221,12 +226,8 @@ def test_jobs_1_runs_targets_one_after_another(tmp_path):
     trace = tmp_path / "trace.txt"
     proc, _ = build(recipe, tmp_path / "out", "--jobs", "1", env={"MLPACK_TEST_MODE": "overlap", "MLPACK_TEST_TRACE": str(trace)})
     assert proc.returncode == 0, proc.stderr
-    spans: dict[str, list[float]] = {}
-    for line in trace.read_text().splitlines():
-        pid, t, _ = line.split()
-        spans.setdefault(pid, []).append(float(t))
-    intervals = sorted((min(ts), max(ts)) for ts in spans.values())
-    assert all(prev[1] <= nxt[0] for prev, nxt in zip(intervals, intervals[1:]))
+    intervals = step_spans(trace)
+    assert len(intervals) == 2 and all(prev[1] <= nxt[0] for prev, nxt in zip(intervals, intervals[1:]))
 
 
 def test_concurrent_builds_never_interleave(tmp_path):
