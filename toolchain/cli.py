@@ -233,7 +233,7 @@ def _print_serve_check(result) -> None:
 
 
 def cmd_bench(args) -> int:
-    from toolchain.bench import bench, write_plot
+    from toolchain.bench import bench
     from toolchain.progress import make_progress
 
     if args.warmup < 0 or args.iters < 1 or args.seconds <= 0:
@@ -243,7 +243,6 @@ def cmd_bench(args) -> int:
             args.dir, batches=args.batch, warmup=args.warmup, iters=args.iters, seconds=args.seconds, threads=args.threads,
             recipe_path=args.recipe, through_server=args.through_server, server=args.server, progress=progress,
         )
-    write_plot(report, args.dir / "bench.png")
     _print_bench(report, args.dir)
     if args.json:
         print(json.dumps(report, indent=2))

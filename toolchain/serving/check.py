@@ -7,6 +7,7 @@ Results come back as data and are recorded in the manifest, per target, under
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -123,13 +124,17 @@ def serve_check(root: Path, server: Path | None = None, native: bool = False, ta
     return result
 
 
-def _check_triton(result, models, by_target, samples, reference, server, native, progress) -> None:
+@contextlib.contextmanager
+def open_triton(root: Path, models: list[dict], by_target: dict, server: Path | None, native: bool, log: Path, progress: Progress):
+    """A started Triton serving the build's models (stand-ins where a backend is missing).
+
+    Yields (server, one Served per model); the server is stopped and the
+    temporary repository removed however the block ends.
+    """
     from toolchain.serving.server import TritonServer, find_triton
     from toolchain.serving.standin import Served, native_backend, prepare
 
     install = find_triton(server)
-    root = result.root
-    log = root / "logs" / "serve-check-triton.log"
     log.unlink(missing_ok=True)
     work = Path(tempfile.mkdtemp(prefix="mlpack-serve-"))
     try:
@@ -145,13 +150,20 @@ def _check_triton(result, models, by_target, samples, reference, server, native,
         progress.start("triton", f"starting tritonserver ({install.origin})")
         with TritonServer(install, repo, work, log) as srv:
             progress.end("triton", "ok", f"Triton {srv.version} ready in {srv.start_seconds:.1f}s on {srv.url}")
-            result.server_version, result.start_seconds = srv.version, srv.start_seconds
-            for m, s in zip(models, served):
-                check = _check_model(srv, m, s, by_target[m["target"]], samples, reference, root, progress)
-                check.log = log.relative_to(root).as_posix()
-                result.models.append(check)
+            yield srv, served
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_triton(result, models, by_target, samples, reference, server, native, progress) -> None:
+    root = result.root
+    log = root / "logs" / "serve-check-triton.log"
+    with open_triton(root, models, by_target, server, native, log, progress) as (srv, served):
+        result.server_version, result.start_seconds = srv.version, srv.start_seconds
+        for m, s in zip(models, served):
+            check = _check_model(srv, m, s, by_target[m["target"]], samples, reference, root, progress)
+            check.log = log.relative_to(root).as_posix()
+            result.models.append(check)
 
 
 def _check_model(srv, m: dict, s, target: dict, samples, reference, root: Path, progress) -> ModelCheck:
@@ -205,10 +217,9 @@ def replay(url: str, cfg, sig, samples: list[dict]) -> tuple[list[dict], str | N
     INPUT__i); samples larger than max_batch_size go in chunks, as a client must.
     """
     import tritonclient.http as httpclient
-    from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+    from tritonclient.utils import InferenceServerException
 
     client = httpclient.InferenceServerClient(url, connection_timeout=10.0, network_timeout=REQUEST_TIMEOUT)
-    in_pairs = [(c.name, t.name) for c, t in zip(cfg.input, sig.inputs)]
     out_pairs = [(c.name, t.name) for c, t in zip(cfg.output, sig.outputs)]
     outputs: list[dict] = []
     sent = 0
@@ -218,12 +229,7 @@ def replay(url: str, cfg, sig, samples: list[dict]) -> tuple[list[dict], str | N
             step = cfg.max_batch_size if 0 < cfg.max_batch_size < n else n
             parts: list[dict] = []
             for lo in range(0, n, step):
-                inputs = []
-                for cname, sname in in_pairs:
-                    arr = np.ascontiguousarray(feed[sname][lo:lo + step] if step != n else feed[sname])
-                    inp = httpclient.InferInput(cname, list(arr.shape), np_to_triton_dtype(arr.dtype))
-                    inp.set_data_from_numpy(arr)
-                    inputs.append(inp)
+                inputs = infer_inputs(cfg, sig, {k: v[lo:lo + step] for k, v in feed.items()} if step != n else feed)
                 sent += 1
                 try:
                     res = client.infer(cfg.name, inputs, outputs=[httpclient.InferRequestedOutput(c) for c, _ in out_pairs])
@@ -234,6 +240,20 @@ def replay(url: str, cfg, sig, samples: list[dict]) -> tuple[list[dict], str | N
     finally:
         client.close()
     return outputs, None, sent
+
+
+def infer_inputs(cfg, sig, feed: dict) -> list:
+    """KServe v2 inputs named as the config names them, from a feed named by the signature."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    inputs = []
+    for c, t in zip(cfg.input, sig.inputs):
+        arr = np.ascontiguousarray(feed[t.name])
+        inp = httpclient.InferInput(c.name, list(arr.shape), np_to_triton_dtype(arr.dtype))
+        inp.set_data_from_numpy(arr)
+        inputs.append(inp)
+    return inputs
 
 
 def _record(root: Path, manifest: dict, checks: list[ModelCheck]) -> dict:
