@@ -243,16 +243,16 @@ def cmd_bench(args) -> int:
             args.dir, batches=args.batch, warmup=args.warmup, iters=args.iters, seconds=args.seconds, threads=args.threads,
             recipe_path=args.recipe, through_server=args.through_server, server=args.server, progress=progress,
         )
-    _print_bench(report, args.dir)
+    _print_bench(report, args.dir, sys.stderr if args.json else sys.stdout)  # stdout stays pure JSON with --json
     if args.json:
         print(json.dumps(report, indent=2))
     return EXIT_OK
 
 
-def _print_bench(report: dict, root: Path) -> None:
+def _print_bench(report: dict, root: Path, stream) -> None:
     from rich.table import Table
 
-    con = _console(sys.stdout)
+    con = _console(stream)
     batches = report["batches"]
     t = Table(title=f"bench {report['name']} ({report['threads']} threads; x = ratio to eager)")
     for col in ("runtime", "p50 ms", "p90 ms", "p99 ms", *(f"b{b} samples/s" for b in batches)):
