@@ -171,7 +171,7 @@ def predict_inputs(record: bytes) -> dict[str, bytes] | None:
     return inputs
 
 
-_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]:,]|[^\s{}\[\]:,"#]+')
+_TOKEN = re.compile(r""""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[{}\[\]:,]|[^\s{}\[\]:,"'#]+""")
 
 
 def _text_proto(tokens: list[str], i: int) -> tuple[dict, int]:
@@ -203,7 +203,7 @@ def _text_proto(tokens: list[str], i: int) -> tuple[dict, int]:
 
 
 def _scalar(tok: str):
-    if tok.startswith('"'):
+    if tok[0] in "\"'":
         return bytes(tok[1:-1], "utf-8").decode("unicode_escape")
     return int(tok) if re.fullmatch(r"-?\d+", tok) else tok
 
