@@ -93,6 +93,9 @@ def load_and_run(version_dir: Path, samples: list[dict]) -> tuple[list[dict], in
     import tensorflow as tf
     from tensorflow.core.framework.tensor_pb2 import TensorProto
 
+    warmup = version_dir / WARMUP
+    # Read eagerly, before the TF1 session makes its graph the default.
+    records = list(tf.data.TFRecordDataset(str(warmup)).as_numpy_iterator()) if warmup.is_file() else []
     graph = tf.Graph()
     with tf.compat.v1.Session(graph=graph) as sess:
         meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(version_dir))
@@ -109,16 +112,12 @@ def load_and_run(version_dir: Path, samples: list[dict]) -> tuple[list[dict], in
             values = sess.run(fetches, {sig.inputs[k].name: v for k, v in named.items()})
             return dict(zip(fetch_keys, values))
 
-        warmups = 0
-        warmup = version_dir / WARMUP
-        if warmup.is_file():
-            for i, record in enumerate(tf.data.TFRecordDataset(str(warmup)).as_numpy_iterator()):
-                inputs = predict_inputs(record)
-                if inputs is None:
-                    raise ValueError(f"warmup record {i} is not a PredictLog; only predict warmup is replayed")
-                run({k: tf.make_ndarray(TensorProto.FromString(v)) for k, v in inputs.items()})
-                warmups += 1
-        return [run(feed) for feed in samples], warmups
+        for i, record in enumerate(records):
+            inputs = predict_inputs(record)
+            if inputs is None:
+                raise ValueError(f"warmup record {i} is not a PredictLog; only predict warmup is replayed")
+            run({k: tf.make_ndarray(TensorProto.FromString(v)) for k, v in inputs.items()})
+        return [run(feed) for feed in samples], len(records)
 
 
 # ----------------------------------------------------------- wire formats
