@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -128,10 +129,10 @@ def bench(root: Path, batches: list[int], warmup: int = 5, iters: int = 50, seco
     for name, kind, runner in _runtimes(root, manifest, recipe, threads):
         progress.start(name, f"bench {name}")
         with runner:
-            lat_times = time_runs(lambda: runner.infer(feeds[lat_b]), warmup, iters, seconds)
+            lat_times = time_runs(partial(runner.infer, feeds[lat_b]), warmup, iters, seconds)
             tput = {}
             for b in sizes:
-                times = lat_times if b == lat_b else time_runs(lambda: runner.infer(feeds[b]), warmup, iters, seconds)
+                times = lat_times if b == lat_b else time_runs(partial(runner.infer, feeds[b]), warmup, iters, seconds)
                 tput[str(b)] = b * len(times) / sum(times)
         results.append({"name": name, "kind": kind, "latency_ms": _latency(lat_times), "throughput": tput})
         progress.end(name, "ok", f"p50 {results[-1]['latency_ms']['p50']:.3f} ms at batch {lat_b}")
