@@ -10,6 +10,7 @@ beside the manifest; nothing here prints.
 from __future__ import annotations
 
 import json
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -114,6 +115,7 @@ def bench(root: Path, batches: list[int], warmup: int = 5, iters: int = 50, seco
     path = root / "manifest.json"
     if not path.is_file():
         raise UsageError(f"no manifest.json in {root}", "pass <out>/<name>, the directory a build published")
+    load = os.getloadavg()  # before our own work adds to it
     manifest = mf.read(path)
     if manifest["framework"] != "pytorch":
         raise UsageError(f"bench needs the eager source as its baseline; {manifest['framework']} sources are not supported yet")
@@ -122,6 +124,9 @@ def bench(root: Path, batches: list[int], warmup: int = 5, iters: int = 50, seco
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
     batch_dim, sizes, lat_b, notes = batch_plan(recipe, batches)
+    if load[0] >= 1.0:
+        # Measured on a shared 2-vCPU VM: one busy neighbour made 2-thread eager BERT 150x slower.
+        notes.append(f"the machine was busy when the bench started (load average {load[0]:.2f} on {os.cpu_count()} CPUs): figures include contention")
     if not same_recipe:
         notes.append(f"{recipe.path} changed since the build (sha256 differs): the eager baseline may not be the built model")
     feeds = make_feeds(recipe, batch_dim, sorted({*sizes, lat_b}), recipe.parity.seed)
@@ -146,6 +151,7 @@ def bench(root: Path, batches: list[int], warmup: int = 5, iters: int = 50, seco
         "schema": SCHEMA_ID,
         "name": manifest["name"],
         "threads": threads,
+        "load_average": [round(v, 2) for v in load],
         "environment": mf.environment(manifest["environment"].get("device", "cpu")),
         "batch_dim": batch_dim,
         "requested_batches": batches,
