@@ -66,6 +66,19 @@ def other_cnn(tmp_path_factory):
     return d / "out" / "tiny-cnn", proc
 
 
+def test_server_found_from_its_environment_or_binary(monkeypatch, tmp_path):
+    from toolchain.serving.server import ServerError, find_triton
+
+    found = find_triton()
+    monkeypatch.chdir(tmp_path)  # relative --server paths resolve from the cwd, results do not depend on it
+    env_root = Path(found.env["PATH"]).parent
+    for given in (env_root, found.binary, Path(os.path.relpath(env_root, tmp_path))):
+        assert find_triton(given) == found, given
+    assert found.binary.is_absolute() and "python" in found.available_backends()
+    with pytest.raises(ServerError, match="no tritonserver in it"):
+        find_triton(tmp_path)
+
+
 def test_cnn_onnx_and_aoti_served_through_python_stand_ins(cnn_checked):
     root, proc = cnn_checked
     assert proc.returncode == 0, proc.stderr[-3000:]

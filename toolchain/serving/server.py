@@ -65,14 +65,17 @@ class TritonInstall:
 
 
 def _from_wheel_env(env_root: Path) -> TritonInstall | None:
-    """The nvidia-pytriton wheel installed in the environment at env_root."""
+    """The nvidia-pytriton wheel installed in the environment at env_root, or None if absent."""
+    env_root = env_root.resolve()  # PATH entries and backend symlinks must not depend on the cwd
     for sp in sorted(env_root.glob("lib/python3.*/site-packages")):
         tri = sp / "pytriton" / "tritonserver"
         if (tri / "bin" / "tritonserver").is_file():
             pyver = sp.parent.name.removeprefix("python")  # "3.11"
             stub = tri / "python_backend_stubs" / pyver / "triton_python_backend_stub"
             if not stub.is_file():
-                return None
+                have = sorted(p.name for p in (tri / "python_backend_stubs").iterdir())
+                raise ServerError(f"nvidia-pytriton in {env_root} has no Python-backend stub for Python {pyver} (it has {', '.join(have)})",
+                                  "recreate that environment with one of those Python versions")
             # The stub embeds this Python: the environment's own must come first on PATH.
             env = {"PATH": str(env_root / "bin"), "LD_LIBRARY_PATH": str(sp / "nvidia_pytriton.libs")}
             return TritonInstall(tri / "bin" / "tritonserver", tri / "backends", stub, env, f"nvidia-pytriton in {env_root}")
