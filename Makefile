@@ -5,24 +5,42 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
+# A real Triton server for `mlpack serve-check` and the tests: tritonserver 2.51
+# and its Python backend from the nvidia-pytriton wheel, in an environment of
+# its own that the backend's stub runs models in. The stub needs numpy<2 (with
+# numpy 2.4 every response failed: "output tensor shape does not match size of
+# output"); .venv keeps numpy 2. onnxruntime and torch run the stand-in model.py.
+TRITON_VENV := .venv-triton
+PYTRITON    ?= nvidia-pytriton==0.7.0
 
-.PHONY: demo test install lint clean
+.PHONY: demo test install triton lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]" "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev,serve]" "$(TORCH)"
 	touch $@
 
 install: $(BIN)/.installed
+
+# The wheel goes in last and without its dependencies: only its server binary,
+# libraries and backend are used, not the pytriton Python API (which pins numpy<2 too).
+$(TRITON_VENV)/.installed:
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/pip install -q "numpy<2" onnxruntime "$(TORCH)"
+	$(TRITON_VENV)/bin/pip install -q --no-deps "$(PYTRITON)"
+	touch $@
+
+triton: $(TRITON_VENV)/.installed
 
 demo: install
 	$(BIN)/mlpack build recipes/cnn.yaml
 	$(BIN)/mlpack inspect artifacts/tiny-cnn
 
 # pytest exits 5 when it collects nothing; that is not a failure of the suite.
-test: install
+test: install triton
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 clean:

@@ -15,8 +15,19 @@ def _cuda_reason() -> str | None:
     return None if torch.cuda.is_available() else "no CUDA GPU visible to torch"
 
 
+def _triton_reason() -> str | None:
+    from toolchain.serving.server import ServerError, find_triton
+
+    try:
+        find_triton()
+    except ServerError as e:
+        return f"no Triton server: {e} (make test installs one with `make triton`)"
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     reasons = {
+        "triton": _triton_reason,
         "gpu": _cuda_reason,
         "tensorrt": lambda: None if importlib.util.find_spec("tensorrt") else "tensorrt is not installed (not installable from this workplace's registries)",
         "tf": lambda: None if importlib.util.find_spec("tensorflow") else "tensorflow is not installed (pip install 'mlpack[tensorflow]')",

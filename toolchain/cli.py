@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="build every target of a recipe, gate on parity, publish")
     b.add_argument("recipe", type=Path)
+    b.add_argument("--serve-check", action="store_true", help="after a successful build, run `mlpack serve-check` on it")
     b.add_argument("--out", type=Path, default=Path("artifacts"), help="output root (default: artifacts/)")
     b.add_argument("--target", action="append", metavar="NAME", help="build only this target (repeatable)")
     b.add_argument("--jobs", type=int, default=None, help="targets built in parallel (default: what cores and memory allow)")
@@ -39,13 +40,43 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="summarise a built artifact directory")
     i.add_argument("dir", type=Path)
     i.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("serve-check", help="load a build's repositories in a real server, replay its parity samples, compare")
+    s.add_argument("dir", type=Path)
+    s.add_argument("--target", action="append", metavar="NAME", help="check only this target's models (repeatable)")
+    s.add_argument("--native", action="store_true", help="serve the repository as is (the server has the native backends)")
+    s.add_argument("--server", type=Path, metavar="PATH", help="a tritonserver binary, or an environment holding nvidia-pytriton")
+    s.add_argument("--json", action="store_true", help="print the updated manifest to stdout")
+
+    n = sub.add_parser("bench", help="latency and throughput of each built artifact, against the eager source model")
+    n.add_argument("dir", type=Path)
+    n.add_argument("--batch", type=_batch_list, default=[1, 8, 32], metavar="1,8,32", help="batch sizes, clipped to the recipe's batch dim")
+    n.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    n.add_argument("--iters", type=int, default=50, help="timed runs per figure at most (default 50)")
+    n.add_argument("--seconds", type=float, default=5.0, help="time budget per figure (default 5)")
+    n.add_argument("--threads", type=int, help="intra-op threads for every runtime (default: torch's)")
+    n.add_argument("--recipe", type=Path, help="the recipe, when the path in the manifest does not resolve from here")
+    n.add_argument("--through-server", action="store_true", help="also measure through a Triton server (requests/s per concurrency)")
+    n.add_argument("--server", type=Path, metavar="PATH", help="with --through-server: as for serve-check")
+    n.add_argument("--json", action="store_true", help="print bench.json to stdout")
     return p
+
+
+def _batch_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be positive integers")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"build": cmd_build, "validate": cmd_validate, "inspect": cmd_inspect}[args.command](args)
+        commands = {"build": cmd_build, "validate": cmd_validate, "inspect": cmd_inspect, "serve-check": cmd_serve_check, "bench": cmd_bench}
+        return commands[args.command](args)
     except MlpackError as e:
         print(f"mlpack: {e.render()}", file=sys.stderr)
         return e.exit_code
@@ -79,6 +110,9 @@ def cmd_build(args) -> int:
     with make_progress() as progress:
         result = build(recipe, args.out, only=args.target, progress=progress, jobs=args.jobs, force=args.force)
     _print_summary(result)
+    if args.serve_check and result.exit_code == EXIT_OK:
+        check = _serve_check(result.path)
+        result.manifest, result.exit_code = check.manifest, check.exit_code
     if args.junit:
         from toolchain.junit import write_junit
 
@@ -157,3 +191,86 @@ def _print_summary(result) -> None:
         con.print(f"[green]published[/] {result.path}")
     else:
         con.print(f"[red]not published[/]: the previous output is untouched; this attempt is in {result.path}")
+
+
+def _serve_check(root: Path, server: Path | None = None, native: bool = False, targets: list[str] | None = None):
+    from toolchain.progress import make_progress
+    from toolchain.serving.check import serve_check
+
+    with make_progress() as progress:
+        result = serve_check(root, server=server, native=native, targets=targets, progress=progress)
+    _print_serve_check(result)
+    return result
+
+
+def cmd_serve_check(args) -> int:
+    result = _serve_check(args.dir, args.server, args.native, args.target)
+    if args.json:
+        print(json.dumps(result.manifest, indent=2))
+    return result.exit_code
+
+
+def _print_serve_check(result) -> None:
+    from rich.table import Table
+
+    con = _console(sys.stderr)
+    t = Table(title=f"serve-check {result.root}")
+    for col in ("model", "target", "served by", "status", "requests", "max abs err", "min cosine", "why"):
+        t.add_column(col)
+    for c in result.models:
+        abs_err, cos = c.parity.worst() if c.parity else (None, None)
+        color = {"ok": "green", "skipped": "yellow"}.get(c.status, "red")
+        why = [c.reason] if c.reason else []
+        if c.parity and not c.parity.passed:
+            why += [f"{name}: {'; '.join(d.failures[:2])}" for name, d in c.parity.outputs.items() if not d.passed]
+        t.add_row(
+            c.model, c.target, c.backend, f"[{color}]{c.status}[/]", str(c.requests),
+            "-" if abs_err is None else f"{abs_err:.2e}", "-" if cos is None else f"{cos:.6f}", "\n".join(why),
+        )
+    con.print(t)
+    if result.server_version:
+        con.print(f"Triton {result.server_version}, ready in {result.start_seconds:.1f}s; server log: {result.root / 'logs' / 'serve-check-triton.log'}")
+    for server, why in result.skipped.items():
+        con.print(f"[yellow]{server}: not checked[/] - {why}")
+    for c in result.models:
+        if c.native_check and c.status != "ok":
+            con.print(f"[red]{c.model}[/]: what the native backend would refuse:\n    " + "\n    ".join(c.native_check))
+
+
+def cmd_bench(args) -> int:
+    from toolchain.bench import bench
+    from toolchain.progress import make_progress
+
+    if args.warmup < 0 or args.iters < 1 or args.seconds <= 0:
+        raise UsageError("--warmup must be >= 0, --iters >= 1 and --seconds > 0")
+    with make_progress() as progress:
+        report = bench(
+            args.dir, batches=args.batch, warmup=args.warmup, iters=args.iters, seconds=args.seconds, threads=args.threads,
+            recipe_path=args.recipe, through_server=args.through_server, server=args.server, progress=progress,
+        )
+    _print_bench(report, args.dir, sys.stderr if args.json else sys.stdout)  # stdout stays pure JSON with --json
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return EXIT_OK
+
+
+def _print_bench(report: dict, root: Path, stream) -> None:
+    from rich.table import Table
+
+    con = _console(stream)
+    batches = report["batches"]
+    t = Table(title=f"bench {report['name']} ({report['threads']} threads; x = ratio to eager)")
+    for col in ("runtime", "p50 ms", "p90 ms", "p99 ms", *(f"b{b} samples/s" for b in batches)):
+        t.add_column(col, justify="right")
+    for r in report["runtimes"]:
+        lat = r["latency_ms"]
+        cells = [f"{lat[q]:.3f} ({r['vs_eager']['latency_ms'][q]:.2f}x)" for q in ("p50", "p90", "p99")]
+        cells += [f"{r['throughput'][str(b)]:.1f} ({r['vs_eager']['throughput'][str(b)]:.2f}x)" for b in batches]
+        t.add_row(r["name"], *cells)
+    con.print(t)
+    for s in report.get("server") or []:
+        levels = ", ".join(f"c{c['concurrency']}: {c['requests_per_s']:.1f} req/s (p50 {c['latency_ms']['p50']:.2f} ms)" for c in s["concurrency"])
+        con.print(f"through Triton {s['model']} ({s['backend']}): {levels}")
+    for note in report.get("notes", []):
+        con.print(f"[yellow]note[/]: {note}")
+    con.print(f"wrote {root / 'bench.json'} and {root / 'bench.png'}")

@@ -1,0 +1,268 @@
+"""mlpack serve-check: load a build's repositories in a real server, replay the
+parity samples over KServe v2 HTTP, and judge the answers with the build's gate.
+
+Results come back as data and are recorded in the manifest, per target, under
+`serving_check.<server>`; the CLI prints them and picks the exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from toolchain import manifest as mf
+from toolchain.errors import EXIT_CONVERSION, EXIT_OK, EXIT_PARITY, UsageError
+from toolchain.parity import ParityReport
+from toolchain.progress import Progress
+
+REQUEST_TIMEOUT = 120.0  # seconds per request; a model that takes longer is refused
+
+
+@dataclass
+class ModelCheck:
+    """One served model's verdict: ok | mismatch | refused | skipped."""
+
+    target: str
+    server: str  # triton | tfserving
+    model: str
+    backend: str  # what served it, labelled honestly
+    native_backend: str | None = None  # what its config asks for
+    status: str = "skipped"
+    reason: str | None = None
+    server_version: str | None = None
+    native_check: list[str] = field(default_factory=list)  # what the native backend would refuse
+    parity: ParityReport | None = None
+    requests: int = 0
+    load_seconds: float = 0.0
+    infer_seconds: float = 0.0
+    log: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "server": self.server,
+            "server_version": self.server_version,
+            "model": self.model,
+            "backend": self.backend,
+            "native_backend": self.native_backend,
+            "status": self.status,
+            "reason": self.reason,
+            "native_check": self.native_check,
+            "requests": self.requests,
+            "load_seconds": round(self.load_seconds, 3),
+            "infer_seconds": round(self.infer_seconds, 3),
+            "log": self.log,
+            "parity": self.parity.to_dict() if self.parity else None,
+        }
+
+
+@dataclass
+class ServeCheckResult:
+    root: Path
+    models: list[ModelCheck]
+    skipped: dict[str, str]  # server -> why nothing was checked there
+    server_version: str | None = None
+    start_seconds: float | None = None
+    manifest: dict | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if any(m.status == "refused" for m in self.models):
+            return EXIT_CONVERSION
+        if any(m.status == "mismatch" for m in self.models):
+            return EXIT_PARITY
+        return EXIT_OK
+
+
+def read_build(root: Path) -> tuple[dict, list[dict], list[dict]]:
+    """(manifest, parity samples, reference outputs) of a published build."""
+    from toolchain.build import load_feeds
+
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise UsageError(f"no manifest.json in {root}", "pass <out>/<name>, the directory a build published")
+    manifest = mf.read(path)
+    data = manifest.get("parity_data") or {}
+    try:
+        samples = load_feeds(root / data.get("samples", "parity/samples.npz"))
+        reference = load_feeds(root / data.get("reference", "parity/reference.npz"))
+    except OSError as e:
+        raise UsageError(f"{root}: the build's parity samples are missing ({e})", "rebuild it with mlpack build") from None
+    return manifest, samples, reference
+
+
+def serve_check(root: Path, server: Path | None = None, native: bool = False, targets: list[str] | None = None,
+                progress: Progress | None = None) -> ServeCheckResult:
+    """Check every served model of the build at `root`; updates its manifest."""
+    progress = progress or Progress()
+    manifest, samples, reference = read_build(root)
+    by_target = {t["name"]: t for t in manifest["targets"]}
+    if targets:
+        unknown = [t for t in targets if t not in by_target]
+        if unknown:
+            raise UsageError(f"--target {', '.join(unknown)}: not in {root / 'manifest.json'}", f"targets are: {', '.join(by_target)}")
+    models = [m for m in manifest["serving"].get("models", []) if not targets or m["target"] in targets]
+    result = ServeCheckResult(root, [], {})
+    triton_models = [m for m in models if m["server"] == "triton"]
+    if triton_models:
+        _check_triton(result, triton_models, by_target, samples, reference, server, native, progress)
+    else:
+        result.skipped["triton"] = "this build has no Triton models (no serve.triton section, or none of its targets built)"
+    from toolchain.serving.tfserving_check import check_tfserving
+
+    tf_checks, tf_skip = check_tfserving(root, manifest, [m for m in models if m["server"] == "tfserving"], samples, reference, progress)
+    result.models += tf_checks
+    if tf_skip:
+        result.skipped["tfserving"] = tf_skip
+    result.manifest = _record(root, manifest, result.models)
+    return result
+
+
+@contextlib.contextmanager
+def open_triton(root: Path, models: list[dict], by_target: dict, server: Path | None, native: bool, log: Path, progress: Progress):
+    """A started Triton serving the build's models (stand-ins where a backend is missing).
+
+    Yields (server, one Served per model); the server is stopped and the
+    temporary repository removed however the block ends.
+    """
+    from toolchain.serving.server import TritonServer, find_triton
+    from toolchain.serving.standin import Served, native_backend, prepare
+
+    install = find_triton(server)
+    log.unlink(missing_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="mlpack-serve-"))
+    try:
+        if native:
+            repo = root / "triton"
+            served = [Served(m["name"], nb, nb) for m in models for nb in [native_backend((root / m["path"] / "config.pbtxt").read_text())]]
+        else:
+            repo = work / "repository"
+            repo.mkdir()
+            kinds = {n: t["kind"] for n, t in by_target.items()}
+            devices = {n: t.get("device", "cpu") for n, t in by_target.items()}
+            served = prepare(models, root, repo, install.available_backends(), kinds, devices)
+        progress.start("triton", f"starting tritonserver ({install.origin})")
+        with TritonServer(install, repo, work, log) as srv:
+            progress.end("triton", "ok", f"Triton {srv.version} ready in {srv.start_seconds:.1f}s on {srv.url}")
+            yield srv, served
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_triton(result, models, by_target, samples, reference, server, native, progress) -> None:
+    root = result.root
+    log = root / "logs" / "serve-check-triton.log"
+    with open_triton(root, models, by_target, server, native, log, progress) as (srv, served):
+        result.server_version, result.start_seconds = srv.version, srv.start_seconds
+        for m, s in zip(models, served):
+            check = _check_model(srv, m, s, by_target[m["target"]], samples, reference, root, progress)
+            check.log = log.relative_to(root).as_posix()
+            result.models.append(check)
+
+
+def _check_model(srv, m: dict, s, target: dict, samples, reference, root: Path, progress) -> ModelCheck:
+    from toolchain.parity import compare
+    from toolchain.recipe import Tolerance
+    from toolchain.serving.standin import parse_config
+    from toolchain.serving.triton import check_config_against_signature
+    from toolchain.tensors import Signature
+
+    check = ModelCheck(m["target"], "triton", m["name"], s.backend, s.native_backend, server_version=srv.version)
+    if s.skip_reason:
+        check.reason = s.skip_reason
+        progress.note(f"triton: {m['name']}: skipped - {s.skip_reason}")
+        return check
+    text = (root / m["path"] / "config.pbtxt").read_text()
+    sig = Signature.from_dict(target["signature"])
+    if s.backend != s.native_backend:  # served by a stand-in: check what the native backend enforces
+        check.native_check = check_config_against_signature(text, sig, target["kind"])
+    progress.start(m["name"], f"{m['name']}: loading ({s.backend})")
+    t0 = time.perf_counter()
+    refusal = srv.load(m["name"])
+    check.load_seconds = time.perf_counter() - t0
+    if refusal:
+        check.status, check.reason = "refused", f"Triton refused to load {m['name']}: {refusal}"
+        progress.end(m["name"], "refused", refusal)
+        return check
+    t0 = time.perf_counter()
+    outputs, error, check.requests = replay(srv.url, parse_config(text), sig, samples)
+    check.infer_seconds = time.perf_counter() - t0
+    if error:
+        check.status, check.reason = "refused", f"Triton refused a request to {m['name']}: {error}"
+        progress.end(m["name"], "refused", error)
+        return check
+    check.parity = compare(reference, outputs, Tolerance(**target["parity"]["tolerance"]))
+    abs_err, cos = check.parity.worst()
+    if check.native_check:  # a config the native backend refuses explains any mismatch too
+        check.status = "refused"
+        check.reason = f"the native {s.native_backend} backend would refuse this config: " + "; ".join(check.native_check)
+    elif not check.parity.passed:
+        check.status, check.reason = "mismatch", "served outputs differ from the source model beyond the build's tolerance"
+    else:
+        check.status = "ok"
+    progress.end(m["name"], check.status, f"{check.requests} requests, max_abs_err {abs_err:.2e}, cosine {cos:.6f}")
+    return check
+
+
+def replay(url: str, cfg, sig, samples: list[dict]) -> tuple[list[dict], str | None, int]:
+    """Send every sample over KServe v2 HTTP; (outputs per sample, first error, requests sent).
+
+    Config tensors pair with the signature by position (torch_aoti renames them
+    INPUT__i); samples larger than max_batch_size go in chunks, as a client must.
+    """
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(url, connection_timeout=10.0, network_timeout=REQUEST_TIMEOUT)
+    out_pairs = [(c.name, t.name) for c, t in zip(cfg.output, sig.outputs)]
+    outputs: list[dict] = []
+    sent = 0
+    try:
+        for feed in samples:
+            n = len(next(iter(feed.values())))
+            step = cfg.max_batch_size if 0 < cfg.max_batch_size < n else n
+            parts: list[dict] = []
+            for lo in range(0, n, step):
+                inputs = infer_inputs(cfg, sig, {k: v[lo:lo + step] for k, v in feed.items()} if step != n else feed)
+                sent += 1
+                try:
+                    res = client.infer(cfg.name, inputs, outputs=[httpclient.InferRequestedOutput(c) for c, _ in out_pairs])
+                except InferenceServerException as e:
+                    return outputs, (e.message() or str(e)).strip(), sent
+                parts.append({sname: res.as_numpy(cname) for cname, sname in out_pairs})
+            outputs.append({k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]})
+    finally:
+        client.close()
+    return outputs, None, sent
+
+
+def infer_inputs(cfg, sig, feed: dict) -> list:
+    """KServe v2 inputs named as the config names them, from a feed named by the signature."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    inputs = []
+    for c, t in zip(cfg.input, sig.inputs):
+        arr = np.ascontiguousarray(feed[t.name])
+        inp = httpclient.InferInput(c.name, list(arr.shape), np_to_triton_dtype(arr.dtype))
+        inp.set_data_from_numpy(arr)
+        inputs.append(inp)
+    return inputs
+
+
+def _record(root: Path, manifest: dict, checks: list[ModelCheck]) -> dict:
+    """Add serving_check.<server> to each checked target; replace the manifest atomically."""
+    by_target = {t["name"]: t for t in manifest["targets"]}
+    for c in checks:
+        by_target[c.target].setdefault("serving_check", {})[c.server] = c.to_dict()
+    path = root / "manifest.json"
+    tmp = path.with_name(f".manifest.json.{os.getpid()}.tmp")
+    mf.write(tmp, manifest)
+    os.replace(tmp, path)  # a new file: never writes through a link into a cache
+    return manifest
