@@ -151,14 +151,13 @@ def clean_stale(out_root: Path, name: str) -> None:
 
 
 def load_source(recipe: Recipe):
-    if recipe.source.framework == "pytorch":
-        from toolchain.sources.pytorch import TorchSource
+    if recipe.source.framework == "tensorflow":
+        from toolchain.sources.tensorflow import TFSource
 
-        return TorchSource(recipe)
-    raise UsageError(
-        f"{recipe.path}: source.framework: tensorflow sources are not supported by this version of mlpack yet",
-        "use a pytorch source, or a later mlpack release",
-    )
+        return TFSource(recipe)
+    from toolchain.sources.pytorch import TorchSource
+
+    return TorchSource(recipe)
 
 
 def _build_target(source, recipe: Recipe, spec, staging: Path, samples, reference, progress: Progress) -> tuple[TargetResult, Artifact | None]:
@@ -263,10 +262,9 @@ def _run(recipe: Recipe, specs, staging: Path, progress: Progress):
         with capture_to(staging / "logs" / "source.log"):
             source = load_source(recipe)
             samples = samples_for(recipe)
-            from toolchain.runners.torch_eager import TorchEagerRunner
             from toolchain.runners import run_all
 
-            reference = run_all(TorchEagerRunner(source.module, source.input_names, source.output_names), samples)
+            reference = run_all(source.reference_runner(), samples)
     except UsageError:
         progress.end("source", "failed")
         raise
@@ -280,6 +278,8 @@ def _run(recipe: Recipe, specs, staging: Path, progress: Progress):
             results.append(TargetResult(spec.target_name, spec.kind, "failed", reason, log="logs/source.log"))
         return results, artifacts
     progress.end("source", "ok", f"{len(samples)} parity samples, outputs {', '.join(source.output_names)}")
+    for note in source.notes:
+        progress.note(f"source: {note}")
     (staging / "parity").mkdir()
     _save_feeds(staging / "parity" / "samples.npz", samples)
     _save_feeds(staging / "parity" / "reference.npz", reference)
@@ -293,17 +293,28 @@ def _run(recipe: Recipe, specs, staging: Path, progress: Progress):
 
 def _write_serving(recipe: Recipe, results: list[TargetResult], artifacts: dict[str, Artifact], staging: Path, progress: Progress) -> dict:
     serving: dict = {"triton": None, "tfserving": None, "models": []}
-    tri = recipe.serve.triton
-    if not tri or not tri.targets:
-        return serving
-    from toolchain.serving.triton import triton_model_name, write_triton_model
+    if recipe.serve.triton and recipe.serve.triton.targets:
+        _write_triton(recipe, results, artifacts, staging, progress, serving)
+    if recipe.serve.tfserving and recipe.serve.tfserving.targets:
+        _write_tfserving(recipe, results, artifacts, staging, progress, serving)
+    return serving
 
-    by_name = {r.name: r for r in results}
+
+def _servable(tname: str, results: list[TargetResult], artifacts: dict[str, Artifact], server: str, progress: Progress) -> TargetResult | None:
+    """The result of a target that built and passed, else None (noted when it exists)."""
+    res = next((r for r in results if r.name == tname), None)
+    if res is not None and tname not in artifacts:
+        progress.note(f"{server}: no model for '{tname}' ({res.status})")
+    return res if tname in artifacts else None
+
+
+def _write_triton(recipe: Recipe, results, artifacts, staging: Path, progress: Progress, serving: dict) -> None:
+    from toolchain.serving.triton import TF_DEPRECATION, triton_model_name, write_triton_model
+
+    tri = recipe.serve.triton
     for tname in tri.targets:
-        res = by_name.get(tname)
-        if res is None or tname not in artifacts:
-            if res is not None:
-                progress.note(f"triton: no model for '{tname}' ({res.status})")
+        res = _servable(tname, results, artifacts, "triton", progress)
+        if res is None:
             continue
         art = artifacts[tname]
         model = triton_model_name(recipe.name, tname)
@@ -316,7 +327,23 @@ def _write_serving(recipe: Recipe, results: list[TargetResult], artifacts: dict[
         serving["models"].append({"server": "triton", "name": model, "target": tname, "path": model_dir.relative_to(staging).as_posix()})
         if art.kind == "aoti" and (tri.backend == "native"):
             progress.note(f"triton: {model} uses platform torch_aoti (Triton >= 26.03, beta, no batching); serve.triton.backend: python supports older servers and batching")
-    return serving
+        if art.kind in ("xla", "savedmodel"):
+            progress.note(f"triton: {model}: {TF_DEPRECATION}")
+
+
+def _write_tfserving(recipe: Recipe, results, artifacts, staging: Path, progress: Progress, serving: dict) -> None:
+    from toolchain.serving.tfserving import write_tfserving
+
+    served = [(t, artifacts[t].kind, staging / t) for t in recipe.serve.tfserving.targets if _servable(t, results, artifacts, "tfserving", progress)]
+    if not served:
+        return
+    samples = load_feeds(staging / "parity" / "samples.npz")
+    # base_path in models.config is absolute: where the repository lies once published.
+    final = staging.parent.resolve() / recipe.name / "tfserving"
+    for name, target, path in write_tfserving(staging / "tfserving", final, recipe, served, samples):
+        serving["models"].append({"server": "tfserving", "name": name, "target": target, "path": path.relative_to(staging).as_posix()})
+    serving["tfserving"] = "tfserving"
+    progress.note(f"tfserving: start the server with the command line in {final / 'README.md'}")
 
 
 def _manifest(recipe: Recipe, results: list[TargetResult], serving: dict, seconds: float) -> dict:

@@ -164,6 +164,7 @@ class TorchSource:
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
+        self.notes: list[str] = []  # what the build should tell the user about the source
         self.module = wrap(load_pytorch(recipe), recipe)
         self.input_names = [i.name for i in recipe.inputs]
         import torch
@@ -191,6 +192,11 @@ class TorchSource:
 
         feed = self.example_feed()
         return tuple(torch.from_numpy(feed[n]).to(device).contiguous() for n in self.input_names)
+
+    def reference_runner(self):
+        from toolchain.runners.torch_eager import TorchEagerRunner
+
+        return TorchEagerRunner(self.module, self.input_names, self.output_names)
 
     def dynamic_shapes(self) -> tuple:
         """One {axis: Dim} per input; a dim with min == max stays static."""
