@@ -20,7 +20,7 @@ XLA_FLAG = "--xla_cpu_compilation_enabled=true"
 
 def served_names(recipe_name: str, targets: list[str]) -> list[str]:
     """The first target is served as the recipe's name (the contract's layout), others as <name>_<target>."""
-    return [recipe_name if i == 0 else f"{recipe_name}_{t}".replace("-", "_") for i, t in enumerate(targets)]
+    return [recipe_name if i == 0 else f"{recipe_name}_{t}" for i, t in enumerate(targets)]
 
 
 def _version_policy(vp: VersionPolicy) -> str:

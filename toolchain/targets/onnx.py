@@ -76,7 +76,10 @@ def _export_tf(source, spec: OnnxTarget, path: Path) -> None:
     # tf2onnx logs a TF op it cannot convert and leaves it in the graph; fail here, naming it.
     unconverted = sorted({n.op_type for n in proto.graph.node if not onnx.defs.has(n.op_type, n.domain)})
     if unconverted:
-        raise StepError(f"tf2onnx cannot convert TensorFlow op(s) {', '.join(unconverted)} at opset {spec.opset}")
+        why = ""
+        if {"PartitionedCall", "StatefulPartitionedCall"} & set(unconverted):
+            why = "; a function call was left in the graph: tf2onnx does not inline XLA-compiled (jit_compile=True) functions, so convert from a model without them"
+        raise StepError(f"tf2onnx cannot convert TensorFlow op(s) {', '.join(unconverted)} at opset {spec.opset}{why}")
     by_name = {o.name: o for o in proto.graph.output}
     missing = [n for n in source.output_names if n not in by_name]
     if missing:

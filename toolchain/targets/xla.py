@@ -14,9 +14,7 @@ from pathlib import Path
 from toolchain.errors import StepError
 from toolchain.recipe import XlaTarget
 from toolchain.targets import Artifact
-from toolchain.targets.savedmodel import SAVED_MODEL, write_savedmodel
-
-MUST_COMPILE = "_XlaMustCompile"
+from toolchain.targets.savedmodel import MUST_COMPILE, SAVED_MODEL, must_compile_functions, write_savedmodel
 
 
 def skip_reason(spec: XlaTarget) -> str | None:
@@ -34,20 +32,6 @@ def xla_error(e: Exception) -> str:
     head = re.sub(r"\[_XlaMustCompile=[^\]]*\]", "", head)
     head = re.sub(r"\)(\{\{node [^}]*\}\})+$", ")", head)
     return f"XLA cannot compile the model: {head}"
-
-
-def must_compile_functions(saved_model_dir: Path) -> list[str]:
-    """Names of the saved graph's functions marked `_XlaMustCompile: true`."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    sm = saved_model_pb2.SavedModel()
-    sm.ParseFromString((Path(saved_model_dir) / "saved_model.pb").read_bytes())
-    return [
-        f.signature.name
-        for mg in sm.meta_graphs
-        for f in mg.graph_def.library.function
-        if MUST_COMPILE in f.attr and f.attr[MUST_COMPILE].b
-    ]
 
 
 def build(source, spec: XlaTarget, workdir: Path) -> Artifact:
