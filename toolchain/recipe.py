@@ -89,6 +89,8 @@ class Source(Strict):
             )
         if self.weights and not (self.framework == "pytorch" and self.factory):
             raise PydanticCustomError("weights_needs_factory", "weights are loaded into a pytorch factory's module; use them with source.factory", {})
+        if self.signature and not self.savedmodel:
+            raise PydanticCustomError("signature_needs_savedmodel", "signature names a signature of source.savedmodel; there is no savedmodel", {})
         if self.kwargs and not self.factory:
             raise PydanticCustomError("kwargs_needs_factory", "kwargs are passed to source.factory; there is no factory", {})
         return self

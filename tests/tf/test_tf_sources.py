@@ -85,6 +85,11 @@ parity: {{samples: 3}}
     reason = json.loads(proc.stdout)["targets"][0]["reason"]
     assert "has no signature 'predict' (it has: serving_default)" in reason
 
+    (tmp_path / "dtype.yaml").write_text(recipe.replace("name: m, dtype: int32", "name: m, dtype: float32"))
+    proc = mlpack("build", str(tmp_path / "dtype.yaml"), "--out", str(tmp_path / "out3"), "--json")
+    assert proc.returncode == 4
+    assert "inputs: 'm' is float32 in the recipe but the signature's 'mask' takes int32" in json.loads(proc.stdout)["targets"][0]["reason"]
+
 
 def test_xla_savedmodel_source_stays_xla(tmp_path, scorer_build):
     """An XLA SavedModel as the source: tf2onnx cannot see into it, a plain SavedModel would keep it."""

@@ -169,6 +169,10 @@ ERRORS = {
         [("  factory: m.py:build", "  exported: m.pt2\n  weights: w.safetensors")],
         [("source", 2, "weights are loaded into a pytorch factory's module; use them with source.factory", None)],
     ),
+    "signature without a savedmodel": (
+        [("framework: pytorch", "framework: tensorflow"), ("  factory: m.py:build", "  factory: m.py:build\n  signature: predict")],
+        [("source", 2, "signature names a signature of source.savedmodel; there is no savedmodel", None)],
+    ),
     "xla target on a pytorch source": (
         [("kind: aoti", "kind: xla")],
         [("targets[1].kind", 13, "'xla' does not build from a pytorch source", "use one of: aoti, onnx, tensorrt")],

@@ -26,7 +26,7 @@ def require_tensorflow(recipe: Recipe):
 
 
 def _load(recipe: Recipe):
-    """(model object, callable, its own input names or None, how it is called)."""
+    """(model object, callable, its own input names or None, call style for TFSource._invoke)."""
     import tensorflow as tf  # importable: TFSource checked
 
     src = recipe.source
@@ -40,7 +40,8 @@ def _load(recipe: Recipe):
         if key not in loaded.signatures:
             raise StepError(f"source.signature: {path} has no signature '{key}' (it has: {', '.join(loaded.signatures) or 'none'})")
         fn = loaded.signatures[key]
-        return loaded, fn, list(fn.structured_input_signature[1]), "kwargs"
+        # Keyword-only, and their order does not survive saving: sorted is the only stable order.
+        return loaded, fn, sorted(fn.structured_input_signature[1]), "signature"
     if src.keras:
         import keras
 
@@ -58,8 +59,6 @@ def _load(recipe: Recipe):
             raise
         except Exception as e:
             raise StepError(f"source.factory: {src.factory}(**{src.kwargs}) raised {type(e).__name__}: {e}") from e
-    if src.signature:
-        raise StepError("source.signature names a SavedModel signature; this source is not a SavedModel")
     return _callable(model, src.factory or src.keras)
 
 
@@ -70,9 +69,10 @@ def _callable(model, where: str):
     if isinstance(model, keras.Model):
         # Functional models are called with the structure they were built from.
         struct = getattr(model, "_inputs_struct", None)  # None for an unbuilt subclassed model
+        if isinstance(struct, dict):
+            return model, model, list(struct), "keras-dict"  # called by the dict's keys
         names = [t.name for t in model.inputs] if struct is not None else None
-        style = {dict: "keras-dict", list: "keras-list", tuple: "keras-list"}.get(type(struct), "keras")
-        return model, model, names, style
+        return model, model, names, "keras-list" if isinstance(struct, (list, tuple)) else "keras"
     if isinstance(model, tf.Module):
         if callable(model):
             fn = model.__call__
@@ -126,6 +126,8 @@ class TFSource:
         self.model, self._fn, self._own, self._style = _load(recipe)
         self._model_names, note = _input_order(self.input_names, self._own)
         self.notes = [note] if note else []
+        if self._style == "signature":
+            self._check_dtypes(self._fn.structured_input_signature[1])
         example = self.example_feed()
         flat, keys = _flatten(self._invoke([tf.constant(example[n]) for n in self.input_names]), recipe.outputs)
         if recipe.outputs and len(flat) < len(recipe.outputs):
@@ -137,9 +139,17 @@ class TFSource:
         for note in self.notes:
             print(f"source: {note}")  # into logs/source.log; the build also shows it
 
+    def _check_dtypes(self, specs: dict) -> None:
+        for spec, own in zip(self.recipe.inputs, self._model_names):
+            want = specs[own].dtype.name
+            if want != NUMPY_DTYPE[spec.dtype]:
+                raise StepError(f"inputs: '{spec.name}' is {spec.dtype} in the recipe but the signature's '{own}' takes {want}")
+
     def _invoke(self, args: list):
         """Call the model the way it takes its inputs (keywords, a dict, a list or one tensor)."""
         named = dict(zip(self._model_names, args)) if self._model_names else None
+        if self._style == "signature":
+            return dict(sorted(self._fn(**named).items()))
         if self._style == "kwargs":
             return self._fn(**named)
         if self._style == "keras-dict":
@@ -178,7 +188,7 @@ class TFSource:
 
         from toolchain.parity import make_feed
 
-        sizes = {n: min(max(d.opt, 2, d.min), d.max) for n, d in self.recipe.dims.items()}
+        sizes = {n: d.opt for n, d in self.recipe.dims.items()}
         return make_feed(self.recipe, sizes, np.random.default_rng(self.recipe.parity.seed + 1))
 
     def reference_runner(self):
