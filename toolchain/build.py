@@ -106,14 +106,26 @@ def load_feeds(path: Path) -> list[dict]:
 
 def load_source(recipe: Recipe):
     """The recipe's source model, loaded by its framework's module (in a worker)."""
-    if recipe.source.framework == "pytorch":
-        from toolchain.sources.pytorch import TorchSource
+    if recipe.source.framework == "tensorflow":
+        from toolchain.sources.tensorflow import TFSource
 
-        return TorchSource(recipe)
-    raise UsageError(
-        f"{recipe.path}: source.framework: tensorflow sources are not supported by this version of mlpack yet",
-        "use a pytorch source, or a later mlpack release",
-    )
+        return TFSource(recipe)
+    from toolchain.sources.pytorch import TorchSource
+
+    return TorchSource(recipe)
+
+
+def check_framework(recipe: Recipe) -> None:
+    """Exit 2 before any step when the source's framework is not installed.
+
+    Looked up with find_spec: the parent process never imports a framework.
+    """
+    import importlib.util
+
+    if recipe.source.framework == "tensorflow" and importlib.util.find_spec("tensorflow") is None:
+        from toolchain.sources.tensorflow import INSTALL_HINT
+
+        raise UsageError(f"{recipe.path}: source.framework: tensorflow needs TensorFlow, which is not installed here", INSTALL_HINT)
 
 
 # ------------------------------------------------------------------- steps
@@ -355,6 +367,7 @@ def _reference(plan: Plan, staging, out_root, progress, force, children, results
     if not force and _restore_reference(plan, staging, out_root):
         progress.note(f"reference outputs: cache hit ({plan.source_key[:12]})")
         return True
+    check_framework(recipe)
     save_feeds(staging / "parity" / "samples.npz", samples_for(recipe))
     progress.start("source", f"loading {recipe.source.framework} source, reference outputs")
     result, reason, log = run_step({"kind": "reference", "recipe": str(recipe.path)}, staging, "reference", DEFAULT_TIMEOUT, children)
@@ -364,6 +377,8 @@ def _reference(plan: Plan, staging, out_root, progress, force, children, results
             results[spec.target_name] = TargetResult(spec.target_name, spec.kind, "failed", f"source: {reason}", log=log)
         return False
     progress.end("source", "ok", f"{recipe.parity.samples} parity samples, outputs {', '.join(result['output_names'])}")
+    for note in result.get("notes", []):
+        progress.note(f"source: {note}")
     return True
 
 
@@ -449,17 +464,29 @@ def exit_code_for(results: list[TargetResult]) -> int:
 
 def _write_serving(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress) -> dict:
     serving: dict = {"triton": None, "tfserving": None, "models": []}
-    tri = recipe.serve.triton
-    if not tri or not tri.targets:
-        return serving
-    from toolchain.serving.triton import triton_model_name, write_triton_model
+    if recipe.serve.triton and recipe.serve.triton.targets:
+        _write_triton(recipe, results, staging, progress, serving)
+    if recipe.serve.tfserving and recipe.serve.tfserving.targets:
+        _write_tfserving(recipe, results, staging, progress, serving)
+    return serving
 
-    by_name = {r.name: r for r in results}
+
+def _servable(tname: str, results: list[TargetResult], server: str, progress: Progress) -> TargetResult | None:
+    """The result of a target that built and passed, else None (noted when it exists)."""
+    res = next((r for r in results if r.name == tname), None)
+    if res is not None and res.status != "ok":
+        progress.note(f"{server}: no model for '{tname}' ({res.status})")
+        return None
+    return res
+
+
+def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress, serving: dict) -> None:
+    from toolchain.serving.triton import TF_DEPRECATION, triton_model_name, write_triton_model
+
+    tri = recipe.serve.triton
     for tname in tri.targets:
-        res = by_name.get(tname)
-        if res is None or res.status != "ok":
-            if res is not None:
-                progress.note(f"triton: no model for '{tname}' ({res.status})")
+        res = _servable(tname, results, "triton", progress)
+        if res is None:
             continue
         model = triton_model_name(recipe.name, tname)
         try:
@@ -471,7 +498,23 @@ def _write_serving(recipe: Recipe, results: list[TargetResult], staging: Path, p
         serving["models"].append({"server": "triton", "name": model, "target": tname, "path": model_dir.relative_to(staging).as_posix()})
         if res.kind == "aoti" and tri.backend == "native":
             progress.note(f"triton: {model} uses platform torch_aoti (Triton >= 26.03, beta, no batching); serve.triton.backend: python supports older servers and batching")
-    return serving
+        if res.kind in ("xla", "savedmodel"):
+            progress.note(f"triton: {model}: {TF_DEPRECATION}")
+
+
+def _write_tfserving(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress, serving: dict) -> None:
+    from toolchain.serving.tfserving import write_tfserving
+
+    served = [(t, res.kind, staging / t) for t in recipe.serve.tfserving.targets if (res := _servable(t, results, "tfserving", progress))]
+    if not served:
+        return
+    samples = load_feeds(staging / "parity" / "samples.npz")
+    # base_path in models.config is absolute: where the repository lies once published.
+    final = staging.parent.resolve() / recipe.name / "tfserving"
+    for name, target, path in write_tfserving(staging / "tfserving", final, recipe, served, samples):
+        serving["models"].append({"server": "tfserving", "name": name, "target": target, "path": path.relative_to(staging).as_posix()})
+    serving["tfserving"] = "tfserving"
+    progress.note(f"tfserving: start the server with the command line in {final / 'README.md'}")
 
 
 def _manifest(recipe: Recipe, results: list[TargetResult], serving: dict, seconds: float) -> dict:

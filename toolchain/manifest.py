@@ -40,6 +40,8 @@ def environment(device: str) -> dict:
         "mlpack": _version("mlpack"),
         "torch": _version("torch"),
         "tensorflow": _version("tensorflow"),
+        "keras": _version("keras"),
+        "tf2onnx": _version("tf2onnx"),
         "onnx": _version("onnx"),
         "onnxruntime": ort,
         "tensorrt": _version("tensorrt"),

@@ -89,6 +89,8 @@ class Source(Strict):
             )
         if self.weights and not (self.framework == "pytorch" and self.factory):
             raise PydanticCustomError("weights_needs_factory", "weights are loaded into a pytorch factory's module; use them with source.factory", {})
+        if self.signature and not self.savedmodel:
+            raise PydanticCustomError("signature_needs_savedmodel", "signature names a signature of source.savedmodel; there is no savedmodel", {})
         if self.kwargs and not self.factory:
             raise PydanticCustomError("kwargs_needs_factory", "kwargs are passed to source.factory; there is no factory", {})
         return self
@@ -232,9 +234,33 @@ class TritonServe(Strict):
     version_policy: VersionPolicy = "latest"
 
 
+class TFServingBatching(Strict):
+    """TF Serving's BatchingParameters; unset fields keep the server's defaults."""
+
+    max_batch_size: Annotated[int, Field(ge=1)]
+    batch_timeout_micros: Annotated[int, Field(ge=0)] | None = None
+    max_enqueued_batches: Annotated[int, Field(ge=1)] | None = None
+    num_batch_threads: Annotated[int, Field(ge=1)] | None = None
+    allowed_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    pad_variable_length_inputs: bool = False
+
+    @model_validator(mode="after")
+    def _allowed_sizes(self) -> TFServingBatching:
+        # TF Serving refuses to load otherwise (batching_session.cc).
+        sizes = self.allowed_batch_sizes
+        if sizes and (sizes != sorted(set(sizes)) or sizes[-1] != self.max_batch_size):
+            raise PydanticCustomError(
+                "allowed_batch_sizes",
+                "allowed_batch_sizes must increase and end with max_batch_size ({m}); got {s}",
+                {"m": self.max_batch_size, "s": sizes},
+            )
+        return self
+
+
 class TFServingServe(Strict):
     targets: list[str] = Field(default_factory=list)
     version_policy: VersionPolicy = "latest"
+    batching: TFServingBatching | None = None
 
 
 class Serve(Strict):
@@ -311,31 +337,36 @@ def _cross_check(r: Recipe) -> list[tuple[tuple, str, str | None]]:
         for j, key in enumerate(tri.targets):
             if key not in names:
                 out.append((("serve", "triton", "targets", j), f"no target is named '{key}'", _did_you_mean(key, names)))
+            elif tri.backend == "python" and r.target(key).kind in ("xla", "savedmodel"):
+                out.append((("serve", "triton", "backend"), f"backend: python has no model.py for the {r.target(key).kind} target '{key}'", "use backend: native (tensorflow_savedmodel), or serve the onnx target"))
         if tri.max_batch_size > 0:
-            for i, spec in enumerate(r.inputs):
-                first = spec.shape[0] if spec.shape else None
-                if not isinstance(first, str):
-                    out.append(
-                        (("serve", "triton", "max_batch_size"), f"batching needs a dynamic first dimension, but input '{spec.name}' has shape {spec.shape}",
-                         "set max_batch_size: 0, or make the first dimension of every input a named dim such as `batch`")
-                    )
-                    break
-                if tri.max_batch_size > r.dims[first].max if first in r.dims else False:
-                    out.append(
-                        (("serve", "triton", "max_batch_size"), f"{tri.max_batch_size} exceeds dims.{first}.max ({r.dims[first].max})",
-                         f"lower max_batch_size to at most {r.dims[first].max} or raise dims.{first}.max")
-                    )
-                    break
-            firsts = {s.shape[0] for s in r.inputs if s.shape}
-            if len(firsts) > 1 and all(isinstance(f, str) for f in firsts):
-                out.append((("serve", "triton", "max_batch_size"), f"inputs disagree on the batch dimension ({', '.join(sorted(map(str, firsts)))})", "name the first dimension of every input the same"))
+            out += _batching_checks(r, ("serve", "triton", "max_batch_size"), tri.max_batch_size, "set max_batch_size: 0, or ")
     if r.serve.tfserving:
         for j, key in enumerate(r.serve.tfserving.targets):
             if key not in names:
                 out.append((("serve", "tfserving", "targets", j), f"no target is named '{key}'", _did_you_mean(key, names)))
             elif r.target(key).kind not in ("xla", "savedmodel"):
                 out.append((("serve", "tfserving", "targets", j), f"TF Serving serves SavedModels; '{key}' is a {r.target(key).kind} target", "list xla or savedmodel targets here"))
+        if r.serve.tfserving.batching:
+            loc = ("serve", "tfserving", "batching", "max_batch_size")
+            out += _batching_checks(r, loc, r.serve.tfserving.batching.max_batch_size, "remove serve.tfserving.batching, or ")
     return out
+
+
+def _batching_checks(r: Recipe, loc: tuple, max_batch_size: int, off: str) -> list[tuple[tuple, str, str | None]]:
+    """A server batching requests needs every input's first dim dynamic, shared, and large enough."""
+    for spec in r.inputs:
+        first = spec.shape[0] if spec.shape else None
+        if not isinstance(first, str):
+            return [(loc, f"batching needs a dynamic first dimension, but input '{spec.name}' has shape {spec.shape}",
+                     f"{off}make the first dimension of every input a named dim such as `batch`")]
+        if first in r.dims and max_batch_size > r.dims[first].max:
+            return [(loc, f"{max_batch_size} exceeds dims.{first}.max ({r.dims[first].max})",
+                     f"lower max_batch_size to at most {r.dims[first].max} or raise dims.{first}.max")]
+    firsts = {s.shape[0] for s in r.inputs if s.shape}
+    if len(firsts) > 1:
+        return [(loc, f"inputs disagree on the batch dimension ({', '.join(sorted(map(str, firsts)))})", "name the first dimension of every input the same")]
+    return []
 
 
 def _check_files(r: Recipe) -> list[tuple[tuple, str, str | None]]:

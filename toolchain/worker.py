@@ -41,7 +41,7 @@ def run_reference(step: dict, root: Path) -> dict:
     samples = load_feeds(root / "parity" / "samples.npz")
     reference = run_all(source.reference_runner(), samples)
     save_feeds(root / "parity" / "reference.npz", reference)
-    return {"output_names": source.output_names, "input_names": source.input_names}
+    return {"output_names": source.output_names, "input_names": source.input_names, "notes": source.notes}
 
 
 def run_target(step: dict, root: Path, workdir: Path) -> dict:

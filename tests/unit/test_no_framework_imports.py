@@ -7,7 +7,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-HEAVY = ("torch", "tensorflow", "onnx", "onnxruntime", "tensorrt", "keras")
+import pytest
+
+HEAVY = ("torch", "tensorflow", "onnx", "onnxruntime", "tensorrt", "keras", "tf2onnx", "tensorflow_serving")
 
 RECIPE = """\
 name: tiny
@@ -18,10 +20,22 @@ targets: [{kind: onnx}, {kind: aoti}]
 serve: {triton: {max_batch_size: 8, targets: [onnx]}}
 """
 
+TF_RECIPE = """\
+name: tiny
+source: {framework: tensorflow, factory: m.py:build}
+inputs: [{name: x, dtype: float32, shape: [batch, 4]}]
+dims: {batch: {min: 1, max: 8}}
+targets: [{kind: xla}, {kind: savedmodel}, {kind: onnx}]
+serve:
+  triton: {max_batch_size: 8, targets: [onnx, savedmodel]}
+  tfserving: {targets: [xla], batching: {max_batch_size: 8, allowed_batch_sizes: [4, 8]}}
+"""
 
-def test_validate_imports_no_framework(tmp_path: Path):
-    (tmp_path / "m.py").write_text("import torch\ndef build(): ...\n")  # must not be imported either
-    (tmp_path / "r.yaml").write_text(RECIPE)
+
+@pytest.mark.parametrize("recipe", [RECIPE, TF_RECIPE], ids=["pytorch", "tensorflow"])
+def test_validate_imports_no_framework(tmp_path: Path, recipe: str):
+    (tmp_path / "m.py").write_text("import torch\nimport tensorflow\ndef build(): ...\n")  # must not be imported either
+    (tmp_path / "r.yaml").write_text(recipe)
     code = textwrap.dedent(f"""
         import sys
         from toolchain.cli import main

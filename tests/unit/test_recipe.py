@@ -169,9 +169,40 @@ ERRORS = {
         [("  factory: m.py:build", "  exported: m.pt2\n  weights: w.safetensors")],
         [("source", 2, "weights are loaded into a pytorch factory's module; use them with source.factory", None)],
     ),
+    "signature without a savedmodel": (
+        [("framework: pytorch", "framework: tensorflow"), ("  factory: m.py:build", "  factory: m.py:build\n  signature: predict")],
+        [("source", 2, "signature names a signature of source.savedmodel; there is no savedmodel", None)],
+    ),
     "xla target on a pytorch source": (
         [("kind: aoti", "kind: xla")],
         [("targets[1].kind", 13, "'xla' does not build from a pytorch source", "use one of: aoti, onnx, tensorrt")],
+    ),
+    "tfserving target that is not a SavedModel": (
+        [("framework: pytorch", "framework: tensorflow"), ("kind: aoti", "kind: xla"), (APPEND, "serve:\n  tfserving:\n    targets: [onnx]\n")],
+        [("serve.tfserving.targets[0]", 16, "TF Serving serves SavedModels; 'onnx' is a onnx target", "list xla or savedmodel targets here")],
+    ),
+    "tfserving batching above dims max": (
+        [("framework: pytorch", "framework: tensorflow"), ("kind: aoti", "kind: xla"),
+         (APPEND, "serve:\n  tfserving:\n    targets: [xla]\n    batching: {max_batch_size: 64}\n")],
+        [("serve.tfserving.batching.max_batch_size", 17, "64 exceeds dims.batch.max (8)",
+          "lower max_batch_size to at most 8 or raise dims.batch.max")],
+    ),
+    "tfserving batching with a static first dim": (
+        [("framework: pytorch", "framework: tensorflow"), ("[batch, 4]", "[2, 4]"), ("kind: aoti", "kind: xla"),
+         (APPEND, "serve:\n  tfserving:\n    targets: [xla]\n    batching: {max_batch_size: 8}\n")],
+        [("serve.tfserving.batching.max_batch_size", 17, "batching needs a dynamic first dimension, but input 'x' has shape [2, 4]",
+          "remove serve.tfserving.batching, or make the first dimension of every input a named dim such as `batch`")],
+    ),
+    "tfserving allowed_batch_sizes not ending at max_batch_size": (
+        [("framework: pytorch", "framework: tensorflow"), ("kind: aoti", "kind: xla"),
+         (APPEND, "serve:\n  tfserving:\n    targets: [xla]\n    batching: {max_batch_size: 8, allowed_batch_sizes: [4, 2]}\n")],
+        [("serve.tfserving.batching", 17, "allowed_batch_sizes must increase and end with max_batch_size (8); got [4, 2]", None)],
+    ),
+    "triton python backend for a SavedModel target": (
+        [("framework: pytorch", "framework: tensorflow"), ("kind: aoti", "kind: savedmodel"),
+         (APPEND, "serve:\n  triton:\n    backend: python\n    targets: [onnx, savedmodel]\n")],
+        [("serve.triton.backend", 16, "backend: python has no model.py for the savedmodel target 'savedmodel'",
+          "use backend: native (tensorflow_savedmodel), or serve the onnx target")],
     ),
     "invalid YAML": (
         [("dtype: float32", "dtype: float32: x")],

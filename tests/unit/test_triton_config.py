@@ -282,3 +282,35 @@ def test_python_backend_model_py_runs_onnx(tmp_path, monkeypatch):
             np.testing.assert_allclose(resp.outputs["s"], want.sum(axis=1), rtol=1e-5)
     bad = m.execute([{"a": StubPbUtils.Tensor("a", np.zeros((1, 4), np.float32)), "b": reqs[0]["b"]}])
     assert bad[0].error is not None
+
+
+@pytest.mark.parametrize("kind", ["xla", "savedmodel"])
+@pytest.mark.parametrize("batch", [0, 8])
+def test_tensorflow_savedmodel_config(tmp_path, kind, batch):
+    art = tmp_path / kind / "saved_model"
+    (art / "variables").mkdir(parents=True)
+    (art / "saved_model.pb").write_bytes(b"\x12pb")
+    (art / "variables" / "variables.index").write_bytes(b"idx")
+    s = serve(max_batch_size=batch, dynamic_batching=None)
+    model_dir = write_triton_model(tmp_path / "repo", f"net_{kind}", 2, kind, tmp_path / kind, sig(), s, "cpu")
+    served = model_dir / "2" / "model.savedmodel"
+    assert (served / "saved_model.pb").read_bytes() == b"\x12pb" and (served / "variables" / "variables.index").is_file()
+    text = (model_dir / "config.pbtxt").read_text()
+    cfg = parse(text)
+    assert (cfg.platform, cfg.backend, cfg.max_batch_size) == ("tensorflow_savedmodel", "tensorflow", batch)
+    assert [t.name for t in cfg.input] == ["image", "mask"] and [t.name for t in cfg.output] == ["logits", "score"]
+    assert "25.03" in text.splitlines()[0]
+    assert ("XLA" in text) == (kind == "xla")
+    assert check_config_against_signature(text, sig(), kind) == []
+    assert check_config_against_signature(render_config("m", "onnx", sig(), s, "cpu"), sig(), kind)  # wrong platform
+
+
+def test_tensorflow_kinds_have_no_python_backend(tmp_path):
+    with pytest.raises(ValueError, match="backend: native"):
+        render_config("m", "savedmodel", sig(), serve(backend="python"), "cpu")
+
+
+def test_tensorflow_kind_needs_the_saved_model_directory(tmp_path):
+    (tmp_path / "xla").mkdir()
+    with pytest.raises(FileNotFoundError, match="saved_model"):
+        write_triton_model(tmp_path / "repo", "m", 1, "xla", tmp_path / "xla", sig(), serve(), "cpu")

@@ -11,10 +11,19 @@ from pathlib import Path
 
 from toolchain.fsutil import link_or_copy
 from toolchain.recipe import SpecificVersions, TritonServe
+from toolchain.targets.savedmodel import SAVED_MODEL
 from toolchain.tensors import TRITON_DTYPE, Signature, TensorSig
 
-KINDS = ("onnx", "aoti")
+TF_KINDS = ("xla", "savedmodel")
+KINDS = ("onnx", "aoti", *TF_KINDS)
 ARTIFACT_FILE = {"onnx": "model.onnx", "aoti": "model.pt2"}
+# Where each kind's artifact lies in its target folder, and its name in the version dir.
+ARTIFACT_SOURCE = {**ARTIFACT_FILE, "xla": SAVED_MODEL, "savedmodel": SAVED_MODEL}
+ARTIFACT_SERVED = {**ARTIFACT_FILE, "xla": "model.savedmodel", "savedmodel": "model.savedmodel"}
+TF_DEPRECATION = (
+    "platform tensorflow_savedmodel: Triton deprecated its TensorFlow backend from release 25.03; "
+    "serve the onnx target on current Triton servers"
+)
 TEMPLATE = Path(__file__).with_name("model_py.txt")
 MIN_TRITON_AOTI = "26.03"
 
@@ -34,6 +43,11 @@ def _backend(serve: TritonServe, backend: str | None) -> str:
     if b not in ("native", "python"):
         raise ValueError(f"unknown Triton backend {b!r}; use native or python")
     return b
+
+
+def _check_backend(kind: str, backend: str) -> None:
+    if backend == "python" and kind in TF_KINDS:
+        raise ValueError(f"serve.triton.backend: python has no model.py for {kind} artifacts; use backend: native (tensorflow_savedmodel)")
 
 
 def _max_batch_size(kind: str, serve: TritonServe, backend: str) -> int:
@@ -114,11 +128,17 @@ def render_config(
     if kind not in KINDS:
         raise ValueError(f"Triton serving supports artifact kinds {KINDS}, not {kind!r}")
     b = _backend(serve, backend)
+    _check_backend(kind, b)
     mbs = _max_batch_size(kind, serve, b)
     in_names, out_names = _tensor_names(kind, b, signature)
     comments: list[str] = []
     if b == "native" and kind == "onnx":
         fields = ['platform: "onnxruntime_onnx"', 'backend: "onnxruntime"']
+    elif kind in TF_KINDS:
+        comments = [f"# {TF_DEPRECATION}."]
+        if kind == "xla":
+            comments.append("# The serving function is XLA-compiled (jit_compile=True); the server's TensorFlow must run XLA on its devices.")
+        fields = ['platform: "tensorflow_savedmodel"', 'backend: "tensorflow"']
     elif b == "native":
         mapping = ", ".join(
             [f"{t.name}->{n}" for t, n in zip(signature.inputs, in_names)]
@@ -190,8 +210,8 @@ def write_triton_model(
     b = _backend(serve, backend)
     text = render_config(model_name, kind, signature, serve, device, b)  # validate before touching disk
     artifact_dir = Path(artifact_dir)
-    main = artifact_dir / ARTIFACT_FILE[kind]
-    if not main.is_file():
+    main = artifact_dir / ARTIFACT_SOURCE[kind]
+    if not (main.is_dir() if kind in TF_KINDS else main.is_file()):
         raise FileNotFoundError(f"{main} not found; expected the {kind} artifact there")
     model_dir = Path(repo) / model_name
     vdir = model_dir / str(version)
@@ -202,6 +222,8 @@ def write_triton_model(
         for f in sorted(artifact_dir.iterdir()):
             if f.is_file():
                 link_or_copy(f, vdir / f.name)
+    elif kind in TF_KINDS:
+        shutil.copytree(main, vdir / ARTIFACT_SERVED[kind], copy_function=link_or_copy)
     else:
         link_or_copy(main, vdir / main.name)
     if b == "python":
@@ -229,6 +251,8 @@ def check_config_against_signature(config_text: str, signature: Signature, kind:
         problems.append(f"onnx artifact served by platform={cfg.platform!r} backend={cfg.backend!r}")
     if kind == "aoti" and not (positional or cfg.backend == "python"):
         problems.append(f"aoti artifact served by platform={cfg.platform!r} backend={cfg.backend!r}")
+    if kind in TF_KINDS and cfg.platform != "tensorflow_savedmodel":
+        problems.append(f"{kind} artifact served by platform={cfg.platform!r} backend={cfg.backend!r}")
     if positional and cfg.max_batch_size != 0:
         problems.append(f"torch_aoti has no batching but max_batch_size is {cfg.max_batch_size}")
     mbs = cfg.max_batch_size

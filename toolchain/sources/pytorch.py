@@ -164,6 +164,7 @@ class TorchSource:
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
+        self.notes: list[str] = []  # what the build should tell the user about the source
         self.module = wrap(load_pytorch(recipe), recipe)
         self.input_names = [i.name for i in recipe.inputs]
         import torch

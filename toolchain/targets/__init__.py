@@ -20,6 +20,8 @@ TARGETS: dict[str, str] = {
     "onnx": "toolchain.targets.onnx",
     "aoti": "toolchain.targets.aoti",
     "tensorrt": "toolchain.targets.tensorrt",
+    "xla": "toolchain.targets.xla",
+    "savedmodel": "toolchain.targets.savedmodel",
 }
 
 

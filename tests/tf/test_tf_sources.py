@@ -1,0 +1,143 @@
+"""TensorFlow sources and failures as a user meets them: the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import pytest
+
+from tests.e2e.conftest import mlpack
+
+pytestmark = pytest.mark.tf
+
+SEGMENT_MODULE = '''\
+import tensorflow as tf
+
+
+class Pooled(tf.Module):
+    """SegmentSum runs in TensorFlow and converts to ONNX, but XLA has no kernel for it."""
+
+    @tf.function
+    def __call__(self, x):
+        pooled = tf.math.segment_sum(tf.transpose(x), tf.constant([0, 0, 1, 1]))
+        return tf.transpose(pooled) * 2.0
+
+
+def build():
+    return Pooled()
+'''
+
+SEGMENT_RECIPE = """\
+name: pooled
+source: {framework: tensorflow, factory: pooled.py:build}
+inputs: [{name: x, dtype: float32, shape: [batch, 4]}]
+outputs: [y]
+dims: {batch: {min: 1, max: 4}}
+targets: [{kind: xla}, {kind: onnx}]
+parity: {samples: 3}
+serve:
+  tfserving: {targets: [xla]}
+  triton: {max_batch_size: 4, targets: [onnx]}
+"""
+
+
+def test_xla_uncompilable_model_fails_only_its_xla_target(tmp_path):
+    (tmp_path / "pooled.py").write_text(SEGMENT_MODULE)
+    (tmp_path / "r.yaml").write_text(SEGMENT_RECIPE)
+    proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    m = json.loads(proc.stdout)
+    xla, onnx = (next(t for t in m["targets"] if t["name"] == n) for n in ("xla", "onnx"))
+    assert xla["status"] == "failed" and xla["parity"] is None
+    assert xla["reason"].startswith("XLA cannot compile the model:") and "SegmentSum" in xla["reason"]
+    assert "_XlaMustCompile=true,config_proto" not in xla["reason"]  # TF's attribute noise is trimmed
+    assert onnx["status"] == "ok" and onnx["parity"]["passed"]
+    assert [s["server"] for s in m["serving"]["models"]] == ["triton"]  # no TF Serving model for a failed target
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out" / "pooled").exists()
+
+
+def test_savedmodel_source_maps_inputs_by_position(tmp_path, scorer_build):
+    """A SavedModel's signature as the source; the recipe renames its inputs and reorders its outputs."""
+    recipe = f"""\
+name: from-savedmodel
+source: {{framework: tensorflow, savedmodel: {scorer_build.root / "savedmodel" / "saved_model"}}}
+inputs:
+  - {{name: feats, dtype: float32, shape: [batch, 16]}}
+  - {{name: m, dtype: int32, shape: [batch, 16], range: [0, 2]}}
+outputs: [norm, scores]
+dims: {{batch: {{min: 1, max: 4}}}}
+targets: [{{kind: savedmodel}}, {{kind: onnx}}]
+parity: {{samples: 3}}
+"""
+    (tmp_path / "r.yaml").write_text(recipe)
+    proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "source: inputs mapped by position (names differ): feats -> features, m -> mask" in proc.stderr
+    m = json.loads(proc.stdout)
+    sm = next(t for t in m["targets"] if t["name"] == "savedmodel")
+    assert [t["name"] for t in sm["signature"]["inputs"]] == ["feats", "m"]
+    assert [t["name"] for t in sm["signature"]["outputs"]] == ["norm", "scores"]
+    assert [t["shape"] for t in sm["signature"]["outputs"]] == [[-1], [-1, 4]]
+
+    wrong = recipe.replace("savedmodel: ", "signature: predict, savedmodel: ")
+    (tmp_path / "wrong.yaml").write_text(wrong)
+    proc = mlpack("build", str(tmp_path / "wrong.yaml"), "--out", str(tmp_path / "out2"), "--json")
+    assert proc.returncode == 4
+    reason = json.loads(proc.stdout)["targets"][0]["reason"]
+    assert "has no signature 'predict' (it has: serving_default)" in reason
+
+    (tmp_path / "dtype.yaml").write_text(recipe.replace("name: m, dtype: int32", "name: m, dtype: float32"))
+    proc = mlpack("build", str(tmp_path / "dtype.yaml"), "--out", str(tmp_path / "out3"), "--json")
+    assert proc.returncode == 4
+    assert "inputs: 'm' is float32 in the recipe but the signature's 'mask' takes int32" in json.loads(proc.stdout)["targets"][0]["reason"]
+
+
+def test_xla_savedmodel_source_stays_xla(tmp_path, scorer_build):
+    """An XLA SavedModel as the source: tf2onnx cannot see into it, a plain SavedModel would keep it."""
+    (tmp_path / "r.yaml").write_text(
+        "name: from-xla\n"
+        f"source: {{framework: tensorflow, savedmodel: {scorer_build.root / 'xla' / 'saved_model'}}}\n"
+        "inputs: [{name: features, dtype: float32, shape: [batch, 16]}, {name: mask, dtype: int32, shape: [batch, 16]}]\n"
+        "dims: {batch: {min: 1, max: 2}}\n"
+        "targets: [{kind: savedmodel}, {kind: onnx}, {kind: xla}]\n"
+        "parity: {samples: 2}\n"
+    )
+    proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    got = {t["name"]: (t["status"], t["reason"]) for t in json.loads(proc.stdout)["targets"]}
+    assert got["savedmodel"][0] == "failed" and "has XLA-compiled functions" in got["savedmodel"][1]
+    assert got["onnx"][0] == "failed" and "does not inline XLA-compiled (jit_compile=True) functions" in got["onnx"][1]
+    assert got["xla"] == ("ok", None)
+
+
+def test_keras_file_source_with_dict_inputs(tmp_path):
+    import keras
+
+    a, b = keras.Input((3,), name="a"), keras.Input((3,), name="b")
+    model = keras.Model({"a": a, "b": b}, {"total": keras.layers.Dense(2)(a * b), "diff": a - b})
+    model.save(tmp_path / "model.keras")
+    (tmp_path / "r.yaml").write_text(
+        "name: dict-model\n"
+        "source: {framework: tensorflow, keras: model.keras}\n"
+        "inputs: [{name: b, dtype: float32, shape: [batch, 3]}, {name: a, dtype: float32, shape: [batch, 3]}]\n"
+        "outputs: [total, diff]\n"
+        "dims: {batch: {min: 1, max: 3}}\n"
+        "targets: [{kind: xla}, {kind: onnx}]\n"
+        "parity: {samples: 3}\n"
+    )
+    proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mapped by position" not in proc.stderr  # matched by name, whatever the order
+    m = json.loads(proc.stdout)
+    assert all(t["parity"]["passed"] for t in m["targets"])
+    # `diff` = a - b is sign-sensitive: swapped inputs would fail parity against the Keras model.
+    assert [o["name"] for o in m["targets"][1]["signature"]["outputs"]] == ["total", "diff"]
+
+
+def test_factory_returning_the_wrong_type_exits_4(tmp_path):
+    (tmp_path / "m.py").write_text("def build():\n    return object()\n")
+    (tmp_path / "r.yaml").write_text(SEGMENT_RECIPE.replace("pooled.py:build", "m.py:build"))
+    proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 4
+    assert "returned object; expected a keras.Model or a tf.Module with a tf.function" in json.loads(proc.stdout)["targets"][0]["reason"]
+
+

@@ -1,0 +1,150 @@
+"""TensorFlow Serving repositories: SavedModel version dirs, models.config, warmup, README.
+
+The text files are rendered by hand (deterministic, framework-free) and checked
+in the tests against TF Serving's own protos; warmup records need TensorFlow
+and the serving API's PredictionLog, both in the `tensorflow` extra.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from pathlib import Path
+
+from toolchain.recipe import Recipe, SpecificVersions, TFServingBatching, VersionPolicy
+from toolchain.targets.savedmodel import SAVED_MODEL, SIGNATURE
+
+WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"
+XLA_FLAG = "--xla_cpu_compilation_enabled=true"
+
+
+def served_names(recipe_name: str, targets: list[str]) -> list[str]:
+    """The first target is served as the recipe's name (the contract's layout), others as <name>_<target>."""
+    return [recipe_name if i == 0 else f"{recipe_name}_{t}" for i, t in enumerate(targets)]
+
+
+def _version_policy(vp: VersionPolicy) -> str:
+    if isinstance(vp, SpecificVersions):
+        return "specific { " + " ".join(f"versions: {v}" for v in sorted(set(vp.specific))) + " }"
+    return "all { }" if vp == "all" else "latest { num_versions: 1 }"
+
+
+def render_models_config(models: list[tuple[str, Path]], version_policy: VersionPolicy) -> str:
+    """A ModelServerConfig text proto serving each (name, base_path)."""
+    lines = ["model_config_list {"]
+    for name, base in models:
+        lines += [
+            "  config {",
+            f'    name: "{name}"',
+            f'    base_path: "{base}"',
+            '    model_platform: "tensorflow"',
+            f"    model_version_policy {{ {_version_policy(version_policy)} }}",
+            "  }",
+        ]
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def render_batching(b: TFServingBatching) -> str:
+    """BatchingParameters text proto; the wrapped fields take `{ value: N }`."""
+    lines = [f"max_batch_size {{ value: {b.max_batch_size} }}"]
+    for field in ("batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
+        value = getattr(b, field)
+        if value is not None:
+            lines.append(f"{field} {{ value: {value} }}")
+    lines += [f"allowed_batch_sizes: {s}" for s in b.allowed_batch_sizes]
+    if b.pad_variable_length_inputs:
+        lines.append("pad_variable_length_inputs: true")
+    return "\n".join(lines) + "\n"
+
+
+def command_line(repo: Path, xla: bool, batching: bool) -> str:
+    """The tensorflow_model_server invocation for the repository at `repo`."""
+    args = ["tensorflow_model_server", "--port=8500", "--rest_api_port=8501", f"--model_config_file={repo / 'models.config'}"]
+    if batching:
+        args += ["--enable_batching=true", f"--batching_parameters_file={repo / 'batching_parameters.txt'}"]
+    if xla:
+        args.append(XLA_FLAG)  # off by default: XLA-compiled functions then fail at load
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def render_readme(repo: Path, models: list[tuple[str, str, str]], xla: bool, batching: bool) -> str:
+    rows = "\n".join(f"- `{name}`: target `{target}` ({kind})" for name, target, kind in models)
+    cmd = command_line(repo, xla, batching)
+    q = shlex.quote(str(repo))
+    docker = f"docker run --rm -p 8500:8500 -p 8501:8501 -v {q}:{q} tensorflow/serving " + cmd.split(" ", 1)[1]
+    xla_note = (
+        f"\n`{XLA_FLAG}` is required: the xla models' serving functions are compiled with XLA, "
+        "which TF Serving leaves off by default, and such models otherwise fail to load.\n"
+        if xla
+        else ""
+    )
+    return f"""# TensorFlow Serving repository
+
+Models (signature `{SIGNATURE}`, warmed up from `<version>/{WARMUP.as_posix()}`):
+{rows}
+
+Start the server on this repository:
+
+```sh
+{cmd}
+```
+
+or in the official image, mounting the repository at the same path:
+
+```sh
+{docker}
+```
+{xla_note}
+`models.config` holds absolute `base_path`s: if you move this directory, edit them.
+"""
+
+
+def write_warmup(path: Path, model_name: str, samples: list[dict]) -> int:
+    """One PredictionLog per distinct set of input shapes, so each shape is compiled before traffic.
+
+    XLA compiles once per input shape; repeating a shape only warms it again.
+    """
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seen: set[tuple] = set()
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for feed in samples:
+            shapes = tuple((n, v.shape) for n, v in sorted(feed.items()))
+            if shapes in seen:
+                continue
+            seen.add(shapes)
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model_name
+            request.model_spec.signature_name = SIGNATURE
+            for name, value in feed.items():
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return len(seen)
+
+
+def write_tfserving(repo: Path, final_repo: Path, recipe: Recipe, served: list[tuple[str, str, Path]], samples: list[dict]) -> list[tuple[str, str, Path]]:
+    """Write repo/<model>/<version>/ for each (target, kind, artifact dir), models.config, batching and README.
+
+    `final_repo` is where `repo` will lie once published: base_path and the
+    README's command line name it. Returns (model name, target, model dir).
+    """
+    tfs = recipe.serve.tfserving
+    name_of = dict(zip(tfs.targets, served_names(recipe.name, tfs.targets)))  # stable even if a target failed
+    out = []
+    for target, _, artifact_dir in served:
+        name = name_of[target]
+        vdir = repo / name / str(recipe.version)
+        shutil.copytree(artifact_dir / SAVED_MODEL, vdir)
+        write_warmup(vdir / WARMUP, name, samples)
+        out.append((name, target, repo / name))
+    models = [(name_of[t], final_repo / name_of[t]) for t, _, _ in served]
+    repo.joinpath("models.config").write_text(render_models_config(models, tfs.version_policy), encoding="utf-8")
+    if tfs.batching:
+        repo.joinpath("batching_parameters.txt").write_text(render_batching(tfs.batching), encoding="utf-8")
+    xla = any(kind == "xla" for _, kind, _ in served)
+    rows = [(name_of[t], t, kind) for t, kind, _ in served]
+    repo.joinpath("README.md").write_text(render_readme(final_repo, rows, xla, tfs.batching is not None), encoding="utf-8")
+    return out
