@@ -503,15 +503,21 @@ def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, pr
 
 
 def _write_tfserving(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress, serving: dict) -> None:
-    from toolchain.serving.tfserving import write_tfserving
+    from toolchain.serving.tfserving import write_tfserving, write_warmup
 
     served = [(t, res.kind, staging / t) for t in recipe.serve.tfserving.targets if (res := _servable(t, results, "tfserving", progress))]
     if not served:
         return
-    samples = load_feeds(staging / "parity" / "samples.npz")
+    samples_file = staging / "parity" / "samples.npz"
+    samples = load_feeds(samples_file)
+
+    def warmup(path: Path, model: str) -> None:  # from the cache when the samples are unchanged
+        parts = {"warmup": model, "samples": cache.file_digest(samples_file)}
+        cache.cached_file(staging.parent, parts, path, lambda p: write_warmup(p, model, samples))
+
     # base_path in models.config is absolute: where the repository lies once published.
     final = staging.parent.resolve() / recipe.name / "tfserving"
-    for name, target, path in write_tfserving(staging / "tfserving", final, recipe, served, samples):
+    for name, target, path in write_tfserving(staging / "tfserving", final, recipe, served, samples, warmup):
         serving["models"].append({"server": "tfserving", "name": name, "target": target, "path": path.relative_to(staging).as_posix()})
     serving["tfserving"] = "tfserving"
     progress.note(f"tfserving: start the server with the command line in {final / 'README.md'}")

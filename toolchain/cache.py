@@ -176,3 +176,20 @@ def store(out_root: Path, key: str, result: dict, root: Path, aux: list[str] = (
     (tmp / "result.json").write_text(json.dumps(result))
     shutil.rmtree(entry, ignore_errors=True)
     os.replace(tmp, entry)
+
+
+def cached_file(out_root: Path, parts: dict, dst: Path, produce) -> None:
+    """Write `dst` with `produce(dst)`, or link it from the cache entry of `parts`.
+
+    For derived files whose producer imports a framework (TF Serving warmup
+    records need TensorFlow): an unchanged rebuild must not.
+    """
+    key = _hash_json({**parts, "code": code_digest(), "tools": tool_versions()})
+    hit = lookup(out_root, key)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if hit:
+        link_or_copy(entry_dir(out_root, key) / "files" / hit["files"][0]["path"], dst)
+        return
+    produce(dst)
+    entry = {"files": [{"path": dst.name, "sha256": sha256_file(dst), "bytes": dst.stat().st_size}]}
+    store(out_root, key, entry, dst.parent)

@@ -161,3 +161,22 @@ def test_triton_configs(tf_built):
             assert cfg.platform == "tensorflow_savedmodel"
             assert (tf_built.root / model["path"] / "1" / "model.savedmodel" / "saved_model.pb").is_file()
             assert f"triton: {model['name']}: platform tensorflow_savedmodel: Triton deprecated its TensorFlow backend from release 25.03" in tf_built.proc.stderr
+
+
+def test_unchanged_rebuild_imports_no_tensorflow(scorer_build):
+    """A cache hit re-creates both repositories (warmup records included) without TensorFlow."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import ROOT
+
+    env = {**os.environ, "CI": "true", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "toolchain", "build", "recipes/tf-scorer.yaml", "--out", str(scorer_build.root.parent), "--json"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert all(t["cache"]["hit"] for t in json.loads(proc.stdout)["targets"])
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert not imported & {"tensorflow", "keras", "tf2onnx", "torch", "onnx", "onnxruntime"}
+    assert (scorer_build.root / "tfserving" / "tf-scorer" / "1" / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0

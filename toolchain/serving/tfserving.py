@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import shlex
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+from toolchain.fsutil import link_or_copy
 from toolchain.recipe import Recipe, SpecificVersions, TFServingBatching, VersionPolicy
 from toolchain.targets.savedmodel import SAVED_MODEL, SIGNATURE
 
@@ -125,20 +127,24 @@ def write_warmup(path: Path, model_name: str, samples: list[dict]) -> int:
     return len(seen)
 
 
-def write_tfserving(repo: Path, final_repo: Path, recipe: Recipe, served: list[tuple[str, str, Path]], samples: list[dict]) -> list[tuple[str, str, Path]]:
+def write_tfserving(repo: Path, final_repo: Path, recipe: Recipe, served: list[tuple[str, str, Path]], samples: list[dict],
+                    warmup: Callable[[Path, str], None] | None = None) -> list[tuple[str, str, Path]]:
     """Write repo/<model>/<version>/ for each (target, kind, artifact dir), models.config, batching and README.
 
     `final_repo` is where `repo` will lie once published: base_path and the
-    README's command line name it. Returns (model name, target, model dir).
+    README's command line name it. `warmup(path, model_name)` writes the warmup
+    records (default: write_warmup from `samples`; the build passes a cached one).
+    Returns (model name, target, model dir).
     """
+    warmup = warmup or (lambda path, name: write_warmup(path, name, samples))
     tfs = recipe.serve.tfserving
     name_of = dict(zip(tfs.targets, served_names(recipe.name, tfs.targets)))  # stable even if a target failed
     out = []
     for target, _, artifact_dir in served:
         name = name_of[target]
         vdir = repo / name / str(recipe.version)
-        shutil.copytree(artifact_dir / SAVED_MODEL, vdir)
-        write_warmup(vdir / WARMUP, name, samples)
+        shutil.copytree(artifact_dir / SAVED_MODEL, vdir, copy_function=link_or_copy)
+        warmup(vdir / WARMUP, name)
         out.append((name, target, repo / name))
     models = [(name_of[t], final_repo / name_of[t]) for t, _, _ in served]
     repo.joinpath("models.config").write_text(render_models_config(models, tfs.version_policy), encoding="utf-8")
