@@ -38,9 +38,10 @@ class TargetResult:
     signature: dict | None = None
     parity: ParityReport | None = None
     log: str | None = None
+    extra: dict = field(default_factory=dict)  # the artifact's own manifest fields
 
     def to_dict(self) -> dict:
-        return {
+        base = {
             "name": self.name,
             "kind": self.kind,
             "status": self.status,
@@ -52,6 +53,7 @@ class TargetResult:
             "signature": self.signature,
             "parity": self.parity.to_dict() if self.parity else None,
         }
+        return base | {k: v for k, v in self.extra.items() if k not in base}
 
 
 @dataclass
@@ -183,12 +185,13 @@ def _build_target(source, recipe: Recipe, spec, staging: Path, samples, referenc
             artifact = mod.build(source, spec, workdir)
         res.build_seconds = time.perf_counter() - t0
         res.signature = artifact.signature.to_dict()
+        res.extra = artifact.manifest
         res.files = mf.file_entries(staging, artifact.files)
         from toolchain.runners import make_runner, run_all
 
         with capture_to(log):
             outputs = run_all(make_runner(artifact.runner, **artifact.runner_args), samples)
-        res.parity = compare(reference, outputs, recipe.parity.tolerance_for(name))
+        res.parity = compare(reference, outputs, recipe.parity.tolerance_for(name, spec.precision_mode))
     except MlpackError as e:
         res.reason = f"{e}"
     except Exception as e:  # a converter's own failure: keep its message and the log
