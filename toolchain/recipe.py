@@ -268,6 +268,17 @@ class TritonServe(Strict):
     targets: list[str] = Field(default_factory=list)
     backend: Literal["native", "python"] = "native"
     version_policy: VersionPolicy = "latest"
+    onnx_tensorrt: Literal["off", "fp32", "fp16"] = Field(
+        "off", description="ONNX models: ONNX Runtime's TensorRT execution provider on GPU instances, at this precision"
+    )
+
+    @model_validator(mode="after")
+    def _accelerator_native(self) -> TritonServe:
+        if self.onnx_tensorrt != "off" and self.backend == "python":
+            raise PydanticCustomError(
+                "onnx_tensorrt_native", "onnx_tensorrt applies to Triton's onnxruntime backend; it needs backend: native", {}
+            )
+        return self
 
 
 class TFServingServe(Strict):
@@ -440,7 +451,8 @@ def _key_path(loc: tuple, data: Any) -> str:
             cur = cur[part] if isinstance(cur, list) and part < len(cur) else None
             continue
         absent = not (isinstance(cur, dict) and part in cur)
-        if absent and ("[" in part or part[:1].isupper() or i < len(loc) - 1):
+        union_tag = isinstance(cur, dict) and cur.get("kind") == part  # the target kind pydantic inserts
+        if absent and ("[" in part or part[:1].isupper() or i < len(loc) - 1 or union_tag):
             continue
         out += ("." if out else "") + part
         cur = cur.get(part) if isinstance(cur, dict) else None

@@ -16,6 +16,7 @@ RUNNERS = {
     "torch": "toolchain.runners.torch_eager:TorchEagerRunner",
     "onnxruntime": "toolchain.runners.onnxruntime:OnnxRuntimeRunner",
     "aoti": "toolchain.runners.aoti:AotiRunner",
+    "tensorrt": "toolchain.runners.tensorrt:TensorRTRunner",
 }
 
 

@@ -4,7 +4,9 @@ Both graphs are run on one sample with every intermediate tensor exposed as a
 graph output. The quantizers keep the FP32 graph's tensor names, so each
 node's output can be compared across the two. A node's score is the error it
 adds: the relative error of its output minus the largest relative error among
-its inputs, so the error a node merely passes on is not blamed on it.
+its inputs, so the error a node merely passes on is not blamed on it. (The
+quantized graph runs a little differently with its intermediates exposed: ONNX
+Runtime cannot fuse across a graph output. Good enough to rank nodes.)
 """
 
 from __future__ import annotations
@@ -56,27 +58,44 @@ def _relative_error(ref: np.ndarray | None, got: np.ndarray | None) -> float | N
 
 
 def node_errors(fp32_path: Path, quant_path: Path, feed: dict, device: str = "cpu") -> list[NodeError]:
-    """Every FP32 node with a comparable float output, worst added error first."""
+    """Every FP32 node with a comparable float output, worst added error first.
+
+    A tensor is compared as the quantized graph's consumers read it: after its
+    QuantizeLinear/DequantizeLinear pair when it has one. Its error is blamed
+    on the node producing it in the quantized graph when that node exists in
+    the FP32 graph (the quantizer may fold e.g. a Relu into its Conv), else on
+    its FP32 producer (QOperator formats replace nodes with helpers).
+    """
     import onnx
 
     fp32, quant = onnx.load(str(fp32_path)), onnx.load(str(quant_path))
-    weights = {i.name for i in fp32.graph.initializer}
-    producer = {o: n.op_type for n in quant.graph.node for o in n.output}
-    names = [o for n in fp32.graph.node for o in n.output if o in producer]
-    quant_names = {n.name for n in quant.graph.node}
-    # QDQ keeps a node and feeds it DequantizeLinear outputs; QOperator
-    # formats (int8-dynamic) replace it, so its name disappears.
-    touched = {n.name for n in quant.graph.node if any(producer.get(i) == "DequantizeLinear" for i in n.input)}
-    touched |= {n.name for n in fp32.graph.node} - quant_names
-    ref = _run_exposed(fp32, names, feed, device)
-    got = _run_exposed(quant, names, feed, device)
-    err = {n: e for n in names if (e := _relative_error(ref.get(n), got.get(n))) is not None}
+    fp32_nodes = {n.name: n for n in fp32.graph.node}
+    fp32_producer = {o: n.name for n in fp32.graph.node for o in n.output}
+    quant_producer = {o: n for n in quant.graph.node for o in n.output}
+    q_of = {n.input[0]: n.output[0] for n in quant.graph.node if n.op_type == "QuantizeLinear"}
+    dq_of = {n.input[0]: n.output[0] for n in quant.graph.node if n.op_type == "DequantizeLinear"}
+
+    def seen(t: str) -> str:
+        return dq_of.get(q_of.get(t, ""), t)
+
+    tensors = [t for t in fp32_producer if t in quant_producer]
+    inputs = [i.name for i in fp32.graph.input if seen(i.name) != i.name]
+    ref = {**feed, **_run_exposed(fp32, tensors, feed, device)}
+    got = _run_exposed(quant, [seen(t) for t in tensors + inputs], feed, device)
+    err = {t: e for t in tensors + inputs if (e := _relative_error(ref.get(t), got.get(seen(t)))) is not None}
+
+    blamed: dict[str, list[float]] = {}
+    for t in tensors:
+        if t in err:
+            producer = quant_producer[t].name
+            blamed.setdefault(producer if producer in fp32_nodes else fp32_producer[t], []).append(err[t])
+    # What nodes_to_exclude can undo: a node reading other tensors than in FP32
+    # (dequantized activations, quantized weights), or one replaced outright.
+    quant_nodes = {n.name: n for n in quant.graph.node}
+    touched = {name for name, n in fp32_nodes.items() if name not in quant_nodes or list(quant_nodes[name].input) != list(n.input)}
     rows = []
-    for node in fp32.graph.node:
-        outs = [err[o] for o in node.output if o in err]
-        if not outs:
-            continue
-        ins = [err[i] for i in node.input if i and i not in weights and i in err]
+    for name, outs in blamed.items():
+        ins = [err[i] for i in fp32_nodes[name].input if i in err]
         added = max(outs) - max(ins, default=0.0)
-        rows.append(NodeError(node.name, node.op_type, max(added, 0.0), max(outs), node.name in touched))
+        rows.append(NodeError(name, fp32_nodes[name].op_type, max(added, 0.0), max(outs), name in touched))
     return sorted(rows, key=lambda r: (-r.added_error, -r.output_error, r.node))
