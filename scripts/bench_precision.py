@@ -6,16 +6,20 @@ Runtime's transformer fusions, FP16, INT8 dynamic), then prints in one run the
 latency at batch 1 and the throughput at batch 8 (sequence 128) of each, as
 ratios to eager PyTorch, with each one's cosine to the eager output.
 
-    python scripts/bench_precision.py [--runs 10] [--out DIR]
+    python scripts/bench_precision.py [--rounds 4] [--out DIR]
 
 Takes several minutes on 2 cores (the AOTInductor compile and four ONNX
-exports of a 110M-parameter model dominate).
+exports of a 110M-parameter model dominate); with --out, a later run measures
+the build kept there without rebuilding. The artifacts take turns in rounds
+and each one's best call is reported, so load from other processes skews all
+rows alike rather than whichever ran during it.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -87,16 +91,23 @@ def feed(batch: int, seed: int) -> dict[str, np.ndarray]:
     }
 
 
-def timed(runner, x: dict, runs: int) -> tuple[float, dict]:
-    """Median seconds per call after two warm-up calls, and the last outputs."""
-    out = runner.infer(x)
-    runner.infer(x)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        out = runner.infer(x)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+def best_times(runners: dict, x: dict, rounds: int, calls: int) -> tuple[dict[str, float], dict[str, dict]]:
+    """Best seconds per call of each runner, and its outputs.
+
+    Each round gives every runner a block: one untimed call (ONNX Runtime's and
+    OpenMP's worker threads spin a while after a run and would slow whichever
+    runner came next), then `calls` timed ones.
+    """
+    outputs: dict[str, dict] = {}
+    best = dict.fromkeys(runners, float("inf"))
+    for _ in range(rounds):
+        for name, r in runners.items():
+            outputs[name] = r.infer(x)
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                r.infer(x)
+                best[name] = min(best[name], time.perf_counter() - t0)
+    return best, outputs
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -106,12 +117,14 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=10, help="timed calls per measurement (median reported)")
-    ap.add_argument("--out", type=Path, help="keep the build here (default: a temporary folder)")
+    ap.add_argument("--rounds", type=int, default=4, help="turns each artifact gets (its best call is reported)")
+    ap.add_argument("--out", type=Path, help="keep the build here and reuse it next time (default: a temporary folder)")
     args = ap.parse_args()
+    load_at_start = os.getloadavg()[0]  # what else was running: this machine may be shared
 
     import torch
 
+    from toolchain import manifest as mf
     from toolchain.build import build
     from toolchain.progress import Progress
     from toolchain.recipe import load_recipe
@@ -125,36 +138,42 @@ def main() -> int:
         (work / "recipe.yaml").write_text(RECIPE)
         recipe = load_recipe(work / "recipe.yaml")
         out = args.out or work / "out"
-        t0 = time.perf_counter()
-        result = build(recipe, out, progress=Progress())
-        print(f"build: {time.perf_counter() - t0:.0f}s, exit code {result.exit_code}", file=sys.stderr)
-        if result.exit_code != 0:
-            print(f"build failed; see {result.path}", file=sys.stderr)
-            return result.exit_code
+        published = out / recipe.name
+        if (published / "manifest.json").is_file() and mf.read(published / "manifest.json")["recipe"]["sha256"] == mf.sha256_file(recipe.path):
+            manifest = mf.read(published / "manifest.json")
+            print(f"measuring the build in {published}", file=sys.stderr)
+        else:
+            t0 = time.perf_counter()
+            result = build(recipe, out, progress=Progress())
+            print(f"build: {time.perf_counter() - t0:.0f}s, exit code {result.exit_code}", file=sys.stderr)
+            if result.exit_code != 0:
+                print(f"build failed; see {result.path}", file=sys.stderr)
+                return result.exit_code
+            manifest = result.manifest
 
         source = TorchSource(recipe)
         runners = {"eager PyTorch": TorchEagerRunner(source.module, source.input_names, source.output_names)}
-        for t in result.manifest["targets"]:
-            art = result.path / t["name"]
+        for t in manifest["targets"]:
+            art = published / t["name"]
             if t["kind"] == "aoti":
                 runners["AOTInductor"] = make_runner("aoti", path=art / "model.pt2", input_names=source.input_names, output_names=source.output_names)
             else:
                 runners[t["name"]] = make_runner("onnxruntime", path=art / "model.onnx", output_names=source.output_names)
+        with contextlib.ExitStack() as stack:
+            for r in runners.values():
+                stack.enter_context(r)
+            latency, _ = best_times(runners, feed(1, 1), args.rounds, 3)
+            batch8, outputs = best_times(runners, feed(8, 2), args.rounds, 1)
 
-        one, eight = feed(1, 1), feed(8, 2)
-        rows = []
-        for name, runner in runners.items():
-            with runner:
-                lat, _ = timed(runner, one, args.runs)
-                thr, out8 = timed(runner, eight, max(3, args.runs // 2))
-            rows.append((name, lat, 8 / thr, out8["last_hidden_state"]))
-            print(f"measured {name}", file=sys.stderr)
-
-    base_lat, base_thr, ref = rows[0][1], rows[0][2], rows[0][3]
-    print(f"BERT-base (BertConfig defaults, random weights), seq {SEQ}, CPU threads {torch.get_num_threads()}, median of {args.runs}")
+    ref = outputs["eager PyTorch"]["last_hidden_state"]
+    base_lat, base_thr = latency["eager PyTorch"], 8 / batch8["eager PyTorch"]
+    print(f"BERT-base (BertConfig defaults, random weights), seq {SEQ}, {torch.get_num_threads()} CPU threads, best call of {args.rounds} rounds")
+    print(f"1-minute load average before this run: {load_at_start:.2f} on {os.cpu_count()} CPUs (other processes slow every row)")
     print(f"{'artifact':<16} {'batch-1 ms':>10} {'speedup':>8} {'batch-8 seq/s':>13} {'speedup':>8} {'cosine':>10}")
-    for name, lat, thr, out in rows:
-        print(f"{name:<16} {lat * 1e3:>10.1f} {base_lat / lat:>8.2f} {thr:>13.1f} {thr / base_thr:>8.2f} {cosine(out, ref):>10.6f}")
+    for name in runners:
+        lat, thr = latency[name], 8 / batch8[name]
+        cos = cosine(outputs[name]["last_hidden_state"], ref)
+        print(f"{name:<16} {lat * 1e3:>10.1f} {base_lat / lat:>8.2f} {thr:>13.1f} {thr / base_thr:>8.2f} {cos:>10.6f}")
     return 0
 
 

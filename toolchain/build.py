@@ -185,7 +185,7 @@ def _build_target(source, recipe: Recipe, spec, staging: Path, samples, referenc
             artifact = mod.build(source, spec, workdir)
         res.build_seconds = time.perf_counter() - t0
         res.signature = artifact.signature.to_dict()
-        res.extra = artifact.manifest
+        res.extra = artifact.extra
         res.files = mf.file_entries(staging, artifact.files)
         from toolchain.runners import make_runner, run_all
 

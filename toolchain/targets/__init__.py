@@ -34,9 +34,7 @@ class Artifact:
     runner_args: dict
     device: str = "cpu"
     notes: list[str] = field(default_factory=list)
-    # Fields this target adds to its manifest entry (e.g. quantization,
-    # excluded_nodes, tensorrt); never the names TargetResult already writes.
-    manifest: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # target-specific manifest fields (added, never renamed)
 
 
 def target_module(kind: str) -> ModuleType:

@@ -89,7 +89,7 @@ def build(source, spec: OnnxTarget, workdir: Path) -> Artifact:
         runner="onnxruntime",
         runner_args={"path": path, "output_names": source.output_names, "device": spec.device},
         device=spec.device,
-        manifest=fields,
+        extra=fields,
     )
 
 

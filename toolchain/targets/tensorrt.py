@@ -151,5 +151,5 @@ def build(source, spec: TensorRTTarget, workdir: Path) -> Artifact:
         runner="tensorrt",
         runner_args={"path": plan, "output_names": source.output_names, "built_with": env},
         device="cuda",
-        manifest=fields,
+        extra=fields,
     )
