@@ -115,7 +115,7 @@ def target_key(recipe: Recipe, spec, src_key: str) -> str:
     parts = {
         "source": src_key,
         "target": spec.model_dump(mode="json"),
-        "tolerance": recipe.parity.tolerance_for(spec.target_name).model_dump(mode="json"),
+        "tolerance": recipe.parity.tolerance_for(spec.target_name, spec.precision_mode).model_dump(mode="json"),
     }
     if getattr(spec, "device", "cpu") == "cuda" or spec.kind == "tensorrt":
         parts["gpu"] = gpu_identity()  # an engine or CUDA kernel is only valid on the GPU that built it

@@ -184,6 +184,9 @@ def _print_summary(result) -> None:
             top1 = f"{d.top1:.4f}" if d.top1 is not None else "-"
             t.add_row(r.name, name, f"{d.max_abs_err:.3e}", f"{d.max_rel_err:.3e}", f"{d.cosine:.6f}", top1, tol, "; ".join(d.failures[:3]))
         con.print(t)
+    for t in result.manifest["targets"]:
+        for w in t.get("warnings", []):
+            con.print(f"[yellow]warning[/] {t['name']}: {w}")
     for r in result.targets:
         if r.status == "failed" and r.parity is None and r.log:
             con.print(f"[red]{r.name}[/]: {r.reason}\n    log: {result.path / r.log}")

@@ -48,7 +48,7 @@ def make_feed(recipe: Recipe, sizes: dict[str, int], rng: np.random.Generator) -
     return feed
 
 
-def generate_samples(recipe: Recipe, n: int | None = None, seed: int | None = None) -> list[Feed]:
+def generate_samples(recipe: Recipe, n: int | None = None, seed: int | list[int] | None = None) -> list[Feed]:
     """Seeded random feeds from `inputs` (dtype, shape, range)."""
     n = recipe.parity.samples if n is None else n
     rng = np.random.default_rng(recipe.parity.seed if seed is None else seed)
@@ -62,6 +62,12 @@ def load_samples(recipe: Recipe, path: Path, n: int) -> list[Feed]:
     batches of varying size; an input with a static first dim is stacked as
     [N, *shape].
     """
+    data, _ = _read_npz(recipe, path)
+    return _take_rows(recipe, data, path, n, 0, np.random.default_rng(recipe.parity.seed))[0]
+
+
+def _read_npz(recipe: Recipe, path: Path) -> tuple[dict[str, np.ndarray], int]:
+    """The arrays of data.path and their common row count, checked against the inputs."""
     try:
         data = dict(np.load(path, allow_pickle=False))
     except Exception as e:
@@ -72,11 +78,18 @@ def load_samples(recipe: Recipe, path: Path, n: int) -> list[Feed]:
     rows = {len(data[s.name]) for s in recipe.inputs}
     if len(rows) != 1:
         raise UsageError(f"data.path: arrays in {path} differ in length along axis 0 ({sorted(rows)})")
-    total = rows.pop()
-    batched = all(isinstance(s.shape[0], str) for s in recipe.inputs if s.shape)
-    rng = np.random.default_rng(recipe.parity.seed)
+    return data, rows.pop()
+
+
+def _batched(recipe: Recipe) -> bool:
+    return all(isinstance(s.shape[0], str) for s in recipe.inputs if s.shape)
+
+
+def _take_rows(recipe: Recipe, data: dict, path: Path, n: int, start: int, rng: np.random.Generator) -> tuple[list[Feed], int]:
+    """Up to n feeds of consecutive rows from `start`; returns them and the first row not taken."""
+    total = len(data[recipe.inputs[0].name])
+    batched = _batched(recipe)
     feeds: list[Feed] = []
-    start = 0
     for sizes in dim_draws(recipe, n, rng):
         b = sizes[recipe.inputs[0].shape[0]] if batched else 1
         if start >= total:
@@ -91,7 +104,7 @@ def load_samples(recipe: Recipe, path: Path, n: int) -> list[Feed]:
             _check_shape(recipe, s, feed[s.name].shape, path)
         feeds.append(feed)
         start = stop
-    return feeds
+    return feeds, start
 
 
 def _check_shape(recipe: Recipe, spec, shape: tuple, path: Path) -> None:
@@ -164,7 +177,12 @@ def _looks_like_scores(ref: np.ndarray) -> bool:
 
 
 def compare(reference: list[Feed], actual: list[Feed], tol: Tolerance) -> ParityReport:
-    """Per-output diffs over all samples; pass = |a-b| <= atol + rtol*|b| everywhere + floors."""
+    """Per-output diffs over all samples; pass = |a-b| <= atol + rtol*|b| everywhere + floors.
+
+    With neither atol nor rtol set (reduced-precision budgets) only the
+    cosine/top-1 floors and non-finite values decide.
+    """
+    elementwise = tol.atol is not None or tol.rtol is not None
     atol = tol.atol if tol.atol is not None else 0.0
     rtol = tol.rtol if tol.rtol is not None else 0.0
     names = list(reference[0]) if reference else []
@@ -197,7 +215,7 @@ def compare(reference: list[Feed], actual: list[Feed], tol: Tolerance) -> Parity
                 d.max_abs_err = max(d.max_abs_err, float(diff.max()))
                 rel = diff / np.maximum(np.abs(np.where(ref_ok, b64, 1.0)), 1e-12)
                 d.max_rel_err = max(d.max_rel_err, float(rel.max()))
-                bad = int(np.count_nonzero(diff > atol + rtol * np.abs(np.where(ref_ok, b64, 0.0))))
+                bad = int(np.count_nonzero(diff > atol + rtol * np.abs(np.where(ref_ok, b64, 0.0)))) if elementwise else 0
                 if bad:
                     d.failures.append(f"sample {i}: {bad}/{diff.size} values outside atol+rtol*|ref|")
             fin = ref_ok & np.isfinite(x64)
@@ -224,3 +242,58 @@ def compare(reference: list[Feed], actual: list[Feed], tol: Tolerance) -> Parity
             d.passed = False
     tol_dict = {k: v for k, v in tol.model_dump().items() if v is not None}
     return ParityReport(all(d.passed for d in outputs.values()), len(reference), tol_dict, outputs)
+
+
+# ------------------------------------------------------------ calibration
+
+CALIBRATION_SAMPLES = 32  # enough for min/max and histograms; bounds the build time
+CALIBRATION_STREAM = 1  # calibration draws from seed sequence [parity.seed, 1], parity from parity.seed
+RANDOM_CALIBRATION_WARNING = (
+    "calibrated on generated random inputs (no data.path): the INT8 ranges do not reflect real data, "
+    "so calibration is not meaningful and the parity budget is no evidence of real accuracy"
+)
+
+
+@dataclass
+class CalibrationSet:
+    """INT8 calibration feeds and where they came from; never the parity samples."""
+
+    feeds: list[Feed]
+    source: str  # "data" | "generated"
+    seed: list[int]  # the seed sequence of the draws (sizes, and values when generated)
+    rows: list[int] | None = None  # data: [start, stop) rows of data.path used here
+    parity_rows: list[int] | None = None  # data: [0, stop) rows the parity split took
+    warning: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "samples": len(self.feeds),
+            "rows": self.rows,
+            "parity_rows": self.parity_rows,
+            "seed": self.seed,
+            "warning": self.warning,
+        }
+
+
+def calibration_samples(recipe: Recipe, n: int = CALIBRATION_SAMPLES) -> CalibrationSet:
+    """Calibration feeds disjoint from `samples_for(recipe)`, spanning dims the same way.
+
+    From data.path: rows after those the parity split took. Otherwise
+    generated from a different seed stream, with a warning that random
+    calibration is not meaningful.
+    """
+    seed = [recipe.parity.seed, CALIBRATION_STREAM]
+    if not recipe.data:
+        return CalibrationSet(generate_samples(recipe, n, seed), "generated", seed, warning=RANDOM_CALIBRATION_WARNING)
+    path = recipe.resolve(recipe.data.path)
+    data, total = _read_npz(recipe, path)
+    _, used = _take_rows(recipe, data, path, recipe.parity.samples, 0, np.random.default_rng(recipe.parity.seed))
+    need = recipe.dims[recipe.inputs[0].shape[0]].min if _batched(recipe) else 1
+    if total - used < need:
+        raise UsageError(
+            f"data.path: {path} has {total} rows and the parity split takes {used}; too few are left to calibrate INT8 on",
+            "add rows to data.path or lower parity.samples: calibration never reuses parity rows",
+        )
+    feeds, stop = _take_rows(recipe, data, path, n, used, np.random.default_rng(seed))
+    return CalibrationSet(feeds, "data", seed, rows=[used, stop], parity_rows=[0, used])

@@ -56,6 +56,9 @@ def run_target(step: dict, root: Path, workdir: Path) -> dict:
     spec = recipe.target(step["target"])
     mod = target_module(spec.kind)
     source = load_source(recipe)
+    # Where the build's parity data lies: a target that checks itself while it
+    # builds (INT8 fallback) reads it there, also when --workdir is elsewhere.
+    source.build_root = root
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     kwargs = {"deps": step.get("deps", {})} if "deps" in inspect.signature(mod.build).parameters else {}
@@ -67,7 +70,7 @@ def run_target(step: dict, root: Path, workdir: Path) -> dict:
     samples = load_feeds(root / "parity" / "samples.npz")
     reference = load_feeds(root / "parity" / "reference.npz")
     outputs = run_all(make_runner(artifact.runner, **artifact.runner_args), samples)
-    report = compare(reference, outputs, recipe.parity.tolerance_for(spec.target_name))
+    report = compare(reference, outputs, recipe.parity.tolerance_for(spec.target_name, spec.precision_mode))
     return {
         "kind": artifact.kind,
         "build_seconds": seconds,

@@ -43,3 +43,13 @@ def cnn_build(tmp_path_factory) -> Built:
 @pytest.fixture(scope="session")
 def bert_build(tmp_path_factory) -> Built:
     return _build(tmp_path_factory, "tiny-bert.yaml", "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def cnn_precision_build(tmp_path_factory) -> Built:
+    return _build(tmp_path_factory, "cnn-precision.yaml", "tiny-cnn-precision")
+
+
+@pytest.fixture(scope="session")
+def bert_precision_build(tmp_path_factory) -> Built:
+    return _build(tmp_path_factory, "tiny-bert-precision.yaml", "tiny-bert-precision")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from toolchain.errors import UsageError
-from toolchain.parity import compare, generate_samples, load_samples
-from toolchain.recipe import Recipe, Tolerance
+from toolchain.parity import RANDOM_CALIBRATION_WARNING, calibration_samples, compare, generate_samples, load_samples, samples_for
+from toolchain.recipe import DataSpec, Recipe, Tolerance
 
 
 def recipe(inputs: list[dict], dims: dict | None = None, **parity) -> Recipe:
@@ -235,3 +235,65 @@ def test_unreadable_npz_is_usage_error(tmp_path):
     (tmp_path / "bad.npz").write_text("not a zip")
     with pytest.raises(UsageError, match="cannot read"):
         load_samples(recipe(BATCHED, {"batch": {"min": 1, "max": 4}}), tmp_path / "bad.npz", 2)
+
+
+# ------------------------------------------------- reduced-precision budgets
+
+
+def test_floors_only_budget_ignores_elementwise_error():
+    ref = out([[1.0, 0.0], [0.0, 1.0]])
+    act = out([[1.1, 0.05], [0.02, 0.9]])  # far outside any FP32 atol, same direction and argmax
+    rep = compare(ref, act, Tolerance(cosine=0.99, top1=1.0))
+    assert rep.passed and rep.tolerance == {"cosine": 0.99, "top1": 1.0}
+    assert rep.outputs["y"].max_abs_err == pytest.approx(0.1)
+    assert not compare(ref, act, Tolerance(cosine=0.99999, top1=1.0)).passed
+
+
+def test_floors_only_budget_still_fails_on_nan():
+    d = compare(out([1.0, 2.0]), out([1.0, np.nan]), Tolerance(cosine=0.0)).outputs["y"]
+    assert not d.passed and d.failures == ["1 non-finite values where the reference is finite"]
+
+
+# ------------------------------------------------------------ calibration
+
+
+def _flat(feeds: list[dict], key: str) -> set[bytes]:
+    """Each sample row as bytes, to test two splits for shared rows."""
+    return {row.tobytes() for f in feeds for row in f[key].reshape(f[key].shape[0], -1)}
+
+
+def test_generated_calibration_is_a_different_stream_and_warns():
+    r = recipe(MIXED, MIXED_DIMS, samples=8, seed=3)
+    cal = calibration_samples(r, 12)
+    parity = samples_for(r)
+    assert cal.source == "generated" and cal.seed == [3, 1] and cal.rows is None
+    assert cal.warning == RANDOM_CALIBRATION_WARNING and "not meaningful" in cal.warning
+    assert len(cal.feeds) == 12 and cal.to_dict()["samples"] == 12
+    assert not _flat(cal.feeds, "image") & _flat(parity, "image")
+    # spans the dims like the parity samples (histogram merging handles the shapes)
+    assert {f["image"].shape[0] for f in cal.feeds} >= {1, 5}
+
+
+def test_data_calibration_takes_the_rows_after_the_parity_split(tmp_path):
+    x = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)  # every row distinct
+    np.savez(tmp_path / "d.npz", x=x, n=np.arange(40))
+    r = recipe(BATCHED, {"batch": {"min": 1, "opt": 2, "max": 4}}, samples=4)
+    r.data = DataSpec(path="d.npz")
+    r._path = tmp_path / "r.yaml"
+    parity = samples_for(r)
+    cal = calibration_samples(r, 100)
+    used = sum(len(f["x"]) for f in parity)
+    assert cal.source == "data" and cal.warning is None
+    assert cal.parity_rows == [0, used] and cal.rows[0] == used and cal.rows[1] <= 40
+    np.testing.assert_array_equal(np.concatenate([f["n"] for f in cal.feeds]), np.arange(used, cal.rows[1]))
+    assert not _flat(cal.feeds, "x") & _flat(parity, "x")
+    assert all(1 <= len(f["x"]) <= 4 for f in cal.feeds)
+
+
+def test_data_without_rows_left_for_calibration_is_usage_error(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((5, 3)), n=np.zeros(5))
+    r = recipe(BATCHED, {"batch": {"min": 1, "max": 4}}, samples=16)
+    r.data = DataSpec(path="d.npz")
+    r._path = tmp_path / "r.yaml"
+    with pytest.raises(UsageError, match="the parity split takes 5; too few are left to calibrate INT8 on"):
+        calibration_samples(r)

@@ -204,6 +204,26 @@ ERRORS = {
         [("serve.triton.backend", 16, "backend: python has no model.py for the savedmodel target 'savedmodel'",
           "use backend: native (tensorflow_savedmodel), or serve the onnx target")],
     ),
+    "fallback on fp16": (
+        [("kind: aoti", "kind: onnx\n    name: h\n    quantize: fp16\n    fallback: auto")],
+        [("targets[1]", 13, "fallback: auto applies to quantize: int8 or int8-dynamic only", None)],
+    ),
+    "calibration without int8": (
+        [("kind: aoti", "kind: onnx\n    name: h\n    calibration: entropy")],
+        [("targets[1]", 13, "calibration applies to quantize: int8 only", None)],
+    ),
+    "tensorrt calibration without int8": (
+        [("kind: aoti", "kind: tensorrt\n    calibration: entropy")],
+        [("targets[1]", 13, "calibration applies to precision: int8 only", None)],
+    ),
+    "unknown quantize mode": (
+        [("kind: aoti", "kind: onnx\n    name: h\n    quantize: int4")],
+        [("targets[1].quantize", 15, "'int4' is not allowed", "use 'int8', 'int8-dynamic' or 'fp16'")],
+    ),
+    "onnx_tensorrt with the python backend": (
+        [(APPEND, "serve:\n  triton:\n    backend: python\n    onnx_tensorrt: fp16\n")],
+        [("serve.triton", 15, "onnx_tensorrt applies to Triton's onnxruntime backend; it needs backend: native", None)],
+    ),
     "invalid YAML": (
         [("dtype: float32", "dtype: float32: x")],
         [("", 7, "not valid YAML: mapping values are not allowed here", "fix the YAML syntax at that line")],
@@ -290,6 +310,36 @@ def test_tolerance_for_merges_key_by_key(root):
     assert r.parity.tolerance_for("onnx").model_dump() == {"atol": 1e-5, "rtol": 0.01, "cosine": 0.99, "top1": 0.9}
     # No override: the default, with the documented rtol filled in.
     assert r.parity.tolerance_for("aoti").model_dump() == {"atol": 1e-5, "rtol": 1e-3, "cosine": 0.99, "top1": None}
+
+
+def test_quantized_targets_get_their_own_budget(root):
+    parity = (
+        "parity:\n"
+        "  default: {atol: 1.0e-5, cosine: 0.9}\n"
+        "  per_target:\n"
+        "    q: {cosine: 0.995}\n"
+    )
+    r = parse_recipe(edit(("kind: aoti", "kind: onnx\n    name: q\n    quantize: int8"), (APPEND, parity)), root / "r.yaml")
+    # parity.default (an FP32 budget) does not apply; per_target still overrides key by key.
+    assert r.parity.tolerance_for("q", r.target("q").precision_mode).model_dump() == {"atol": None, "rtol": None, "cosine": 0.995, "top1": 0.95}
+    assert r.parity.tolerance_for("onnx", r.target("onnx").precision_mode).model_dump() == {"atol": 1e-5, "rtol": 1e-3, "cosine": 0.9, "top1": None}
+    assert r.parity.tolerance_for("x", "fp16").model_dump() == {"atol": None, "rtol": None, "cosine": 0.999, "top1": 0.99}
+
+
+@pytest.mark.parametrize(
+    "target, mode",
+    [
+        ("kind: onnx\n    name: t", None),
+        ("kind: onnx\n    name: t\n    quantize: int8-dynamic", "int8-dynamic"),
+        ("kind: tensorrt\n    name: t", "fp16"),
+        ("kind: tensorrt\n    name: t\n    precision: fp32", None),
+        ("kind: tensorrt\n    name: t\n    precision: int8", "int8"),
+        ("kind: aoti\n    name: t", None),
+    ],
+)
+def test_precision_mode(root, target, mode):
+    r = parse_recipe(edit(("kind: aoti", target)), root / "r.yaml")
+    assert r.target("t").precision_mode == mode
 
 
 # The example recipe from /work/shared/SPEC.md, verbatim.

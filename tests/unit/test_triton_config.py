@@ -137,7 +137,7 @@ def test_batching_needs_dynamic_first_dim():
 
 def test_bad_kind_and_dtype_raise():
     with pytest.raises(ValueError):
-        render_config("m", "tensorrt", sig(), serve(), "cpu")
+        render_config("m", "xla", sig(), serve(), "cpu")
     bad = Signature([TensorSig("x", "complex64", [-1])], [TensorSig("y", "float32", [-1])])
     with pytest.raises(ValueError, match="complex64"):
         render_config("m", "onnx", bad, serve(), "cpu")
@@ -168,6 +168,39 @@ def test_check_config_aoti_positional_names():
     assert any("INPUT__1" in p for p in check_config_against_signature(renamed, sig(), "aoti"))
     batched = text.replace("max_batch_size: 0", "max_batch_size: 4")
     assert any("no batching" in p for p in check_config_against_signature(batched, sig(), "aoti"))
+
+
+@pytest.mark.parametrize("backend", ["native", "python"])
+def test_tensorrt_plan_config(backend):
+    text = render_config("m_trt", "tensorrt", sig(), serve(backend=backend), "cuda")
+    cfg = parse(text)
+    assert (cfg.platform, cfg.backend, cfg.max_batch_size) == ("tensorrt_plan", "tensorrt", 8)
+    assert [t.name for t in cfg.input] == ["image", "mask"] and list(cfg.input[0].dims) == [3, -1, 224]
+    assert mc.ModelInstanceGroup.Kind.Name(cfg.instance_group[0].kind) == "KIND_GPU"  # an engine needs its GPU
+    assert ("backend: python does not apply" in text) == (backend == "python")
+    assert check_config_against_signature(text, sig(), "tensorrt") == []
+    onnx_text = render_config("m", "onnx", sig(), serve(), "cuda")
+    assert check_config_against_signature(onnx_text, sig(), "tensorrt") == ["tensorrt artifact served by platform='onnxruntime_onnx' backend='onnxruntime'"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_onnx_runtime_tensorrt_accelerator(precision):
+    cfg = parse(render_config("m", "onnx", sig(), serve(onnx_tensorrt=precision), "cpu"))
+    (acc,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
+    assert acc.name == "tensorrt" and dict(acc.parameters) == {"precision_mode": precision.upper()}
+    assert cfg.platform == "onnxruntime_onnx"
+    # only ONNX models get it, and only when asked
+    assert not parse(render_config("m", "onnx", sig(), serve(), "cpu")).HasField("optimization")
+    assert not parse(render_config("m", "tensorrt", sig(), serve(onnx_tensorrt=precision), "cuda")).HasField("optimization")
+
+
+def test_write_tensorrt_copies_the_plan_only(tmp_path):
+    art = tmp_path / "tensorrt"
+    art.mkdir()
+    (art / "model.plan").write_bytes(b"plan")
+    model_dir = write_triton_model(tmp_path / "repo", "net_trt", 2, "tensorrt", art, sig(), serve(backend="python"), "cuda")
+    assert sorted(p.name for p in (model_dir / "2").iterdir()) == ["model.plan"]
+    assert parse((model_dir / "config.pbtxt").read_text()).platform == "tensorrt_plan"
 
 
 def _artifact(tmp_path: Path, kind: str) -> Path:

@@ -17,6 +17,7 @@ RUNNERS = {
     "onnxruntime": "toolchain.runners.onnxruntime:OnnxRuntimeRunner",
     "aoti": "toolchain.runners.aoti:AotiRunner",
     "tf_savedmodel": "toolchain.runners.tf:SavedModelRunner",
+    "tensorrt": "toolchain.runners.tensorrt:TensorRTRunner",
 }
 
 

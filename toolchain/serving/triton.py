@@ -15,8 +15,8 @@ from toolchain.targets.savedmodel import SAVED_MODEL
 from toolchain.tensors import TRITON_DTYPE, Signature, TensorSig
 
 TF_KINDS = ("xla", "savedmodel")
-KINDS = ("onnx", "aoti", *TF_KINDS)
-ARTIFACT_FILE = {"onnx": "model.onnx", "aoti": "model.pt2"}
+KINDS = ("onnx", "aoti", "tensorrt", *TF_KINDS)
+ARTIFACT_FILE = {"onnx": "model.onnx", "aoti": "model.pt2", "tensorrt": "model.plan"}
 # Where each kind's artifact lies in its target folder, and its name in the version dir.
 ARTIFACT_SOURCE = {**ARTIFACT_FILE, "xla": SAVED_MODEL, "savedmodel": SAVED_MODEL}
 ARTIFACT_SERVED = {**ARTIFACT_FILE, "xla": "model.savedmodel", "savedmodel": "model.savedmodel"}
@@ -38,11 +38,12 @@ def _list(values) -> str:
     return f"[ {', '.join(map(str, values))} ]" if values else "[ ]"
 
 
-def _backend(serve: TritonServe, backend: str | None) -> str:
+def _backend(serve: TritonServe, backend: str | None, kind: str) -> str:
+    """native or python; TensorRT plans are always native (model.py has no TensorRT runtime)."""
     b = backend or serve.backend
     if b not in ("native", "python"):
         raise ValueError(f"unknown Triton backend {b!r}; use native or python")
-    return b
+    return "native" if kind == "tensorrt" else b
 
 
 def _check_backend(kind: str, backend: str) -> None:
@@ -91,7 +92,7 @@ def _instance_kind(serve: TritonServe, kind: str, device: str) -> str:
     k = serve.instance_group.kind
     if k == "cpu":
         return "KIND_CPU"
-    if k == "gpu" or device == "cuda":
+    if k == "gpu" or device == "cuda" or kind == "tensorrt":
         return "KIND_GPU"
     return "KIND_CPU" if kind == "aoti" else "KIND_AUTO"  # a cpu .pt2 cannot run on a GPU
 
@@ -127,7 +128,7 @@ def render_config(
     """The config.pbtxt text for one served artifact; raises ValueError on a setup Triton would reject."""
     if kind not in KINDS:
         raise ValueError(f"Triton serving supports artifact kinds {KINDS}, not {kind!r}")
-    b = _backend(serve, backend)
+    b = _backend(serve, backend, kind)
     _check_backend(kind, b)
     mbs = _max_batch_size(kind, serve, b)
     in_names, out_names = _tensor_names(kind, b, signature)
@@ -139,6 +140,11 @@ def render_config(
         if kind == "xla":
             comments.append("# The serving function is XLA-compiled (jit_compile=True); the server's TensorFlow must run XLA on its devices.")
         fields = ['platform: "tensorflow_savedmodel"', 'backend: "tensorflow"']
+    elif kind == "tensorrt":
+        comments = ["# A TensorRT plan runs only on the TensorRT version and GPU compute capability that built it (see manifest.json)."]
+        if serve.backend == "python":
+            comments.append("# serve.triton.backend: python does not apply to TensorRT plans; Triton's TensorRT backend serves them.")
+        fields = ['platform: "tensorrt_plan"', 'backend: "tensorrt"']
     elif b == "native":
         mapping = ", ".join(
             [f"{t.name}->{n}" for t, n in zip(signature.inputs, in_names)]
@@ -176,7 +182,25 @@ def render_config(
             lines.append(f"  preferred_batch_size: {_list(sorted(set(db.preferred_batch_size)))}")
         lines.append(f"  max_queue_delay_microseconds: {db.max_queue_delay_microseconds}")
         lines.append("}")
+    if kind == "onnx" and b == "native" and serve.onnx_tensorrt != "off":
+        lines += _ort_tensorrt(serve.onnx_tensorrt)
     return "\n".join(lines) + "\n"
+
+
+def _ort_tensorrt(precision: str) -> list[str]:
+    """ONNX Runtime's TensorRT execution provider on GPU instances (Triton's onnxruntime backend).
+
+    The alternative to a tensorrt target: ONNX Runtime builds the engine when
+    the model loads, on the serving GPU, and runs what TensorRT cannot on CUDA.
+    """
+    return [
+        "optimization { execution_accelerators {",
+        "  gpu_execution_accelerator : [ {",
+        '    name : "tensorrt"',
+        f'    parameters {{ key: "precision_mode" value: "{precision.upper()}" }}',
+        "  } ]",
+        "} }",
+    ]
 
 
 def render_model_py(kind: str, device: str) -> str:
@@ -207,7 +231,7 @@ def write_triton_model(
     Every file of an onnx artifact_dir is copied so external weights
     (model.onnx.data) sit beside model.onnx, where ONNX Runtime looks for them.
     """
-    b = _backend(serve, backend)
+    b = _backend(serve, backend, kind)
     text = render_config(model_name, kind, signature, serve, device, b)  # validate before touching disk
     artifact_dir = Path(artifact_dir)
     main = artifact_dir / ARTIFACT_SOURCE[kind]
@@ -253,6 +277,8 @@ def check_config_against_signature(config_text: str, signature: Signature, kind:
         problems.append(f"aoti artifact served by platform={cfg.platform!r} backend={cfg.backend!r}")
     if kind in TF_KINDS and cfg.platform != "tensorflow_savedmodel":
         problems.append(f"{kind} artifact served by platform={cfg.platform!r} backend={cfg.backend!r}")
+    if kind == "tensorrt" and cfg.platform != "tensorrt_plan":
+        problems.append(f"tensorrt artifact served by platform={cfg.platform!r} backend={cfg.backend!r}")
     if positional and cfg.max_batch_size != 0:
         problems.append(f"torch_aoti has no batching but max_batch_size is {cfg.max_batch_size}")
     mbs = cfg.max_batch_size
