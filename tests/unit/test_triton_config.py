@@ -136,8 +136,8 @@ def test_batching_needs_dynamic_first_dim():
 
 
 def test_bad_kind_and_dtype_raise():
-    with pytest.raises(ValueError):
-        render_config("m", "xla", sig(), serve(), "cpu")
+    with pytest.raises(ValueError, match="tflite"):
+        render_config("m", "tflite", sig(), serve(), "cpu")
     bad = Signature([TensorSig("x", "complex64", [-1])], [TensorSig("y", "float32", [-1])])
     with pytest.raises(ValueError, match="complex64"):
         render_config("m", "onnx", bad, serve(), "cpu")
