@@ -28,7 +28,8 @@ class Built:
         return next(t for t in self.manifest["targets"] if t["name"] == name)
 
 
-def _build(tmp_path_factory, recipe: str, name: str) -> Built:
+def build_recipe(tmp_path_factory, recipe: str, name: str) -> Built:
+    """Build recipes/<recipe> once into a fresh output root; it must pass."""
     out = tmp_path_factory.mktemp("out")
     proc = mlpack("build", f"recipes/{recipe}", "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -37,19 +38,19 @@ def _build(tmp_path_factory, recipe: str, name: str) -> Built:
 
 @pytest.fixture(scope="session")
 def cnn_build(tmp_path_factory) -> Built:
-    return _build(tmp_path_factory, "cnn.yaml", "tiny-cnn")
+    return build_recipe(tmp_path_factory, "cnn.yaml", "tiny-cnn")
 
 
 @pytest.fixture(scope="session")
 def bert_build(tmp_path_factory) -> Built:
-    return _build(tmp_path_factory, "tiny-bert.yaml", "tiny-bert")
+    return build_recipe(tmp_path_factory, "tiny-bert.yaml", "tiny-bert")
 
 
 @pytest.fixture(scope="session")
 def cnn_precision_build(tmp_path_factory) -> Built:
-    return _build(tmp_path_factory, "cnn-precision.yaml", "tiny-cnn-precision")
+    return build_recipe(tmp_path_factory, "cnn-precision.yaml", "tiny-cnn-precision")
 
 
 @pytest.fixture(scope="session")
 def bert_precision_build(tmp_path_factory) -> Built:
-    return _build(tmp_path_factory, "tiny-bert-precision.yaml", "tiny-bert-precision")
+    return build_recipe(tmp_path_factory, "tiny-bert-precision.yaml", "tiny-bert-precision")

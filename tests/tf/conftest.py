@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import Built, mlpack
-
-
-def build_recipe(tmp_path_factory, recipe: str, name: str) -> Built:
-    out = tmp_path_factory.mktemp("out")
-    proc = mlpack("build", f"recipes/{recipe}", "--out", str(out), "--json")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return Built(out, name, proc)
+from tests.e2e.conftest import Built, build_recipe
 
 
 @pytest.fixture(scope="session")
