@@ -270,6 +270,8 @@ def build(recipe: Recipe, out_root: Path, only: list[str] | None = None, progres
           jobs: int | None = None, force: bool = False) -> BuildResult:
     """Build every requested target of `recipe` under `out_root/<name>/`."""
     progress = progress or Progress()
+    # Absolute: steps run in worker processes whose working directory is the step's logs folder.
+    out_root = Path(out_root).resolve()
     out_root.mkdir(parents=True, exist_ok=True)
     with build_lock(out_root / f".{recipe.name}.lock", progress.note):
         return _build_locked(recipe, out_root, make_plan(recipe, only), progress, jobs or default_jobs(), force)

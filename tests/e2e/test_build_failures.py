@@ -204,3 +204,11 @@ def test_killed_build_leaves_last_good_output(tmp_path):
     # The next build cleans the dead build's temporary directory.
     assert mlpack("build", str(recipe), "--out", str(out)).returncode == 0
     assert not list(out.glob(".small.tmp-*"))
+
+
+def test_relative_out_dir(tmp_path):
+    """The default --out is the relative `artifacts/`: steps must still find their files."""
+    recipe = cnn_recipe(tmp_path / "r")
+    proc = mlpack("build", str(recipe), "--out", "rel-out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "rel-out" / "small" / "onnx" / "model.onnx").is_file()
