@@ -255,14 +255,14 @@ def default_jobs() -> int:
     return max(1, min(os.cpu_count() or 1, by_mem))
 
 
-def make_plan(recipe: Recipe, only: list[str] | None) -> Plan:
+def make_plan(recipe: Recipe, only: list[str] | None, out_root: Path | None = None) -> Plan:
     specs = recipe.targets
     if only:
         unknown = [n for n in only if n not in [t.target_name for t in specs]]
         if unknown:
             raise UsageError(f"--target {', '.join(unknown)}: not in {recipe.path}", f"targets are: {', '.join(t.target_name for t in specs)}")
         specs = [t for t in specs if t.target_name in only]
-    skey = cache.source_key(recipe)
+    skey = cache.source_key(recipe, out_root)
     return Plan(recipe, specs, skey, {t.target_name: cache.target_key(recipe, t, skey) for t in specs})
 
 
@@ -274,7 +274,7 @@ def build(recipe: Recipe, out_root: Path, only: list[str] | None = None, progres
     out_root = Path(out_root).resolve()
     out_root.mkdir(parents=True, exist_ok=True)
     with build_lock(out_root / f".{recipe.name}.lock", progress.note):
-        return _build_locked(recipe, out_root, make_plan(recipe, only), progress, jobs or default_jobs(), force)
+        return _build_locked(recipe, out_root, make_plan(recipe, only, out_root), progress, jobs or default_jobs(), force)
 
 
 def _build_locked(recipe: Recipe, out_root: Path, plan: Plan, progress: Progress, jobs: int, force: bool) -> BuildResult:
@@ -327,7 +327,6 @@ def _store(plan: Plan, results: list[TargetResult], out_root: Path, root: Path) 
 
 
 def _run(plan: Plan, staging: Path, out_root: Path, progress: Progress, jobs: int, force: bool, children: Children) -> list[TargetResult]:
-    recipe = plan.recipe
     results: dict[str, TargetResult] = {}
     todo = []
     for spec in plan.specs:

@@ -42,8 +42,18 @@ def file_digest(path: Path) -> str:
     return _file_digest(str(path), st.st_mtime_ns, st.st_size)
 
 
-def _tree_digest(root: Path, pattern: str) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): file_digest(p) for p in sorted(root.rglob(pattern)) if p.is_file() and "__pycache__" not in p.parts}
+def _tree_digest(root: Path, pattern: str, skip: Path | None = None) -> dict[str, str]:
+    """Digests of the files under `root` matching `pattern`, leaving out caches,
+    hidden folders (.venv, .git) and `skip` (the build output, when it lies inside)."""
+    out = {}
+    for p in sorted(root.rglob(pattern)):
+        rel = p.relative_to(root)
+        if not p.is_file() or "__pycache__" in rel.parts or any(part.startswith(".") for part in rel.parts[:-1]):
+            continue
+        if skip is not None and p.is_relative_to(skip):
+            continue
+        out[rel.as_posix()] = file_digest(p)
+    return out
 
 
 @lru_cache(maxsize=None)
@@ -75,7 +85,7 @@ def gpu_identity() -> str:
         return "none"
 
 
-def source_files(recipe: Recipe) -> dict[str, str]:
+def source_files(recipe: Recipe, out_root: Path | None = None) -> dict[str, str]:
     """Digests of the files that define the model.
 
     For a factory: every .py file under the factory's folder (what it can
@@ -85,7 +95,9 @@ def source_files(recipe: Recipe) -> dict[str, str]:
     files: dict[str, str] = {}
     if src.factory:
         folder = recipe.resolve(src.factory.rsplit(":", 1)[0]).parent
-        files |= {f"factory/{k}": v for k, v in _tree_digest(folder, "*.py").items()}
+        # The output may lie in that folder (artifacts/ beside the model code): its
+        # generated model.py files must not change the key of the next build.
+        files |= {f"factory/{k}": v for k, v in _tree_digest(folder, "*.py", out_root).items()}
     for key in ("exported", "weights", "keras"):
         rel = getattr(src, key)
         if rel:
@@ -97,14 +109,14 @@ def source_files(recipe: Recipe) -> dict[str, str]:
     return files
 
 
-def source_key(recipe: Recipe) -> str:
+def source_key(recipe: Recipe, out_root: Path | None = None) -> str:
     """Key of the reference step: the model, its I/O and the parity samples."""
     dump = recipe.model_dump(mode="json")
     return _hash_json(
         {
             "sections": {k: dump[k] for k in SOURCE_SECTIONS},
             "samples": {"n": recipe.parity.samples, "seed": recipe.parity.seed},
-            "files": source_files(recipe),
+            "files": source_files(recipe, out_root),
             "tools": tool_versions(),
             "code": code_digest(),
         }

@@ -295,3 +295,13 @@ def test_name_cannot_escape_out(tmp_path):
     recipe = project(tmp_path, RECIPE.replace("name: onnx-b", "name: a/b"))
     proc = mlpack("build", str(recipe), "--out", str(tmp_path / "out"))
     assert proc.returncode == 2 and "targets[1].name" in proc.stderr
+
+
+def test_output_inside_the_model_folder_does_not_invalidate_the_cache(tmp_path):
+    """artifacts/ beside the model code holds generated model.py files; they are not source."""
+    recipe = project(tmp_path, RECIPE.replace("serve:\n  triton: {max_batch_size: 4, targets: [onnx, onnx-b]}", "serve:\n  triton: {max_batch_size: 4, targets: [onnx], backend: python}"))
+    proc, m = build(recipe, tmp_path / "artifacts")
+    assert proc.returncode == 0, proc.stderr
+    assert list((tmp_path / "artifacts").rglob("model.py"))
+    proc, m = build(recipe, tmp_path / "artifacts")
+    assert proc.returncode == 0 and hits(m) == {"onnx": True, "onnx-b": True}
