@@ -13,7 +13,7 @@ TORCH  ?= torch==2.13.0
 TRITON_VENV := .venv-triton
 PYTRITON    ?= nvidia-pytriton==0.7.0
 
-.PHONY: demo test install triton lint clean
+.PHONY: demo test install triton lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,17 @@ demo: install
 	$(BIN)/mlpack build recipes/cnn.yaml
 	$(BIN)/mlpack inspect artifacts/tiny-cnn
 
+# ruff: lint and format check (configured in pyproject.toml); `make format` applies the formatting.
+lint: install
+	$(BIN)/ruff check toolchain tests scripts recipes
+	$(BIN)/ruff format --check toolchain tests scripts recipes
+
+format: install
+	$(BIN)/ruff check --fix toolchain tests scripts recipes
+	$(BIN)/ruff format toolchain tests scripts recipes
+
 # pytest exits 5 when it collects nothing; that is not a failure of the suite.
-test: install triton
+test: install triton lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 clean:

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SEQ = 128
-FACTORY = '''\
+FACTORY = """\
 import torch
 
 
@@ -40,7 +40,7 @@ def build(seed: int = 0):
 
     torch.manual_seed(seed)
     return BertModel(BertConfig()).eval()  # BERT-base: 12 layers, hidden 768, 12 heads
-'''
+"""
 RECIPE = f"""\
 name: bert-base-bench
 source:
@@ -128,7 +128,7 @@ def main() -> int:
     from toolchain.build import build
     from toolchain.progress import Progress
     from toolchain.recipe import load_recipe
-    from toolchain.runners import make_runner
+    from toolchain.runners import open_runner
     from toolchain.runners.torch_eager import TorchEagerRunner
     from toolchain.sources.pytorch import TorchSource
 
@@ -153,12 +153,8 @@ def main() -> int:
 
         source = TorchSource(recipe)
         runners = {"eager PyTorch": TorchEagerRunner(source.module, source.input_names, source.output_names)}
-        for t in manifest["targets"]:
-            art = published / t["name"]
-            if t["kind"] == "aoti":
-                runners["AOTInductor"] = make_runner("aoti", path=art / "model.pt2", input_names=source.input_names, output_names=source.output_names)
-            else:
-                runners[t["name"]] = make_runner("onnxruntime", path=art / "model.onnx", output_names=source.output_names)
+        for t in manifest["targets"]:  # each artifact opened from the runner spec its manifest entry records
+            runners["AOTInductor" if t["kind"] == "aoti" else t["name"]] = open_runner(t["runner"], published)
         with contextlib.ExitStack() as stack:
             for r in runners.values():
                 stack.enter_context(r)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch._inductor
 
-from toolchain.build import load_feeds
+from toolchain.feeds import load_feeds
 from toolchain.manifest import read
 from toolchain.runners.aoti import AotiRunner
 

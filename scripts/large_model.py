@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-FACTORY = '''\
+FACTORY = """\
 import torch
 
 def build(hidden, layers):
@@ -31,7 +31,7 @@ def build(hidden, layers):
     cfg = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=16,
                      intermediate_size=4 * hidden, max_position_embeddings=512)
     return BertModel(cfg).eval()
-'''
+"""
 
 RECIPE = """\
 name: large-bert
@@ -73,8 +73,12 @@ def main() -> int:
     out = args.out or work / "out"
     env = {**os.environ, "CI": "true"}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "toolchain", "build", str(work / "recipe.yaml"), "--out", str(out), "--json", "--jobs", "1"],
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolchain", "build", str(work / "recipe.yaml"), "--out", str(out), "--json", "--jobs", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t0
     sys.stderr.write(proc.stderr[-3000:])
     if not proc.stdout.strip():
@@ -86,7 +90,9 @@ def main() -> int:
     files = {f["path"]: f["bytes"] for f in t["files"]}
     print(f"exit {proc.returncode}, wall {wall:.0f}s, target status {t['status']}, build {t['build_seconds']:.0f}s")
     print("files: " + ", ".join(f"{p} {b / 1e9:.2f} GB" for p, b in files.items()))
-    ref_rss = json.loads((root / "logs" / "reference.result.json").read_text()).get("peak_rss_mb") if (root / "logs" / "reference.result.json").exists() else None
+    ref_rss = (
+        json.loads((root / "logs" / "reference.result.json").read_text()).get("peak_rss_mb") if (root / "logs" / "reference.result.json").exists() else None
+    )
     if ref_rss:
         print(f"reference step peak RSS {ref_rss / 1e3:.2f} GB ({ref_rss / 1e3 / weights_gb:.2f}x weights)")
     print(f"onnx step peak RSS {t['peak_rss_mb'] / 1e3:.2f} GB ({t['peak_rss_mb'] / 1e3 / weights_gb:.2f}x weights)")

@@ -51,6 +51,13 @@ def load_model_py(model_dir: Path, config_text: str, monkeypatch, instance_kind:
     mod = types.ModuleType("generated_model")
     exec(compile((model_dir / "1" / "model.py").read_text(), "model.py", "exec"), mod.__dict__)
     m = mod.TritonPythonModel()
-    m.initialize({"model_config": json.dumps(config_json), "model_repository": str(model_dir), "model_version": "1",
-                  "model_instance_kind": instance_kind, "model_instance_device_id": "0"})
+    m.initialize(
+        {
+            "model_config": json.dumps(config_json),
+            "model_repository": str(model_dir),
+            "model_version": "1",
+            "model_instance_kind": instance_kind,
+            "model_instance_device_id": "0",
+        }
+    )
     return m

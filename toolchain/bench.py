@@ -11,25 +11,31 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from toolchain import manifest as mf
+from toolchain.environment import environment
 from toolchain.errors import UsageError
+from toolchain.parity import make_feed
 from toolchain.progress import Progress
+from toolchain.recipe import load_recipe
+from toolchain.runners import open_runner
+from toolchain.serving.check import REQUEST_TIMEOUT, infer_inputs, open_triton
+from toolchain.serving.standin import parse_config
+from toolchain.sources import load_source
+from toolchain.tensors import Signature
 
 SCHEMA_ID = "mlpack.bench/1"
-RUNNER_FOR_KIND = {"onnx": "onnxruntime", "aoti": "aoti"}
-ARTIFACT_SUFFIX = {"onnx": ".onnx", "aoti": ".pt2"}
 CONCURRENCY = (1, 2, 4)
 
 
 def _recipe(manifest: dict, recipe_path: Path | None):
-    from toolchain.recipe import load_recipe
-
     path = Path(recipe_path or manifest["recipe"]["path"])
     if not path.is_file():
         raise UsageError(
@@ -52,8 +58,6 @@ def batch_plan(recipe, requested: list[int]) -> tuple[str | None, list[int], int
 
 def make_feeds(recipe, batch_dim: str | None, batches: list[int], seed: int) -> dict[int, dict]:
     """One feed per batch size, other named dims at their opt; generated like parity samples."""
-    from toolchain.parity import make_feed
-
     base = {n: d.opt for n, d in recipe.dims.items()}
     return {b: make_feed(recipe, {**base, **({batch_dim: b} if batch_dim else {})}, np.random.default_rng(seed)) for b in batches}
 
@@ -84,45 +88,40 @@ def _latency(times: list[float]) -> dict:
     return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(ms.mean()), "runs": len(times)}
 
 
-def _runtimes(root: Path, manifest: dict, recipe, threads: int):
-    """(name, kind, runner) for the eager source and every built artifact bench knows how to run."""
-    from toolchain.runners import make_runner
-    from toolchain.runners.torch_eager import TorchEagerRunner
-    from toolchain.sources.pytorch import TorchSource
-
-    source = TorchSource(recipe)
-    yield "eager", "torch", TorchEagerRunner(source.module, source.input_names, source.output_names)
+def _runtimes(root: Path, manifest: dict, recipe, threads: int, notes: list[str]):
+    """(name, kind, runner) for the eager source and every built artifact, each opened from its manifest runner spec."""
+    source = load_source(recipe)
+    yield "eager", "source", source.reference_runner()
     for t in manifest["targets"]:
-        if t["status"] != "ok" or t["kind"] not in RUNNER_FOR_KIND:
+        if t["status"] != "ok":
             continue
-        path = next(root / f["path"] for f in t["files"] if f["path"].endswith(ARTIFACT_SUFFIX[t["kind"]]))
-        outs = [o["name"] for o in t["signature"]["outputs"]]
-        args = {"path": path, "output_names": outs, "device": t.get("device", "cpu")}
-        if t["kind"] == "onnx":
-            args["threads"] = threads
-        else:
-            args["input_names"] = [i["name"] for i in t["signature"]["inputs"]]
-        yield t["name"], t["kind"], make_runner(RUNNER_FOR_KIND[t["kind"]], **args)
+        if not t.get("runner"):
+            notes.append(f"{t['name']}: its manifest entry has no runner spec (built by an older mlpack); rebuild it to bench it")
+            continue
+        yield t["name"], t["kind"], open_runner(t["runner"], root, threads)
 
 
-def bench(root: Path, batches: list[int], warmup: int = 5, iters: int = 50, seconds: float = 5.0, threads: int | None = None,
-          recipe_path: Path | None = None, through_server: bool = False, server: Path | None = None,
-          progress: Progress | None = None) -> dict:
+def bench(
+    root: Path,
+    batches: list[int],
+    warmup: int = 5,
+    iters: int = 50,
+    seconds: float = 5.0,
+    threads: int | None = None,
+    recipe_path: Path | None = None,
+    through_server: bool = False,
+    server: Path | None = None,
+    progress: Progress | None = None,
+) -> dict:
     """Measure every runtime of the build at `root`; writes bench.json and bench.png there."""
-    import torch
-
     progress = progress or Progress()
     path = root / "manifest.json"
     if not path.is_file():
         raise UsageError(f"no manifest.json in {root}", "pass <out>/<name>, the directory a build published")
     load = os.getloadavg()  # before our own work adds to it
     manifest = mf.read(path)
-    if manifest["framework"] != "pytorch":
-        raise UsageError(f"bench needs the eager source as its baseline; {manifest['framework']} sources are not supported yet")
     recipe, same_recipe = _recipe(manifest, recipe_path)
-    if threads:
-        torch.set_num_threads(threads)
-    threads = torch.get_num_threads()
+    threads = _set_threads(recipe, threads)
     batch_dim, sizes, lat_b, notes = batch_plan(recipe, batches)
     if load[0] >= 1.0:
         # Measured on a shared 2-vCPU VM: one busy neighbour made 2-thread eager BERT 150x slower.
@@ -131,7 +130,7 @@ def bench(root: Path, batches: list[int], warmup: int = 5, iters: int = 50, seco
         notes.append(f"{recipe.path} changed since the build (sha256 differs): the eager baseline may not be the built model")
     feeds = make_feeds(recipe, batch_dim, sorted({*sizes, lat_b}), recipe.parity.seed)
     results = []
-    for name, kind, runner in _runtimes(root, manifest, recipe, threads):
+    for name, kind, runner in _runtimes(root, manifest, recipe, threads, notes):
         progress.start(name, f"bench {name}")
         with runner:
             lat_times = time_runs(partial(runner.infer, feeds[lat_b]), warmup, iters, seconds)
@@ -152,7 +151,7 @@ def bench(root: Path, batches: list[int], warmup: int = 5, iters: int = 50, seco
         "name": manifest["name"],
         "threads": threads,
         "load_average": [round(v, 2) for v in load],
-        "environment": mf.environment(manifest["environment"].get("device", "cpu")),
+        "environment": environment(manifest["environment"].get("device", "cpu")),
         "batch_dim": batch_dim,
         "requested_batches": batches,
         "batches": sizes,
@@ -170,15 +169,20 @@ def bench(root: Path, batches: list[int], warmup: int = 5, iters: int = 50, seco
     return report
 
 
+def _set_threads(recipe, threads: int | None) -> int:
+    """Intra-op threads for the eager model and every runtime; returns the count in force."""
+    if recipe.source.framework == "pytorch":
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        return torch.get_num_threads()
+    return threads or os.cpu_count() or 1
+
+
 def _through_server(root, manifest, feed, batch, eager, warmup, iters, seconds, server, progress, notes) -> list[dict]:
     """Requests/s and latency through Triton at a few concurrency levels (loopback, bounded)."""
-    import threading
-
     from tritonclient.utils import InferenceServerException
-
-    from toolchain.serving.check import open_triton
-    from toolchain.serving.standin import parse_config
-    from toolchain.tensors import Signature
 
     models = [m for m in manifest["serving"].get("models", []) if m["server"] == "triton"]
     if not models:
@@ -210,12 +214,7 @@ def _through_server(root, manifest, feed, batch, eager, warmup, iters, seconds, 
 
 def _concurrency(url: str, cfg, sig, feed: dict, workers: int, warmup: int, iters: int, seconds: float) -> dict:
     """`workers` clients sending back to back, timed together from a common start after their warm-up."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
     import tritonclient.http as httpclient
-
-    from toolchain.serving.check import REQUEST_TIMEOUT, infer_inputs
 
     start = threading.Barrier(workers + 1, timeout=REQUEST_TIMEOUT)
 

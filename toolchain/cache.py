@@ -13,17 +13,15 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-from functools import lru_cache
-from importlib import metadata
+from functools import cache
 from pathlib import Path
 
-from toolchain.fsutil import link_or_copy
-from toolchain.manifest import sha256_file
+from toolchain import kinds
+from toolchain.environment import tool_versions
+from toolchain.fsutil import link_or_copy, sha256_file
 from toolchain.recipe import Recipe
 
 CACHE_DIR = ".mlpack-cache"
-TOOLS = ("torch", "tensorflow", "tf2onnx", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "onnxconverter-common", "tensorrt", "transformers", "keras", "numpy")
 # Recipe sections every step's result depends on (targets add their own spec).
 SOURCE_SECTIONS = ("source", "inputs", "outputs", "dims", "data")
 
@@ -32,7 +30,7 @@ def _hash_json(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _file_digest(path: str, mtime_ns: int, size: int) -> str:
     return sha256_file(Path(path))
 
@@ -56,33 +54,18 @@ def _tree_digest(root: Path, pattern: str, skip: Path | None = None) -> dict[str
     return out
 
 
-@lru_cache(maxsize=None)
-def tool_versions() -> tuple:
-    """Versions from package metadata: reading them imports nothing."""
-    out = []
-    for name in TOOLS:
-        try:
-            out.append((name, metadata.version(name)))
-        except metadata.PackageNotFoundError:
-            out.append((name, None))
-    return tuple(out)
-
-
-@lru_cache(maxsize=None)
+@cache
 def code_digest() -> str:
     """mlpack's own code: a change to a converter invalidates what it built."""
     root = Path(__file__).parent
     return _hash_json(_tree_digest(root, "*.py") | _tree_digest(root, "*.txt"))
 
 
-@lru_cache(maxsize=None)
-def gpu_identity() -> str:
-    """GPU name and compute capability via nvidia-smi (no CUDA import); 'none' without one."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "none"
-    except (OSError, subprocess.TimeoutExpired):
-        return "none"
+def kind_digest(kind) -> str | None:
+    """A plugin kind's own code (mlpack's kinds are in code_digest already)."""
+    own = Path(__file__).parent
+    files = [p for p in kind.fingerprint_files() if p.is_file() and not p.resolve().is_relative_to(own)]
+    return _hash_json({str(p): file_digest(p) for p in files}) if files else None
 
 
 def source_files(recipe: Recipe, out_root: Path | None = None) -> dict[str, str]:
@@ -117,20 +100,21 @@ def source_key(recipe: Recipe, out_root: Path | None = None) -> str:
             "sections": {k: dump[k] for k in SOURCE_SECTIONS},
             "samples": {"n": recipe.parity.samples, "seed": recipe.parity.seed},
             "files": source_files(recipe, out_root),
-            "tools": tool_versions(),
+            "tools": sorted(tool_versions().items()),
             "code": code_digest(),
         }
     )
 
 
 def target_key(recipe: Recipe, spec, src_key: str) -> str:
+    kind = kinds.get(spec.kind)
     parts = {
         "source": src_key,
         "target": spec.model_dump(mode="json"),
         "tolerance": recipe.parity.tolerance_for(spec.target_name, spec.precision_mode).model_dump(mode="json"),
+        "kind": kind_digest(kind),
+        **kind.cache_parts(spec),  # e.g. the GPU an engine or CUDA kernel is bound to
     }
-    if getattr(spec, "device", "cpu") == "cuda" or spec.kind == "tensorrt":
-        parts["gpu"] = gpu_identity()  # an engine or CUDA kernel is only valid on the GPU that built it
     return _hash_json(parts)
 
 
@@ -196,7 +180,7 @@ def cached_file(out_root: Path, parts: dict, dst: Path, produce) -> None:
     For derived files whose producer imports a framework (TF Serving warmup
     records need TensorFlow): an unchanged rebuild must not.
     """
-    key = _hash_json({**parts, "code": code_digest(), "tools": tool_versions()})
+    key = _hash_json({**parts, "code": code_digest(), "tools": sorted(tool_versions().items())})
     hit = lookup(out_root, key)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if hit:

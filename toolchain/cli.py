@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 
 from toolchain import __version__
+from toolchain import manifest as mf
+from toolchain.bench import bench
+from toolchain.build import build
 from toolchain.errors import EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, MlpackError, UsageError
+from toolchain.junit import write_junit
+from toolchain.progress import make_progress
+from toolchain.recipe import load_recipe
+from toolchain.results import Stage, Status
+from toolchain.serving.check import serve_check
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,8 +99,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_validate(args) -> int:
-    from toolchain.recipe import load_recipe
-
     r = load_recipe(args.recipe)
     kinds = ", ".join(f"{t.target_name} ({t.kind})" for t in r.targets)
     print(f"{args.recipe}: ok - {r.name} v{r.version}, {r.source.framework}, targets: {kinds}", file=sys.stderr)
@@ -100,10 +106,6 @@ def cmd_validate(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from toolchain.build import build
-    from toolchain.progress import make_progress
-    from toolchain.recipe import load_recipe
-
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     recipe = load_recipe(args.recipe)
@@ -114,8 +116,6 @@ def cmd_build(args) -> int:
         check = _serve_check(result.path)
         result.manifest, result.exit_code = check.manifest, check.exit_code
     if args.junit:
-        from toolchain.junit import write_junit
-
         write_junit(args.junit, result.manifest, result.path)
     if args.json:
         print(json.dumps(result.manifest, indent=2))
@@ -123,8 +123,6 @@ def cmd_build(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from toolchain import manifest as mf
-
     path = args.dir / "manifest.json" if args.dir.is_dir() else args.dir
     if not path.is_file():
         raise UsageError(f"no manifest.json in {args.dir}", "pass <out>/<name>, the directory a build published")
@@ -188,8 +186,12 @@ def _print_summary(result) -> None:
         for w in t.get("warnings", []):
             con.print(f"[yellow]warning[/] {t['name']}: {w}")
     for r in result.targets:
-        if r.status == "failed" and r.parity is None and r.log:
-            con.print(f"[red]{r.name}[/]: {r.reason}\n    log: {result.path / r.log}")
+        if r.status is Status.FAILED and r.stage is not Stage.PARITY:
+            con.print(
+                f"[red]{r.name}[/] ({r.stage.value}): {r.reason}"
+                + (f"\n    fix: {r.hint}" if r.hint else "")
+                + (f"\n    log: {result.path / r.log}" if r.log else "")
+            )
     if result.published:
         con.print(f"[green]published[/] {result.path}")
     else:
@@ -197,9 +199,6 @@ def _print_summary(result) -> None:
 
 
 def _serve_check(root: Path, server: Path | None = None, native: bool = False, targets: list[str] | None = None):
-    from toolchain.progress import make_progress
-    from toolchain.serving.check import serve_check
-
     with make_progress() as progress:
         result = serve_check(root, server=server, native=native, targets=targets, progress=progress)
     _print_serve_check(result)
@@ -222,13 +221,19 @@ def _print_serve_check(result) -> None:
         t.add_column(col)
     for c in result.models:
         abs_err, cos = c.parity.worst() if c.parity else (None, None)
-        color = {"ok": "green", "skipped": "yellow"}.get(c.status, "red")
+        color = {"ok": "green", "skipped": "yellow"}.get(c.status.value, "red")
         why = [c.reason] if c.reason else []
         if c.parity and not c.parity.passed:
             why += [f"{name}: {'; '.join(d.failures[:2])}" for name, d in c.parity.outputs.items() if not d.passed]
         t.add_row(
-            c.model, c.target, c.backend, f"[{color}]{c.status}[/]", str(c.requests),
-            "-" if abs_err is None else f"{abs_err:.2e}", "-" if cos is None else f"{cos:.6f}", "\n".join(why),
+            c.model,
+            c.target,
+            c.backend,
+            f"[{color}]{c.status.value}[/]",
+            str(c.requests),
+            "-" if abs_err is None else f"{abs_err:.2e}",
+            "-" if cos is None else f"{cos:.6f}",
+            "\n".join(why),
         )
     con.print(t)
     if result.server_version:
@@ -236,20 +241,25 @@ def _print_serve_check(result) -> None:
     for server, why in result.skipped.items():
         con.print(f"[yellow]{server}: not checked[/] - {why}")
     for c in result.models:
-        if c.native_check and c.status != "ok":
+        if c.native_check and c.status.value != "ok":
             con.print(f"[red]{c.model}[/]: what the native backend would refuse:\n    " + "\n    ".join(c.native_check))
 
 
 def cmd_bench(args) -> int:
-    from toolchain.bench import bench
-    from toolchain.progress import make_progress
-
     if args.warmup < 0 or args.iters < 1 or args.seconds <= 0:
         raise UsageError("--warmup must be >= 0, --iters >= 1 and --seconds > 0")
     with make_progress() as progress:
         report = bench(
-            args.dir, batches=args.batch, warmup=args.warmup, iters=args.iters, seconds=args.seconds, threads=args.threads,
-            recipe_path=args.recipe, through_server=args.through_server, server=args.server, progress=progress,
+            args.dir,
+            batches=args.batch,
+            warmup=args.warmup,
+            iters=args.iters,
+            seconds=args.seconds,
+            threads=args.threads,
+            recipe_path=args.recipe,
+            through_server=args.through_server,
+            server=args.server,
+            progress=progress,
         )
     _print_bench(report, args.dir, sys.stderr if args.json else sys.stdout)  # stdout stays pure JSON with --json
     if args.json:

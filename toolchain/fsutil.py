@@ -1,12 +1,29 @@
-"""File operations a build relies on: links instead of copies, atomic publish."""
+"""File operations a build relies on: digests, links instead of copies, atomic publish, log tails."""
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import shutil
 import uuid
 from pathlib import Path
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tail(path: Path, lines: int = 12) -> str:
+    """The last `lines` lines of a log, or "" when it cannot be read."""
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

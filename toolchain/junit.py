@@ -5,6 +5,13 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from toolchain.results import Stage
+
+
+def _parity_failure(t: dict) -> bool:
+    """A parity failure is a JUnit failure; every other failed stage is an error."""
+    return t["status"] == "failed" and t.get("stage") == Stage.PARITY.value
+
 
 def _figures(t: dict) -> str:
     par = t.get("parity") or {}
@@ -22,8 +29,8 @@ def write_junit(path: Path, manifest: dict, build_dir: Path) -> None:
         "testsuite",
         name=f"mlpack.{manifest['name']}",
         tests=str(len(targets)),
-        failures=str(sum(t["status"] == "failed" and t.get("parity") is not None for t in targets)),
-        errors=str(sum(t["status"] == "failed" and t.get("parity") is None for t in targets)),
+        failures=str(sum(_parity_failure(t) for t in targets)),
+        errors=str(sum(t["status"] == "failed" and not _parity_failure(t) for t in targets)),
         skipped=str(sum(t["status"] == "skipped" for t in targets)),
         time=f"{manifest.get('build_seconds', 0):.3f}",
     )
@@ -32,11 +39,11 @@ def write_junit(path: Path, manifest: dict, build_dir: Path) -> None:
         figures = _figures(t)
         if t["status"] == "skipped":
             ET.SubElement(case, "skipped", message=t["reason"] or "")
-        elif t["status"] == "failed" and t.get("parity") is not None:
+        elif _parity_failure(t):
             el = ET.SubElement(case, "failure", message=f"parity failed: {figures}", type="parity")
             el.text = "\n".join(f for o in t["parity"]["outputs"].values() for f in o.get("failures", []))
         elif t["status"] == "failed":
-            el = ET.SubElement(case, "error", message=(t["reason"] or "failed").splitlines()[0], type="conversion")
+            el = ET.SubElement(case, "error", message=(t["reason"] or "failed").splitlines()[0], type=t.get("stage") or "convert")
             el.text = (t["reason"] or "") + (f"\nlog: {build_dir / t['log']}" if t.get("log") else "")
         else:
             ET.SubElement(case, "system-out").text = figures

@@ -1,23 +1,23 @@
-"""manifest.json: what was built, from what, with which tools, and how close it is."""
+"""manifest.json: what was built, from what, with which tools, and how close it is.
+
+`schema()` is the shipped JSON Schema (manifest.schema.json) completed from
+the kind registry: the `kind` enum and the fields each kind adds to its
+target entry. The shipped file alone accepts any kind (plugins included).
+"""
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
-import platform
-from importlib import metadata
 from importlib.resources import files as package_files
 from pathlib import Path
 
+from toolchain import kinds
+from toolchain.fsutil import sha256_file
+
 SCHEMA_ID = "mlpack.manifest/1"
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["SCHEMA_ID", "file_entries", "read", "schema", "sha256_file", "write"]
 
 
 def file_entries(root: Path, paths: list[Path]) -> list[dict]:
@@ -25,33 +25,23 @@ def file_entries(root: Path, paths: list[Path]) -> list[dict]:
     return [{"path": p.relative_to(root).as_posix(), "sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(paths)]
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def environment(device: str) -> dict:
-    """Versions of every tool that shapes an artifact; read from metadata, not imports."""
-    ort = _version("onnxruntime-gpu") or _version("onnxruntime")
-    return {
-        "python": platform.python_version(),
-        "mlpack": _version("mlpack"),
-        "torch": _version("torch"),
-        "tensorflow": _version("tensorflow"),
-        "keras": _version("keras"),
-        "tf2onnx": _version("tf2onnx"),
-        "onnx": _version("onnx"),
-        "onnxruntime": ort,
-        "tensorrt": _version("tensorrt"),
-        "platform": platform.platform(),
-        "device": device,
-    }
+def base_schema() -> dict:
+    return json.loads(package_files("toolchain").joinpath("manifest.schema.json").read_text())
 
 
 def schema() -> dict:
-    return json.loads(package_files("toolchain").joinpath("manifest.schema.json").read_text())
+    """The manifest's JSON Schema for the kinds registered here."""
+    s = copy.deepcopy(base_schema())
+    target = s["$defs"]["target"]["properties"]
+    target["kind"] = {"enum": list(kinds.names())}
+    owner: dict[str, str] = {}
+    for k in kinds.kinds().values():
+        for name, fragment in k.manifest_fields.items():
+            if name in target and target[name] != fragment:
+                raise ValueError(f"kind {k.name} declares manifest field {name!r} differently from {owner.get(name, 'the base schema')}")
+            target[name] = fragment
+            owner[name] = k.name
+    return s
 
 
 def write(path: Path, manifest: dict) -> None:

@@ -162,7 +162,7 @@ class ParityReport:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ParityReport":
+    def from_dict(cls, d: dict) -> ParityReport:
         return cls(d["passed"], d["samples"], d["tolerance"], {k: OutputDiff(**v) for k, v in d["outputs"].items()})
 
     def worst(self) -> tuple[float, float]:
@@ -170,6 +170,37 @@ class ParityReport:
         if not self.outputs:
             return 0.0, 1.0
         return max(d.max_abs_err for d in self.outputs.values()), min(d.cosine for d in self.outputs.values())
+
+
+class Cosine:
+    """Cosine similarity accumulated over arrays, on the positions finite in both.
+
+    The one cosine of mlpack: the gate sums over every sample of an output,
+    `cosine(a, b)` is the single-array case.
+    """
+
+    def __init__(self) -> None:
+        self.dot = self.ref_sq = self.act_sq = 0.0
+
+    def add(self, ref: np.ndarray, act: np.ndarray) -> Cosine:
+        r, a = np.asarray(ref, np.float64).ravel(), np.asarray(act, np.float64).ravel()
+        ok = np.isfinite(r) & np.isfinite(a)
+        r, a = r[ok], a[ok]
+        self.dot += float(r @ a)
+        self.ref_sq += float(r @ r)
+        self.act_sq += float(a @ a)
+        return self
+
+    @property
+    def value(self) -> float:
+        denom = np.sqrt(self.ref_sq) * np.sqrt(self.act_sq)
+        if denom > 0:
+            return float(self.dot / denom)
+        return 1.0 if self.ref_sq == self.act_sq == 0 else 0.0
+
+
+def cosine(ref: np.ndarray, act: np.ndarray) -> float:
+    return Cosine().add(ref, act).value
 
 
 def _looks_like_scores(ref: np.ndarray) -> bool:
@@ -189,7 +220,7 @@ def compare(reference: list[Feed], actual: list[Feed], tol: Tolerance) -> Parity
     outputs: dict[str, OutputDiff] = {}
     for name in names:
         d = OutputDiff()
-        dots = ref_sq = act_sq = 0.0
+        cos = Cosine()
         agree = rows = 0
         for i, (r, a) in enumerate(zip(reference, actual)):
             b = np.asarray(r[name])
@@ -218,15 +249,11 @@ def compare(reference: list[Feed], actual: list[Feed], tol: Tolerance) -> Parity
                 bad = int(np.count_nonzero(diff > atol + rtol * np.abs(np.where(ref_ok, b64, 0.0)))) if elementwise else 0
                 if bad:
                     d.failures.append(f"sample {i}: {bad}/{diff.size} values outside atol+rtol*|ref|")
-            fin = ref_ok & np.isfinite(x64)
-            dots += float(np.sum(b64[fin] * x64[fin]))
-            ref_sq += float(np.sum(b64[fin] ** 2))
-            act_sq += float(np.sum(x64[fin] ** 2))
+            cos.add(b64, x64)
             if _looks_like_scores(b):
                 agree += int(np.count_nonzero(b.argmax(1) == x.argmax(1)))
                 rows += b.shape[0]
-        denom = np.sqrt(ref_sq) * np.sqrt(act_sq)
-        d.cosine = float(dots / denom) if denom > 0 else (1.0 if ref_sq == act_sq == 0 else 0.0)
+        d.cosine = cos.value
         d.top1 = agree / rows if rows else None
         if d.nonfinite:
             d.failures.append(f"{d.nonfinite} non-finite values where the reference is finite")

@@ -12,44 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, GetCoreSchemaHandler, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from toolchain.errors import Problem, RecipeError
+from toolchain import kinds
+from toolchain.errors import Problem, RecipeError, UsageError
+from toolchain.options import NAME_RE, Strict, TargetOptions, YamlOff
 
-NAME_RE = r"^[a-z0-9][a-z0-9_-]*$"
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool", "uint8")
 TENSOR_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_.:-]*$"
-
-
-class Strict(BaseModel):
-    """Base for every recipe section: unknown keys are errors with a hint."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _reject_unknown(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            known = set(cls.model_fields)
-            known |= {f.alias for f in cls.model_fields.values() if f.alias}
-            for key in data:
-                if key not in known:
-                    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
-                    hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(known))}"
-                    raise PydanticCustomError(
-                        "unknown_key",
-                        "unknown key '{key}'; {hint}",
-                        {"key": str(key), "hint": hint},
-                    )
-        return data
 
 
 class Source(Strict):
@@ -66,9 +37,7 @@ class Source(Strict):
     @classmethod
     def _factory_form(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*", v):
-            raise PydanticCustomError(
-                "factory_form", "'{v}' is not of the form path/to/file.py:callable", {"v": v}
-            )
+            raise PydanticCustomError("factory_form", "'{v}' is not of the form path/to/file.py:callable", {"v": v})
         return v
 
     @model_validator(mode="after")
@@ -119,9 +88,7 @@ class DimSpec(Strict):
         if self.opt is None:
             self.opt = self.min
         if not self.min <= self.opt <= self.max:
-            raise PydanticCustomError(
-                "dim_order", "needs min <= opt <= max (got {a}, {b}, {c})", {"a": self.min, "b": self.opt, "c": self.max}
-            )
+            raise PydanticCustomError("dim_order", "needs min <= opt <= max (got {a}, {b}, {c})", {"a": self.min, "b": self.opt, "c": self.max})
         return self
 
 
@@ -129,80 +96,19 @@ class DataSpec(Strict):
     path: str
 
 
-class TargetBase(Strict):
-    name: Annotated[str, Field(pattern=NAME_RE)] | None = None
-    timeout: Annotated[float, Field(gt=0)] = 1800
-    # Only matters when the target cannot run on this machine (no GPU, no
-    # TensorRT): required targets then fail the build instead of being skipped.
-    required: bool = False
+class _KindTargets:
+    """`targets[]` items: the union of every registered kind's options, tagged by `kind`.
 
-    @property
-    def target_name(self) -> str:
-        return self.name or self.kind  # type: ignore[attr-defined]
+    Resolved when the Recipe schema is first built (defer_build), so importing
+    this module loads no kind.
+    """
 
-    @property
-    def precision_mode(self) -> str | None:
-        """The reduced precision this target builds (a key of QUANTIZED_TOLERANCE), or None."""
-        return None
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler):
+        return handler.generate_schema(kinds.target_union())
 
 
-class OnnxTarget(TargetBase):
-    kind: Literal["onnx"]
-    opset: Annotated[int, Field(ge=7, le=23)] = 18
-    quantize: Literal["int8", "int8-dynamic", "fp16"] | None = None
-    calibration: Literal["minmax", "entropy", "percentile"] | None = None
-    fallback: Literal["off", "auto"] = "off"
-    optimize: bool = False
-    device: Literal["cpu", "cuda"] = "cpu"
-
-    @model_validator(mode="after")
-    def _calibration_int8(self) -> OnnxTarget:
-        if self.calibration and self.quantize != "int8":
-            raise PydanticCustomError("calibration_int8", "calibration applies to quantize: int8 only", {})
-        if self.fallback == "auto" and self.quantize not in ("int8", "int8-dynamic"):
-            raise PydanticCustomError("fallback_int8", "fallback: auto applies to quantize: int8 or int8-dynamic only", {})
-        return self
-
-    @property
-    def precision_mode(self) -> str | None:
-        return self.quantize
-
-
-class AotiTarget(TargetBase):
-    kind: Literal["aoti"]
-    device: Literal["cpu", "cuda"] = "cpu"
-
-
-class XlaTarget(TargetBase):
-    kind: Literal["xla"]
-
-
-class SavedModelTarget(TargetBase):
-    kind: Literal["savedmodel"]
-
-
-class TensorRTTarget(TargetBase):
-    kind: Literal["tensorrt"]
-    precision: Literal["fp32", "fp16", "int8"] = "fp16"
-    calibration: Literal["minmax", "entropy", "percentile"] | None = Field(None, description="int8: how the QDQ ONNX is calibrated (default minmax)")
-
-    @model_validator(mode="after")
-    def _calibration_int8(self) -> TensorRTTarget:
-        if self.calibration and self.precision != "int8":
-            raise PydanticCustomError("calibration_int8", "calibration applies to precision: int8 only", {})
-        return self
-
-    @property
-    def precision_mode(self) -> str | None:
-        return None if self.precision == "fp32" else self.precision
-
-
-Target = Annotated[
-    Union[OnnxTarget, AotiTarget, XlaTarget, SavedModelTarget, TensorRTTarget],
-    Field(discriminator="kind"),
-]
-TARGET_KINDS = ("onnx", "aoti", "xla", "savedmodel", "tensorrt")
-FRAMEWORK_KINDS = {"pytorch": {"onnx", "aoti", "tensorrt"}, "tensorflow": {"onnx", "xla", "savedmodel", "tensorrt"}}
+Target = Annotated[TargetOptions, _KindTargets]
 
 
 class Tolerance(Strict):
@@ -270,16 +176,14 @@ class TritonServe(Strict):
     targets: list[str] = Field(default_factory=list)
     backend: Literal["native", "python"] = "native"
     version_policy: VersionPolicy = "latest"
-    onnx_tensorrt: Literal["off", "fp32", "fp16"] = Field(
+    onnx_tensorrt: Annotated[Literal["off", "fp32", "fp16"], YamlOff] = Field(
         "off", description="ONNX models: ONNX Runtime's TensorRT execution provider on GPU instances, at this precision"
     )
 
     @model_validator(mode="after")
     def _accelerator_native(self) -> TritonServe:
         if self.onnx_tensorrt != "off" and self.backend == "python":
-            raise PydanticCustomError(
-                "onnx_tensorrt_native", "onnx_tensorrt applies to Triton's onnxruntime backend; it needs backend: native", {}
-            )
+            raise PydanticCustomError("onnx_tensorrt_native", "onnx_tensorrt applies to Triton's onnxruntime backend; it needs backend: native", {})
         return self
 
 
@@ -318,6 +222,9 @@ class Serve(Strict):
 
 
 class Recipe(Strict):
+    # The target union comes from the kind registry: built on first use, not at import.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
+
     name: Annotated[str, Field(pattern=NAME_RE, max_length=64)]
     version: Annotated[int, Field(ge=1)] = 1
     source: Source
@@ -344,7 +251,7 @@ class Recipe(Strict):
     def resolve(self, rel: str) -> Path:
         return (self.root / rel).resolve()
 
-    def target(self, name: str) -> Target:
+    def target(self, name: str) -> TargetOptions:
         for t in self.targets:
             if t.target_name == name:
                 return t
@@ -364,18 +271,19 @@ def _cross_check(r: Recipe) -> list[tuple[tuple, str, str | None]]:
         if n in seen:
             out.append((("targets", i, "name"), f"target name '{n}' is used twice", "give one of them a distinct `name:`"))
         seen.add(n)
-        if t.kind not in FRAMEWORK_KINDS[r.source.framework]:
-            ok = ", ".join(sorted(FRAMEWORK_KINDS[r.source.framework]))
+        kind = kinds.get(t.kind)
+        if r.source.framework not in kind.frameworks:
+            ok = ", ".join(sorted(kinds.frameworks().get(r.source.framework, [])))
             out.append((("targets", i, "kind"), f"'{t.kind}' does not build from a {r.source.framework} source", f"use one of: {ok}"))
+        else:
+            out += [(("targets", i, *loc), msg, hint) for loc, msg, hint in kind.check(t, r)]
     in_names = [s.name for s in r.inputs]
     for i, spec in enumerate(r.inputs):
         if in_names.count(spec.name) > 1 and in_names.index(spec.name) != i:
             out.append((("inputs", i, "name"), f"input name '{spec.name}' is used twice", None))
         for j, d in enumerate(spec.shape):
             if isinstance(d, str) and d not in r.dims:
-                out.append(
-                    (("inputs", i, "shape", j), f"dynamic dimension '{d}' has no entry under dims", f"add `dims: {{{d}: {{min: 1, opt: 8, max: 64}}}}`")
-                )
+                out.append((("inputs", i, "shape", j), f"dynamic dimension '{d}' has no entry under dims", f"add `dims: {{{d}: {{min: 1, opt: 8, max: 64}}}}`"))
     if r.outputs and len(set(r.outputs)) != len(r.outputs):
         out.append((("outputs",), "output names must be distinct", None))
     for key in r.parity.per_target:
@@ -386,20 +294,56 @@ def _cross_check(r: Recipe) -> list[tuple[tuple, str, str | None]]:
         for j, key in enumerate(tri.targets):
             if key not in names:
                 out.append((("serve", "triton", "targets", j), f"no target is named '{key}'", _did_you_mean(key, names)))
-            elif tri.backend == "python" and r.target(key).kind in ("xla", "savedmodel"):
-                out.append((("serve", "triton", "backend"), f"backend: python has no model.py for the {r.target(key).kind} target '{key}'", "use backend: native (tensorflow_savedmodel), or serve the onnx target"))
+            elif (served := kinds.get(r.target(key).kind).triton) is None:
+                out.append(
+                    (
+                        ("serve", "triton", "targets", j),
+                        f"Triton cannot serve the {r.target(key).kind} target '{key}'",
+                        f"serve targets of these kinds: {', '.join(_servable('triton'))}",
+                    )
+                )
+            elif tri.backend == "python" and served.python_backend is None and not served.native_only:
+                out.append(
+                    (
+                        ("serve", "triton", "backend"),
+                        f"backend: python has no model.py for the {r.target(key).kind} target '{key}'",
+                        f"use backend: native ({served.platform or served.backend}), or {_with_python_backend(r)}",
+                    )
+                )
         if tri.max_batch_size > 0:
             out += _batching_checks(r, ("serve", "triton", "max_batch_size"), tri.max_batch_size, "set max_batch_size: 0, or ")
     if r.serve.tfserving:
         for j, key in enumerate(r.serve.tfserving.targets):
             if key not in names:
                 out.append((("serve", "tfserving", "targets", j), f"no target is named '{key}'", _did_you_mean(key, names)))
-            elif r.target(key).kind not in ("xla", "savedmodel"):
-                out.append((("serve", "tfserving", "targets", j), f"TF Serving serves SavedModels; '{key}' is a {r.target(key).kind} target", "list xla or savedmodel targets here"))
+            elif kinds.get(r.target(key).kind).tfserving is None:
+                ok = " or ".join(_servable("tfserving"))
+                out.append(
+                    (
+                        ("serve", "tfserving", "targets", j),
+                        f"TF Serving serves SavedModels; '{key}' is a {r.target(key).kind} target",
+                        f"list {ok} targets here",
+                    )
+                )
         if r.serve.tfserving.batching:
             loc = ("serve", "tfserving", "batching", "max_batch_size")
             out += _batching_checks(r, loc, r.serve.tfserving.batching.max_batch_size, "remove serve.tfserving.batching, or ")
     return out
+
+
+def _with_python_backend(r: Recipe) -> str:
+    """What to serve instead with backend: python: the recipe's targets whose kind has a model.py."""
+    ok = [t.target_name for t in r.targets if (k := kinds.get(t.kind).triton) is not None and k.python_backend is not None]
+    if len(ok) == 1:
+        return f"serve the {ok[0]} target"
+    if ok:
+        return f"serve one of the targets {', '.join(ok)}"
+    return "add a target of a kind with a Python backend (" + ", ".join(n for n, k in kinds.kinds().items() if k.triton and k.triton.python_backend) + ")"
+
+
+def _servable(server: str) -> list[str]:
+    """Kinds with a model for `server` (triton | tfserving)."""
+    return [k.name for k in kinds.kinds().values() if getattr(k, server) is not None]
 
 
 def _batching_checks(r: Recipe, loc: tuple, max_batch_size: int, off: str) -> list[tuple[tuple, str, str | None]]:
@@ -407,11 +351,21 @@ def _batching_checks(r: Recipe, loc: tuple, max_batch_size: int, off: str) -> li
     for spec in r.inputs:
         first = spec.shape[0] if spec.shape else None
         if not isinstance(first, str):
-            return [(loc, f"batching needs a dynamic first dimension, but input '{spec.name}' has shape {spec.shape}",
-                     f"{off}make the first dimension of every input a named dim such as `batch`")]
+            return [
+                (
+                    loc,
+                    f"batching needs a dynamic first dimension, but input '{spec.name}' has shape {spec.shape}",
+                    f"{off}make the first dimension of every input a named dim such as `batch`",
+                )
+            ]
         if first in r.dims and max_batch_size > r.dims[first].max:
-            return [(loc, f"{max_batch_size} exceeds dims.{first}.max ({r.dims[first].max})",
-                     f"lower max_batch_size to at most {r.dims[first].max} or raise dims.{first}.max")]
+            return [
+                (
+                    loc,
+                    f"{max_batch_size} exceeds dims.{first}.max ({r.dims[first].max})",
+                    f"lower max_batch_size to at most {r.dims[first].max} or raise dims.{first}.max",
+                )
+            ]
     firsts = {s.shape[0] for s in r.inputs if s.shape}
     if len(firsts) > 1:
         return [(loc, f"inputs disagree on the batch dimension ({', '.join(sorted(map(str, firsts)))})", "name the first dimension of every input the same")]
@@ -509,7 +463,7 @@ def _pydantic_problem(err: dict, data: Any, root: yaml.Node | None) -> Problem:
         loc = loc + ("kind",)
     elif typ == "union_tag_not_found":
         msg = "every target needs a `kind`"
-        hint = f"kind is one of: {', '.join(TARGET_KINDS)}"
+        hint = f"kind is one of: {', '.join(kinds.names())}"
     elif typ == "string_pattern_mismatch":
         msg = f"{err.get('input')!r} does not match {err['ctx']['pattern']}"
         hint = {NAME_RE: "use lowercase letters, digits, '-' and '_', starting with a letter or digit"}.get(
@@ -521,7 +475,7 @@ def _pydantic_problem(err: dict, data: Any, root: yaml.Node | None) -> Problem:
         hint = msg.replace("Input should be", "use")
         msg = f"{err.get('input')!r} is not allowed"
     elif msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     return Problem(key=_key_path(loc, data), message=msg, line=_line_of(root, loc), hint=hint)
 
 
@@ -548,7 +502,9 @@ def parse_recipe(text: str, path: Path, check_files: bool = True) -> Recipe:
         detail = getattr(e, "problem", None) or str(e)
         raise RecipeError(path, [Problem("", f"not valid YAML: {detail}", line, "fix the YAML syntax at that line")]) from None
     if not isinstance(data, dict):
-        raise RecipeError(path, [Problem("", "a recipe is a YAML mapping (name:, source:, inputs:, targets: ...)", 1, "see the complete example in the README")])
+        raise RecipeError(
+            path, [Problem("", "a recipe is a YAML mapping (name:, source:, inputs:, targets: ...)", 1, "see the complete example in the README")]
+        )
     if any(not isinstance(k, str) for k in _all_keys(data)):
         raise RecipeError(path, [Problem("", "every key must be a string", None, "quote keys that YAML reads as numbers, booleans or null")])
     try:
@@ -575,8 +531,6 @@ def _all_keys(obj: Any):
 
 def load_recipe(path: str | Path, check_files: bool = True) -> Recipe:
     """Read, parse and validate a recipe file; raises RecipeError or UsageError."""
-    from toolchain.errors import UsageError
-
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"recipe not found: {p}", "pass the path of a recipe .yaml file")

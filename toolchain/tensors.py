@@ -56,7 +56,7 @@ class Signature:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Signature":
+    def from_dict(cls, d: dict) -> Signature:
         return cls([TensorSig(**t) for t in d["inputs"]], [TensorSig(**t) for t in d["outputs"]])
 
 

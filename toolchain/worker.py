@@ -9,33 +9,40 @@ Step kinds:
   reference  load the source, run it eagerly on parity/samples.npz -> reference.npz
   target     load the source, build one target into its workdir, run parity
 Either writes its result as JSON to `result` (paths relative to `root`).
+A failure is data too: {"ok": false, "reason", "hint", "error": "usage" | "step" | "unexpected"}.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import json
+import os
+import re
+import resource
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from toolchain import kinds
+from toolchain import manifest as mf
+from toolchain.errors import EXIT_USAGE, MlpackError
+from toolchain.feeds import load_feeds, save_feeds
+from toolchain.kinds.base import BuildContext, Dependency
+from toolchain.parity import compare
+from toolchain.recipe import load_recipe
+from toolchain.runners import open_runner, run_all
+from toolchain.sources import load_source
+
 
 def _one_line(e: BaseException) -> str:
-    import re
-
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
     first = text.splitlines()[0] if text else ""
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def run_reference(step: dict, root: Path) -> dict:
-    from toolchain.build import load_feeds, load_source, save_feeds
-    from toolchain.runners import run_all
-    from toolchain.recipe import load_recipe
-
     recipe = load_recipe(step["recipe"])
     source = load_source(recipe)
     samples = load_feeds(root / "parity" / "samples.npz")
@@ -45,38 +52,33 @@ def run_reference(step: dict, root: Path) -> dict:
 
 
 def run_target(step: dict, root: Path, workdir: Path) -> dict:
-    from toolchain import manifest as mf
-    from toolchain.build import load_feeds, load_source
-    from toolchain.parity import compare
-    from toolchain.recipe import load_recipe
-    from toolchain.runners import make_runner, run_all
-    from toolchain.targets import target_module
-
     recipe = load_recipe(step["recipe"])
     spec = recipe.target(step["target"])
-    mod = target_module(spec.kind)
+    kind = kinds.get(spec.kind)
     source = load_source(recipe)
-    # Where the build's parity data lies: a target that checks itself while it
-    # builds (INT8 fallback) reads it there, also when --workdir is elsewhere.
-    source.build_root = root
     workdir.mkdir(parents=True, exist_ok=True)
+    deps = {name: Dependency(root / d["dir"], d["files"], d.get("signature"), d.get("runner")) for name, d in step.get("deps", {}).items()}
+    ctx = BuildContext(workdir=workdir, root=root, out_root=Path(step.get("out_root") or root.parent), deps=deps)
     t0 = time.perf_counter()
-    kwargs = {"deps": step.get("deps", {})} if "deps" in inspect.signature(mod.build).parameters else {}
-    artifact = mod.build(source, spec, workdir, **kwargs)
+    artifact = kind.build(source, spec, ctx)
     seconds = time.perf_counter() - t0
     del source  # free the source model's weights before loading the artifact
     gc.collect()
-    files = mf.file_entries(root, artifact.files) if workdir.is_relative_to(root) else mf.file_entries(workdir.parent, artifact.files)
+    # Paths in the manifest are relative to the build root (a reproduce run's: the workdir's parent).
+    base = root if workdir.is_relative_to(root) else workdir.parent
+    files = mf.file_entries(base, artifact.files)
+    runner = artifact.runner.model_copy(update={"path": Path(artifact.runner.path).relative_to(base).as_posix()})
     samples = load_feeds(root / "parity" / "samples.npz")
     reference = load_feeds(root / "parity" / "reference.npz")
-    outputs = run_all(make_runner(artifact.runner, **artifact.runner_args), samples)
+    outputs = run_all(open_runner(runner, base), samples)
     report = compare(reference, outputs, recipe.parity.tolerance_for(spec.target_name, spec.precision_mode))
     return {
-        "kind": artifact.kind,
+        "kind": spec.kind,
         "build_seconds": seconds,
         "device": artifact.device,
         "files": files,
         "signature": artifact.signature.to_dict(),
+        "runner": runner.model_dump(mode="json"),
         "parity": report.to_dict(),
         "extra": {**artifact.extra, **({"device_name": _device_name()} if artifact.device == "cuda" else {})},
     }
@@ -104,19 +106,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             workdir = (args.workdir or root / step["target"]).resolve()
             result = {"ok": True, **run_target(step, root, workdir)}
+    except MlpackError as e:  # a usage error (the recipe or a file it names) keeps its fix and exits 2
+        traceback.print_exc()
+        result = {"ok": False, "error": "usage" if e.exit_code == EXIT_USAGE else "step", "reason": str(e), "hint": getattr(e, "hint", None)}
     except Exception as e:  # a converter's failure is data for the parent, with the log beside it
         traceback.print_exc()
-        from toolchain.errors import MlpackError
-
-        result = {"ok": False, "reason": str(e) if isinstance(e, MlpackError) else _one_line(e)}
-    import resource
-
+        result = {"ok": False, "error": "unexpected", "reason": _one_line(e)}
     # Peak memory of this step (Linux reports KiB): large models must stay near 2x their weights.
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     sys.stdout.flush()
     sys.stderr.flush()
     result_path.parent.mkdir(parents=True, exist_ok=True)
-    result_path.write_text(json.dumps(result))
+    tmp = result_path.with_name(f".{result_path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, result_path)
     return 0
 
 

@@ -11,9 +11,7 @@ import numpy as np
 
 def build(alpha: float = 0.35, size: int = 64, classes: int = 10, seed: int = 0) -> keras.Model:
     keras.utils.set_random_seed(seed)  # the same weights on every build
-    model = keras.applications.MobileNetV2(
-        input_shape=(size, size, 3), alpha=alpha, weights=None, classes=classes, classifier_activation=None
-    )
+    model = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=alpha, weights=None, classes=classes, classifier_activation=None)
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     momenta = [layer.momentum for layer in norms]
     for layer in norms:

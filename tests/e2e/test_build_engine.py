@@ -41,7 +41,7 @@ serve:
 
 # forward() misbehaves only while the ONNX exporter traces onnx-b's step, chosen by
 # MLPACK_TEST_MODE: crash (SIGSEGV), hang, or record when it ran (to show overlap).
-MLP = '''\
+MLP = """\
 import os, signal, time, inspect
 import torch
 
@@ -71,7 +71,7 @@ class M(torch.nn.Module):
 def build():
     torch.manual_seed(0)
     return M().eval()
-'''
+"""
 
 
 def project(tmp_path: Path, text: str = RECIPE) -> Path:
@@ -82,8 +82,9 @@ def project(tmp_path: Path, text: str = RECIPE) -> Path:
 
 def build(recipe: Path, out: Path, *extra: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, dict | None]:
     e = {**os.environ, "CI": "true", "PYTHONPATH": str(ROOT), **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "toolchain", "build", str(recipe), "--out", str(out), "--json", *extra],
-                          env=e, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "toolchain", "build", str(recipe), "--out", str(out), "--json", *extra], env=e, capture_output=True, text=True, timeout=600
+    )
     return proc, (json.loads(proc.stdout) if proc.stdout.strip() else None)
 
 
@@ -111,8 +112,13 @@ def copy_of(cached: Path, tmp_path: Path) -> tuple[Path, Path]:
 def test_unchanged_rebuild_hits_cache_and_imports_no_framework(cached, tmp_path):
     recipe, out = copy_of(cached, tmp_path)
     e = {**os.environ, "CI": "true", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "toolchain", "build", str(recipe), "--out", str(out), "--json"],
-                          env=e, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "toolchain", "build", str(recipe), "--out", str(out), "--json"],
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     m = json.loads(proc.stdout)
     assert hits(m) == {"onnx": True, "onnx-b": True}
@@ -252,8 +258,13 @@ def test_sigterm_stops_children_and_keeps_last_good_output(cached, tmp_path):
     recipe, out = copy_of(cached, tmp_path)
     before = (out / "mlp" / "manifest.json").read_bytes()
     e = {**os.environ, "CI": "true", "PYTHONPATH": str(ROOT), "MLPACK_TEST_MODE": "hang", "MLPACK_TEST_VICTIM": "onnx-b.step.json"}
-    proc = subprocess.Popen([sys.executable, "-m", "toolchain", "build", str(recipe), "--out", str(out), "--force"],
-                            env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolchain", "build", str(recipe), "--out", str(out), "--force"],
+        env=e,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     step_log = None
     while time.time() < deadline:
@@ -299,7 +310,12 @@ def test_name_cannot_escape_out(tmp_path):
 
 def test_output_inside_the_model_folder_does_not_invalidate_the_cache(tmp_path):
     """artifacts/ beside the model code holds generated model.py files; they are not source."""
-    recipe = project(tmp_path, RECIPE.replace("serve:\n  triton: {max_batch_size: 4, targets: [onnx, onnx-b]}", "serve:\n  triton: {max_batch_size: 4, targets: [onnx], backend: python}"))
+    recipe = project(
+        tmp_path,
+        RECIPE.replace(
+            "serve:\n  triton: {max_batch_size: 4, targets: [onnx, onnx-b]}", "serve:\n  triton: {max_batch_size: 4, targets: [onnx], backend: python}"
+        ),
+    )
     proc, m = build(recipe, tmp_path / "artifacts")
     assert proc.returncode == 0, proc.stderr
     assert list((tmp_path / "artifacts").rglob("model.py"))

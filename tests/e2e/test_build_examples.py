@@ -11,7 +11,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tests.e2e.conftest import ROOT, mlpack
-from toolchain.build import load_feeds
+from toolchain.feeds import load_feeds
 from toolchain.manifest import schema, sha256_file
 from toolchain.serving.triton import check_config_against_signature
 from toolchain.tensors import Signature, onnx_signature

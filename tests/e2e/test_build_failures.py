@@ -133,7 +133,9 @@ def test_exported_program_source(tmp_path):
     batch = torch.export.Dim("batch", min=1, max=4)
     ep = torch.export.export(model, (torch.rand(2, 3, 16, 16),), dynamic_shapes=({0: batch},))
     torch.export.save(ep, tmp_path / "model.pt2")
-    text = CNN_RECIPE.format(name="exp", tol="{atol: 1.0e-4, rtol: 1.0e-3}").replace("  factory: cnn.py:build\n  kwargs: {channels: 4, classes: 5}\n", "  exported: model.pt2\n")
+    text = CNN_RECIPE.format(name="exp", tol="{atol: 1.0e-4, rtol: 1.0e-3}").replace(
+        "  factory: cnn.py:build\n  kwargs: {channels: 4, classes: 5}\n", "  exported: model.pt2\n"
+    )
     proc = mlpack("build", str(write_recipe(tmp_path, text)), "--out", str(tmp_path / "out"), "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["targets"][0]["parity"]["passed"]
@@ -193,7 +195,9 @@ def test_killed_build_leaves_last_good_output(tmp_path):
     assert mlpack("build", str(recipe), "--out", str(out)).returncode == 0
     before = (out / "small" / "manifest.json").read_bytes()
     env = {**os.environ, "CI": "true", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "toolchain", "build", str(recipe), "--out", str(out), "--force"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolchain", "build", str(recipe), "--out", str(out), "--force"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob(".small.tmp-*/parity")):
         time.sleep(0.05)
@@ -212,3 +216,31 @@ def test_relative_out_dir(tmp_path):
     proc = mlpack("build", str(recipe), "--out", "rel-out", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "rel-out" / "small" / "onnx" / "model.onnx").is_file()
+
+
+def test_serving_failure_after_parity_is_exit_4_at_stage_serving(tmp_path):
+    """A Triton config that cannot hold the artifact fails the target at the serving stage (exit 4), not parity (3)."""
+    # dims.batch min == max: the export pins the batch dim, so Triton batching has no dynamic dim to use.
+    text = CNN_RECIPE.format(name="pinned", tol="{atol: 1.0e-4}").replace("{min: 1, opt: 2, max: 4}", "{min: 2, max: 2}")
+    recipe = write_recipe(tmp_path, text + "serve:\n  triton: {max_batch_size: 2, targets: [onnx]}\n")
+    junit = tmp_path / "junit.xml"
+    proc = mlpack("build", str(recipe), "--out", str(tmp_path / "out"), "--json", "--junit", str(junit))
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    t = json.loads(proc.stdout)["targets"][0]
+    assert (t["status"], t["stage"]) == ("failed", "serving") and t["parity"]["passed"]
+    assert "needs a dynamic first (batch) dimension" in t["reason"]
+    assert 'type="serving"' in junit.read_text() and "<failure" not in junit.read_text()
+
+
+def test_usage_error_inside_a_step_keeps_its_fix_and_exits_2(tmp_path):
+    """Found in a worker (the INT8 calibration split), a recipe problem is still exit 2 with its fix."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", image=rng.random((4, 3, 16, 16), dtype=np.float32))
+    text = CNN_RECIPE.format(name="calib", tol="{atol: 1.0e-4}").replace("  - kind: onnx\n", "  - {kind: onnx, quantize: int8}\n")
+    recipe = write_recipe(tmp_path, text + "data: {path: data.npz}\n")
+    proc = mlpack("build", str(recipe), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    t = json.loads(proc.stdout)["targets"][0]
+    assert (t["status"], t["stage"]) == ("failed", "recipe")
+    assert "too few are left to calibrate INT8 on" in t["reason"] and "calibration never reuses parity rows" in t["hint"]
+    assert "fix: add rows to data.path or lower parity.samples" in proc.stderr and "Traceback" not in proc.stderr

@@ -74,9 +74,7 @@ def test_static_int8_is_qdq_calibrated_apart_from_parity(built):
 
 def test_cnn_precision_manifest_and_triton(cnn_precision_build):
     b = cnn_precision_build
-    assert {t["name"]: t["status"] for t in b.manifest["targets"]} == {
-        "onnx": "ok", "onnx-fp16": "ok", "onnx-int8": "ok", "tensorrt": "skipped"
-    }
+    assert {t["name"]: t["status"] for t in b.manifest["targets"]} == {"onnx": "ok", "onnx-fp16": "ok", "onnx-int8": "ok", "tensorrt": "skipped"}
     assert "tensorrt Python package is not installed" in b.target("tensorrt")["reason"]
     assert b.target("onnx-int8")["parity"]["tolerance"] == {"cosine": 0.999, "top1": 0.98}
     assert b.target("onnx-int8")["excluded_nodes"] == []  # fallback: auto had nothing to do

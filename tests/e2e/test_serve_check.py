@@ -17,6 +17,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 from tests.e2e.conftest import ROOT, mlpack
 from toolchain.manifest import schema
@@ -119,9 +121,10 @@ def test_build_with_serve_check(other_cnn):
 def test_wrong_dims_are_refused_quoting_triton(cnn_build, tmp_path):
     root = _copy(cnn_build, tmp_path)
     cfg = root / "triton/tiny_cnn_onnx/config.pbtxt"
-    text = cfg.read_text()
-    assert "dims: [ 3, 32, 32 ]" in text
-    cfg.write_text(text.replace("dims: [ 3, 32, 32 ]", "dims: [ 3, 32, 31 ]"))
+    config = text_format.Parse(cfg.read_text(), mc.ModelConfig())
+    assert list(config.input[0].dims) == [3, 32, 32]
+    config.input[0].dims[2] = 31
+    cfg.write_text(text_format.MessageToString(config))
     proc = mlpack("serve-check", str(root), "--target", "onnx")
     assert proc.returncode == 4, proc.stderr[-3000:]
     triton_says = "unexpected shape for input 'image' for model 'tiny_cnn_onnx'. Expected [-1,3,32,31], got [1,3,32,32]"
@@ -160,8 +163,9 @@ def test_sigterm_stops_the_server(bert_build, tmp_path):
     root = _copy(bert_build, tmp_path)
     log = root / "logs" / "serve-check-triton.log"
     env = {**os.environ, "CI": "true", "PYTHONPATH": str(ROOT)}
-    p = subprocess.Popen([sys.executable, "-m", "toolchain", "serve-check", str(root), "--native"], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "toolchain", "serve-check", str(root), "--native"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     marker = str(root / "triton")  # the server and its stubs (model.py paths) alike
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and "loading: tiny_bert_onnx" not in (log.read_text() if log.exists() else ""):

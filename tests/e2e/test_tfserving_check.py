@@ -9,7 +9,6 @@ import jsonschema
 import numpy as np
 import pytest
 
-from tests.unit.test_serving_layouts import _field
 from toolchain.manifest import schema
 from toolchain.serving.check import serve_check
 from toolchain.serving.tfserving_check import LOADER, predict_inputs
@@ -36,9 +35,11 @@ def _save_model(vdir, seed: int) -> None:
 
 def _warmup_record(name: str, arr: np.ndarray) -> bytes:
     import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
 
-    entry = _field(1, name.encode()) + _field(2, tf.make_tensor_proto(arr).SerializeToString())
-    return _field(6, _field(1, _field(2, entry)))  # PredictionLog.predict_log.request.inputs
+    log = prediction_log_pb2.PredictionLog()
+    log.predict_log.request.inputs[name].CopyFrom(tf.make_tensor_proto(arr))
+    return log.SerializeToString()
 
 
 def _write_warmup(vdir, name: str = "x") -> None:
@@ -68,16 +69,28 @@ def layout(tmp_path):
     np.savez(root / "parity" / "samples.npz", **{f"{i}/x": s["x"] for i, s in enumerate(samples)})
     np.savez(root / "parity" / "reference.npz", **{f"{i}/y": r["y"] for i, r in enumerate(reference)})
     target = {
-        "name": "savedmodel", "kind": "savedmodel", "status": "ok", "reason": None, "build_seconds": 0.0, "files": [],
+        "name": "savedmodel",
+        "kind": "savedmodel",
+        "status": "ok",
+        "reason": None,
+        "build_seconds": 0.0,
+        "files": [],
         "signature": {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 12]}], "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 3]}]},
         "parity": {"passed": True, "samples": 3, "tolerance": {"atol": 1e-5, "rtol": 1e-4}, "outputs": {}},
     }
     manifest = {
-        "schema": "mlpack.manifest/1", "name": "tiny", "version": 1, "framework": "tensorflow",
+        "schema": "mlpack.manifest/1",
+        "name": "tiny",
+        "version": 1,
+        "framework": "tensorflow",
         "recipe": {"path": "tiny.yaml", "sha256": "0" * 64},
         "environment": {"python": "3", "torch": None, "tensorflow": tf.__version__, "onnx": None, "onnxruntime": None, "tensorrt": None, "device": "cpu"},
         "targets": [target],
-        "serving": {"triton": None, "tfserving": "tfserving", "models": [{"server": "tfserving", "name": "tiny", "target": "savedmodel", "path": "tfserving/tiny"}]},
+        "serving": {
+            "triton": None,
+            "tfserving": "tfserving",
+            "models": [{"server": "tfserving", "name": "tiny", "target": "savedmodel", "path": "tfserving/tiny"}],
+        },
     }
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
@@ -128,15 +141,14 @@ def test_models_config_without_the_model_is_refused(layout):
 
 
 def test_warmup_encoding_matches_tensorflow_serving():
-    """The decoder reads what TF Serving's own protos write."""
+    """The check reads warmup records with TF Serving's own PredictionLog; other log types are not predict warmups."""
     pl = pytest.importorskip("tensorflow_serving.apis.prediction_log_pb2", reason="tensorflow-serving-api is not installed")
     import tensorflow as tf
-    from tensorflow.core.framework.tensor_pb2 import TensorProto
 
     arr = np.arange(24, dtype=np.float32).reshape(2, 12)
     log = pl.PredictionLog()
     log.predict_log.request.model_spec.name = "tiny"
     log.predict_log.request.inputs["x"].CopyFrom(tf.make_tensor_proto(arr))
     decoded = predict_inputs(log.SerializeToString())
-    assert list(decoded) == ["x"] and np.array_equal(tf.make_ndarray(TensorProto.FromString(decoded["x"])), arr)
-    assert pl.PredictionLog.FromString(_warmup_record("x", arr)).predict_log.request.inputs["x"] == log.predict_log.request.inputs["x"]
+    assert list(decoded) == ["x"] and np.array_equal(tf.make_ndarray(decoded["x"]), arr)
+    assert predict_inputs(pl.PredictionLog(classify_log=pl.ClassifyLog()).SerializeToString()) is None

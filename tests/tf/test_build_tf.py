@@ -11,9 +11,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from tests.tf.protos import batching_parameters_class
-from toolchain.build import load_feeds
+from toolchain.feeds import load_feeds
 from toolchain.manifest import schema, sha256_file
+from toolchain.serving.protos import batching_parameters_class
 from toolchain.serving.triton import check_config_against_signature
 from toolchain.tensors import Signature
 
@@ -160,7 +160,9 @@ def test_triton_configs(tf_built):
         if target["kind"] != "onnx":
             assert cfg.platform == "tensorflow_savedmodel"
             assert (tf_built.root / model["path"] / "1" / "model.savedmodel" / "saved_model.pb").is_file()
-            assert f"triton: {model['name']}: platform tensorflow_savedmodel: Triton deprecated its TensorFlow backend from release 25.03" in tf_built.proc.stderr
+            assert (
+                f"triton: {model['name']}: platform tensorflow_savedmodel: Triton deprecated its TensorFlow backend from release 25.03" in tf_built.proc.stderr
+            )
 
 
 def test_unchanged_rebuild_imports_no_tensorflow(scorer_build):
@@ -173,8 +175,14 @@ def test_unchanged_rebuild_imports_no_tensorflow(scorer_build):
     from tests.e2e.conftest import ROOT
 
     env = {**os.environ, "CI": "true", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "toolchain", "build", "recipes/tf-scorer.yaml", "--out", str(scorer_build.root.parent), "--json"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "toolchain", "build", "recipes/tf-scorer.yaml", "--out", str(scorer_build.root.parent), "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert all(t["cache"]["hit"] for t in json.loads(proc.stdout)["targets"])
     imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 import pytest
 
 from tests.e2e.conftest import mlpack
@@ -139,5 +140,3 @@ def test_factory_returning_the_wrong_type_exits_4(tmp_path):
     proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
     assert proc.returncode == 4
     assert "returned object; expected a keras.Model or a tf.Module with a tf.function" in json.loads(proc.stdout)["targets"][0]["reason"]
-
-

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from tests.tf.protos import batching_parameters_class
 from toolchain.recipe import TFServingServe
+from toolchain.serving.protos import batching_parameters_class
 from toolchain.serving.tfserving import XLA_FLAG, command_line, render_batching, render_models_config, served_names, write_warmup
 
 pytestmark = pytest.mark.tf
@@ -41,7 +41,15 @@ def test_models_config_parses_with_each_version_policy(policy, which, versions):
 
 def test_batching_parameters_parse_as_the_server_reads_them():
     b = TFServingServe.model_validate(
-        {"batching": {"max_batch_size": 16, "batch_timeout_micros": 500, "num_batch_threads": 2, "allowed_batch_sizes": [4, 16], "pad_variable_length_inputs": True}}
+        {
+            "batching": {
+                "max_batch_size": 16,
+                "batch_timeout_micros": 500,
+                "num_batch_threads": 2,
+                "allowed_batch_sizes": [4, 16],
+                "pad_variable_length_inputs": True,
+            }
+        }
     ).batching
     msg = text_format.Parse(render_batching(b), batching_parameters_class()())
     assert (msg.max_batch_size.value, msg.batch_timeout_micros.value, msg.num_batch_threads.value) == (16, 500, 2)

@@ -13,14 +13,16 @@ from toolchain.recipe import DataSpec, Recipe, Tolerance
 
 
 def recipe(inputs: list[dict], dims: dict | None = None, **parity) -> Recipe:
-    return Recipe.model_validate({
-        "name": "t",
-        "source": {"framework": "pytorch", "factory": "m.py:build"},
-        "inputs": inputs,
-        "dims": dims or {},
-        "targets": [{"kind": "onnx"}],
-        "parity": parity,
-    })
+    return Recipe.model_validate(
+        {
+            "name": "t",
+            "source": {"framework": "pytorch", "factory": "m.py:build"},
+            "inputs": inputs,
+            "dims": dims or {},
+            "targets": [{"kind": "onnx"}],
+            "parity": parity,
+        }
+    )
 
 
 # ----------------------------------------------------------------- compare
@@ -140,9 +142,7 @@ def test_sample_count_and_seed_default_to_parity_section():
 
 def test_dtypes_and_ranges():
     for feed in generate_samples(recipe(MIXED, MIXED_DIMS), 16):
-        assert {k: v.dtype.name for k, v in feed.items()} == {
-            "image": "float32", "ids": "int64", "mask": "bool", "pix": "uint8", "half": "float16"
-        }
+        assert {k: v.dtype.name for k, v in feed.items()} == {"image": "float32", "ids": "int64", "mask": "bool", "pix": "uint8", "half": "float16"}
         assert ((feed["image"] >= -2.0) & (feed["image"] < -1.0)).all()
         assert ((feed["ids"] >= 5) & (feed["ids"] < 8)).all()  # ints: [low, high)
         assert ((feed["half"] >= 0.0) & (feed["half"] <= 1.0)).all()  # default float range

@@ -65,8 +65,7 @@ ERRORS = {
     ),
     "top-level unknown, no close match": (
         [(APPEND, "zzz: 1\n")],
-        [("zzz", 14, "unknown key 'zzz'",
-          "remove it; known keys: data, dims, inputs, name, outputs, parity, serve, source, targets, version")],
+        [("zzz", 14, "unknown key 'zzz'", "remove it; known keys: data, dims, inputs, name, outputs, parity, serve, source, targets, version")],
     ),
     "source.factroy": (
         [("factory:", "factroy:")],
@@ -82,8 +81,7 @@ ERRORS = {
     ),
     "typos in two sections are both reported": (
         [("factory:", "factroy:"), ("kind: onnx", "kind: onnx\n    opsett: 17")],
-        [("source.factroy", 4, "unknown key 'factroy'", "did you mean 'factory'?"),
-         ("targets[0].opsett", 13, "unknown key 'opsett'", "did you mean 'opset'?")],
+        [("source.factroy", 4, "unknown key 'factroy'", "did you mean 'factory'?"), ("targets[0].opsett", 13, "unknown key 'opsett'", "did you mean 'opset'?")],
     ),
     "unknown target kind, close": (
         [("kind: aoti", "kind: onxx")],
@@ -119,8 +117,7 @@ ERRORS = {
     ),
     "dynamic dim without dims entry": (
         [("[batch, 4]", "[batch, seq]")],
-        [("inputs[0].shape[1]", 8, "dynamic dimension 'seq' has no entry under dims",
-          "add `dims: {seq: {min: 1, opt: 8, max: 64}}`")],
+        [("inputs[0].shape[1]", 8, "dynamic dimension 'seq' has no entry under dims", "add `dims: {seq: {min: 1, opt: 8, max: 64}}`")],
     ),
     "dims min > max": (
         [("{min: 1, opt: 2, max: 8}", "{min: 9, max: 8}")],
@@ -139,15 +136,19 @@ ERRORS = {
         [("serve.triton.targets[1]", 16, "no target is named 'aot'", "did you mean 'aoti'?")],
     ),
     "max_batch_size with a static first dim": (
-        [("[batch, 4]", "[1, 4]"), ("dims:\n  batch: {min: 1, opt: 2, max: 8}\n", ""),
-         (APPEND, "serve:\n  triton:\n    max_batch_size: 8\n")],
-        [("serve.triton.max_batch_size", 14, "batching needs a dynamic first dimension, but input 'x' has shape [1, 4]",
-          "set max_batch_size: 0, or make the first dimension of every input a named dim such as `batch`")],
+        [("[batch, 4]", "[1, 4]"), ("dims:\n  batch: {min: 1, opt: 2, max: 8}\n", ""), (APPEND, "serve:\n  triton:\n    max_batch_size: 8\n")],
+        [
+            (
+                "serve.triton.max_batch_size",
+                14,
+                "batching needs a dynamic first dimension, but input 'x' has shape [1, 4]",
+                "set max_batch_size: 0, or make the first dimension of every input a named dim such as `batch`",
+            )
+        ],
     ),
     "max_batch_size above dims max": (
         [(APPEND, "serve:\n  triton:\n    max_batch_size: 64\n")],
-        [("serve.triton.max_batch_size", 16, "64 exceeds dims.batch.max (8)",
-          "lower max_batch_size to at most 8 or raise dims.batch.max")],
+        [("serve.triton.max_batch_size", 16, "64 exceeds dims.batch.max (8)", "lower max_batch_size to at most 8 or raise dims.batch.max")],
     ),
     "version_policy typo": (
         [(APPEND, "serve:\n  triton:\n    version_policy: lastest\n")],
@@ -182,27 +183,51 @@ ERRORS = {
         [("serve.tfserving.targets[0]", 16, "TF Serving serves SavedModels; 'onnx' is a onnx target", "list xla or savedmodel targets here")],
     ),
     "tfserving batching above dims max": (
-        [("framework: pytorch", "framework: tensorflow"), ("kind: aoti", "kind: xla"),
-         (APPEND, "serve:\n  tfserving:\n    targets: [xla]\n    batching: {max_batch_size: 64}\n")],
-        [("serve.tfserving.batching.max_batch_size", 17, "64 exceeds dims.batch.max (8)",
-          "lower max_batch_size to at most 8 or raise dims.batch.max")],
+        [
+            ("framework: pytorch", "framework: tensorflow"),
+            ("kind: aoti", "kind: xla"),
+            (APPEND, "serve:\n  tfserving:\n    targets: [xla]\n    batching: {max_batch_size: 64}\n"),
+        ],
+        [("serve.tfserving.batching.max_batch_size", 17, "64 exceeds dims.batch.max (8)", "lower max_batch_size to at most 8 or raise dims.batch.max")],
     ),
     "tfserving batching with a static first dim": (
-        [("framework: pytorch", "framework: tensorflow"), ("[batch, 4]", "[2, 4]"), ("kind: aoti", "kind: xla"),
-         (APPEND, "serve:\n  tfserving:\n    targets: [xla]\n    batching: {max_batch_size: 8}\n")],
-        [("serve.tfserving.batching.max_batch_size", 17, "batching needs a dynamic first dimension, but input 'x' has shape [2, 4]",
-          "remove serve.tfserving.batching, or make the first dimension of every input a named dim such as `batch`")],
+        [
+            ("framework: pytorch", "framework: tensorflow"),
+            ("[batch, 4]", "[2, 4]"),
+            ("kind: aoti", "kind: xla"),
+            (APPEND, "serve:\n  tfserving:\n    targets: [xla]\n    batching: {max_batch_size: 8}\n"),
+        ],
+        [
+            (
+                "serve.tfserving.batching.max_batch_size",
+                17,
+                "batching needs a dynamic first dimension, but input 'x' has shape [2, 4]",
+                "remove serve.tfserving.batching, or make the first dimension of every input a named dim such as `batch`",
+            )
+        ],
     ),
     "tfserving allowed_batch_sizes not ending at max_batch_size": (
-        [("framework: pytorch", "framework: tensorflow"), ("kind: aoti", "kind: xla"),
-         (APPEND, "serve:\n  tfserving:\n    targets: [xla]\n    batching: {max_batch_size: 8, allowed_batch_sizes: [4, 2]}\n")],
+        [
+            ("framework: pytorch", "framework: tensorflow"),
+            ("kind: aoti", "kind: xla"),
+            (APPEND, "serve:\n  tfserving:\n    targets: [xla]\n    batching: {max_batch_size: 8, allowed_batch_sizes: [4, 2]}\n"),
+        ],
         [("serve.tfserving.batching", 17, "allowed_batch_sizes must increase and end with max_batch_size (8); got [4, 2]", None)],
     ),
     "triton python backend for a SavedModel target": (
-        [("framework: pytorch", "framework: tensorflow"), ("kind: aoti", "kind: savedmodel"),
-         (APPEND, "serve:\n  triton:\n    backend: python\n    targets: [onnx, savedmodel]\n")],
-        [("serve.triton.backend", 16, "backend: python has no model.py for the savedmodel target 'savedmodel'",
-          "use backend: native (tensorflow_savedmodel), or serve the onnx target")],
+        [
+            ("framework: pytorch", "framework: tensorflow"),
+            ("kind: aoti", "kind: savedmodel"),
+            (APPEND, "serve:\n  triton:\n    backend: python\n    targets: [onnx, savedmodel]\n"),
+        ],
+        [
+            (
+                "serve.triton.backend",
+                16,
+                "backend: python has no model.py for the savedmodel target 'savedmodel'",
+                "use backend: native (tensorflow_savedmodel), or serve the onnx target",
+            )
+        ],
     ),
     "fallback on fp16": (
         [("kind: aoti", "kind: onnx\n    name: h\n    quantize: fp16\n    fallback: auto")],
@@ -251,11 +276,7 @@ def test_render_names_file_line_key_and_fix(root):
         parse_recipe(edit(("factory:", "factroy:"), ("kind: aoti", "kind: xla")), root / "r.yaml")
     f = root / "r.yaml"
     # Pydantic problems stop validation before cross checks, so only the typo shows.
-    assert ei.value.render() == (
-        f"invalid recipe {f} (1 problem):\n"
-        f"  {f}:4: source.factroy: unknown key 'factroy'\n"
-        f"    fix: did you mean 'factory'?"
-    )
+    assert ei.value.render() == (f"invalid recipe {f} (1 problem):\n  {f}:4: source.factroy: unknown key 'factroy'\n    fix: did you mean 'factory'?")
     assert ei.value.exit_code == EXIT_USAGE
 
 
@@ -300,12 +321,7 @@ def test_named_target_and_lookup(root):
 
 
 def test_tolerance_for_merges_key_by_key(root):
-    parity = (
-        "parity:\n"
-        "  default: {atol: 1.0e-5, cosine: 0.99}\n"
-        "  per_target:\n"
-        "    onnx: {rtol: 0.01, top1: 0.9}\n"
-    )
+    parity = "parity:\n  default: {atol: 1.0e-5, cosine: 0.99}\n  per_target:\n    onnx: {rtol: 0.01, top1: 0.9}\n"
     r = parse_recipe(edit((APPEND, parity)), root / "r.yaml")
     assert r.parity.tolerance_for("onnx").model_dump() == {"atol": 1e-5, "rtol": 0.01, "cosine": 0.99, "top1": 0.9}
     # No override: the default, with the documented rtol filled in.
@@ -313,12 +329,7 @@ def test_tolerance_for_merges_key_by_key(root):
 
 
 def test_quantized_targets_get_their_own_budget(root):
-    parity = (
-        "parity:\n"
-        "  default: {atol: 1.0e-5, cosine: 0.9}\n"
-        "  per_target:\n"
-        "    q: {cosine: 0.995}\n"
-    )
+    parity = "parity:\n  default: {atol: 1.0e-5, cosine: 0.9}\n  per_target:\n    q: {cosine: 0.995}\n"
     r = parse_recipe(edit(("kind: aoti", "kind: onnx\n    name: q\n    quantize: int8"), (APPEND, parity)), root / "r.yaml")
     # parity.default (an FP32 budget) does not apply; per_target still overrides key by key.
     assert r.parity.tolerance_for("q", r.target("q").precision_mode).model_dump() == {"atol": None, "rtol": None, "cosine": 0.995, "top1": 0.95}
@@ -462,3 +473,13 @@ def test_cli_validate_ok(root):
 def test_cli_validate_missing_file_exits_2(tmp_path):
     p = _validate(tmp_path / "absent.yaml")
     assert p.returncode == 2 and "recipe not found" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_bare_off_means_the_string_off(root):
+    """YAML 1.1 reads `off` as false; the keys whose value may be "off" take it as written."""
+    text = edit(
+        ("kind: aoti", "kind: onnx\n    name: q\n    quantize: int8\n    fallback: off"),
+        (APPEND, "serve:\n  triton:\n    onnx_tensorrt: off\n    targets: [onnx]\n"),
+    )
+    r = parse_recipe(text, root / "r.yaml")
+    assert r.target("q").fallback == "off" and r.serve.triton.onnx_tensorrt == "off"

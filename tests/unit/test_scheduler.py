@@ -12,8 +12,11 @@ import pytest
 
 from toolchain import build as b
 from toolchain.parity import ParityReport
+from toolchain.plan import Plan
 from toolchain.progress import Progress
 from toolchain.recipe import parse_recipe
+from toolchain.results import Stage, Status, TargetResult
+from toolchain.steps import Children
 
 RECIPE = """\
 name: dag
@@ -29,29 +32,29 @@ targets:
 @pytest.fixture
 def plan(tmp_path):
     recipe = parse_recipe(RECIPE, tmp_path / "r.yaml", check_files=False)
-    return b.Plan(recipe, recipe.targets, "0" * 64, {t.target_name: "1" * 64 for t in recipe.targets})
+    return Plan(recipe, recipe.targets, "0" * 64, {t.target_name: "1" * 64 for t in recipe.targets})
 
 
 def run(plan, monkeypatch, outcome: dict[str, bool], jobs: int):
     events: list[tuple[str, str]] = []
     lock = threading.Lock()
-    mod = types.SimpleNamespace(requires=lambda spec, recipe: ["base"] if spec.target_name == "int8" else [])
-    monkeypatch.setattr(b, "target_module", lambda kind: mod)
+    kind = types.SimpleNamespace(requires=lambda spec, recipe: ["base"] if spec.target_name == "int8" else [])
+    monkeypatch.setattr(b.kinds, "get", lambda name: kind)
 
-    def fake_step(plan, spec, staging, children, deps):
+    def fake_step(plan, spec, staging, out_root, children, deps):
         with lock:
             events.append(("start", spec.target_name, tuple(deps)))
         time.sleep(0.05)
         with lock:
             events.append(("end", spec.target_name, ()))
         ok = outcome.get(spec.target_name, True)
-        res = b.TargetResult(spec.target_name, spec.kind, "ok" if ok else "failed", None if ok else "boom")
+        res = TargetResult(spec.target_name, spec.kind, Status.OK if ok else Status.FAILED, None if ok else Stage.CONVERT, None if ok else "boom")
         res.parity = ParityReport(True, 1, {}, {}) if ok else None
         return res
 
     monkeypatch.setattr(b, "_target_step", fake_step)
     results: dict = {}
-    b.Scheduler(plan, plan.specs, Path("/nonexistent"), Progress(open("/dev/null", "w")), jobs, b.Children(), results).run()
+    b.Scheduler(plan, plan.specs, Path("/nonexistent"), Path("/nonexistent"), Progress(open("/dev/null", "w")), jobs, Children(), results).run()
     return events, results
 
 
@@ -60,14 +63,15 @@ def test_dependent_waits_for_its_dependency(plan, monkeypatch):
     order = [(e[0], e[1]) for e in events]
     assert order.index(("end", "base")) < order.index(("start", "int8"))
     assert next(e for e in events if e[:2] == ("start", "int8"))[2] == ("base",)  # told where its dependency is
-    assert {r.status for r in results.values()} == {"ok"}
+    assert {r.status for r in results.values()} == {Status.OK}
 
 
 def test_failed_dependency_fails_dependent_without_running_it(plan, monkeypatch):
     events, results = run(plan, monkeypatch, {"base": False}, jobs=2)
     assert ("start", "int8") not in [(e[0], e[1]) for e in events]
-    assert results["int8"].status == "failed" and results["int8"].reason == "needs target base, which failed"
-    assert results["other"].status == "ok"
+    assert results["int8"].status is Status.FAILED and results["int8"].reason == "needs target base, which failed"
+    assert results["int8"].stage is Stage.DEPENDENCY
+    assert results["other"].status is Status.OK
 
 
 def test_jobs_bounds_concurrency(plan, monkeypatch):

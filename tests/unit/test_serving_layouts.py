@@ -49,9 +49,10 @@ model_config_list {
 
 
 def test_models_config_and_version_policies(tmp_path):
-    configs = {c["name"][0]: c for c in tfs.model_configs(MODELS_CONFIG)}
+    pytest.importorskip("tensorflow_serving.config.model_server_config_pb2")  # the tensorflow extra's protos (no TensorFlow import)
+    configs = {c.name: c for c in tfs.model_configs(MODELS_CONFIG)}
     assert set(configs) == {"tiny", "other", "third"}
-    assert configs["tiny"]["base_path"] == ["/models/tiny"] and configs["tiny"]["model_platform"] == ["tensorflow"]
+    assert configs["tiny"].base_path == "/models/tiny" and configs["tiny"].model_platform == "tensorflow"
     for v in (1, 2, 3, 4):
         (tmp_path / str(v)).mkdir()
     (tmp_path / "notes").mkdir()
@@ -59,29 +60,11 @@ def test_models_config_and_version_policies(tmp_path):
     assert tfs.served_versions(tmp_path, configs["other"]) == [1, 2, 3, 4]
     assert tfs.served_versions(tmp_path, configs["third"]) == [4]  # default: the latest one
     with pytest.raises(ValueError, match="no model_config_list"):
+        tfs.model_configs("")
+    with pytest.raises(ValueError, match="does not parse as tensorflow.serving.ModelServerConfig"):
         tfs.model_configs('config { name: "x" }')
-    with pytest.raises(ValueError, match="unclosed"):
+    with pytest.raises(ValueError, match="does not parse"):
         tfs.model_configs("model_config_list { config { name: 'x' }")
-
-
-def _field(num: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field (wire type 2), written independently of the decoder."""
-    key, n, out = (num << 3) | 2, len(payload), b""
-    for v in (key, n):
-        while v > 0x7F:
-            out += bytes([(v & 0x7F) | 0x80])
-            v >>= 7
-        out += bytes([v])
-    return out + payload
-
-
-def test_warmup_record_decoding():
-    tensor = b"\x08\x01\x12\x04\x12\x02\x08\x02"  # an arbitrary TensorProto payload: passed through as bytes
-    entry = _field(1, b"image") + _field(2, tensor)
-    request = _field(1, _field(1, b"tiny")) + _field(2, entry)  # model_spec, inputs map entry
-    record = _field(6, _field(1, request))  # PredictionLog.predict_log.request
-    assert tfs.predict_inputs(record) == {"image": tensor}
-    assert tfs.predict_inputs(_field(2, b"")) is None  # a ClassifyLog: not a predict warmup
 
 
 def test_tfserving_skips_with_the_reason(tmp_path, monkeypatch):

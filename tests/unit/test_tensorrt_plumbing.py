@@ -18,21 +18,23 @@ from pathlib import Path
 import pytest
 
 from toolchain.errors import StepError
+from toolchain.kinds import tensorrt as trt_target
 from toolchain.recipe import Recipe
-from toolchain.targets import tensorrt as trt_target
 
 
 def recipe() -> Recipe:
-    return Recipe.model_validate({
-        "name": "t",
-        "source": {"framework": "pytorch", "factory": "m.py:build"},
-        "inputs": [
-            {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]},
-            {"name": "image", "dtype": "float32", "shape": ["batch", 3, 224, 224]},
-        ],
-        "dims": {"batch": {"min": 1, "opt": 8, "max": 32}, "seq": {"min": 16, "max": 128}},
-        "targets": [{"kind": "tensorrt", "precision": "int8"}],
-    })
+    return Recipe.model_validate(
+        {
+            "name": "t",
+            "source": {"framework": "pytorch", "factory": "m.py:build"},
+            "inputs": [
+                {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]},
+                {"name": "image", "dtype": "float32", "shape": ["batch", 3, 224, 224]},
+            ],
+            "dims": {"batch": {"min": 1, "opt": 8, "max": 32}, "seq": {"min": 16, "max": 128}},
+            "targets": [{"kind": "tensorrt", "precision": "int8"}],
+        }
+    )
 
 
 def test_profile_from_dims():
@@ -199,7 +201,7 @@ def test_runner_refuses_a_foreign_engine_before_loading_it(monkeypatch, tmp_path
     monkeypatch.setattr(trt_target, "engine_env", lambda: {**ENV, "tensorrt": "10.11.0.33"})
     plan = tmp_path / "model.plan"  # never read: the check comes first
     with pytest.raises(StepError, match="built with TensorRT 10.9.0.34, this machine has 10.11.0.33"):
-        TensorRTRunner(plan, ["y"], built_with=ENV).__enter__()
+        TensorRTRunner(plan, ["x"], ["y"], built_with=ENV).__enter__()
 
 
 @pytest.mark.tensorrt
@@ -223,5 +225,5 @@ def test_real_engine_round_trip(tmp_path):
     plan = tmp_path / "model.plan"
     plan.write_bytes(trt_target.build_engine(tmp_path / "m.onnx", SHAPES, "fp32", trt_target.timing_cache_path(tmp_path, env)))
     x = np.array([[-1.0, 2.0, -3.0, 4.0]] * 3, dtype=np.float32)
-    with TensorRTRunner(plan, ["y"], built_with=env) as runner:
+    with TensorRTRunner(plan, ["x"], ["y"], built_with=env) as runner:
         np.testing.assert_allclose(runner.infer({"x": x})["y"], np.maximum(x, 0) + x)

@@ -1,35 +1,39 @@
 """Runners: one shape for every runtime (Polygraphy-style).
 
 A runner loads lazily in __enter__ and maps a feed dict of numpy arrays to an
-ordered dict of numpy arrays named by the recipe's outputs. Listed as import
-strings so importing this package imports no framework.
+ordered dict of numpy arrays named by the recipe's outputs. Artifact runners
+are registered by the kinds that build their artifacts (`Kind.runners`) and
+opened from a `RunnerSpec`, the one saved in each target's manifest entry.
 """
 
 from __future__ import annotations
 
-import importlib
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-RUNNERS = {
-    "torch": "toolchain.runners.torch_eager:TorchEagerRunner",
-    "onnxruntime": "toolchain.runners.onnxruntime:OnnxRuntimeRunner",
-    "aoti": "toolchain.runners.aoti:AotiRunner",
-    "tf_savedmodel": "toolchain.runners.tf:SavedModelRunner",
-    "tensorrt": "toolchain.runners.tensorrt:TensorRTRunner",
-}
+from toolchain.kinds import runner_class
+from toolchain.kinds.base import RunnerSpec
 
 
 class Runner(Protocol):
-    def __enter__(self) -> "Runner": ...
+    def __enter__(self) -> Runner: ...
     def __exit__(self, *exc) -> None: ...
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-def make_runner(key: str, **kwargs) -> Runner:
-    module, cls = RUNNERS[key].split(":")
-    return getattr(importlib.import_module(module), cls)(**kwargs)
+def open_runner(spec: RunnerSpec | dict, root: Path | None = None, threads: int | None = None) -> Runner:
+    """The runner a spec names, its relative path resolved against `root` (a build's root).
+
+    Every artifact runner takes (path, input_names, output_names, device, threads, **options).
+    """
+    spec = RunnerSpec.model_validate(spec)
+    path = Path(spec.path)
+    if root is not None and not path.is_absolute():
+        path = Path(root) / path
+    cls = runner_class(spec.runner)
+    return cls(path, spec.inputs, spec.outputs, device=spec.device, threads=threads, **spec.options)
 
 
 def run_all(runner: Runner, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:

@@ -10,15 +10,20 @@ from pathlib import Path
 
 import numpy as np
 
+from toolchain.tensors import to_numpy
+
 
 class AotiRunner:
-    def __init__(self, path: Path, input_names: list[str], output_names: list[str], device: str = "cpu"):
-        self.path, self.input_names, self.output_names, self.device = Path(path), input_names, output_names, device
+    def __init__(self, path: Path, input_names: list[str], output_names: list[str], device: str = "cpu", threads: int | None = None):
+        self.path, self.input_names, self.output_names, self.device, self.threads = Path(path), input_names, output_names, device, threads
         self.model = None
 
     def __enter__(self):
+        import torch
         import torch._inductor
 
+        if self.threads:
+            torch.set_num_threads(self.threads)
         self.model = torch._inductor.aoti_load_package(str(self.path))
         return self
 
@@ -27,8 +32,6 @@ class AotiRunner:
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
-
-        from toolchain.tensors import to_numpy
 
         args = [torch.from_numpy(np.asarray(feed[n])).to(self.device).contiguous() for n in self.input_names]
         with torch.no_grad():

@@ -8,8 +8,8 @@ import numpy as np
 
 
 class OnnxRuntimeRunner:
-    def __init__(self, path: Path, output_names: list[str], device: str = "cpu", threads: int | None = None):
-        self.path, self.output_names, self.device, self.threads = Path(path), output_names, device, threads
+    def __init__(self, path: Path, input_names: list[str], output_names: list[str], device: str = "cpu", threads: int | None = None):
+        self.path, self.input_names, self.output_names, self.device, self.threads = Path(path), input_names, output_names, device, threads
         self.session = None
 
     def __enter__(self):
@@ -22,12 +22,13 @@ class OnnxRuntimeRunner:
         if self.device == "cuda":
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        # The graph's own input names: a plugin's graph may order them differently.
+        self.feed_names = [i.name for i in self.session.get_inputs()]
         return self
 
     def __exit__(self, *exc) -> None:
         self.session = None
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = self.session.run(self.output_names, {n: np.ascontiguousarray(feed[n]) for n in self.input_names})
+        out = self.session.run(self.output_names, {n: np.ascontiguousarray(feed[n]) for n in self.feed_names})
         return dict(zip(self.output_names, out))

@@ -16,20 +16,21 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import StepError
+from toolchain.kinds import tensorrt as kind
 
 
 class TensorRTRunner:
-    def __init__(self, path: Path, output_names: list[str], built_with: dict | None = None):
+    def __init__(
+        self, path: Path, input_names: list[str], output_names: list[str], device: str = "cuda", threads: int | None = None, built_with: dict | None = None
+    ):
         self.path, self.output_names, self.built_with = Path(path), output_names, built_with
         self.engine = self.context = None
 
     def __enter__(self):
         import tensorrt as trt
 
-        from toolchain.targets.tensorrt import compatibility_problem, engine_env
-
         if self.built_with:
-            problem = compatibility_problem(self.built_with, engine_env())
+            problem = kind.compatibility_problem(self.built_with, kind.engine_env())
             if problem:
                 raise StepError(f"{self.path}: {problem}")
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))

@@ -42,13 +42,20 @@ class SavedModelRunner:
     parity a statement about the files a server will load.
     """
 
-    def __init__(self, path: Path, output_names: list[str], signature: str = "serving_default"):
-        self.path, self.output_names, self.signature = Path(path), output_names, signature
+    def __init__(
+        self, path: Path, input_names: list[str], output_names: list[str], device: str = "cpu", threads: int | None = None, signature: str = "serving_default"
+    ):
+        self.path, self.output_names, self.signature, self.threads = Path(path), output_names, signature, threads
         self.fn = None
 
     def __enter__(self):
         import tensorflow as tf
 
+        if self.threads:
+            try:  # only possible before TensorFlow's runtime starts
+                tf.config.threading.set_intra_op_parallelism_threads(self.threads)
+            except RuntimeError:
+                pass
         self._loaded = tf.saved_model.load(str(self.path))
         self.fn = self._loaded.signatures[self.signature]
         self.input_names = list(self.fn.structured_input_signature[1])

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from toolchain.tensors import to_numpy
+
 
 class TorchEagerRunner:
-    def __init__(self, module, input_names: list[str], output_names: list[str], device: str = "cpu"):
-        self.module, self.input_names, self.output_names, self.device = module, input_names, output_names, device
+    def __init__(self, module, input_names: list[str], output_names: list[str], device: str = "cpu", threads: int | None = None):
+        self.module, self.input_names, self.output_names, self.device, self.threads = module, input_names, output_names, device, threads
 
     def __enter__(self):
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
         self.module = self.module.to(self.device)  # already in eval mode (see sources)
         return self
 
@@ -18,8 +24,6 @@ class TorchEagerRunner:
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
-
-        from toolchain.tensors import to_numpy
 
         args = [torch.from_numpy(np.ascontiguousarray(feed[n])).to(self.device) for n in self.input_names]
         with torch.no_grad():

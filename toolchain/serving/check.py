@@ -12,78 +12,28 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from toolchain import manifest as mf
-from toolchain.errors import EXIT_CONVERSION, EXIT_OK, EXIT_PARITY, UsageError
-from toolchain.parity import ParityReport
+from toolchain.errors import UsageError
+from toolchain.feeds import load_feeds
+from toolchain.parity import compare
 from toolchain.progress import Progress
+from toolchain.recipe import Tolerance
+from toolchain.serving.results import CheckStatus, ModelCheck, ServeCheckResult
+from toolchain.serving.server import TritonServer, find_triton
+from toolchain.serving.standin import Served, native_backend, parse_config, prepare
+from toolchain.serving.tfserving_check import check_tfserving
+from toolchain.serving.triton import check_config_against_signature
+from toolchain.tensors import Signature
 
 REQUEST_TIMEOUT = 120.0  # seconds per request; a model that takes longer is refused
 
 
-@dataclass
-class ModelCheck:
-    """One served model's verdict: ok | mismatch | refused | skipped."""
-
-    target: str
-    server: str  # triton | tfserving
-    model: str
-    backend: str  # what served it, labelled honestly
-    native_backend: str | None = None  # what its config asks for
-    status: str = "skipped"
-    reason: str | None = None
-    server_version: str | None = None
-    native_check: list[str] = field(default_factory=list)  # what the native backend would refuse
-    parity: ParityReport | None = None
-    requests: int = 0
-    load_seconds: float = 0.0
-    infer_seconds: float = 0.0
-    log: str | None = None
-
-    def to_dict(self) -> dict:
-        return {
-            "server": self.server,
-            "server_version": self.server_version,
-            "model": self.model,
-            "backend": self.backend,
-            "native_backend": self.native_backend,
-            "status": self.status,
-            "reason": self.reason,
-            "native_check": self.native_check,
-            "requests": self.requests,
-            "load_seconds": round(self.load_seconds, 3),
-            "infer_seconds": round(self.infer_seconds, 3),
-            "log": self.log,
-            "parity": self.parity.to_dict() if self.parity else None,
-        }
-
-
-@dataclass
-class ServeCheckResult:
-    root: Path
-    models: list[ModelCheck]
-    skipped: dict[str, str]  # server -> why nothing was checked there
-    server_version: str | None = None
-    start_seconds: float | None = None
-    manifest: dict | None = None
-
-    @property
-    def exit_code(self) -> int:
-        if any(m.status == "refused" for m in self.models):
-            return EXIT_CONVERSION
-        if any(m.status == "mismatch" for m in self.models):
-            return EXIT_PARITY
-        return EXIT_OK
-
-
 def read_build(root: Path) -> tuple[dict, list[dict], list[dict]]:
     """(manifest, parity samples, reference outputs) of a published build."""
-    from toolchain.build import load_feeds
-
     path = root / "manifest.json"
     if not path.is_file():
         raise UsageError(f"no manifest.json in {root}", "pass <out>/<name>, the directory a build published")
@@ -97,8 +47,9 @@ def read_build(root: Path) -> tuple[dict, list[dict], list[dict]]:
     return manifest, samples, reference
 
 
-def serve_check(root: Path, server: Path | None = None, native: bool = False, targets: list[str] | None = None,
-                progress: Progress | None = None) -> ServeCheckResult:
+def serve_check(
+    root: Path, server: Path | None = None, native: bool = False, targets: list[str] | None = None, progress: Progress | None = None
+) -> ServeCheckResult:
     """Check every served model of the build at `root`; updates its manifest."""
     progress = progress or Progress()
     manifest, samples, reference = read_build(root)
@@ -114,8 +65,6 @@ def serve_check(root: Path, server: Path | None = None, native: bool = False, ta
         _check_triton(result, triton_models, by_target, samples, reference, server, native, progress)
     else:
         result.skipped["triton"] = "this build has no Triton models (no serve.triton section, or none of its targets built)"
-    from toolchain.serving.tfserving_check import check_tfserving
-
     tf_checks, tf_skip = check_tfserving(root, manifest, [m for m in models if m["server"] == "tfserving"], samples, reference, progress)
     result.models += tf_checks
     if tf_skip:
@@ -131,9 +80,6 @@ def open_triton(root: Path, models: list[dict], by_target: dict, server: Path | 
     Yields (server, one Served per model); the server is stopped and the
     temporary repository removed however the block ends.
     """
-    from toolchain.serving.server import TritonServer, find_triton
-    from toolchain.serving.standin import Served, native_backend, prepare
-
     install = find_triton(server)
     log.unlink(missing_ok=True)
     work = Path(tempfile.mkdtemp(prefix="mlpack-serve-"))
@@ -144,9 +90,7 @@ def open_triton(root: Path, models: list[dict], by_target: dict, server: Path | 
         else:
             repo = work / "repository"
             repo.mkdir()
-            kinds = {n: t["kind"] for n, t in by_target.items()}
-            devices = {n: t.get("device", "cpu") for n, t in by_target.items()}
-            served = prepare(models, root, repo, install.available_backends(), kinds, devices)
+            served = prepare(models, root, repo, install.available_backends(), by_target)
         progress.start("triton", f"starting tritonserver ({install.origin})")
         with TritonServer(install, repo, work, log) as srv:
             progress.end("triton", "ok", f"Triton {srv.version} ready in {srv.start_seconds:.1f}s on {srv.url}")
@@ -167,12 +111,6 @@ def _check_triton(result, models, by_target, samples, reference, server, native,
 
 
 def _check_model(srv, m: dict, s, target: dict, samples, reference, root: Path, progress) -> ModelCheck:
-    from toolchain.parity import compare
-    from toolchain.recipe import Tolerance
-    from toolchain.serving.standin import parse_config
-    from toolchain.serving.triton import check_config_against_signature
-    from toolchain.tensors import Signature
-
     check = ModelCheck(m["target"], "triton", m["name"], s.backend, s.native_backend, server_version=srv.version)
     if s.skip_reason:
         check.reason = s.skip_reason
@@ -187,26 +125,26 @@ def _check_model(srv, m: dict, s, target: dict, samples, reference, root: Path, 
     refusal = srv.load(m["name"])
     check.load_seconds = time.perf_counter() - t0
     if refusal:
-        check.status, check.reason = "refused", f"Triton refused to load {m['name']}: {refusal}"
+        check.status, check.reason = CheckStatus.REFUSED, f"Triton refused to load {m['name']}: {refusal}"
         progress.end(m["name"], "refused", refusal)
         return check
     t0 = time.perf_counter()
     outputs, error, check.requests = replay(srv.url, parse_config(text), sig, samples)
     check.infer_seconds = time.perf_counter() - t0
     if error:
-        check.status, check.reason = "refused", f"Triton refused a request to {m['name']}: {error}"
+        check.status, check.reason = CheckStatus.REFUSED, f"Triton refused a request to {m['name']}: {error}"
         progress.end(m["name"], "refused", error)
         return check
     check.parity = compare(reference, outputs, Tolerance(**target["parity"]["tolerance"]))
     abs_err, cos = check.parity.worst()
     if check.native_check:  # a config the native backend refuses explains any mismatch too
-        check.status = "refused"
+        check.status = CheckStatus.REFUSED
         check.reason = f"the native {s.native_backend} backend would refuse this config: " + "; ".join(check.native_check)
     elif not check.parity.passed:
-        check.status, check.reason = "mismatch", "served outputs differ from the source model beyond the build's tolerance"
+        check.status, check.reason = CheckStatus.MISMATCH, "served outputs differ from the source model beyond the build's tolerance"
     else:
-        check.status = "ok"
-    progress.end(m["name"], check.status, f"{check.requests} requests, max_abs_err {abs_err:.2e}, cosine {cos:.6f}")
+        check.status = CheckStatus.OK
+    progress.end(m["name"], check.status.value, f"{check.requests} requests, max_abs_err {abs_err:.2e}, cosine {cos:.6f}")
     return check
 
 
@@ -229,7 +167,7 @@ def replay(url: str, cfg, sig, samples: list[dict]) -> tuple[list[dict], str | N
             step = cfg.max_batch_size if 0 < cfg.max_batch_size < n else n
             parts: list[dict] = []
             for lo in range(0, n, step):
-                inputs = infer_inputs(cfg, sig, {k: v[lo:lo + step] for k, v in feed.items()} if step != n else feed)
+                inputs = infer_inputs(cfg, sig, {k: v[lo : lo + step] for k, v in feed.items()} if step != n else feed)
                 sent += 1
                 try:
                     res = client.infer(cfg.name, inputs, outputs=[httpclient.InferRequestedOutput(c) for c, _ in out_pairs])

@@ -22,18 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolchain.errors import EXIT_USAGE, MlpackError
+from toolchain.fsutil import tail
 
 ENV_VAR = "MLPACK_TRITON_ENV"
 DEFAULT_ENV = ".venv-triton"
-# Where a model's native backend comes from: Triton names backends by directory.
-PLATFORM_BACKEND = {
-    "onnxruntime_onnx": "onnxruntime",
-    "torch_aoti": "pytorch",
-    "pytorch_libtorch": "pytorch",
-    "tensorflow_savedmodel": "tensorflow",
-    "tensorflow_graphdef": "tensorflow",
-    "tensorrt_plan": "tensorrt",
-}
 
 
 class ServerError(MlpackError):
@@ -74,8 +66,10 @@ def _from_wheel_env(env_root: Path) -> TritonInstall | None:
             stub = tri / "python_backend_stubs" / pyver / "triton_python_backend_stub"
             if not stub.is_file():
                 have = sorted(p.name for p in (tri / "python_backend_stubs").iterdir())
-                raise ServerError(f"nvidia-pytriton in {env_root} has no Python-backend stub for Python {pyver} (it has {', '.join(have)})",
-                                  "recreate that environment with one of those Python versions")
+                raise ServerError(
+                    f"nvidia-pytriton in {env_root} has no Python-backend stub for Python {pyver} (it has {', '.join(have)})",
+                    "recreate that environment with one of those Python versions",
+                )
             # The stub embeds this Python: the environment's own must come first on PATH.
             env = {"PATH": str(env_root / "bin"), "LD_LIBRARY_PATH": str(sp / "nvidia_pytriton.libs")}
             return TritonInstall(tri / "bin" / "tritonserver", tri / "backends", stub, env, f"nvidia-pytriton in {env_root}")
@@ -159,13 +153,6 @@ def _get_json(url: str, timeout: float = 2.0) -> dict | None:
         return None
 
 
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 class TritonServer:
     """A tritonserver on 127.0.0.1, models loaded explicitly, stopped with its process group.
 
@@ -213,9 +200,12 @@ class TritonServer:
                 f"--model-repository={self.repository}",
                 f"--backend-directory={backends}",
                 "--model-control-mode=explicit",
-                "--http-address=127.0.0.1", f"--http-port={http}",
-                "--grpc-address=127.0.0.1", f"--grpc-port={grpc}",
-                "--metrics-address=127.0.0.1", f"--metrics-port={metrics}",
+                "--http-address=127.0.0.1",
+                f"--http-port={http}",
+                "--grpc-address=127.0.0.1",
+                f"--grpc-port={grpc}",
+                "--metrics-address=127.0.0.1",
+                f"--metrics-port={metrics}",
                 "--exit-timeout-secs=5",
             ]
             t0 = time.perf_counter()
@@ -231,9 +221,9 @@ class TritonServer:
                 return
             rc = self.proc.poll()
             self.stop()
-            if rc is None or "already in use" not in _tail(self.log, 40) or attempt == 2:
+            if rc is None or "already in use" not in tail(self.log, 40) or attempt == 2:
                 why = f"exited with status {rc}" if rc is not None else f"was not ready within {self.ready_timeout:.0f}s"
-                raise ServerError(f"tritonserver ({self.install.origin}) {why}:\n{_tail(self.log)}", log=self.log)
+                raise ServerError(f"tritonserver ({self.install.origin}) {why}:\n{tail(self.log, 15)}", log=self.log)
 
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + self.ready_timeout

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolchain.serving.server import PLATFORM_BACKEND
-from toolchain.serving.triton import ARTIFACT_FILE, render_model_py
+from toolchain import kinds
+from toolchain.serving import protos
+from toolchain.serving.triton import render_model_py
 
 
 @dataclass
@@ -25,32 +26,32 @@ class Served:
     skip_reason: str | None = None
 
 
-def native_backend(config_text: str) -> str:
-    cfg = parse_config(config_text)
-    return cfg.backend or PLATFORM_BACKEND.get(cfg.platform, cfg.platform or "?")
-
-
 def parse_config(config_text: str):
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
+    """A config.pbtxt as Triton's ModelConfig proto."""
+    return protos.parse(config_text, protos.model_config())
 
-    return text_format.Parse(config_text, model_config_pb2.ModelConfig())
+
+def native_backend(config_text: str) -> str:
+    """The backend directory Triton loads for a config: its backend, else its platform's (from the kinds)."""
+    cfg = parse_config(config_text)
+    if cfg.backend:
+        return cfg.backend
+    by_platform = {k.triton.platform: k.triton.backend for k in kinds.kinds().values() if k.triton and k.triton.platform}
+    return by_platform.get(cfg.platform, cfg.platform or "?")
 
 
 def standin_config(config_text: str) -> str:
     """The same config served by the Python backend: only platform/backend change."""
-    from google.protobuf import text_format
-
     cfg = parse_config(config_text)
     cfg.ClearField("platform")
     cfg.backend = "python"
-    return f"# mlpack serve-check: Python backend standing in for {native_backend(config_text)}\n" + text_format.MessageToString(cfg)
+    return protos.to_text(cfg, [f"# mlpack serve-check: Python backend standing in for {native_backend(config_text)}"])
 
 
-def prepare(models: list[dict], root: Path, out: Path, available: set[str], kinds: dict[str, str], devices: dict[str, str]) -> list[Served]:
+def prepare(models: list[dict], root: Path, out: Path, available: set[str], targets: dict[str, dict]) -> list[Served]:
     """Fill repository `out` with the build's Triton models; one Served per model.
 
-    models: the manifest's serving.models entries; kinds/devices: by target name.
+    models: the manifest's serving.models entries; targets: its target entries by name.
     """
     served = []
     for m in models:
@@ -62,9 +63,12 @@ def prepare(models: list[dict], root: Path, out: Path, available: set[str], kind
             dst.symlink_to(src.resolve(), target_is_directory=True)
             served.append(Served(m["name"], nb, nb))
             continue
-        kind = kinds.get(m["target"])
-        if kind not in ARTIFACT_FILE:
-            served.append(Served(m["name"], nb, "-", f"backend '{nb}' is not in this server and mlpack has no Python stand-in for {kind} artifacts"))
+        target = targets.get(m["target"], {})
+        kind = kinds.kinds().get(target.get("kind", ""))
+        if kind is None or kind.triton is None or kind.triton.python_backend is None:
+            served.append(
+                Served(m["name"], nb, "-", f"backend '{nb}' is not in this server and mlpack has no Python stand-in for {target.get('kind')} artifacts")
+            )
             continue
         dst.mkdir()
         (dst / "config.pbtxt").write_text(standin_config(text))
@@ -72,6 +76,6 @@ def prepare(models: list[dict], root: Path, out: Path, available: set[str], kind
             (dst / vdir.name).mkdir()
             for f in vdir.iterdir():
                 (dst / vdir.name / f.name).symlink_to(f.resolve())
-            (dst / vdir.name / "model.py").write_text(render_model_py(kind, devices.get(m["target"], "cpu")))
+            (dst / vdir.name / "model.py").write_text(render_model_py(kind.name, target.get("device", "cpu")))
         served.append(Served(m["name"], nb, f"python (stands in for {nb})"))
     return served

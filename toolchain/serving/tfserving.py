@@ -1,7 +1,7 @@
 """TensorFlow Serving repositories: SavedModel version dirs, models.config, warmup, README.
 
-The text files are rendered by hand (deterministic, framework-free) and checked
-in the tests against TF Serving's own protos; warmup records need TensorFlow
+models.config and batching_parameters.txt are TF Serving's own protos printed
+with text_format (toolchain/serving/protos.py); warmup records need TensorFlow
 and the serving API's PredictionLog, both in the `tensorflow` extra.
 """
 
@@ -12,10 +12,12 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from toolchain import kinds
 from toolchain.fsutil import link_or_copy
-from toolchain.recipe import Recipe, SpecificVersions, TFServingBatching, VersionPolicy
-from toolchain.targets.savedmodel import SAVED_MODEL, SIGNATURE
+from toolchain.recipe import Recipe, TFServingBatching, VersionPolicy
+from toolchain.serving import protos
 
+SIGNATURE = "serving_default"  # TF Serving's default signature key: what clients call unless they name one
 WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"
 XLA_FLAG = "--xla_cpu_compilation_enabled=true"
 
@@ -25,38 +27,26 @@ def served_names(recipe_name: str, targets: list[str]) -> list[str]:
     return [recipe_name if i == 0 else f"{recipe_name}_{t}" for i, t in enumerate(targets)]
 
 
-def _version_policy(vp: VersionPolicy) -> str:
-    if isinstance(vp, SpecificVersions):
-        return "specific { " + " ".join(f"versions: {v}" for v in sorted(set(vp.specific))) + " }"
-    return "all { }" if vp == "all" else "latest { num_versions: 1 }"
-
-
 def render_models_config(models: list[tuple[str, Path]], version_policy: VersionPolicy) -> str:
     """A ModelServerConfig text proto serving each (name, base_path)."""
-    lines = ["model_config_list {"]
+    cfg = protos.tfserving_config_pb2().ModelServerConfig()
     for name, base in models:
-        lines += [
-            "  config {",
-            f'    name: "{name}"',
-            f'    base_path: "{base}"',
-            '    model_platform: "tensorflow"',
-            f"    model_version_policy {{ {_version_policy(version_policy)} }}",
-            "  }",
-        ]
-    return "\n".join(lines + ["}"]) + "\n"
+        entry = cfg.model_config_list.config.add(name=name, base_path=str(base), model_platform="tensorflow")
+        protos.set_version_policy(entry.model_version_policy, version_policy)
+    return protos.to_text(cfg)
 
 
 def render_batching(b: TFServingBatching) -> str:
-    """BatchingParameters text proto; the wrapped fields take `{ value: N }`."""
-    lines = [f"max_batch_size {{ value: {b.max_batch_size} }}"]
+    """BatchingParameters text proto; unset fields keep the server's defaults."""
+    msg = protos.batching_parameters_class()()
+    msg.max_batch_size.value = b.max_batch_size
     for field in ("batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
         value = getattr(b, field)
         if value is not None:
-            lines.append(f"{field} {{ value: {value} }}")
-    lines += [f"allowed_batch_sizes: {s}" for s in b.allowed_batch_sizes]
-    if b.pad_variable_length_inputs:
-        lines.append("pad_variable_length_inputs: true")
-    return "\n".join(lines) + "\n"
+            getattr(msg, field).value = value
+    msg.allowed_batch_sizes.extend(b.allowed_batch_sizes)
+    msg.pad_variable_length_inputs = b.pad_variable_length_inputs
+    return protos.to_text(msg)
 
 
 def command_line(repo: Path, xla: bool, batching: bool) -> str:
@@ -101,7 +91,7 @@ or in the official image, mounting the repository at the same path:
 """
 
 
-def write_warmup(path: Path, model_name: str, samples: list[dict]) -> int:
+def write_warmup(path: Path, model_name: str, samples: list[dict], signature: str = SIGNATURE) -> int:
     """One PredictionLog per distinct set of input shapes, so each shape is compiled before traffic.
 
     XLA compiles once per input shape; repeating a shape only warms it again.
@@ -119,7 +109,7 @@ def write_warmup(path: Path, model_name: str, samples: list[dict]) -> int:
             seen.add(shapes)
             request = predict_pb2.PredictRequest()
             request.model_spec.name = model_name
-            request.model_spec.signature_name = SIGNATURE
+            request.model_spec.signature_name = signature
             for name, value in feed.items():
                 request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
@@ -127,8 +117,9 @@ def write_warmup(path: Path, model_name: str, samples: list[dict]) -> int:
     return len(seen)
 
 
-def write_tfserving(repo: Path, final_repo: Path, recipe: Recipe, served: list[tuple[str, str, Path]], samples: list[dict],
-                    warmup: Callable[[Path, str], None] | None = None) -> list[tuple[str, str, Path]]:
+def write_tfserving(
+    repo: Path, final_repo: Path, recipe: Recipe, served: list[tuple[str, str, Path]], samples: list[dict], warmup: Callable[[Path, str], None] | None = None
+) -> list[tuple[str, str, Path]]:
     """Write repo/<model>/<version>/ for each (target, kind, artifact dir), models.config, batching and README.
 
     `final_repo` is where `repo` will lie once published: base_path and the
@@ -140,17 +131,17 @@ def write_tfserving(repo: Path, final_repo: Path, recipe: Recipe, served: list[t
     tfs = recipe.serve.tfserving
     name_of = dict(zip(tfs.targets, served_names(recipe.name, tfs.targets)))  # stable even if a target failed
     out = []
-    for target, _, artifact_dir in served:
+    for target, kind, artifact_dir in served:
         name = name_of[target]
         vdir = repo / name / str(recipe.version)
-        shutil.copytree(artifact_dir / SAVED_MODEL, vdir, copy_function=link_or_copy)
+        shutil.copytree(artifact_dir / kinds.get(kind).tfserving.artifact, vdir, copy_function=link_or_copy)
         warmup(vdir / WARMUP, name)
         out.append((name, target, repo / name))
     models = [(name_of[t], final_repo / name_of[t]) for t, _, _ in served]
     repo.joinpath("models.config").write_text(render_models_config(models, tfs.version_policy), encoding="utf-8")
     if tfs.batching:
         repo.joinpath("batching_parameters.txt").write_text(render_batching(tfs.batching), encoding="utf-8")
-    xla = any(kind == "xla" for _, kind, _ in served)
+    xla = any(kinds.get(kind).tfserving.xla for _, kind, _ in served)
     rows = [(name_of[t], t, kind) for t, kind, _ in served]
     repo.joinpath("README.md").write_text(render_readme(final_repo, rows, xla, tfs.batching is not None), encoding="utf-8")
     return out

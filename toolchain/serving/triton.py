@@ -1,7 +1,10 @@
-"""Triton model repositories: config.pbtxt text and version directories.
+"""Triton model repositories: config.pbtxt and version directories.
 
-Pure Python and deterministic (same input -> byte-identical text) so builds are
-reproducible and cacheable; tritonclient is imported only by the checker.
+A config is a ModelConfig proto filled from the kind's `TritonModel` and the
+artifact's signature, then printed with text_format (deterministic: the same
+input gives byte-identical text). `check_config_against_signature` reads a
+config back and compares it with what the same rules (`expected_tensor`)
+demand, so the writer and the checker cannot disagree.
 """
 
 from __future__ import annotations
@@ -9,23 +12,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from toolchain import kinds
 from toolchain.fsutil import link_or_copy
-from toolchain.recipe import SpecificVersions, TritonServe
-from toolchain.targets.savedmodel import SAVED_MODEL
+from toolchain.kinds.base import Kind, TritonModel
+from toolchain.recipe import TritonServe
+from toolchain.serving import protos
 from toolchain.tensors import TRITON_DTYPE, Signature, TensorSig
 
-TF_KINDS = ("xla", "savedmodel")
-KINDS = ("onnx", "aoti", "tensorrt", *TF_KINDS)
-ARTIFACT_FILE = {"onnx": "model.onnx", "aoti": "model.pt2", "tensorrt": "model.plan"}
-# Where each kind's artifact lies in its target folder, and its name in the version dir.
-ARTIFACT_SOURCE = {**ARTIFACT_FILE, "xla": SAVED_MODEL, "savedmodel": SAVED_MODEL}
-ARTIFACT_SERVED = {**ARTIFACT_FILE, "xla": "model.savedmodel", "savedmodel": "model.savedmodel"}
-TF_DEPRECATION = (
-    "platform tensorflow_savedmodel: Triton deprecated its TensorFlow backend from release 25.03; "
-    "serve the onnx target on current Triton servers"
-)
 TEMPLATE = Path(__file__).with_name("model_py.txt")
-MIN_TRITON_AOTI = "26.03"
 
 
 def triton_model_name(recipe_name: str, target_name: str) -> str:
@@ -33,185 +27,128 @@ def triton_model_name(recipe_name: str, target_name: str) -> str:
     return f"{recipe_name}_{target_name}".replace("-", "_")
 
 
-def _list(values) -> str:
-    """A text-proto list: '[ 1, 2 ]', or '[ ]' when empty."""
-    return f"[ {', '.join(map(str, values))} ]" if values else "[ ]"
+def _kind(kind: str) -> tuple[Kind, TritonModel]:
+    k = kinds.kinds().get(kind)
+    if k is None or k.triton is None:
+        servable = [n for n, other in kinds.kinds().items() if other.triton is not None]
+        raise ValueError(f"Triton serving supports artifact kinds {tuple(servable)}, not {kind!r}")
+    return k, k.triton
 
 
-def _backend(serve: TritonServe, backend: str | None, kind: str) -> str:
-    """native or python; TensorRT plans are always native (model.py has no TensorRT runtime)."""
+def backend_for(kind: str, serve: TritonServe, backend: str | None = None) -> str:
+    """native or python for this kind: native-only kinds (TensorRT plans) are always native."""
     b = backend or serve.backend
     if b not in ("native", "python"):
         raise ValueError(f"unknown Triton backend {b!r}; use native or python")
-    return "native" if kind == "tensorrt" else b
+    k, t = _kind(kind)
+    if t.native_only:
+        return "native"
+    if b == "python" and t.python_backend is None:
+        raise ValueError(f"serve.triton.backend: python has no model.py for {kind} artifacts; use backend: native ({t.platform or t.backend})")
+    return b
 
 
-def _check_backend(kind: str, backend: str) -> None:
-    if backend == "python" and kind in TF_KINDS:
-        raise ValueError(f"serve.triton.backend: python has no model.py for {kind} artifacts; use backend: native (tensorflow_savedmodel)")
+def max_batch_size_for(t: TritonModel, serve: TritonServe, backend: str) -> int:
+    """A native backend without batching always gets 0."""
+    return 0 if (backend == "native" and not t.batching) else serve.max_batch_size
 
 
-def _max_batch_size(kind: str, serve: TritonServe, backend: str) -> int:
-    """torch_aoti (beta) has no batching, so native aoti always gets 0."""
-    return 0 if (kind == "aoti" and backend == "native") else serve.max_batch_size
+def positional(t: TritonModel, backend: str) -> bool:
+    """Whether config tensors are INPUT__i / OUTPUT__i (the native backend addresses them by position)."""
+    return backend == "native" and t.positional
 
 
-def _tensor_names(kind: str, backend: str, sig: Signature) -> tuple[list[str], list[str]]:
-    """Config names: torch_aoti addresses tensors by position, everyone else by name."""
-    if kind == "aoti" and backend == "native":
-        return [f"INPUT__{i}" for i in range(len(sig.inputs))], [f"OUTPUT__{i}" for i in range(len(sig.outputs))]
-    return [t.name for t in sig.inputs], [t.name for t in sig.outputs]
+def expected_tensor(t: TensorSig, index: int, prefix: str, by_position: bool, max_batch_size: int) -> tuple[str, str, list[int], list[int] | None]:
+    """(name, Triton data type, dims, reshape) a config must give one tensor; ValueError when none will do.
 
-
-def _config_dims(t: TensorSig, max_batch_size: int) -> tuple[list[int], list[int] | None]:
-    """(dims, reshape) for one tensor; with batching the leading -1 is implicit.
-
-    A tensor that is only a batch dim gets dims [1] with an empty reshape,
-    Triton's documented form for per-item scalars.
+    With batching the leading -1 is implicit; a tensor that is only a batch dim
+    gets dims [1] with an empty reshape, Triton's documented form for per-item scalars.
     """
+    try:
+        dtype = TRITON_DTYPE[t.dtype]
+    except KeyError:
+        raise ValueError(f"tensor '{t.name}' has dtype {t.dtype!r}, which Triton has no type for") from None
+    name = f"{prefix}__{index}" if by_position else t.name
     shape = [int(d) if d is not None and int(d) >= 0 else -1 for d in t.shape]
     if max_batch_size <= 0:
-        return shape, None
+        return name, dtype, shape, None
     if not shape or shape[0] != -1:
         raise ValueError(
             f"max_batch_size {max_batch_size} needs a dynamic first (batch) dimension, "
             f"but '{t.name}' has shape {t.shape}; set max_batch_size: 0 or export with a dynamic batch dim"
         )
     rest = shape[1:]
-    return (rest, None) if rest else ([1], [])
+    return (name, dtype, rest, None) if rest else (name, dtype, [1], [])
 
 
-def _dtype(t: TensorSig) -> str:
-    try:
-        return TRITON_DTYPE[t.dtype]
-    except KeyError:
-        raise ValueError(f"tensor '{t.name}' has dtype {t.dtype!r}, which Triton has no type for") from None
-
-
-def _instance_kind(serve: TritonServe, kind: str, device: str) -> str:
-    k = serve.instance_group.kind
-    if k == "cpu":
-        return "KIND_CPU"
-    if k == "gpu" or device == "cuda" or kind == "tensorrt":
-        return "KIND_GPU"
-    return "KIND_CPU" if kind == "aoti" else "KIND_AUTO"  # a cpu .pt2 cannot run on a GPU
-
-
-def _version_policy(serve: TritonServe) -> str:
-    vp = serve.version_policy
-    if isinstance(vp, SpecificVersions):
-        return f"version_policy: {{ specific: {{ versions: {_list(sorted(set(vp.specific)))} }} }}"
-    if vp == "all":
-        return "version_policy: { all: {} }"
-    return "version_policy: { latest: { num_versions: 1 } }"
-
-
-def _io_block(field: str, names: list[str], tensors: list[TensorSig], max_batch_size: int) -> list[str]:
-    lines = [f"{field} ["]
-    for i, (name, t) in enumerate(zip(names, tensors)):
-        dims, reshape = _config_dims(t, max_batch_size)
-        lines += [
-            "  {",
-            f'    name: "{name}"',
-            f"    data_type: {_dtype(t)}",
-            f"    dims: {_list(dims)}",
-        ]
+def _fill_io(field, tensors: list[TensorSig], prefix: str, by_position: bool, max_batch_size: int) -> None:
+    dtype_value = protos.triton_pb2().DataType.Value
+    for i, t in enumerate(tensors):
+        name, dtype, dims, reshape = expected_tensor(t, i, prefix, by_position, max_batch_size)
+        entry = field.add(name=name, data_type=dtype_value(dtype), dims=dims)
         if reshape is not None:
-            lines.append(f"    reshape: {{ shape: {_list(reshape)} }}")
-        lines.append("  }," if i < len(tensors) - 1 else "  }")
-    return lines + ["]"]
+            entry.reshape.SetInParent()
+            entry.reshape.shape.extend(reshape)
 
 
-def render_config(
-    model_name: str, kind: str, signature: Signature, serve: TritonServe, device: str, backend: str | None = None
-) -> str:
-    """The config.pbtxt text for one served artifact; raises ValueError on a setup Triton would reject."""
-    if kind not in KINDS:
-        raise ValueError(f"Triton serving supports artifact kinds {KINDS}, not {kind!r}")
-    b = _backend(serve, backend, kind)
-    _check_backend(kind, b)
-    mbs = _max_batch_size(kind, serve, b)
-    in_names, out_names = _tensor_names(kind, b, signature)
-    comments: list[str] = []
-    if b == "native" and kind == "onnx":
-        fields = ['platform: "onnxruntime_onnx"', 'backend: "onnxruntime"']
-    elif kind in TF_KINDS:
-        comments = [f"# {TF_DEPRECATION}."]
-        if kind == "xla":
-            comments.append("# The serving function is XLA-compiled (jit_compile=True); the server's TensorFlow must run XLA on its devices.")
-        fields = ['platform: "tensorflow_savedmodel"', 'backend: "tensorflow"']
-    elif kind == "tensorrt":
-        comments = ["# A TensorRT plan runs only on the TensorRT version and GPU compute capability that built it (see manifest.json)."]
-        if serve.backend == "python":
-            comments.append("# serve.triton.backend: python does not apply to TensorRT plans; Triton's TensorRT backend serves them.")
-        fields = ['platform: "tensorrt_plan"', 'backend: "tensorrt"']
-    elif b == "native":
-        mapping = ", ".join(
-            [f"{t.name}->{n}" for t, n in zip(signature.inputs, in_names)]
-            + [f"{t.name}->{n}" for t, n in zip(signature.outputs, out_names)]
-        )
-        comments = [
-            f"# torch_aoti needs Triton >= {MIN_TRITON_AOTI} (beta, no batching: max_batch_size 0, dims include the batch dim).",
-            f"# Tensor names: {mapping}",
-        ]
-        if serve.max_batch_size > 0:
-            comments.append(f"# serve.triton.max_batch_size {serve.max_batch_size} is not applied here; backend: python batches.")
-        fields = ['platform: "torch_aoti"', 'backend: "pytorch"']
+def build_config(model_name: str, kind: str, signature: Signature, serve: TritonServe, device: str, backend: str | None = None):
+    """(ModelConfig, comment lines) for one served artifact; ValueError on a setup Triton would reject."""
+    k, t = _kind(kind)
+    b = backend_for(kind, serve, backend)
+    mbs = max_batch_size_for(t, serve, b)
+    by_position = positional(t, b)
+    pb2 = protos.triton_pb2()
+    cfg = pb2.ModelConfig(name=model_name, max_batch_size=mbs)
+    if b == "native":
+        cfg.backend = t.backend
+        if t.platform:
+            cfg.platform = t.platform
     else:
-        engine, need = ("ONNX Runtime", "onnxruntime") if kind == "onnx" else ("torch AOTInductor", "torch")
-        comments = [f"# model.py runs {ARTIFACT_FILE[kind]} with {engine}; Triton's Python environment needs {need}."]
-        fields = ['backend: "python"']
-    lines = [*comments, f'name: "{model_name}"', *fields]
-    lines.append(f"max_batch_size: {mbs}")
-    lines.append(_version_policy(serve))
-    lines += _io_block("input", in_names, signature.inputs, mbs)
-    lines += _io_block("output", out_names, signature.outputs, mbs)
-    ig = serve.instance_group
-    lines.append(f"instance_group [ {{ count: {ig.count} kind: {_instance_kind(serve, kind, device)} }} ]")
+        cfg.backend = "python"
+    comments = list(k.triton_comments(serve, b))
+    if b == "python":
+        comments.append(f"# model.py runs {t.artifact} (mlpack kind {kind}); Triton's Python environment needs what that kind's runtime imports.")
+    if by_position:
+        mapping = ", ".join(
+            [f"{s.name}->INPUT__{i}" for i, s in enumerate(signature.inputs)] + [f"{s.name}->OUTPUT__{i}" for i, s in enumerate(signature.outputs)]
+        )
+        comments.append(f"# Tensor names: {mapping}")
+    protos.set_version_policy(cfg.version_policy, serve.version_policy)
+    _fill_io(cfg.input, signature.inputs, "INPUT", by_position, mbs)
+    _fill_io(cfg.output, signature.outputs, "OUTPUT", by_position, mbs)
+    kind_name = serve.instance_group.kind
+    instance = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}.get(kind_name) or k.triton_instance_kind(device)
+    cfg.instance_group.add(count=serve.instance_group.count, kind=pb2.ModelInstanceGroup.Kind.Value(instance))
     db = serve.dynamic_batching
     if db is not None and serve.max_batch_size > 0:
         bad = [s for s in db.preferred_batch_size if s > serve.max_batch_size]
         if bad:
-            raise ValueError(
-                f"dynamic_batching.preferred_batch_size {bad} exceeds max_batch_size {serve.max_batch_size}; "
-                "lower them or raise max_batch_size"
-            )
+            raise ValueError(f"dynamic_batching.preferred_batch_size {bad} exceeds max_batch_size {serve.max_batch_size}; lower them or raise max_batch_size")
     if db is not None and mbs > 0:
-        lines.append("dynamic_batching {")
-        if db.preferred_batch_size:
-            lines.append(f"  preferred_batch_size: {_list(sorted(set(db.preferred_batch_size)))}")
-        lines.append(f"  max_queue_delay_microseconds: {db.max_queue_delay_microseconds}")
-        lines.append("}")
-    if kind == "onnx" and b == "native" and serve.onnx_tensorrt != "off":
-        lines += _ort_tensorrt(serve.onnx_tensorrt)
-    return "\n".join(lines) + "\n"
+        cfg.dynamic_batching.SetInParent()
+        cfg.dynamic_batching.preferred_batch_size.extend(sorted(set(db.preferred_batch_size)))
+        cfg.dynamic_batching.max_queue_delay_microseconds = db.max_queue_delay_microseconds
+    k.triton_configure(cfg, serve, b)
+    return cfg, comments
 
 
-def _ort_tensorrt(precision: str) -> list[str]:
-    """ONNX Runtime's TensorRT execution provider on GPU instances (Triton's onnxruntime backend).
-
-    The alternative to a tensorrt target: ONNX Runtime builds the engine when
-    the model loads, on the serving GPU, and runs what TensorRT cannot on CUDA.
-    """
-    return [
-        "optimization { execution_accelerators {",
-        "  gpu_execution_accelerator : [ {",
-        '    name : "tensorrt"',
-        f'    parameters {{ key: "precision_mode" value: "{precision.upper()}" }}',
-        "  } ]",
-        "} }",
-    ]
+def render_config(model_name: str, kind: str, signature: Signature, serve: TritonServe, device: str, backend: str | None = None) -> str:
+    """The config.pbtxt text for one served artifact; raises ValueError on a setup Triton would reject."""
+    cfg, comments = build_config(model_name, kind, signature, serve, device, backend)
+    return protos.to_text(cfg, comments)
 
 
 def render_model_py(kind: str, device: str) -> str:
-    """The Python-backend model.py: one template, runtime chosen by constants."""
-    values = {"RUNTIME": kind, "ARTIFACT": ARTIFACT_FILE[kind], "DEVICE": device if kind == "aoti" else "cpu"}
+    """The Python-backend model.py: the one template, with the kind's loader."""
+    k, t = _kind(kind)
+    if t.python_backend is None:
+        raise ValueError(f"mlpack has no Python-backend model.py for {kind} artifacts")
+    values = {'"@RUNTIME@"': repr(kind), '"@ARTIFACT@"': repr(t.served_as or t.artifact), '"@DEVICE@"': repr(device), "@LOADER@": t.python_backend.strip("\n")}
     text = TEMPLATE.read_text(encoding="utf-8")
-    for key, value in values.items():
-        token = f'"@{key}@"'
+    for token, value in values.items():
         if token not in text:
             raise RuntimeError(f"model.py template lacks {token}")
-        text = text.replace(token, repr(value))
+        text = text.replace(token, value)
     return text
 
 
@@ -228,28 +165,30 @@ def write_triton_model(
 ) -> Path:
     """Write repo/<model_name>/config.pbtxt and <version>/ files; returns the model dir.
 
-    Every file of an onnx artifact_dir is copied so external weights
-    (model.onnx.data) sit beside model.onnx, where ONNX Runtime looks for them.
+    For kinds with `siblings` every file of artifact_dir is copied, so external
+    weights (model.onnx.data) sit beside the model, where the runtime looks.
     """
-    b = _backend(serve, backend, kind)
+    _, t = _kind(kind)
+    b = backend_for(kind, serve, backend)
     text = render_config(model_name, kind, signature, serve, device, b)  # validate before touching disk
     artifact_dir = Path(artifact_dir)
-    main = artifact_dir / ARTIFACT_SOURCE[kind]
-    if not (main.is_dir() if kind in TF_KINDS else main.is_file()):
+    main = artifact_dir / t.artifact
+    if not (main.is_dir() if t.directory else main.is_file()):
         raise FileNotFoundError(f"{main} not found; expected the {kind} artifact there")
     model_dir = Path(repo) / model_name
     vdir = model_dir / str(version)
     if vdir.exists():
         shutil.rmtree(vdir)
     vdir.mkdir(parents=True)
-    if kind == "onnx":
+    served = vdir / (t.served_as or t.artifact)
+    if t.directory:
+        shutil.copytree(main, served, copy_function=link_or_copy)
+    elif t.siblings:
         for f in sorted(artifact_dir.iterdir()):
             if f.is_file():
-                link_or_copy(f, vdir / f.name)
-    elif kind in TF_KINDS:
-        shutil.copytree(main, vdir / ARTIFACT_SERVED[kind], copy_function=link_or_copy)
+                link_or_copy(f, vdir / (served.name if f == main else f.name))
     else:
-        link_or_copy(main, vdir / main.name)
+        link_or_copy(main, served)
     if b == "python":
         (vdir / "model.py").write_text(render_model_py(kind, device), encoding="utf-8")
     (model_dir / "config.pbtxt").write_text(text, encoding="utf-8")
@@ -260,47 +199,41 @@ def check_config_against_signature(config_text: str, signature: Signature, kind:
     """Disagreements between a config.pbtxt and the artifact's real signature.
 
     Parsed with Triton's own proto, so unknown fields and bad enums are caught
-    too. An empty list means Triton would feed the artifact what it expects.
+    too, then compared with what `expected_tensor` demands for this kind. An
+    empty list means Triton would feed the artifact what it expects.
     """
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
+    pb2 = protos.triton_pb2()
     try:
-        cfg = text_format.Parse(config_text, model_config_pb2.ModelConfig())
-    except text_format.ParseError as e:
-        return [f"config does not parse: {e}"]
+        cfg = protos.parse(config_text, pb2.ModelConfig())
+    except ValueError as e:
+        return [f"config {e}"]
+    _, t = _kind(kind)
+    native = cfg.platform == t.platform and cfg.backend in ("", t.backend) if t.platform else cfg.backend == t.backend and not cfg.platform
+    python = cfg.backend == "python" and t.python_backend is not None
     problems: list[str] = []
-    positional = cfg.platform == "torch_aoti"
-    if kind == "onnx" and not (cfg.platform == "onnxruntime_onnx" or cfg.backend == "python"):
-        problems.append(f"onnx artifact served by platform={cfg.platform!r} backend={cfg.backend!r}")
-    if kind == "aoti" and not (positional or cfg.backend == "python"):
-        problems.append(f"aoti artifact served by platform={cfg.platform!r} backend={cfg.backend!r}")
-    if kind in TF_KINDS and cfg.platform != "tensorflow_savedmodel":
+    if not (native or python):
         problems.append(f"{kind} artifact served by platform={cfg.platform!r} backend={cfg.backend!r}")
-    if kind == "tensorrt" and cfg.platform != "tensorrt_plan":
-        problems.append(f"tensorrt artifact served by platform={cfg.platform!r} backend={cfg.backend!r}")
-    if positional and cfg.max_batch_size != 0:
-        problems.append(f"torch_aoti has no batching but max_batch_size is {cfg.max_batch_size}")
+    by_position = native and t.positional
+    if native and not t.batching and cfg.max_batch_size != 0:
+        problems.append(f"{t.platform or t.backend} has no batching but max_batch_size is {cfg.max_batch_size}")
     mbs = cfg.max_batch_size
-    dtype_name = model_config_pb2.DataType.Name
+    dtype_name = pb2.DataType.Name
     for field, sigs, prefix in (("input", signature.inputs, "INPUT"), ("output", signature.outputs, "OUTPUT")):
         got = list(getattr(cfg, field))
         if len(got) != len(sigs):
             problems.append(f"{field}: config has {len(got)}, artifact has {len(sigs)}")
-        for i, (c, t) in enumerate(zip(got, sigs)):
-            want_name = f"{prefix}__{i}" if positional else t.name
+        for i, (c, s) in enumerate(zip(got, sigs)):
+            try:
+                want_name, want_dtype, want_dims, want_reshape = expected_tensor(s, i, prefix, by_position, mbs)
+            except ValueError:
+                problems.append(f"{field} {s.name}: max_batch_size {mbs} but artifact shape {s.shape} has no dynamic batch dim")
+                continue
             if c.name != want_name:
                 problems.append(f"{field} {i}: config name {c.name!r}, expected {want_name!r}")
-            want_dtype = TRITON_DTYPE.get(t.dtype, f"<{t.dtype}>")
             if dtype_name(c.data_type) != want_dtype:
-                problems.append(f"{field} {t.name}: config data_type {dtype_name(c.data_type)}, artifact {t.dtype} ({want_dtype})")
-            shape = [int(d) if d is not None and int(d) >= 0 else -1 for d in t.shape]
+                problems.append(f"{field} {s.name}: config data_type {dtype_name(c.data_type)}, artifact {s.dtype} ({want_dtype})")
             dims = list(c.reshape.shape) if c.HasField("reshape") else list(c.dims)
-            if mbs > 0:
-                if not shape or shape[0] != -1:
-                    problems.append(f"{field} {t.name}: max_batch_size {mbs} but artifact shape {t.shape} has no dynamic batch dim")
-                    continue
-                shape = shape[1:]
-            if dims != shape:
-                problems.append(f"{field} {t.name}: config dims {dims}{' (+batch)' if mbs > 0 else ''}, artifact shape {t.shape}")
+            want = want_reshape if want_reshape is not None else want_dims
+            if dims != want:
+                problems.append(f"{field} {s.name}: config dims {dims}{' (+batch)' if mbs > 0 else ''}, artifact shape {s.shape}")
     return problems

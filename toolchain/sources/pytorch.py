@@ -6,34 +6,17 @@ a tuple of tensors out in the recipe's `outputs` order.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from toolchain.errors import StepError
+from toolchain.parity import make_feed
 from toolchain.recipe import Recipe
-
-
-def import_factory(recipe: Recipe):
-    """The callable named by `source.factory`, imported from the recipe folder."""
-    file, func = recipe.source.factory.rsplit(":", 1)
-    path = recipe.resolve(file)
-    mod_name = f"_mlpack_factory_{path.stem}_{abs(hash(str(path))) & 0xFFFF:x}"
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    module = importlib.util.module_from_spec(spec)
-    # Let the factory import its siblings from the recipe folder.
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:
-        raise StepError(f"source.factory: importing {path} failed: {type(e).__name__}: {e}") from e
-    finally:
-        sys.path.remove(str(path.parent))
-    if not hasattr(module, func):
-        raise StepError(f"source.factory: {path} defines no '{func}'")
-    return getattr(module, func)
+from toolchain.runners.torch_eager import TorchEagerRunner
+from toolchain.sources.factory import import_factory
 
 
 def load_pytorch(recipe: Recipe):
@@ -174,8 +157,6 @@ class TorchSource:
         self.output_names = output_names(recipe, n_out)
 
     def reference_runner(self):
-        from toolchain.runners.torch_eager import TorchEagerRunner
-
         return TorchEagerRunner(self.module, self.input_names, self.output_names)
 
     def export_sizes(self) -> dict[str, int]:
@@ -186,10 +167,6 @@ class TorchSource:
         return {n: min(max(d.opt, 2, d.min), d.max) for n, d in self.recipe.dims.items()}
 
     def example_feed(self) -> dict:
-        import numpy as np
-
-        from toolchain.parity import make_feed
-
         return make_feed(self.recipe, self.export_sizes(), np.random.default_rng(self.recipe.parity.seed + 1))
 
     def example_args(self, device: str = "cpu") -> tuple:

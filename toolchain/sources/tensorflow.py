@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
+
 from toolchain.errors import StepError, UsageError
+from toolchain.parity import make_feed
 from toolchain.recipe import Recipe
+from toolchain.runners.tf import TFEagerRunner
+from toolchain.sources.factory import import_factory
 from toolchain.tensors import NUMPY_DTYPE
 
 INSTALL_HINT = "pip install 'mlpack[tensorflow]'"
@@ -51,8 +56,6 @@ def _load(recipe: Recipe):
         except Exception as e:
             raise StepError(f"source.keras: keras.saving.load_model({path}) failed: {type(e).__name__}: {e}") from e
     else:
-        from toolchain.sources.pytorch import import_factory
-
         try:
             model = import_factory(recipe)(**src.kwargs)
         except StepError:
@@ -77,7 +80,9 @@ def _callable(model, where: str):
         if callable(model):
             fn = model.__call__
         else:
-            fns = [getattr(model, k) for k in dir(model) if not k.startswith("_") and isinstance(getattr(model, k, None), tf.types.experimental.GenericFunction)]
+            fns = [
+                getattr(model, k) for k in dir(model) if not k.startswith("_") and isinstance(getattr(model, k, None), tf.types.experimental.GenericFunction)
+            ]
             if len(fns) != 1:
                 raise StepError(f"source: {where} returned a tf.Module without __call__ and with {len(fns)} public tf.functions; define __call__")
             fn = fns[0]
@@ -95,7 +100,9 @@ def _input_order(recipe_names: list[str], model_names: list[str] | None) -> tupl
     if sorted(model_names) == sorted(recipe_names):
         return list(recipe_names), None
     if len(model_names) != len(recipe_names):
-        raise StepError(f"inputs: the recipe names {len(recipe_names)} inputs ({', '.join(recipe_names)}) but the model takes {len(model_names)} ({', '.join(model_names)})")
+        raise StepError(
+            f"inputs: the recipe names {len(recipe_names)} inputs ({', '.join(recipe_names)}) but the model takes {len(model_names)} ({', '.join(model_names)})"
+        )
     pairs = ", ".join(f"{r} -> {m}" for r, m in zip(recipe_names, model_names))
     return list(model_names), f"inputs mapped by position (names differ): {pairs}"
 
@@ -184,14 +191,8 @@ class TFSource:
         return tf.function(serve, input_signature=self.input_signature(), jit_compile=jit_compile, autograph=False)
 
     def example_feed(self) -> dict:
-        import numpy as np
-
-        from toolchain.parity import make_feed
-
         sizes = {n: d.opt for n, d in self.recipe.dims.items()}
         return make_feed(self.recipe, sizes, np.random.default_rng(self.recipe.parity.seed + 1))
 
     def reference_runner(self):
-        from toolchain.runners.tf import TFEagerRunner
-
         return TFEagerRunner(self.call, self.input_names, self.output_names)

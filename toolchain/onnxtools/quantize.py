@@ -15,7 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from toolchain.parity import CalibrationSet, ParityReport, calibration_samples, compare
+from toolchain.onnxtools.files import save_model
+from toolchain.onnxtools.node_report import node_errors
+from toolchain.parity import CalibrationSet, ParityReport, calibration_samples, compare, cosine
+from toolchain.runners import run_all
+from toolchain.runners.onnxruntime import OnnxRuntimeRunner
 
 # Ops kept in FP32 on top of the converter's defaults: reductions, exponentials
 # and normalisations overflow or lose precision in FP16 (the same ops PyTorch
@@ -39,8 +43,6 @@ def to_fp16(src: Path, dst: Path) -> dict:
     """FP16 weights and compute, FP32 at the inputs and outputs; returns the manifest record."""
     import onnx
     from onnxconverter_common import float16
-
-    from toolchain.targets.onnx import save_model
 
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_BLOCK_LIST))
     model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=block)
@@ -90,9 +92,7 @@ class _Reader:
         return next(self._it, None)
 
 
-def quantize_static_qdq(
-    prep: Path, dst: Path, calib: CalibrationSet, method: str, excluded: list[str], symmetric: bool, cache: Path | None = None
-) -> None:
+def quantize_static_qdq(prep: Path, dst: Path, calib: CalibrationSet, method: str, excluded: list[str], symmetric: bool, cache: Path | None = None) -> None:
     """Static QDQ with per-channel weights.
 
     symmetric=True (TensorRT) puts every zero point at 0, as TensorRT requires;
@@ -123,31 +123,14 @@ def quantize_dynamic(prep: Path, dst: Path, excluded: list[str]) -> None:
     q.quantize_dynamic(str(prep), str(dst), weight_type=q.QuantType.QInt8, nodes_to_exclude=excluded)
 
 
-def parity_data(staging: Path) -> tuple[list[dict], list[dict]]:
-    """The parity samples and eager reference the build saved before any target ran."""
-    from toolchain.build import load_feeds
-
-    return load_feeds(staging / "parity" / "samples.npz"), load_feeds(staging / "parity" / "reference.npz")
-
-
-def _evaluate(path: Path, output_names: list[str], device: str, samples, reference, tol) -> tuple[ParityReport, list[dict]]:
+def _evaluate(path: Path, input_names: list[str], output_names: list[str], device: str, samples, reference, tol) -> tuple[ParityReport, list[dict]]:
     """The parity gate's own check (same runner, same compare) run inside the build."""
-    from toolchain.runners import run_all
-    from toolchain.runners.onnxruntime import OnnxRuntimeRunner
-
-    outputs = run_all(OnnxRuntimeRunner(path, output_names, device), samples)
+    outputs = run_all(OnnxRuntimeRunner(path, input_names, output_names, device), samples)
     return compare(reference, outputs, tol), outputs
 
 
 def _worst_sample(reference: list[dict], outputs: list[dict]) -> int:
     """Index of the sample whose outputs are least like the reference (lowest cosine)."""
-
-    def cosine(a: np.ndarray, b: np.ndarray) -> float:
-        a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-        ok = np.isfinite(a) & np.isfinite(b)
-        denom = np.linalg.norm(a[ok]) * np.linalg.norm(b[ok])
-        return float(a[ok] @ b[ok] / denom) if denom > 0 else 1.0
-
     scores = [min(cosine(r[k], o[k]) for k in r if k in o) for r, o in zip(reference, outputs)]
     return int(np.argmin(scores))
 
@@ -163,14 +146,13 @@ def _summary(report: ParityReport, excluded: list[str]) -> dict:
     }
 
 
-def to_int8(source, spec, src: Path, dst: Path, scratch: Path) -> dict:
+def to_int8(source, spec, src: Path, dst: Path, scratch: Path, ctx) -> dict:
     """Quantize `src` into `dst`, check the budget, fall back node by node.
 
+    `ctx` is the step's BuildContext (the parity data lies under its root).
     Returns the manifest fields: `quantization` (mode, calibration, attempts,
     node_report), `excluded_nodes` and `warnings`.
     """
-    from toolchain.targets.node_report import node_errors
-
     recipe = source.recipe
     method = spec.calibration or "minmax"
     prep = scratch / "prep.onnx"
@@ -186,7 +168,7 @@ def to_int8(source, spec, src: Path, dst: Path, scratch: Path) -> dict:
             warnings.append(calib.warning)
     else:
         record |= {"format": "dynamic (QOperator)", "weights": "int8"}
-    samples, reference = parity_data(getattr(source, "build_root", dst.parent.parent))
+    samples, reference = ctx.parity_data()
     tol = recipe.parity.tolerance_for(spec.target_name, spec.quantize)
     excluded: list[str] = []
     attempts: list[dict] = []
@@ -196,7 +178,7 @@ def to_int8(source, spec, src: Path, dst: Path, scratch: Path) -> dict:
             quantize_static_qdq(prep, dst, calib, method, excluded, symmetric=False, cache=scratch / "calibration.json")
         else:
             quantize_dynamic(prep, dst, excluded)
-        report, outputs = _evaluate(dst, source.output_names, spec.device, samples, reference, tol)
+        report, outputs = _evaluate(dst, source.input_names, source.output_names, spec.device, samples, reference, tol)
         attempts.append(_summary(report, excluded))
         if report.passed:
             break
@@ -215,3 +197,54 @@ def to_int8(source, spec, src: Path, dst: Path, scratch: Path) -> dict:
     record |= {"attempts": attempts, "node_report": node_report}
     return {"quantization": record, "excluded_nodes": excluded, "warnings": warnings}
 
+
+# The `quantization` field a reduced-precision target adds to its manifest entry (JSON Schema).
+QUANTIZATION_SCHEMA: dict = {
+    "type": "object",
+    "required": ["mode"],
+    "properties": {
+        "mode": {"enum": ["fp16", "int8", "int8-dynamic"]},
+        "fallback": {"enum": ["off", "auto"]},
+        "format": {"type": "string"},
+        "calibration": {
+            "type": "object",
+            "required": ["method", "source", "samples", "seed"],
+            "properties": {
+                "method": {"enum": ["minmax", "entropy", "percentile"]},
+                "source": {"enum": ["data", "generated"]},
+                "samples": {"type": "integer", "minimum": 1},
+                "rows": {"type": ["array", "null"], "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2},
+                "parity_rows": {"type": ["array", "null"], "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2},
+                "seed": {"type": "array", "items": {"type": "integer"}},
+                "warning": {"type": ["string", "null"]},
+            },
+        },
+        "attempts": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["excluded", "passed", "cosine", "top1"],
+                "properties": {
+                    "excluded": {"type": "integer", "minimum": 0},
+                    "passed": {"type": "boolean"},
+                    "cosine": {"type": "number"},
+                    "top1": {"type": ["number", "null"]},
+                },
+            },
+        },
+        "node_report": {
+            "type": ["array", "null"],
+            "items": {
+                "type": "object",
+                "required": ["node", "op_type", "added_error", "output_error", "quantized"],
+                "properties": {
+                    "node": {"type": "string"},
+                    "op_type": {"type": "string"},
+                    "added_error": {"type": "number", "minimum": 0},
+                    "output_error": {"type": "number", "minimum": 0},
+                    "quantized": {"type": "boolean"},
+                },
+            },
+        },
+    },
+}

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from toolchain.onnxtools.files import save_model
+
 
 def hf_config(source):
     """The Hugging Face config of the source model, when it is one."""
@@ -26,8 +28,6 @@ def _node_count(path: Path) -> int:
 def optimize(source, src: Path, dst: Path, device: str) -> dict:
     """Write an optimized copy of `src` to `dst`; returns the manifest record."""
     from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
-
-    from toolchain.targets.onnx import save_model
 
     cfg = hf_config(source)
     model_type = getattr(cfg, "model_type", None)
@@ -52,3 +52,16 @@ def optimize(source, src: Path, dst: Path, device: str) -> dict:
         ort.InferenceSession(str(src), opts, providers=providers)
         record = {"method": "onnxruntime graph optimization", "level": "extended"}
     return record | {"nodes": {"before": _node_count(src), "after": _node_count(dst)}}
+
+
+# The `optimization` field an optimized target adds to its manifest entry (JSON Schema).
+OPTIMIZATION_SCHEMA: dict = {
+    "type": "object",
+    "required": ["method", "nodes"],
+    "properties": {
+        "method": {"type": "string"},
+        "model_type": {"type": "string"},
+        "fused": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}},
+        "nodes": {"type": "object", "required": ["before", "after"], "properties": {"before": {"type": "integer"}, "after": {"type": "integer"}}},
+    },
+}

@@ -1,4 +1,4 @@
-"""TensorRT engines built from the target's ONNX with the TensorRT 10 Python API.
+"""tensorrt: TensorRT engines built from the target's ONNX with the TensorRT 10 Python API.
 
 fp32 and fp16 engines are built from the FP32 ONNX (fp16 through the builder
 flag); int8 from a QDQ ONNX quantized here with symmetric scales (explicit
@@ -17,30 +17,54 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from toolchain.errors import StepError
-from toolchain.recipe import Recipe, TensorRTTarget
-from toolchain.targets import Artifact
+from toolchain.kinds.base import Artifact, BuildContext, Kind, RunnerSpec, TritonModel
+from toolchain.kinds.onnx import export
+from toolchain.machine import cuda_missing, gpu_identity
+from toolchain.onnxtools import quantize
+from toolchain.onnxtools.quantize import QUANTIZATION_SCHEMA
+from toolchain.options import TargetOptions
+from toolchain.parity import calibration_samples
 from toolchain.tensors import onnx_signature
 
+if TYPE_CHECKING:  # annotations only
+    from toolchain.recipe import Recipe
+
 OPSET = 18  # per-channel QDQ needs opset >= 13; 18 is what the onnx target exports by default
+PLAN = "model.plan"
+RUNNER = "tensorrt"
 
 
-def skip_reason(spec: TensorRTTarget) -> str | None:
-    if importlib.util.find_spec("tensorrt") is None:
-        return "the tensorrt Python package is not installed (pip install 'mlpack[tensorrt]' on a machine with NVIDIA's index)"
-    from toolchain.targets.aoti import cuda_missing
+class TensorRTTarget(TargetOptions):
+    kind: Literal["tensorrt"]
+    precision: Literal["fp32", "fp16", "int8"] = "fp16"
+    calibration: Literal["minmax", "entropy", "percentile"] | None = Field(None, description="int8: how the QDQ ONNX is calibrated (default minmax)")
 
-    return cuda_missing()
+    @model_validator(mode="after")
+    def _calibration_int8(self) -> TensorRTTarget:
+        if self.calibration and self.precision != "int8":
+            raise PydanticCustomError("calibration_int8", "calibration applies to precision: int8 only", {})
+        return self
+
+    @property
+    def target_device(self) -> str:
+        return "cuda"
+
+    @property
+    def precision_mode(self) -> str | None:
+        return None if self.precision == "fp32" else self.precision
 
 
 def profile_shapes(recipe: Recipe) -> dict[str, tuple[list[int], list[int], list[int]]]:
     """(min, opt, max) shape of every input from the recipe's dims: the one optimization profile."""
     out = {}
     for spec in recipe.inputs:
-        out[spec.name] = tuple(
-            [getattr(recipe.dims[d], level) if isinstance(d, str) else d for d in spec.shape] for level in ("min", "opt", "max")
-        )
+        out[spec.name] = tuple([getattr(recipe.dims[d], level) if isinstance(d, str) else d for d in spec.shape] for level in ("min", "opt", "max"))
     return out
 
 
@@ -109,15 +133,12 @@ def build_engine(onnx_path: Path, shapes: dict, precision: str, cache_path: Path
     return bytes(plan)
 
 
-def build(source, spec: TensorRTTarget, workdir: Path) -> Artifact:
-    from toolchain.parity import calibration_samples
-    from toolchain.targets import quantize
-    from toolchain.targets.onnx import export
-
+def build(source, spec: TensorRTTarget, ctx: BuildContext) -> Artifact:
     recipe = source.recipe
     env = engine_env()
-    cache = timing_cache_path(workdir.parent.parent, env)  # <out>/, beside the published builds
-    scratch = workdir / "onnx"  # the ONNX the engine is built from; not part of the artifact
+    cache = timing_cache_path(ctx.out_root, env)  # <out>/, beside the published builds
+    workdir = ctx.workdir
+    scratch = workdir / "fp32-onnx"  # the ONNX the engine is built from; not part of the artifact
     scratch.mkdir()
     fields: dict = {}
     try:
@@ -133,7 +154,7 @@ def build(source, spec: TensorRTTarget, workdir: Path) -> Artifact:
             fields["warnings"] = [calib.warning] if calib.warning else []
             onnx_path = qdq
         shapes = profile_shapes(recipe)
-        plan = workdir / "model.plan"
+        plan = workdir / PLAN
         plan.write_bytes(build_engine(onnx_path, shapes, spec.precision, cache))
         signature = onnx_signature(onnx_path)
     finally:
@@ -145,11 +166,65 @@ def build(source, spec: TensorRTTarget, workdir: Path) -> Artifact:
         "timing_cache": cache.name,
     }
     return Artifact(
-        kind="tensorrt",
         files=[plan],
         signature=signature,
-        runner="tensorrt",
-        runner_args={"path": plan, "output_names": source.output_names, "built_with": env},
+        runner=RunnerSpec(runner=RUNNER, path=str(plan), inputs=source.input_names, outputs=source.output_names, device="cuda", options={"built_with": env}),
         device="cuda",
         extra=fields,
     )
+
+
+TENSORRT_SCHEMA: dict = {
+    "type": "object",
+    "required": ["tensorrt", "compute_capability", "gpu", "precision", "profile", "timing_cache"],
+    "properties": {
+        "tensorrt": {"type": "string"},
+        "compute_capability": {"type": "string", "pattern": "^[0-9]+\\.[0-9]+$"},
+        "gpu": {"type": "string"},
+        "precision": {"enum": ["fp32", "fp16", "int8"]},
+        "profile": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["min", "opt", "max"],
+                "properties": {level: {"type": "array", "items": {"type": "integer", "minimum": 0}} for level in ("min", "opt", "max")},
+            },
+        },
+        "timing_cache": {"type": "string"},
+    },
+}
+
+
+class TensorRTKind(Kind):
+    name = "tensorrt"
+    order = 50
+    summary = "TensorRT engine (model.plan) for the GPU that builds it"
+    options = TensorRTTarget
+    frameworks = frozenset({"pytorch", "tensorflow"})
+    tools = ("tensorrt",)
+    runners = {RUNNER: "toolchain.runners.tensorrt:TensorRTRunner"}
+    triton = TritonModel(platform="tensorrt_plan", backend="tensorrt", artifact=PLAN, native_only=True)
+    manifest_fields = {"quantization": QUANTIZATION_SCHEMA, "tensorrt": TENSORRT_SCHEMA}
+
+    def skip_reason(self, spec: TensorRTTarget) -> str | None:
+        if importlib.util.find_spec("tensorrt") is None:
+            return "the tensorrt Python package is not installed (pip install 'mlpack[tensorrt]' on a machine with NVIDIA's index)"
+        return cuda_missing()
+
+    def cache_parts(self, spec: TensorRTTarget) -> dict:
+        return {"gpu": gpu_identity()}  # an engine is only valid on the GPU that built it
+
+    def build(self, source, spec: TensorRTTarget, ctx: BuildContext) -> Artifact:
+        return build(source, spec, ctx)
+
+    def triton_instance_kind(self, device: str) -> str:
+        return "KIND_GPU"  # an engine runs on the GPU model that built it
+
+    def triton_comments(self, serve, backend: str) -> list[str]:
+        lines = ["# A TensorRT plan runs only on the TensorRT version and GPU compute capability that built it (see manifest.json)."]
+        if serve.backend == "python":
+            lines.append("# serve.triton.backend: python does not apply to TensorRT plans; Triton's TensorRT backend serves them.")
+        return lines
+
+
+KIND = TensorRTKind()

@@ -1,0 +1,159 @@
+"""What an artifact kind is: one object that says everything mlpack knows about it.
+
+A kind module defines a `TargetOptions` model (its recipe keys), a `Kind`
+subclass and one instance of it, registered as an entry point in the
+`mlpack.kinds` group. The recipe's target union, the build, the cache key,
+the manifest schema, the Triton and TF Serving writers, `bench` and
+`serve-check` all read from that object; nothing else names the kind.
+
+Imports no framework: kind modules keep heavy imports inside `build`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from toolchain.feeds import load_feeds
+from toolchain.machine import gpu_identity
+from toolchain.options import TargetOptions
+from toolchain.tensors import Signature
+
+if TYPE_CHECKING:  # annotations only
+    from toolchain.recipe import Recipe, TritonServe
+
+
+class RunnerSpec(BaseModel):
+    """How to load an artifact: saved in the manifest so any tool can run it.
+
+    `runner` is a name registered by a kind (never an import path read from a
+    file); `path` is relative to the build root once published.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    runner: str
+    path: str
+    inputs: list[str]
+    outputs: list[str]
+    device: str = "cpu"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass
+class Artifact:
+    """What a target built: its files, its I/O signature, and how to run it."""
+
+    files: list[Path]
+    signature: Signature
+    runner: RunnerSpec  # `path` absolute while building; the worker makes it relative
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)  # kind-specific manifest fields (see Kind.manifest_fields)
+
+
+@dataclass
+class Dependency:
+    """A target this one requires, already built and passed: where its artifact lies."""
+
+    dir: Path
+    files: list[dict]
+    signature: dict | None
+    runner: dict | None
+
+
+@dataclass
+class BuildContext:
+    """Where a build step writes and what it may read."""
+
+    workdir: Path  # the artifact goes here
+    root: Path  # the build's root: parity/ lies under it
+    out_root: Path  # <out>: state that outlives one build (TensorRT timing caches)
+    deps: dict[str, Dependency] = field(default_factory=dict)
+
+    def parity_data(self) -> tuple[list[dict], list[dict]]:
+        """The parity samples and the source's outputs on them, saved before any target ran."""
+        return load_feeds(self.root / "parity" / "samples.npz"), load_feeds(self.root / "parity" / "reference.npz")
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    """How Triton serves a kind's artifact."""
+
+    platform: str  # "" when Triton names only a backend
+    backend: str  # the backend directory Triton loads
+    artifact: str  # file or folder inside the target's folder that is served
+    served_as: str = ""  # its name inside the version directory (default: the same)
+    siblings: bool = False  # copy the target folder's other files too (external weights)
+    positional: bool = False  # tensors addressed INPUT__i / OUTPUT__i, not by name
+    batching: bool = True  # False: the backend has no batching (max_batch_size 0)
+    python_backend: str | None = None  # model.py code that runs it (serving/model_py.txt); None: native only
+    native_only: bool = False  # serve.triton.backend: python never applies (noted in the config)
+    directory: bool = False  # the artifact is a folder
+
+
+@dataclass(frozen=True)
+class TFServingModel:
+    """How TF Serving serves a kind's artifact (a SavedModel folder)."""
+
+    artifact: str  # the SavedModel folder inside the target's folder
+    signature: str  # the signature clients call
+    xla: bool = False  # needs --xla_cpu_compilation_enabled=true
+
+
+class Kind:
+    """Base of every kind: declarations, plus hooks with the common defaults."""
+
+    name: ClassVar[str]
+    options: ClassVar[type[TargetOptions]]
+    frameworks: ClassVar[frozenset[str]]  # source frameworks it builds from
+    tools: ClassVar[tuple[str, ...]] = ()  # distributions whose versions shape its artifacts
+    runners: ClassVar[dict[str, str]] = {}  # runner name -> "module:Class", for the artifacts it builds
+    triton: ClassVar[TritonModel | None] = None
+    tfserving: ClassVar[TFServingModel | None] = None
+    manifest_fields: ClassVar[dict[str, dict]] = {}  # JSON Schema of the fields it adds to its target entry
+    summary: ClassVar[str] = ""  # one line for `mlpack validate` and the docs
+    order: ClassVar[int] = 1000  # where it is listed among kinds (then by name); entry points come unordered
+
+    def skip_reason(self, spec: TargetOptions) -> str | None:
+        """Why this machine cannot build or run the target, or None."""
+        return None
+
+    def requires(self, spec: TargetOptions, recipe: Recipe) -> list[str]:
+        """Names of targets whose artifacts this one is built from."""
+        return []
+
+    def check(self, spec: TargetOptions, recipe: Recipe) -> list[tuple[tuple, str, str | None]]:
+        """Recipe checks that need the whole recipe: (key path under the target, message, hint)."""
+        return []
+
+    def cache_parts(self, spec: TargetOptions) -> dict:
+        """What the target's cache key needs beyond its options (e.g. the GPU it is bound to)."""
+        return {"gpu": gpu_identity()} if spec.target_device == "cuda" else {}
+
+    def build(self, source, spec: TargetOptions, ctx: BuildContext) -> Artifact:
+        raise NotImplementedError(f"kind {self.name} does not build")
+
+    # --- Triton: defaults suit a kind whose `triton` says all there is to say
+
+    def triton_instance_kind(self, device: str) -> str:
+        """Triton's instance kind for `instance_group.kind: auto`."""
+        return "KIND_GPU" if device == "cuda" else "KIND_AUTO"
+
+    def triton_comments(self, serve: TritonServe, backend: str) -> list[str]:
+        """Lines written as comments at the top of config.pbtxt."""
+        return []
+
+    def triton_configure(self, config, serve: TritonServe, backend: str) -> None:
+        """Set kind-specific fields of the ModelConfig proto (e.g. execution accelerators)."""
+
+    def triton_note(self, backend: str) -> str | None:
+        """A note the build prints when it serves this kind (limits of the backend)."""
+        return None
+
+    def fingerprint_files(self) -> list[Path]:
+        """Source files whose change must invalidate what this kind built (its module)."""
+        return [Path(inspect.getsourcefile(type(self)) or "")]

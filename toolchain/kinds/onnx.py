@@ -1,0 +1,199 @@
+"""onnx: torch.onnx.export(dynamo=True) for PyTorch sources, tf2onnx for
+TensorFlow, optionally optimized with ONNX Runtime's fusions and converted to
+FP16 or INT8; run by ONNX Runtime, served by Triton's onnxruntime backend.
+
+A converted target exports its FP32 model into a scratch folder of its
+workdir first (the same export as plain onnx), converts it, and keeps only the
+final model.onnx (+ external data) as the artifact.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from toolchain.errors import StepError
+from toolchain.kinds.base import Artifact, BuildContext, Kind, RunnerSpec, TritonModel
+from toolchain.machine import cuda_missing
+from toolchain.onnxtools import quantize
+from toolchain.onnxtools.optimize import OPTIMIZATION_SCHEMA, optimize
+from toolchain.onnxtools.quantize import QUANTIZATION_SCHEMA
+from toolchain.options import TargetOptions, YamlOff
+from toolchain.tensors import onnx_signature
+
+MODEL = "model.onnx"
+RUNNER = "onnxruntime"
+
+
+class OnnxTarget(TargetOptions):
+    kind: Literal["onnx"]
+    opset: Annotated[int, Field(ge=7, le=23)] = 18
+    quantize: Literal["int8", "int8-dynamic", "fp16"] | None = None
+    calibration: Literal["minmax", "entropy", "percentile"] | None = None
+    fallback: Annotated[Literal["off", "auto"], YamlOff] = "off"
+    optimize: bool = False
+    device: Literal["cpu", "cuda"] = "cpu"
+
+    @model_validator(mode="after")
+    def _calibration_int8(self) -> OnnxTarget:
+        if self.calibration and self.quantize != "int8":
+            raise PydanticCustomError("calibration_int8", "calibration applies to quantize: int8 only", {})
+        if self.fallback == "auto" and self.quantize not in ("int8", "int8-dynamic"):
+            raise PydanticCustomError("fallback_int8", "fallback: auto applies to quantize: int8 or int8-dynamic only", {})
+        return self
+
+    @property
+    def precision_mode(self) -> str | None:
+        return self.quantize
+
+
+# The Python backend's loader (see serving/model_py.txt): ONNX Runtime, CUDA first on GPU instances.
+PYTHON_BACKEND = """
+def load(path, device, on_gpu, device_id, input_names, output_names):
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if on_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
+    session = ort.InferenceSession(path, providers=providers)
+
+    def run(arrays):
+        return session.run(output_names, dict(zip(input_names, arrays)))
+
+    return run
+"""
+
+
+def export(source, opset: int, path: Path) -> None:
+    """The FP32 export every ONNX-based target starts from: the dynamo exporter
+    for PyTorch sources, tf2onnx for TensorFlow; both end in the same runner."""
+    (_export_tf if source.framework == "tensorflow" else _export_torch)(source, opset, path)
+
+
+def _export_torch(source, opset: int, path: Path) -> None:
+    import torch
+
+    program = torch.onnx.export(
+        source.module,
+        source.example_args(),
+        dynamo=True,
+        opset_version=opset,
+        input_names=source.input_names,
+        output_names=source.output_names,
+        dynamic_shapes=source.dynamic_shapes(),
+        verbose=False,
+    )
+    if program is None:
+        raise StepError("torch.onnx.export returned no program")
+    program.save(str(path))
+
+
+def _export_tf(source, opset: int, path: Path) -> None:
+    """tf2onnx on the same serving function the SavedModel targets save.
+
+    tf2onnx names outputs by the function's dict keys but sorts them, and calls
+    dynamic dims unk__N: put outputs back in recipe order and name input dims
+    after the recipe's dims.
+    """
+    import onnx
+    import tf2onnx
+
+    proto, _ = tf2onnx.convert.from_function(source.serving_function(), input_signature=source.input_signature(), opset=opset)
+    # tf2onnx logs a TF op it cannot convert and leaves it in the graph; fail here, naming it.
+    unconverted = sorted({n.op_type for n in proto.graph.node if not onnx.defs.has(n.op_type, n.domain)})
+    if unconverted:
+        why = ""
+        if {"PartitionedCall", "StatefulPartitionedCall"} & set(unconverted):
+            why = "; a function call was left in the graph: tf2onnx does not inline XLA-compiled (jit_compile=True) functions, so convert from a model without them"
+        raise StepError(f"tf2onnx cannot convert TensorFlow op(s) {', '.join(unconverted)} at opset {opset}{why}")
+    by_name = {o.name: o for o in proto.graph.output}
+    missing = [n for n in source.output_names if n not in by_name]
+    if missing:
+        raise StepError(f"tf2onnx produced outputs {sorted(by_name)}, not the recipe's {missing}")
+    ordered = [onnx.ValueInfoProto.FromString(by_name[n].SerializeToString()) for n in source.output_names]
+    del proto.graph.output[:]
+    proto.graph.output.extend(ordered)
+    shapes = {s.name: s.shape for s in source.recipe.inputs}
+    for value in proto.graph.input:
+        for dim, want in zip(value.type.tensor_type.shape.dim, shapes.get(value.name, [])):
+            if isinstance(want, str):
+                dim.dim_param = want
+    onnx.save(proto, str(path))
+
+
+def _convert(source, spec: OnnxTarget, scratch: Path, dst: Path, ctx: BuildContext) -> dict:
+    """Export, then optimize and/or change precision; returns the manifest fields."""
+    current = scratch / MODEL
+    export(source, spec.opset, current)
+    fields: dict = {}
+    if spec.optimize:
+        optimized = scratch / "optimized.onnx" if spec.quantize else dst
+        fields["optimization"] = optimize(source, current, optimized, spec.device)
+        current = optimized
+    if spec.quantize == "fp16":
+        fields["quantization"] = quantize.to_fp16(current, dst)
+    elif spec.quantize:
+        fields.update(quantize.to_int8(source, spec, current, dst, scratch, ctx))
+    return fields
+
+
+class OnnxKind(Kind):
+    name = "onnx"
+    order = 10
+    summary = "ONNX model (FP32, FP16 or INT8) run by ONNX Runtime"
+    options = OnnxTarget
+    frameworks = frozenset({"pytorch", "tensorflow"})
+    tools = ("onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "onnxconverter-common", "tf2onnx")
+    runners = {RUNNER: "toolchain.runners.onnxruntime:OnnxRuntimeRunner"}
+    triton = TritonModel(platform="onnxruntime_onnx", backend="onnxruntime", artifact=MODEL, siblings=True, python_backend=PYTHON_BACKEND)
+    manifest_fields = {
+        "quantization": QUANTIZATION_SCHEMA,
+        "optimization": OPTIMIZATION_SCHEMA,
+        "excluded_nodes": {"type": "array", "items": {"type": "string"}},
+    }
+
+    def skip_reason(self, spec: OnnxTarget) -> str | None:
+        if spec.device == "cuda":
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                return "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)"
+            return cuda_missing()
+        return None
+
+    def build(self, source, spec: OnnxTarget, ctx: BuildContext) -> Artifact:
+        path = ctx.workdir / MODEL
+        fields: dict = {}
+        if spec.quantize or spec.optimize:
+            scratch = ctx.workdir / "fp32"  # intermediates: removed before the artifact is listed
+            scratch.mkdir()
+            try:
+                fields = _convert(source, spec, scratch, path, ctx)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        else:
+            export(source, spec.opset, path)
+        return Artifact(
+            files=sorted(p for p in ctx.workdir.iterdir() if p.is_file()),
+            signature=onnx_signature(path),
+            runner=RunnerSpec(runner=RUNNER, path=str(path), inputs=source.input_names, outputs=source.output_names, device=spec.device),
+            device=spec.device,
+            extra=fields,
+        )
+
+    def triton_configure(self, config, serve, backend: str) -> None:
+        """ONNX Runtime's TensorRT execution provider on GPU instances (`serve.triton.onnx_tensorrt`).
+
+        The alternative to a tensorrt target: ONNX Runtime builds the engine when
+        the model loads, on the serving GPU, and runs what TensorRT cannot on CUDA.
+        """
+        if backend == "native" and serve.onnx_tensorrt != "off":
+            acc = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+            acc.parameters["precision_mode"] = serve.onnx_tensorrt.upper()
+
+
+KIND = OnnxKind()

@@ -1,0 +1,32 @@
+"""The callable a recipe's `source.factory` names, imported from the recipe's folder.
+
+A factory is code the user runs: importing it runs it (see the trust model in docs/).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+from toolchain.errors import StepError
+from toolchain.recipe import Recipe
+
+
+def import_factory(recipe: Recipe):
+    """The callable named by `source.factory`, imported from the recipe folder."""
+    file, func = recipe.source.factory.rsplit(":", 1)
+    path = recipe.resolve(file)
+    mod_name = f"_mlpack_factory_{path.stem}_{abs(hash(str(path))) & 0xFFFF:x}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(spec)
+    # Let the factory import its siblings from the recipe folder.
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise StepError(f"source.factory: importing {path} failed: {type(e).__name__}: {e}") from e
+    finally:
+        sys.path.remove(str(path.parent))
+    if not hasattr(module, func):
+        raise StepError(f"source.factory: {path} defines no '{func}'")
+    return getattr(module, func)
