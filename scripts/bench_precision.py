@@ -1,28 +1,30 @@
-"""CPU benchmark of a BERT-base-sized encoder across mlpack's artifacts.
+"""Every precision x runtime mlpack builds, against eager FP32, side by side in one process.
 
-Builds BertModel from transformers' BertConfig defaults (random weights, no
-download) with `mlpack build` (AOTInductor, ONNX FP32 plain and with ONNX
-Runtime's transformer fusions, FP16, INT8 dynamic), then prints in one run the
-latency at batch 1 and the throughput at batch 8 (sequence 128) of each, as
-ratios to eager PyTorch, with each one's cosine to the eager output.
+    python scripts/bench_precision.py [--model bert-base|resnet50|both] [--threads 1,all] [--rounds 7] [--out DIR] [--json FILE]
 
-    python scripts/bench_precision.py [--rounds 4] [--out DIR]
+For each model it builds, with `mlpack build` (every artifact passing its
+parity gate): ONNX FP32, ONNX INT8 dynamic, ONNX INT8 static (QDQ), AOTInductor
+FP32 (freezing chosen by measurement), AOTInductor BF16 (autocast) and
+AOTInductor INT8 (PT2E). Then, per thread setting, it times the eager FP32
+source and every artifact interleaved (timing.interleaved: rounds in a
+rotating order, the median of per-round figures), latency at batch 1 and
+throughput at batch 8, each as a ratio to eager FP32, and each one's cosine to
+eager FP32 on a held-out input. BERT-base is BertConfig() defaults (random
+weights, sequence 128); the CNN is torchvision's ResNet-50 (random weights,
+batch-norm statistics measured on random inputs, 224x224; needs `make zoo-deps`).
 
-Takes several minutes on 2 cores (the AOTInductor compile and four ONNX
-exports of a 110M-parameter model dominate); with --out, a later run measures
-the build kept there without rebuilding. The artifacts take turns in rounds
-and each one's best call is reported, so load from other processes skews all
-rows alike rather than whichever ran during it.
+The CPU's features are printed first: what wins depends on them (AMX tiles for
+BF16/INT8, AVX512-BF16, VNNI). With --out, a later run reuses the build.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import json
 import os
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +32,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SEQ = 128
-FACTORY = """\
+TARGETS = """\
+targets:
+  - {kind: onnx, name: onnx-fp32}
+  - {kind: onnx, name: onnx-int8-dynamic, quantize: int8-dynamic, fallback: auto}
+  - {kind: onnx, name: onnx-int8-static, quantize: int8, fallback: auto}
+  - {kind: aoti, name: aoti-fp32}
+  - {kind: aoti, name: aoti-bf16, precision: bf16}
+  - {kind: aoti, name: aoti-int8, precision: int8, fallback: auto}
+"""
+MODELS = {
+    "bert-base": {
+        "factory": """\
 import torch
 
 
@@ -40,136 +52,139 @@ def build(seed: int = 0):
 
     torch.manual_seed(seed)
     return BertModel(BertConfig()).eval()  # BERT-base: 12 layers, hidden 768, 12 heads
-"""
-RECIPE = f"""\
-name: bert-base-bench
-source:
-  framework: pytorch
-  factory: bert_base.py:build
+""",
+        "recipe": """\
+name: bench-bert-base
+source: {framework: pytorch, factory: model.py:build}
 inputs:
-  - name: input_ids
-    dtype: int64
-    shape: [batch, seq]
-    range: [0, 30522]
-  - name: attention_mask
-    dtype: int64
-    shape: [batch, seq]
-    range: [1, 2]
+  - {name: input_ids, dtype: int64, shape: [batch, seq], range: [0, 30522]}
+  - {name: attention_mask, dtype: int64, shape: [batch, seq], range: [1, 2]}
 outputs: [last_hidden_state]
 dims:
-  batch: {{min: 1, opt: 8, max: 8}}
-  seq: {{min: 16, opt: {SEQ}, max: {SEQ}}}
-targets:
-  - kind: aoti
-  - kind: onnx
-    name: onnx-fp32
-  - kind: onnx
-    name: onnx-fp32-opt
-    optimize: true
-  - kind: onnx
-    name: onnx-fp16
-    quantize: fp16
-    optimize: true
-  - kind: onnx
-    name: onnx-int8
-    quantize: int8-dynamic
-    optimize: true
-parity:
-  samples: 4
-  per_target:
-    aoti: {{atol: 1.0e-3, rtol: 1.0e-3}}
-    onnx-fp32: {{atol: 1.0e-3, rtol: 1.0e-3}}
-    onnx-fp32-opt: {{atol: 1.0e-3, rtol: 1.0e-3}}
-"""
+  batch: {min: 1, opt: 8, max: 8}
+  seq: {min: 16, opt: 128, max: 128}
+parity: {samples: 4}
+""",
+        "shape": {"seq": 128},
+    },
+    "resnet50": {
+        "factory": f"""\
+import sys
+
+sys.path.insert(0, {str(ROOT / "recipes" / "zoo" / "models")!r})
+import vision
 
 
-def feed(batch: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {
-        "input_ids": rng.integers(0, 30522, size=(batch, SEQ)).astype(np.int64),
-        "attention_mask": np.ones((batch, SEQ), dtype=np.int64),
-    }
+def build(seed: int = 0):
+    return vision.torchvision_model("resnet50", classes=1000, size=224, seed=seed)
+""",
+        "recipe": """\
+name: bench-resnet50
+source: {framework: pytorch, factory: model.py:build}
+inputs:
+  - {name: image, dtype: float32, shape: [batch, 3, 224, 224]}
+outputs: [logits]
+dims:
+  batch: {min: 1, opt: 8, max: 8}
+parity: {samples: 4, scores: [logits]}
+""",
+        "shape": {},
+    },
+}
 
 
-def best_times(runners: dict, x: dict, rounds: int, calls: int) -> tuple[dict[str, float], dict[str, dict]]:
-    """Best seconds per call of each runner, and its outputs.
-
-    Each round gives every runner a block: one untimed call (ONNX Runtime's and
-    OpenMP's worker threads spin a while after a run and would slow whichever
-    runner came next), then `calls` timed ones.
-    """
-    outputs: dict[str, dict] = {}
-    best = dict.fromkeys(runners, float("inf"))
-    for _ in range(rounds):
-        for name, r in runners.items():
-            outputs[name] = r.infer(x)
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                r.infer(x)
-                best[name] = min(best[name], time.perf_counter() - t0)
-    return best, outputs
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=4, help="turns each artifact gets (its best call is reported)")
-    ap.add_argument("--out", type=Path, help="keep the build here and reuse it next time (default: a temporary folder)")
-    args = ap.parse_args()
-    load_at_start = os.getloadavg()[0]  # what else was running: this machine may be shared
-
-    import torch
-
+def build_model(name: str, out: Path) -> tuple[dict, Path, object]:
     from toolchain import manifest as mf
     from toolchain.build import build
     from toolchain.progress import Progress
     from toolchain.recipe import load_recipe
+
+    work = out / f"{name}-src"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "model.py").write_text(MODELS[name]["factory"])
+    (work / "recipe.yaml").write_text(MODELS[name]["recipe"] + TARGETS)
+    recipe = load_recipe(work / "recipe.yaml")
+    published = out / recipe.name
+    if (published / "manifest.json").is_file() and mf.read(published / "manifest.json")["recipe"]["sha256"] == mf.sha256_file(recipe.path):
+        return mf.read(published / "manifest.json"), published, recipe
+    result = build(recipe, out, progress=Progress())
+    if result.exit_code != 0:
+        raise SystemExit(f"the build failed (exit {result.exit_code}); see {result.path}")
+    return result.manifest, published, recipe
+
+
+def feeds(recipe, batch: int, seed: int) -> dict:
+    from toolchain.parity import make_feed
+
+    sizes = {n: d.opt for n, d in recipe.dims.items()} | {"batch": batch}
+    return make_feed(recipe, sizes, np.random.default_rng(seed))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    from toolchain.parity import cosine as cos
+
+    return cos(b, a)
+
+
+def measure(name: str, manifest: dict, root: Path, recipe, threads: int, rounds: int) -> list[dict]:
+    import torch
+
     from toolchain.runners import open_runner
-    from toolchain.runners.torch_eager import TorchEagerRunner
-    from toolchain.sources.pytorch import TorchSource
+    from toolchain.sources import load_source
+    from toolchain.timing import interleaved
 
+    torch.set_num_threads(threads)
+    source = load_source(recipe)
+    runners = {"eager fp32": source.reference_runner()}
+    for t in manifest["targets"]:
+        if t["status"] == "ok":
+            runners[t["name"]] = open_runner(t["runner"], root, threads=threads)
+    opened = {k: r.__enter__() for k, r in runners.items()}
+    check = feeds(recipe, 2, seed=99)
+    ref = next(iter(opened["eager fp32"].infer(check).values()))
+    b1, b8 = feeds(recipe, 1, seed=1), feeds(recipe, 8, seed=2)
+    lat = interleaved({k: partial(r.infer, b1) for k, r in opened.items()}, rounds=rounds, seconds=0.5)
+    thr = interleaved({k: partial(r.infer, b8) for k, r in opened.items()}, rounds=rounds, seconds=0.5)
+    rows = []
+    for k, r in opened.items():
+        out = next(iter(r.infer(check).values()))
+        rows.append({
+            "model": name, "artifact": k, "threads": threads,
+            "latency_ms": lat[k]["median_ms"], "latency_x": lat["eager fp32"]["median_ms"] / lat[k]["median_ms"],
+            "throughput": 8 / (thr[k]["median_ms"] / 1e3), "throughput_x": thr["eager fp32"]["median_ms"] / thr[k]["median_ms"],
+            "cosine": cosine(out, ref),
+        })  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=["bert-base", "resnet50", "both"], default="both")
+    ap.add_argument("--threads", default="1,all", help="intra-op thread counts, comma-separated ('all' = every core)")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--out", type=Path, help="keep the builds here and reuse them next time (default: a temporary folder)")
+    ap.add_argument("--json", type=Path, help="also write the rows as JSON")
+    args = ap.parse_args(argv)
+    from toolchain.machine import cpu_identity
+
+    machine = cpu_identity()
+    print(f"CPU: {machine['model']}, {machine['cores']} cores, features: {', '.join(machine['features']) or 'none of AVX-512/AMX'}; "
+          f"load average {os.getloadavg()[0]:.2f} at the start")  # fmt: skip
+    threads = [os.cpu_count() if t == "all" else int(t) for t in args.threads.split(",")]
+    models = ["bert-base", "resnet50"] if args.model == "both" else [args.model]
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        (work / "bert_base.py").write_text(FACTORY)
-        (work / "recipe.yaml").write_text(RECIPE)
-        recipe = load_recipe(work / "recipe.yaml")
-        out = args.out or work / "out"
-        published = out / recipe.name
-        if (published / "manifest.json").is_file() and mf.read(published / "manifest.json")["recipe"]["sha256"] == mf.sha256_file(recipe.path):
-            manifest = mf.read(published / "manifest.json")
-            print(f"measuring the build in {published}", file=sys.stderr)
-        else:
-            t0 = time.perf_counter()
-            result = build(recipe, out, progress=Progress())
-            print(f"build: {time.perf_counter() - t0:.0f}s, exit code {result.exit_code}", file=sys.stderr)
-            if result.exit_code != 0:
-                print(f"build failed; see {result.path}", file=sys.stderr)
-                return result.exit_code
-            manifest = result.manifest
-
-        source = TorchSource(recipe)
-        runners = {"eager PyTorch": TorchEagerRunner(source.module, source.input_names, source.output_names)}
-        for t in manifest["targets"]:  # each artifact opened from the runner spec its manifest entry records
-            runners["AOTInductor" if t["kind"] == "aoti" else t["name"]] = open_runner(t["runner"], published)
-        with contextlib.ExitStack() as stack:
-            for r in runners.values():
-                stack.enter_context(r)
-            latency, _ = best_times(runners, feed(1, 1), args.rounds, 3)
-            batch8, outputs = best_times(runners, feed(8, 2), args.rounds, 1)
-
-    ref = outputs["eager PyTorch"]["last_hidden_state"]
-    base_lat, base_thr = latency["eager PyTorch"], 8 / batch8["eager PyTorch"]
-    print(f"BERT-base (BertConfig defaults, random weights), seq {SEQ}, {torch.get_num_threads()} CPU threads, best call of {args.rounds} rounds")
-    print(f"1-minute load average before this run: {load_at_start:.2f} on {os.cpu_count()} CPUs (other processes slow every row)")
-    print(f"{'artifact':<16} {'batch-1 ms':>10} {'speedup':>8} {'batch-8 seq/s':>13} {'speedup':>8} {'cosine':>10}")
-    for name in runners:
-        lat, thr = latency[name], 8 / batch8[name]
-        cos = cosine(outputs[name]["last_hidden_state"], ref)
-        print(f"{name:<16} {lat * 1e3:>10.1f} {base_lat / lat:>8.2f} {thr:>13.1f} {thr / base_thr:>8.2f} {cos:>10.6f}")
+        out = args.out or Path(tmp)
+        for name in models:
+            manifest, root, recipe = build_model(name, out)
+            for n in threads:
+                rows += measure(name, manifest, root, recipe, n, args.rounds)
+    print(f"\n| model | artifact | threads | batch 1 ms | vs eager | batch 8 samples/s | vs eager | cosine to eager |\n|{' --- |' * 8}")
+    for r in rows:
+        print(f"| {r['model']} | {r['artifact']} | {r['threads']} | {r['latency_ms']:.2f} | {r['latency_x']:.2f}x | {r['throughput']:.1f} | "
+              f"{r['throughput_x']:.2f}x | {r['cosine']:.6f} |")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
     return 0
 
 

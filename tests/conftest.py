@@ -25,12 +25,20 @@ def _triton_reason() -> str | None:
     return None
 
 
+def _zoo_reason() -> str | None:
+    from pathlib import Path
+
+    site = Path(__file__).resolve().parents[1] / ".zoo" / "site"
+    return None if (site / ".installed").is_file() else f"the zoo's packages are not in {site} (make zoo-deps installs them; make test does)"
+
+
 def pytest_collection_modifyitems(config, items):
     reasons = {
         "triton": _triton_reason,
         "gpu": _cuda_reason,
         "tensorrt": lambda: None if importlib.util.find_spec("tensorrt") else "tensorrt is not installed (not installable from this workplace's registries)",
         "tf": lambda: None if importlib.util.find_spec("tensorflow") else "tensorflow is not installed (pip install 'mlpack[tensorflow]')",
+        "zoo": _zoo_reason,
     }
     cache: dict[str, str | None] = {}
     for item in items:

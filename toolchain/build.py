@@ -24,6 +24,7 @@ from toolchain.errors import EXIT_OK
 from toolchain.feeds import load_feeds, save_feeds
 from toolchain.fsutil import clean_stale, publish
 from toolchain.lock import build_lock
+from toolchain.machine import cpu_identity
 from toolchain.parity import ParityReport, samples_for
 from toolchain.plan import Plan, default_jobs, make_plan
 from toolchain.progress import Progress
@@ -64,13 +65,14 @@ def _build_locked(recipe: Recipe, out_root: Path, plan: Plan, progress: Progress
             pass
     try:
         results = _run(plan, staging, out_root, progress, jobs, force, children)
-        serving = _write_serving(recipe, results, staging, progress)
+        selection = _select(plan, results, staging, out_root, progress, children, force) if recipe.select else None
+        serving = _write_serving(recipe, results, staging, progress, selection)
         code = exit_code_for(results)
-        manifest = _manifest(recipe, results, serving, time.perf_counter() - started)
+        manifest = _manifest(recipe, results, serving, time.perf_counter() - started, selection)
         mf.write(staging / "manifest.json", manifest)
         final = out_root / recipe.name if code == EXIT_OK else out_root / f"{recipe.name}.failed"
         publish(staging, final)
-        _store(plan, results, out_root, final)
+        _store(plan, results, out_root, final, selection)
         return BuildResult(manifest, final, code == EXIT_OK, code, results)
     except BaseException:
         children.stop_all()
@@ -85,8 +87,8 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def _store(plan: Plan, results: list[TargetResult], out_root: Path, root: Path) -> None:
-    """Cache every step that succeeded (never a failed one)."""
+def _store(plan: Plan, results: list[TargetResult], out_root: Path, root: Path, selection: dict | None = None) -> None:
+    """Cache every step that succeeded (never a failed one), and the selection's timings."""
 
     def logs(step: str) -> list[str]:
         return [f"logs/{step}{suffix}" for suffix in (".log", ".step.json", ".reproduce.sh")]
@@ -97,6 +99,8 @@ def _store(plan: Plan, results: list[TargetResult], out_root: Path, root: Path) 
     for r in results:
         if r.status is Status.OK and not (r.cache or {}).get("hit"):
             cache.store(out_root, plan.keys[r.name], r.to_dict(), root, logs(r.name))
+    if selection and not selection["cache"]["hit"]:
+        cache.store(out_root, selection["cache"]["key"], {"selection": {k: v for k, v in selection.items() if k != "cache"}}, root, logs("select"))
 
 
 def _run(plan: Plan, staging: Path, out_root: Path, progress: Progress, jobs: int, force: bool, children: Children) -> list[TargetResult]:
@@ -243,13 +247,72 @@ def _target_step(plan: Plan, spec, staging: Path, out_root: Path, children: Chil
     return res
 
 
+# --------------------------------------------------------------- selection
+
+
+def _select(plan: Plan, results: list[TargetResult], staging: Path, out_root: Path, progress: Progress, children: Children, force: bool) -> dict | None:
+    """Time every artifact that passed, interleaved in one process; rank them by the recipe's metric.
+
+    Timings are cached under the artifacts' keys, the select options and this
+    machine's type: a rebuild elsewhere (another CPU) times them again.
+    """
+    sel = plan.recipe.select
+    candidates = {r.name: r.runner for r in results if r.status is Status.OK and r.runner}
+    if not candidates:
+        return None
+    machine = cpu_identity()
+    key = cache.selection_key(sel.model_dump(mode="json"), {n: plan.keys[n] for n in candidates}, machine)
+    hit = None if force else cache.lookup(out_root, key)
+    if hit:
+        progress.note(f"selection: cache hit ({key[:12]}): timings measured earlier on this machine type ({machine['model']})")
+        return {**hit["selection"], "cache": {"key": key, "hit": True}}
+    progress.start("select", f"timing {len(candidates)} artifacts ({sel.metric}, {sel.threads} thread{'s' if sel.threads > 1 else ''})")
+    out = run_step({"kind": "select", "recipe": str(plan.recipe.path), "candidates": candidates}, staging, "select", DEFAULT_TIMEOUT, children)
+    if out.result is None:
+        progress.end("select", "failed", f"{out.reason.splitlines()[0]} (log: {out.log})")
+        return {
+            "metric": sel.metric,
+            "error": out.reason,
+            "log": out.log,
+            "ranking": [],
+            "winner": None,
+            "machine": machine,
+            "cache": {"key": key, "hit": False},
+        }
+    figures = out.result["figures"]
+    eager = figures.pop("eager")
+    kinds_of = {r.name: r.kind for r in results}
+    ranking = [
+        {"target": name, "kind": kinds_of[name], "median_ms": round(f["median_ms"], 4), "min_ms": round(f["min_ms"], 4), "max_ms": round(f["max_ms"], 4),
+         "samples_per_s": round(f["samples_per_s"], 2), "vs_eager": round(eager["median_ms"] / f["median_ms"], 3)}
+        for name, f in figures.items()
+    ]  # fmt: skip
+    ranking.sort(key=lambda r: r["median_ms"] if sel.metric == "latency" else -r["samples_per_s"])
+    progress.end("select", "ok", ", ".join(f"{r['target']} {r['median_ms']:.3f} ms ({r['vs_eager']:.2f}x eager)" for r in ranking))
+    return {
+        "metric": sel.metric,
+        "batch": out.result["batch"],
+        "shape": out.result["sizes"],
+        "threads": out.result["threads"],
+        "rounds": sel.rounds,
+        "machine": machine,
+        "load_average": out.result["load_average"],
+        "eager": {"median_ms": round(eager["median_ms"], 4), "samples_per_s": round(eager["samples_per_s"], 2)},
+        "ranking": ranking,
+        "winner": ranking[0]["target"],
+        "served_as": None,
+        "log": out.log,
+        "cache": {"key": key, "hit": False},
+    }
+
+
 # ----------------------------------------------------------------- serving
 
 
-def _write_serving(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress) -> dict:
+def _write_serving(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress, selection: dict | None = None) -> dict:
     serving: dict = {"triton": None, "tfserving": None, "models": []}
     if recipe.serve.triton and recipe.serve.triton.targets:
-        _write_triton(recipe, results, staging, progress, serving)
+        _write_triton(recipe, results, staging, progress, serving, selection)
     if recipe.serve.tfserving and recipe.serve.tfserving.targets:
         _write_tfserving(recipe, results, staging, progress, serving)
     return serving
@@ -264,13 +327,16 @@ def _servable(tname: str, results: list[TargetResult], server: str, progress: Pr
     return res
 
 
-def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress, serving: dict) -> None:
+def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress, serving: dict, selection: dict | None) -> None:
     tri = recipe.serve.triton
+    # The fastest artifact that Triton serves takes the model's plain name; the others stay <name>_<target>.
+    ranked = [r["target"] for r in (selection or {}).get("ranking", [])]
+    fastest = next((t for t in ranked if t in tri.targets), None)
     for tname in tri.targets:
         res = _servable(tname, results, "triton", progress)
         if res is None:
             continue
-        model = triton_model_name(recipe.name, tname)
+        model = recipe.name if tname == fastest else triton_model_name(recipe.name, tname)
         try:
             model_dir = write_triton_model(
                 staging / "triton", model, recipe.version, res.kind, staging / tname, Signature.from_dict(res.signature), tri, res.device
@@ -280,6 +346,9 @@ def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, pr
             continue
         serving["triton"] = "triton"
         serving["models"].append({"server": "triton", "name": model, "target": tname, "path": model_dir.relative_to(staging).as_posix()})
+        if tname == fastest:
+            selection["served_as"] = model
+            progress.note(f"triton: {model} serves {tname}, the fastest artifact ({selection['metric']}, measured here)")
         note = kinds.get(res.kind).triton_note(tri.backend)
         if note:
             progress.note(f"triton: {model}: {note}")
@@ -304,7 +373,7 @@ def _write_tfserving(recipe: Recipe, results: list[TargetResult], staging: Path,
     progress.note(f"tfserving: start the server with the command line in {final / 'README.md'}")
 
 
-def _manifest(recipe: Recipe, results: list[TargetResult], serving: dict, seconds: float) -> dict:
+def _manifest(recipe: Recipe, results: list[TargetResult], serving: dict, seconds: float, selection: dict | None = None) -> dict:
     try:
         rel = os.path.relpath(recipe.path)
         rel = rel if not rel.startswith("..") else str(recipe.path)
@@ -325,4 +394,5 @@ def _manifest(recipe: Recipe, results: list[TargetResult], serving: dict, second
         else None,
         "targets": [r.to_dict() for r in results],
         "serving": serving,
+        **({"selection": selection} if selection else {}),
     }

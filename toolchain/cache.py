@@ -88,7 +88,7 @@ def source_files(recipe: Recipe, out_root: Path | None = None) -> dict[str, str]
     if src.savedmodel:
         files |= {f"savedmodel/{k}": v for k, v in _tree_digest(recipe.resolve(src.savedmodel), "*").items()}
     if recipe.data:
-        files["data"] = file_digest(recipe.resolve(recipe.data.path))
+        files |= {f"data/{rel}": file_digest(recipe.resolve(rel)) for rel in recipe.data.files()}
     return files
 
 
@@ -111,11 +111,16 @@ def target_key(recipe: Recipe, spec, src_key: str) -> str:
     parts = {
         "source": src_key,
         "target": spec.model_dump(mode="json"),
-        "tolerance": recipe.parity.tolerance_for(spec.target_name, spec.precision_mode).model_dump(mode="json"),
+        "tolerance": recipe.tolerance(spec).model_dump(mode="json"),
         "kind": kind_digest(kind),
         **kind.cache_parts(spec),  # e.g. the GPU an engine or CUDA kernel is bound to
     }
     return _hash_json(parts)
+
+
+def selection_key(options: dict, target_keys: dict[str, str], machine: dict) -> str:
+    """The selection's timings: the artifacts timed (by their keys), how, and on which machine type."""
+    return _hash_json({"select": options, "targets": target_keys, "machine": machine, "code": code_digest(), "tools": sorted(tool_versions().items())})
 
 
 # ------------------------------------------------------------------ entries

@@ -14,6 +14,7 @@ from toolchain.bench import bench
 from toolchain.build import build
 from toolchain.errors import EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, MlpackError, UsageError
 from toolchain.junit import write_junit
+from toolchain.parity import plan_data
 from toolchain.progress import make_progress
 from toolchain.recipe import load_recipe
 from toolchain.results import Stage, Status
@@ -100,8 +101,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_validate(args) -> int:
     r = load_recipe(args.recipe)
-    kinds = ", ".join(f"{t.target_name} ({t.kind})" for t in r.targets)
-    print(f"{args.recipe}: ok - {r.name} v{r.version}, {r.source.framework}, targets: {kinds}", file=sys.stderr)
+    lines = [f"{args.recipe}: ok - {r.name} v{r.version}, {r.source.framework}, targets: " + ", ".join(f"{t.target_name} ({t.kind})" for t in r.targets)]
+    parity, calibration = plan_data(r)  # reads the data files' headers: a split that cannot work fails here, not mid-build
+    if parity is not None:
+        lines.append(f"  parity: {parity.describe(r.root)}")
+        if calibration is not None and calibration.sizes:
+            lines.append(f"  calibration: {calibration.describe(r.root)}")
+        elif any(t.calibrates for t in r.targets):
+            lines.append("  calibration: no rows left for it: an int8 target will fail; name data.calibration or add rows")
+    else:
+        lines.append(f"  parity: {r.parity.samples} samples generated from `inputs` (seed {r.parity.seed})")
+    print("\n".join(lines), file=sys.stderr)
     return EXIT_OK
 
 
@@ -112,6 +122,8 @@ def cmd_build(args) -> int:
     with make_progress() as progress:
         result = build(recipe, args.out, only=args.target, progress=progress, jobs=args.jobs, force=args.force)
     _print_summary(result)
+    if result.manifest.get("selection") and result.manifest["selection"].get("ranking"):
+        _console(sys.stderr).print(_selection_table(result.manifest["selection"]))
     if args.serve_check and result.exit_code == EXIT_OK:
         check = _serve_check(result.path)
         result.manifest, result.exit_code = check.manifest, check.exit_code
@@ -138,9 +150,28 @@ def cmd_inspect(args) -> int:
     con.print(f"[bold]{m.get('name')}[/] v{m.get('version')} ({m.get('framework')}) built in {m.get('build_seconds', 0):.1f}s")
     con.print(f"recipe {m['recipe']['path']}  torch {env.get('torch')}  onnxruntime {env.get('onnxruntime')}  device {env.get('device')}")
     con.print(_table(m["targets"]))
+    if m.get("selection"):
+        con.print(_selection_table(m["selection"]))
     for model in m.get("serving", {}).get("models", []):
         con.print(f"{model['server']}: {model['path']}")
     return EXIT_OK
+
+
+def _selection_table(sel: dict):
+    from rich.table import Table
+
+    machine = sel.get("machine", {})
+    title = (f"selection: {sel['metric']} at batch {sel.get('batch')}, {sel.get('threads')} thread(s), on {machine.get('model')} "
+             f"({machine.get('cores')} cores; {', '.join(machine.get('features', [])) or 'no AVX-512/AMX'})")  # fmt: skip
+    t = Table(title=title)
+    for col in ("rank", "target", "kind", "median ms", "samples/s", "x eager", "served as"):
+        t.add_column(col)
+    for i, r in enumerate(sel.get("ranking", []), 1):
+        served = sel.get("served_as") if r["target"] == sel.get("winner") or (sel.get("served_as") and i == 1) else ""
+        t.add_row(str(i), r["target"], r["kind"], f"{r['median_ms']:.3f}", f"{r['samples_per_s']:.1f}", f"{r['vs_eager']:.2f}", served or "")
+    if sel.get("eager"):
+        t.add_row("-", "eager (source)", "-", f"{sel['eager']['median_ms']:.3f}", f"{sel['eager']['samples_per_s']:.1f}", "1.00", "")
+    return t
 
 
 def _table(targets: list[dict]):

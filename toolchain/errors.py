@@ -5,6 +5,7 @@ The CLI is the only place that turns these into text and an exit status.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,10 +75,20 @@ class RecipeError(MlpackError):
 
 
 class StepError(MlpackError):
-    """A build step failed; `log` is the path of the log that explains it."""
+    """A build step failed; `log` is the path of the log that explains it, `hint` how to fix it."""
 
     exit_code = EXIT_CONVERSION
 
-    def __init__(self, message: str, log: Path | None = None):
+    def __init__(self, message: str, log: Path | None = None, hint: str | None = None):
         super().__init__(message)
-        self.log = log
+        self.log, self.hint = log, hint
+
+    def render(self) -> str:
+        return f"{self}" + (f"\n    fix: {self.hint}" if self.hint else "")
+
+
+def one_line(e: BaseException) -> str:
+    """`Type: first line of the message`, colour codes stripped: how a step's failure is summarised."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__

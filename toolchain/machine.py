@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 from functools import cache
+
+# CPU features that decide which reduced precision is fast here (and so which artifact wins).
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "avx_vnni")
 
 
 @cache
@@ -24,3 +29,28 @@ def cuda_missing() -> str | None:
         build = "a CPU-only torch build" if torch.version.cuda is None else f"torch {torch.__version__} sees no CUDA device"
         return f"device: cuda needs a CUDA GPU ({build})"
     return None
+
+
+@cache
+def cpu_identity() -> dict:
+    """The CPU that timings are valid for: model, logical cores, and the features that matter here.
+
+    MLPACK_MACHINE_TYPE overrides the model name (to tell CI runners of one pool apart, or in tests).
+    """
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return {
+        "model": os.environ.get("MLPACK_MACHINE_TYPE") or model,
+        "cores": os.cpu_count(),
+        "features": [f for f in CPU_FEATURES if f in flags],
+        "gpu": gpu_identity(),
+    }

@@ -68,3 +68,8 @@ class TargetOptions(Strict):
     def precision_mode(self) -> str | None:
         """The reduced precision this target builds (a key of the quantized budgets), or None."""
         return None
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether the target calibrates on data (static INT8): the data split then keeps rows for it."""
+        return False

@@ -92,8 +92,42 @@ class DimSpec(Strict):
         return self
 
 
-class DataSpec(Strict):
+class DataPart(Strict):
+    """A data file, or a range of its rows."""
+
     path: str
+    rows: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] | None = Field(None, description="[start, stop) along axis 0")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DataPart:
+        if self.rows is not None and not self.rows[0] < self.rows[1]:
+            raise PydanticCustomError("rows_order", "rows [start, stop) needs start < stop (got {r})", {"r": list(self.rows)})
+        return self
+
+
+class DataSpec(Strict):
+    """Real inputs: `path` (parity samples first, INT8 calibration from the rows after them),
+    or `parity` and `calibration` named apart (files, or row ranges of one file)."""
+
+    path: str | None = None
+    parity: str | DataPart | None = None
+    calibration: str | DataPart | None = None
+
+    @model_validator(mode="after")
+    def _one_parity_source(self) -> DataSpec:
+        if self.path is None and self.parity is None:
+            raise PydanticCustomError("data_source", "give data.path, or data.parity (and data.calibration)", {})
+        if self.path is not None and self.parity is not None:
+            raise PydanticCustomError("data_both", "data.path and data.parity both name the parity samples; keep one", {})
+        return self
+
+    def part(self, which: str) -> DataPart | None:
+        """data.parity / data.calibration as a DataPart (data.path stands for parity)."""
+        value = getattr(self, which) if which != "parity" or self.parity is not None else self.path
+        return DataPart(path=value) if isinstance(value, str) else value
+
+    def files(self) -> list[str]:
+        return sorted({p.path for p in (self.part("parity"), self.part("calibration")) if p is not None})
 
 
 class _KindTargets:
@@ -121,8 +155,10 @@ class Tolerance(Strict):
 # Reduced precision cannot meet elementwise bounds meant for FP32, so these
 # targets are judged by floors on cosine and top-1 agreement instead. They are
 # starting points measured on random-weight models: set real budgets per target.
+FP32_TOLERANCE = {"atol": 1e-4, "rtol": 1e-3}  # what a kind does not say otherwise
 QUANTIZED_TOLERANCE: dict[str, dict[str, float]] = {
     "fp16": {"cosine": 0.999, "top1": 0.99},
+    "bf16": {"cosine": 0.999, "top1": 0.99},
     "int8": {"cosine": 0.99, "top1": 0.95},
     "int8-dynamic": {"cosine": 0.99, "top1": 0.95},
 }
@@ -130,22 +166,27 @@ QUANTIZED_TOLERANCE: dict[str, dict[str, float]] = {
 
 class Parity(Strict):
     samples: Annotated[int, Field(ge=1, le=10000)] = 16
+    # Outputs that are class scores (logits or probabilities, classes on the last axis): top-1 agreement is checked on these only.
+    scores: list[Annotated[str, Field(pattern=TENSOR_NAME_RE)]] = Field(default_factory=list)
     seed: int = 0
-    default: Tolerance = Field(default_factory=lambda: Tolerance(atol=1e-4, rtol=1e-3))
+    # Unset: each kind's FP32 default (1e-4 / 1e-3; XLA, which reorders arithmetic, 1e-3 / 1e-3).
+    default: Tolerance | None = None
     per_target: dict[str, Tolerance] = Field(default_factory=dict)
 
-    def tolerance_for(self, target: str, precision: str | None = None) -> Tolerance:
+    def tolerance_for(self, target: str, precision: str | None = None, fp32: dict | None = None) -> Tolerance:
         """The target's tolerance: its overrides applied key by key on the default.
 
-        The default is `parity.default` for full-precision targets and
-        QUANTIZED_TOLERANCE[precision] (no atol/rtol) for reduced-precision ones.
+        The default is `parity.default` (its unset keys from `fp32`, the kind's FP32
+        default) for full-precision targets, and QUANTIZED_TOLERANCE[precision]
+        (no atol/rtol) for reduced-precision ones.
         """
+        fp32 = fp32 or FP32_TOLERANCE
         if precision in QUANTIZED_TOLERANCE:
             base = {"atol": None, "rtol": None, **QUANTIZED_TOLERANCE[precision]}
         else:
-            base = self.default.model_dump()
-            base["atol"] = 1e-4 if base["atol"] is None else base["atol"]
-            base["rtol"] = 1e-3 if base["rtol"] is None else base["rtol"]
+            base = self.default.model_dump() if self.default is not None else {"atol": None, "rtol": None, "cosine": None, "top1": None}
+            base["atol"] = fp32["atol"] if base["atol"] is None else base["atol"]
+            base["rtol"] = fp32["rtol"] if base["rtol"] is None else base["rtol"]
         over = self.per_target.get(target)
         if over:
             base.update({k: v for k, v in over.model_dump().items() if v is not None})
@@ -221,6 +262,15 @@ class Serve(Strict):
     tfserving: TFServingServe | None = None
 
 
+class Select(Strict):
+    """After the gate, time every artifact that passed on this machine; the fastest is served as the model's plain name."""
+
+    metric: Literal["latency", "throughput"] = "latency"
+    batch: Annotated[int, Field(ge=1)] | None = Field(None, description="rows per call (default: the batch dim's opt; other dims at opt)")
+    threads: Annotated[int, Field(ge=1, le=1024)] = Field(1, description="intra-op threads while timing (1: figures a busy neighbour skews least)")
+    rounds: Annotated[int, Field(ge=3, le=101)] = 7
+
+
 class Recipe(Strict):
     # The target union comes from the kind registry: built on first use, not at import.
     model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
@@ -235,6 +285,7 @@ class Recipe(Strict):
     targets: list[Target] = Field(min_length=1)
     parity: Parity = Field(default_factory=Parity)
     serve: Serve = Field(default_factory=Serve)
+    select: Select | None = None
 
     # Set by load_recipe: where relative paths resolve from. Not a recipe key.
     _path: Path | None = None
@@ -250,6 +301,10 @@ class Recipe(Strict):
 
     def resolve(self, rel: str) -> Path:
         return (self.root / rel).resolve()
+
+    def tolerance(self, spec: TargetOptions) -> Tolerance:
+        """What the parity gate holds this target to (its kind's FP32 default unless the recipe says otherwise)."""
+        return self.parity.tolerance_for(spec.target_name, spec.precision_mode, kinds.get(spec.kind).fp32_tolerance)
 
     def target(self, name: str) -> TargetOptions:
         for t in self.targets:
@@ -286,9 +341,29 @@ def _cross_check(r: Recipe) -> list[tuple[tuple, str, str | None]]:
                 out.append((("inputs", i, "shape", j), f"dynamic dimension '{d}' has no entry under dims", f"add `dims: {{{d}: {{min: 1, opt: 8, max: 64}}}}`"))
     if r.outputs and len(set(r.outputs)) != len(r.outputs):
         out.append((("outputs",), "output names must be distinct", None))
+    for j, name in enumerate(r.parity.scores):
+        if r.outputs and name not in r.outputs:
+            out.append((("parity", "scores", j), f"'{name}' is not one of the outputs ({', '.join(r.outputs)})", _did_you_mean(name, list(r.outputs))))
+        elif not r.outputs and not re.fullmatch(r"output_\d+", name):
+            out.append(
+                (
+                    ("parity", "scores", j),
+                    f"'{name}' names no output: the recipe has no `outputs`, so they are output_0, output_1, ...",
+                    "name the outputs under `outputs:`",
+                )
+            )
     for key in r.parity.per_target:
         if key not in names:
             out.append((("parity", "per_target", key), f"no target is named '{key}'", _did_you_mean(key, names)))
+    if r.select and r.select.batch is not None:
+        first = r.inputs[0].shape[0] if r.inputs[0].shape else None
+        if not isinstance(first, str):
+            out.append(
+                (("select", "batch"), f"the inputs have no batch dim to size (input '{r.inputs[0].name}' has shape {r.inputs[0].shape})", "remove select.batch")
+            )
+        elif not r.dims[first].min <= r.select.batch <= r.dims[first].max:
+            d = r.dims[first]
+            out.append((("select", "batch"), f"{r.select.batch} is outside dims.{first} [{d.min}, {d.max}]", f"pick a batch between {d.min} and {d.max}"))
     if r.serve.triton:
         tri = r.serve.triton
         for j, key in enumerate(tri.targets):
@@ -380,8 +455,12 @@ def _check_files(r: Recipe) -> list[tuple[tuple, str, str | None]]:
         (("source", "savedmodel"), r.source.savedmodel, "dir"),
         (("source", "keras"), r.source.keras, "file"),
         (("source", "weights"), r.source.weights, "file"),
-        (("data", "path"), r.data.path if r.data else None, "file"),
     ]
+    if r.data:
+        for key in ("path", "parity", "calibration"):
+            value = getattr(r.data, key)
+            if value is not None:
+                checks.append((("data", key) if isinstance(value, str) else ("data", key, "path"), value if isinstance(value, str) else value.path, "file"))
     if r.source.factory:
         checks.append((("source", "factory"), r.source.factory.rsplit(":", 1)[0], "file"))
     for loc, rel, kind in checks:

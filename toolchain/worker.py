@@ -8,6 +8,7 @@ The step file is also what `reproduce.sh` re-runs.
 Step kinds:
   reference  load the source, run it eagerly on parity/samples.npz -> reference.npz
   target     load the source, build one target into its workdir, run parity
+  select     time the artifacts that passed (and the eager source), interleaved
 Either writes its result as JSON to `result` (paths relative to `root`).
 A failure is data too: {"ok": false, "reason", "hint", "error": "usage" | "step" | "unexpected"}.
 """
@@ -18,7 +19,6 @@ import argparse
 import gc
 import json
 import os
-import re
 import resource
 import sys
 import time
@@ -27,19 +27,14 @@ from pathlib import Path
 
 from toolchain import kinds
 from toolchain import manifest as mf
-from toolchain.errors import EXIT_USAGE, MlpackError
+from toolchain.errors import EXIT_USAGE, MlpackError, one_line
 from toolchain.feeds import load_feeds, save_feeds
 from toolchain.kinds.base import BuildContext, Dependency
-from toolchain.parity import compare
+from toolchain.parity import compare, make_feed
 from toolchain.recipe import load_recipe
 from toolchain.runners import open_runner, run_all
 from toolchain.sources import load_source
-
-
-def _one_line(e: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+from toolchain.timing import interleaved, load_average
 
 
 def run_reference(step: dict, root: Path) -> dict:
@@ -71,7 +66,7 @@ def run_target(step: dict, root: Path, workdir: Path) -> dict:
     samples = load_feeds(root / "parity" / "samples.npz")
     reference = load_feeds(root / "parity" / "reference.npz")
     outputs = run_all(open_runner(runner, base), samples)
-    report = compare(reference, outputs, recipe.parity.tolerance_for(spec.target_name, spec.precision_mode))
+    report = compare(reference, outputs, recipe.tolerance(spec), recipe.parity.scores)
     return {
         "kind": spec.kind,
         "build_seconds": seconds,
@@ -82,6 +77,35 @@ def run_target(step: dict, root: Path, workdir: Path) -> dict:
         "parity": report.to_dict(),
         "extra": {**artifact.extra, **({"device_name": _device_name()} if artifact.device == "cuda" else {})},
     }
+
+
+def run_select(step: dict, root: Path) -> dict:
+    """Time every candidate artifact (and the eager source) on one feed, interleaved; figures per name."""
+    from functools import partial
+
+    import numpy as np
+
+    recipe = load_recipe(step["recipe"])
+    sel = recipe.select
+    sizes = {n: d.opt for n, d in recipe.dims.items()}
+    first = recipe.inputs[0].shape[0] if recipe.inputs[0].shape else None
+    if isinstance(first, str) and sel.batch is not None:
+        sizes[first] = sel.batch
+    feed = make_feed(recipe, sizes, np.random.default_rng(recipe.parity.seed + 3))
+    batch = sizes.get(first, 1) if isinstance(first, str) else 1
+    if recipe.source.framework == "pytorch":
+        import torch
+
+        torch.set_num_threads(sel.threads)
+    source = load_source(recipe)
+    runners = {"eager": source.reference_runner()}
+    for name, spec in step["candidates"].items():
+        runners[name] = open_runner(spec, root, threads=sel.threads)
+    opened = {name: r.__enter__() for name, r in runners.items()}
+    figures = interleaved({name: partial(r.infer, feed) for name, r in opened.items()}, rounds=sel.rounds, seconds=0.2)
+    for f in figures.values():
+        f["samples_per_s"] = batch / (f["median_ms"] / 1e3)
+    return {"figures": figures, "batch": batch, "sizes": sizes, "threads": sel.threads, "load_average": round(load_average(), 2)}
 
 
 def _device_name() -> str:
@@ -103,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if step["kind"] == "reference":
             result = {"ok": True, **run_reference(step, root)}
+        elif step["kind"] == "select":
+            result = {"ok": True, **run_select(step, root)}
         else:
             workdir = (args.workdir or root / step["target"]).resolve()
             result = {"ok": True, **run_target(step, root, workdir)}
@@ -111,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {"ok": False, "error": "usage" if e.exit_code == EXIT_USAGE else "step", "reason": str(e), "hint": getattr(e, "hint", None)}
     except Exception as e:  # a converter's failure is data for the parent, with the log beside it
         traceback.print_exc()
-        result = {"ok": False, "error": "unexpected", "reason": _one_line(e)}
+        result = {"ok": False, "error": "unexpected", "reason": one_line(e)}
     # Peak memory of this step (Linux reports KiB): large models must stay near 2x their weights.
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     sys.stdout.flush()

@@ -13,8 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def mlpack(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CI": "true", "PYTHONPATH": str(ROOT)}
+def mlpack(*args: str, cwd: Path | None = None, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CI": "true", "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-m", "toolchain", *args], cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from toolchain.errors import UsageError
-from toolchain.parity import RANDOM_CALIBRATION_WARNING, calibration_samples, compare, generate_samples, load_samples, samples_for
+from toolchain.parity import RANDOM_CALIBRATION_WARNING, calibration_samples, compare, generate_samples, load_samples, plan_data, samples_for
 from toolchain.recipe import DataSpec, Recipe, Tolerance
 
 
@@ -39,24 +39,37 @@ def test_identical_outputs_pass_with_zero_error():
     rep = compare(ref, out([[0.1, 0.9], [0.7, 0.3]], [[1.0, -2.0], [3.0, 4.0]]), TOL)
     d = rep.outputs["y"]
     assert rep.passed and d.passed and d.failures == []
-    assert (d.max_abs_err, d.max_rel_err, d.nonfinite, d.top1) == (0.0, 0.0, 0, 1.0)
+    assert (d.max_abs_err, d.max_rel_err, d.nonfinite, d.top1) == (0.0, 0.0, 0, None)  # not declared as scores
     assert d.cosine == pytest.approx(1.0)
     assert rep.samples == 2 and rep.tolerance == {"atol": 0.5, "rtol": 0.25}
+    assert compare(ref, ref, TOL, scores=["y"]).outputs["y"].top1 == 1.0
 
 
 @pytest.mark.parametrize(
     "actual, passed",
     [
-        (3.0, True),  # |3 - 2| = 1.0 == atol + rtol*|2|: on the boundary passes
-        (np.nextafter(np.float32(3.0), np.float32(4.0)), False),  # one ulp outside
-        (1.0, True),  # the bound is symmetric
-        (np.nextafter(np.float32(1.0), np.float32(0.0)), False),
+        (1.125, True),  # |1.125 - 0.5| = 0.625 == atol + rtol*|0.5|: on the boundary passes
+        (np.nextafter(np.float32(1.125), np.float32(2.0)), False),  # one ulp outside
+        (-0.125, True),  # the bound is symmetric
+        (np.nextafter(np.float32(-0.125), np.float32(-1.0)), False),
     ],
 )
 def test_atol_rtol_boundary(actual, passed):
-    rep = compare(out([2.0, 0.0]), out([actual, 0.0]), TOL)
+    rep = compare(out([0.5, 0.0]), out([actual, 0.0]), TOL)  # largest |ref| below 1: atol is not scaled
     assert rep.passed is passed
-    assert rep.outputs["y"].failures == ([] if passed else ["sample 0: 1/2 values outside atol+rtol*|ref|"])
+    assert rep.outputs["y"].failures == ([] if passed else ["sample 0: 1/2 values outside atol*scale+rtol*|ref| (scale 1)"])
+
+
+def test_atol_scales_with_the_outputs_magnitude():
+    """Logits in the hundreds: an honest FP32 error of 5e-4 near zero passes; an error the size of the values does not."""
+    ref = np.array([[812.0, -640.0, 0.0003, 95.0]], np.float32)
+    honest = ref + np.array([[0.02, -0.01, 5e-4, 0.003]], np.float32)
+    d = compare([{"y": ref}], [{"y": honest}], Tolerance(atol=1e-4, rtol=1e-3)).outputs["y"]
+    assert d.passed and d.atol_scale == pytest.approx(812.0)
+    broken = ref.copy()
+    broken[0, 2] = 40.0  # a near-zero value off by 5% of the output's scale
+    d = compare([{"y": ref}], [{"y": broken}], Tolerance(atol=1e-4, rtol=1e-3)).outputs["y"]
+    assert not d.passed and "values outside atol*scale+rtol*|ref| (scale 812)" in d.failures[0]
 
 
 def test_cosine_floor_fails_with_message():
@@ -69,15 +82,31 @@ def test_cosine_floor_fails_with_message():
 def test_top1_floor_fails_with_message():
     ref = out([[0.9, 0.1], [0.2, 0.8]])
     act = out([[0.4, 0.6], [0.2, 0.8]])  # row 0's argmax flips: 1/2 agree
-    d = compare(ref, act, Tolerance(atol=1.0, rtol=0.0, top1=0.9)).outputs["y"]
+    d = compare(ref, act, Tolerance(atol=1.0, rtol=0.0, top1=0.9), scores=["y"]).outputs["y"]
     assert d.top1 == 0.5 and not d.passed
-    assert d.failures == ["top-1 agreement 0.5000 < floor 0.9"]
+    assert d.failures == ["top-1 agreement 0.5000 < floor 0.9 (2 decided rows, 0 near-ties not counted)"]
 
 
-@pytest.mark.parametrize("value", [[0.2, 0.8], [[[0.2, 0.8]]], [[0.5], [0.7]], 3.0])
-def test_top1_is_none_unless_2d_scores(value):
+@pytest.mark.parametrize("value", [[[0.2, 0.8]], [[[0.2, 0.8]]], [[0.5], [0.7]], 3.0])
+def test_top1_only_on_declared_scores_with_two_or_more_classes(value):
     d = compare(out(value), out(value), Tolerance(atol=0.0, rtol=0.0, top1=1.0)).outputs["y"]
-    assert d.top1 is None and d.passed
+    assert d.top1 is None and d.passed  # not declared
+    d = compare(out(value), out(value), Tolerance(atol=0.0, rtol=0.0, top1=1.0), scores=["y"]).outputs["y"]
+    assert d.top1 == (1.0 if np.asarray(value).ndim >= 1 and np.asarray(value).shape[-1] >= 2 else None) and d.passed
+
+
+def test_a_flip_within_the_artifacts_noise_is_a_near_tie_not_a_failure():
+    """FP16-like noise (~1e-3 on every row) flips a row whose reference margin is 8.7e-4: not counted."""
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(20, 10)).astype(np.float32)
+    ref[3, :2] = [5.0, 5.0 - 8.7e-4]  # a near-tie
+    act = ref + rng.uniform(-1e-3, 1e-3, ref.shape).astype(np.float32)
+    act[3, :2] = [5.0 - 4e-4, 5.0 + 4e-4]  # the near-tie flips
+    d = compare([{"y": ref}], [{"y": act}], Tolerance(cosine=0.999, top1=0.99), scores=["y"]).outputs["y"]
+    assert d.passed and d.top1 == 1.0 and d.top1_ties >= 1
+    act[7] = ref[7][::-1]  # a real defect: a well-separated row answers something else
+    d = compare([{"y": ref}], [{"y": act}], Tolerance(top1=0.99), scores=["y"]).outputs["y"]
+    assert not d.passed and d.top1 < 0.99
 
 
 def test_nan_in_artifact_where_reference_is_finite_fails():
@@ -243,8 +272,8 @@ def test_unreadable_npz_is_usage_error(tmp_path):
 def test_floors_only_budget_ignores_elementwise_error():
     ref = out([[1.0, 0.0], [0.0, 1.0]])
     act = out([[1.1, 0.05], [0.02, 0.9]])  # far outside any FP32 atol, same direction and argmax
-    rep = compare(ref, act, Tolerance(cosine=0.99, top1=1.0))
-    assert rep.passed and rep.tolerance == {"cosine": 0.99, "top1": 1.0}
+    rep = compare(ref, act, Tolerance(cosine=0.99, top1=1.0), scores=["y"])
+    assert rep.passed and rep.tolerance == {"cosine": 0.99, "top1": 1.0} and rep.outputs["y"].top1 == 1.0
     assert rep.outputs["y"].max_abs_err == pytest.approx(0.1)
     assert not compare(ref, act, Tolerance(cosine=0.99999, top1=1.0)).passed
 
@@ -297,3 +326,77 @@ def test_data_without_rows_left_for_calibration_is_usage_error(tmp_path):
     r._path = tmp_path / "r.yaml"
     with pytest.raises(UsageError, match="the parity split takes 5; too few are left to calibrate INT8 on"):
         calibration_samples(r)
+
+
+# -------------------------------------------------- the data split, planned
+
+
+def data_recipe(tmp_path: Path, data: dict, rows: int = 56, int8: bool = True, samples: int = 28, **arrays) -> Recipe:
+    np.savez(tmp_path / "d.npz", **(arrays or {"x": np.arange(rows * 3, dtype=np.float32).reshape(rows, 3), "n": np.arange(rows)}))
+    r = Recipe.model_validate({
+        "name": "t", "source": {"framework": "pytorch", "factory": "m.py:build"}, "inputs": BATCHED,
+        "dims": {"batch": {"min": 1, "opt": 4, "max": 32}}, "parity": {"samples": samples}, "data": data,
+        "targets": [{"kind": "onnx"}] + ([{"kind": "onnx", "name": "q", "quantize": "int8"}] if int8 else []),
+    })  # fmt: skip
+    r._path = tmp_path / "r.yaml"
+    return r
+
+
+def test_sizes_are_predictable_min_max_then_opt(tmp_path):
+    parity, cal = plan_data(data_recipe(tmp_path, {"path": "d.npz"}, rows=200, int8=False, samples=6))
+    assert parity.sizes == [1, 32, 4, 4, 4, 4] and cal.start == 49  # calibration, if any target wants it, starts after them
+
+
+def test_a_shared_file_keeps_half_its_rows_for_calibration(tmp_path):
+    """56 rows, 28 samples asked, batch up to 32, an int8 target: parity stops at half, calibration gets the rest."""
+    r = data_recipe(tmp_path, {"path": "d.npz"})
+    parity, cal = plan_data(r)
+    assert parity.used == (0, 28) and parity.sizes == [1, 27]
+    assert cal.used[0] == 28 and cal.stop == 56
+    feeds = calibration_samples(r)
+    assert feeds.rows == [28, 56] and feeds.parity_rows == [0, 28]
+    assert not _flat(feeds.feeds, "x") & _flat(samples_for(r), "x")
+
+
+def test_parity_and_calibration_named_apart(tmp_path):
+    np.savez(tmp_path / "cal.npz", x=np.full((10, 3), 7, np.float32), n=np.arange(10))
+    r = data_recipe(tmp_path, {"parity": "d.npz", "calibration": "cal.npz"})
+    parity, cal = plan_data(r)
+    assert parity.used == (0, 56) and cal.path.name == "cal.npz" and cal.used == (0, 10)
+    assert all((f["x"] == 7).all() for f in calibration_samples(r).feeds)
+
+
+def test_row_ranges_of_one_file(tmp_path):
+    r = data_recipe(tmp_path, {"parity": {"path": "d.npz", "rows": [0, 20]}, "calibration": {"path": "d.npz", "rows": [20, 56]}})
+    parity, cal = plan_data(r)
+    assert parity.used[1] <= 20 and cal.used == (20, 56)
+    overlap = data_recipe(tmp_path, {"parity": {"path": "d.npz", "rows": [0, 30]}, "calibration": {"path": "d.npz", "rows": [20, 56]}})
+    with pytest.raises(UsageError, match="overlap the parity rows"):
+        plan_data(overlap)
+    with pytest.raises(UsageError, match=r"goes past the 56 rows"):
+        plan_data(data_recipe(tmp_path, {"parity": {"path": "d.npz", "rows": [0, 90]}}))
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"x": np.zeros((0, 3), np.float32), "n": np.zeros(0)}, "has no rows for a parity sample"),
+    ({"x": np.array(["a", "b"]), "n": np.zeros(2)}, "dtype <U1, not numbers"),
+    ({"x": np.float32(1.0), "n": np.zeros(2)}, "is 0-d"),
+    ({"x": np.full((4, 3), np.nan, np.float32), "n": np.zeros(4)}, "hold NaN or infinite values"),
+])  # fmt: skip
+def test_bad_data_files_are_usage_errors(tmp_path, arrays, message):
+    r = data_recipe(tmp_path, {"path": "d.npz"}, int8=False, **arrays)
+    with pytest.raises(UsageError, match=message):
+        samples_for(r)
+
+
+def test_data_needs_a_parity_source():
+    with pytest.raises(Exception, match="give data.path, or data.parity"):
+        DataSpec.model_validate({"calibration": "c.npz"})
+    with pytest.raises(Exception, match="both name the parity samples"):
+        DataSpec.model_validate({"path": "a.npz", "parity": "b.npz"})
+
+
+def test_an_output_below_fp16_range_says_so():
+    ref = [{"y": np.full((2, 3), 4e-10, np.float32)}]
+    d = compare(ref, [{"y": np.zeros((2, 3), np.float32)}], Tolerance(cosine=0.999)).outputs["y"]
+    assert not d.passed and "the artifact returned only zeros; the reference's largest |value| is 4e-10 (below FP16's smallest normal" in d.failures[-1]

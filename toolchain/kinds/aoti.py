@@ -5,12 +5,28 @@ Triton's pytorch backend (platform torch_aoti) or a Python-backend model.py.
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Annotated, Literal
 
-from toolchain.kinds.base import Artifact, BuildContext, Kind, RunnerSpec, TritonModel
+import numpy as np
+from pydantic import model_validator
+from pydantic_core import PydanticCustomError
+
+from toolchain.errors import StepError, one_line
+from toolchain.judge import judge, summary
+from toolchain.kinds.base import EXPORT_SCHEMA, Artifact, BuildContext, Kind, RunnerSpec, TritonModel
 from toolchain.machine import cuda_missing
-from toolchain.options import TargetOptions
+from toolchain.onnxtools.quantize import QUANTIZATION_SCHEMA
+from toolchain.options import TargetOptions, YamlOff
+from toolchain.parity import calibration_samples, make_feed
+from toolchain.runners.aoti import AotiRunner
 from toolchain.tensors import Signature, TensorSig
+from toolchain.timing import interleaved
+from toolchain.torchtools import pt2e
 
 MODEL = "model.pt2"
 RUNNER = "aoti"
@@ -20,6 +36,31 @@ MIN_TRITON = "26.03"  # the first Triton release whose pytorch backend serves .p
 class AotiTarget(TargetOptions):
     kind: Literal["aoti"]
     device: Literal["cpu", "cuda"] = "cpu"
+    # fp32 | bf16 (exported under autocast: FP32 inputs and outputs, matmuls in bfloat16)
+    # | int8 (PT2E static quantization, x86 CPUs) | fp16 (autocast, CUDA only)
+    precision: Literal["fp32", "bf16", "int8", "fp16"] = "fp32"
+    # Inductor freezing (weights folded and prepacked for oneDNN): auto = on for bf16/int8;
+    # for fp32 on a CPU, both are built and the faster one that passes parity is kept.
+    freezing: Annotated[Literal["auto", "on", "off"], YamlOff] = "auto"
+    fallback: Annotated[Literal["off", "auto"], YamlOff] = "off"  # int8: keep the modules that break the budget in float
+
+    @model_validator(mode="after")
+    def _precision_device(self) -> AotiTarget:
+        if self.precision == "fp16" and self.device != "cuda":
+            raise PydanticCustomError("fp16_cuda", "precision: fp16 needs device: cuda (a CPU runs FP16 kernels no faster than FP32); use bf16 on CPUs", {})
+        if self.precision == "int8" and self.device != "cpu":
+            raise PydanticCustomError("int8_cpu", "precision: int8 builds for x86 CPUs (oneDNN); use device: cpu, or a tensorrt int8 target for GPUs", {})
+        if self.fallback == "auto" and self.precision != "int8":
+            raise PydanticCustomError("fallback_int8", "fallback: auto applies to precision: int8 only", {})
+        return self
+
+    @property
+    def precision_mode(self) -> str | None:
+        return None if self.precision == "fp32" else self.precision
+
+    @property
+    def calibrates(self) -> bool:
+        return self.precision == "int8"
 
 
 # The Python backend's loader (see serving/model_py.txt). AOTInductor gives silently
@@ -52,6 +93,223 @@ def _sig(val, name: str) -> TensorSig:
     return TensorSig(name, str(val.dtype).removeprefix("torch.").replace("bfloat16", "float32"), shape)
 
 
+# Export variants, in order. "size-oblivious" keeps a dim dynamic through size-0/1
+# checks (a CNN whose smallest input makes a 1x1 feature map); an RNN loses batch 1
+# under it, so the plain variant follows. Both defer shape checks to run-time asserts
+# (as torch.onnx does) and decompose LSTM/GRU into loops that keep the sequence dynamic.
+EXPORTS = (("non-strict, size-oblivious", True), ("non-strict", False))
+# Inductor passes that rewrite loop bodies Inductor then cannot re-check (FakeTensorUpdater):
+# off for a second compile of a graph with control flow.
+LOOP_SAFE_CONFIGS = {"pattern_matcher": False, "reorder_for_locality": False}
+
+
+def _export(source, device: str, oblivious: bool, module=None):
+    """torch.export of `module` (default: the source's)."""
+    import contextlib
+
+    import torch
+
+    dynamic = source.dynamic_shapes()
+    module = source.module if module is None else module
+    with contextlib.ExitStack() as stack:
+        if any(d for d in dynamic):
+            try:
+                from torch.export._patches import register_gru_while_loop_decomposition, register_lstm_while_loop_decomposition
+
+                stack.enter_context(register_lstm_while_loop_decomposition())
+                stack.enter_context(register_gru_while_loop_decomposition())
+            except ImportError:  # an older torch: recurrent layers keep their sequence length
+                pass
+        stack.enter_context(torch.fx.experimental._config.patch(backed_size_oblivious=oblivious))
+        return torch.export.export(module.to(device), source.example_args(device), dynamic_shapes=dynamic, strict=False,
+                                   prefer_deferred_runtime_asserts_over_guards=True)  # fmt: skip
+
+
+def _corners(source, device: str):
+    """Feeds at every dim's min and max: a package that specialised a dim or kept a
+    wrong run-time assert fails here, inside the build, instead of in a server."""
+    import torch
+
+    recipe = source.recipe
+    rng = np.random.default_rng(recipe.parity.seed + 2)
+    for level in ("min", "max"):
+        sizes = {n: getattr(d, level) for n, d in recipe.dims.items()}
+        feed = make_feed(recipe, sizes, rng)
+        yield level, [torch.from_numpy(feed[n]).to(device).contiguous() for n in source.input_names]
+
+
+def _probe(path: Path, source, device: str) -> str | None:
+    """Why the compiled package fails at the dims' extremes, or None."""
+    import torch
+    import torch._inductor
+
+    runner = torch._inductor.aoti_load_package(str(path))
+    for level, args in _corners(source, device):
+        try:
+            with torch.no_grad():
+                runner(*args)
+        except Exception as e:
+            return f"at every dim's {level}: {one_line(e)}"
+    return None
+
+
+def _constraint_hint(errors: list[str]) -> str | None:
+    """torch.export's suggested fixes, as recipe changes, when it specialised a dim."""
+    for text in errors:
+        m = re.search(r"Constraints violated \(([^)]*)\)", text)
+        if m:
+            dims = [d.strip() for d in m.group(1).split(",")]
+            fixes = re.findall(r"^\s*(\w+) = (\d+)\s*$", text, flags=re.M)
+            pinned = ", ".join(f"dims.{d}: {{min: {v}, max: {v}}}" for d, v in fixes) or ", ".join(f"dims.{d} static" for d in dims)
+            return (f"torch.export cannot keep {', '.join(dims)} dynamic for this model; make {'it' if len(dims) == 1 else 'them'} static for "
+                    f"this target ({pinned}), or build the onnx target, which keeps {'it' if len(dims) == 1 else 'them'} dynamic")  # fmt: skip
+    return None
+
+
+def compile_package(source, device: str, path: Path, module=None, configs: dict | None = None) -> tuple[object, dict]:
+    """Export and compile, trying EXPORTS in order; (exported program, the manifest's `export` record).
+
+    module: what to export (default: the source's); configs: Inductor options every compile uses (freezing).
+    """
+    import torch._inductor
+
+    base = dict(configs or {})
+    tried: list[dict] = []
+    raw: list[str] = []
+    for label, oblivious in EXPORTS:
+        try:
+            program = _export(source, device, oblivious, module)
+        except Exception as e:
+            tried.append({"strategy": label, "stage": "export", "error": one_line(e)[:500]})
+            raw.append(str(e))
+            traceback.print_exc()  # into the target's log
+            continue
+        for extra in ({}, LOOP_SAFE_CONFIGS):
+            configs = base | extra
+            try:
+                torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs or None)
+            except Exception as e:
+                tried.append({"strategy": label, "stage": "compile", "inductor_configs": configs, "error": one_line(e)[:500]})
+                traceback.print_exc()  # into the target's log
+                if "FakeTensorUpdater" in str(e) and not extra:
+                    continue  # a loop body the pattern passes broke: compile again without them
+                break
+            problem = _probe(path, source, device)
+            if problem is None:
+                return program, {"strategy": label, "inductor_configs": configs, "tried": tried}
+            tried.append({"strategy": label, "stage": "run", "inductor_configs": configs, "error": problem[:500]})
+            break
+    summary = "; ".join(f"{t['strategy']} ({t['stage']}): {t['error']}" for t in tried)
+    raise StepError(f"AOTInductor could not build a package that runs over the recipe's dims: {summary}", hint=_constraint_hint(raw))
+
+
+AOTI_SCHEMA: dict = {
+    "type": "object",
+    "required": ["precision", "freezing"],
+    "properties": {
+        "precision": {"enum": ["fp32", "bf16", "int8", "fp16"]},
+        "freezing": {"type": "boolean"},
+        "autocast": {"type": "string"},
+        "io": {"type": "string"},
+        "freezing_choice": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
+def _autocast(module, inputs: int, device: str, dtype: str):
+    """The module run under torch.autocast to `dtype`, its floating outputs cast back to float32:
+    matmuls and convolutions in bfloat16/float16, reductions and normalisations kept in float32
+    by autocast's own lists, and clients keep sending and receiving FP32.
+
+    The autocast region is inside forward, so torch.export records it in the graph (exporting
+    inside an autocast context instead leaves casts the compile step no longer sees). forward
+    takes one named parameter per input (x0, x1, ...), as the source's does: exporters match
+    dynamic shapes to parameters by position, not through *args.
+    """
+    import torch
+
+    params = ", ".join(f"x{i}" for i in range(inputs))
+    body = (
+        f"def forward(self, {params}):\n"
+        f"    with torch.autocast(device_type={device!r}, dtype=torch.{dtype}):\n"
+        f"        out = self.inner({params})\n"
+        "    return tuple(o.float() if o.is_floating_point() else o for o in out)\n"
+    )
+    scope: dict = {"torch": torch}
+    exec(body, scope)
+    wrapped = type("Autocast", (torch.nn.Module,), {"forward": scope["forward"]})()
+    wrapped.inner = module
+    wrapped.training = False
+    return wrapped
+
+
+def _judge_package(path: Path, source, spec, ctx: BuildContext):
+    samples, reference = ctx.parity_data()
+    tol = source.recipe.tolerance(spec)
+    return judge(AotiRunner(path, source.input_names, source.output_names, spec.device), samples, reference, tol, source.recipe.parity.scores)
+
+
+def _fp32_freezing_choice(source, spec, ctx: BuildContext, path: Path):
+    """Compile with and without freezing; keep the faster of those that pass parity (timed interleaved, one thread)."""
+    import torch
+
+    built = {}
+    for freezing in (True, False):
+        variant = path.with_name(f"freezing-{str(freezing).lower()}.pt2")
+        built[freezing] = (variant, *compile_package(source, spec.device, variant, configs={"freezing": freezing}))
+    choice = []
+    runners = {}
+    for freezing, (variant, _, _) in built.items():
+        report, _ = _judge_package(variant, source, spec, ctx)
+        runner = AotiRunner(variant, source.input_names, source.output_names, spec.device).__enter__()
+        runners[freezing] = runner
+        choice.append({"freezing": freezing, **summary(report)})
+    feed = source.example_feed()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = interleaved({f: (lambda r=r: r.infer(feed)) for f, r in runners.items()}, rounds=5, seconds=0.1, warmup=2)
+    finally:
+        torch.set_num_threads(threads)
+    for row in choice:
+        row["median_ms"] = round(times[row["freezing"]]["median_ms"], 4)
+    passing = [r for r in choice if r["passed"]] or choice
+    best = min(passing, key=lambda r: r["median_ms"])["freezing"]
+    variant, program, record = built[best]
+    shutil.move(variant, path)
+    for other, (leftover, _, _) in built.items():
+        if other != best:
+            leftover.unlink(missing_ok=True)
+    return program, record, {"precision": "fp32", "freezing": best, "freezing_choice": choice, "timed_threads": 1}
+
+
+def _int8_module(source, spec, ctx: BuildContext):
+    """The PT2E-quantized module to compile, the `quantization` record, and the modules kept in float."""
+    import torch
+
+    calib = calibration_samples(source.recipe)
+    as_args = lambda feed: tuple(torch.from_numpy(feed[n]).contiguous() for n in source.input_names)  # noqa: E731
+    samples, reference = ctx.parity_data()
+    program = _export(source, "cpu", oblivious=True)
+    deadline = time.monotonic() + spec.timeout * 0.5
+    module, record = pt2e.search(program, [as_args(f) for f in calib.feeds], [as_args(f) for f in samples], reference, source.recipe.tolerance(spec),
+                                 source.recipe.parity.scores, source.output_names, pt2e.quantized_modules(source), spec.fallback, deadline)  # fmt: skip
+    report = record.pop("report")
+    in_float = record.pop("modules_in_float")
+    record.pop("passed")
+    record["calibration"] = {"method": "histogram", **calib.to_dict()}
+    warnings = [calib.warning] if calib.warning else []
+    if not report.passed:
+        worst = ", ".join(f"{r['module']} ({r['sqnr_db']:.1f} dB)" for r in (record.get("node_report") or [])[:3])
+        how = (
+            "set fallback: auto to keep the worst modules in float"
+            if spec.fallback == "off"
+            else f"fallback: auto stopped after {len(record['attempts'])} attempts"
+        )
+        warnings.append(f"int8 misses its budget; modules losing the most: {worst}; {how}")
+    return module, record, in_float, warnings
+
+
 class AotiKind(Kind):
     name = "aoti"
     order = 20
@@ -62,19 +320,33 @@ class AotiKind(Kind):
     runners = {RUNNER: "toolchain.runners.aoti:AotiRunner"}
     # torch_aoti (beta) addresses tensors by position and has no batching.
     triton = TritonModel(platform="torch_aoti", backend="pytorch", artifact=MODEL, positional=True, batching=False, python_backend=PYTHON_BACKEND)
+    manifest_fields = {
+        "export": EXPORT_SCHEMA,
+        "aoti": AOTI_SCHEMA,
+        "quantization": QUANTIZATION_SCHEMA,
+        "excluded_nodes": {"type": "array", "items": {"type": "string"}},
+    }
 
     def skip_reason(self, spec: AotiTarget) -> str | None:
         return cuda_missing() if spec.device == "cuda" else None
 
     def build(self, source, spec: AotiTarget, ctx: BuildContext) -> Artifact:
-        import torch
-        import torch._inductor
-
-        module = source.module.to(spec.device)
-        args = source.example_args(spec.device)
-        program = torch.export.export(module, args, dynamic_shapes=source.dynamic_shapes(), strict=False)
         path = ctx.workdir / MODEL
-        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+        extra: dict = {}
+        if spec.precision == "int8":
+            module, extra["quantization"], extra["excluded_nodes"], extra["warnings"] = _int8_module(source, spec, ctx)
+            program, record = compile_package(source, spec.device, path, module=module, configs={"freezing": spec.freezing != "off"})
+            extra["aoti"] = {"precision": "int8", "freezing": spec.freezing != "off"}
+        elif spec.precision in ("bf16", "fp16"):
+            dtype = {"bf16": "bfloat16", "fp16": "float16"}[spec.precision]
+            module = _autocast(source.module, len(source.input_names), spec.device, dtype)
+            program, record = compile_package(source, spec.device, path, module=module, configs={"freezing": spec.freezing != "off"})
+            extra["aoti"] = {"precision": spec.precision, "autocast": dtype, "io": "float32", "freezing": spec.freezing != "off"}
+        elif spec.freezing == "auto" and spec.device == "cpu":
+            program, record, extra["aoti"] = _fp32_freezing_choice(source, spec, ctx, path)
+        else:
+            program, record = compile_package(source, spec.device, path, configs={"freezing": spec.freezing == "on"})
+            extra["aoti"] = {"precision": "fp32", "freezing": spec.freezing == "on"}
         source.module.to("cpu")
         placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
         out_node = next(n for n in program.graph.nodes if n.op == "output")
@@ -88,6 +360,7 @@ class AotiKind(Kind):
             signature=signature,
             runner=RunnerSpec(runner=RUNNER, path=str(path), inputs=source.input_names, outputs=source.output_names, device=spec.device),
             device=spec.device,
+            extra={"export": record, **extra},
         )
 
     def triton_instance_kind(self, device: str) -> str:

@@ -27,6 +27,14 @@ if TYPE_CHECKING:  # annotations only
     from toolchain.recipe import Recipe, TritonServe
 
 
+# The `export` field a kind adds when it chose among strategies (which produced the artifact, which failed first).
+EXPORT_SCHEMA: dict = {
+    "type": "object",
+    "required": ["strategy"],
+    "properties": {"strategy": {"type": "string"}, "tried": {"type": "array", "items": {"type": "object"}}, "inductor_configs": {"type": "object"}},
+}
+
+
 class RunnerSpec(BaseModel):
     """How to load an artifact: saved in the manifest so any tool can run it.
 
@@ -116,6 +124,7 @@ class Kind:
     tfserving: ClassVar[TFServingModel | None] = None
     manifest_fields: ClassVar[dict[str, dict]] = {}  # JSON Schema of the fields it adds to its target entry
     summary: ClassVar[str] = ""  # one line for `mlpack validate` and the docs
+    fp32_tolerance: ClassVar[dict] = {"atol": 1e-4, "rtol": 1e-3}  # parity's default when the recipe sets none
     order: ClassVar[int] = 1000  # where it is listed among kinds (then by name); entry points come unordered
 
     def skip_reason(self, spec: TargetOptions) -> str | None:

@@ -10,16 +10,19 @@ final model.onnx (+ external data) as the artifact.
 from __future__ import annotations
 
 import shutil
+import traceback
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from toolchain.errors import StepError
-from toolchain.kinds.base import Artifact, BuildContext, Kind, RunnerSpec, TritonModel
+from toolchain.errors import StepError, one_line
+from toolchain.kinds.base import EXPORT_SCHEMA, Artifact, BuildContext, Kind, RunnerSpec, TritonModel
 from toolchain.machine import cuda_missing
 from toolchain.onnxtools import quantize
+from toolchain.onnxtools.files import check, save_ir
+from toolchain.onnxtools.names import assign_io_names
 from toolchain.onnxtools.optimize import OPTIMIZATION_SCHEMA, optimize
 from toolchain.onnxtools.quantize import QUANTIZATION_SCHEMA
 from toolchain.options import TargetOptions, YamlOff
@@ -27,6 +30,7 @@ from toolchain.tensors import onnx_signature
 
 MODEL = "model.onnx"
 RUNNER = "onnxruntime"
+TORCHSCRIPT_MAX_OPSET = 20  # the TorchScript exporter's newest opset
 
 
 class OnnxTarget(TargetOptions):
@@ -50,6 +54,10 @@ class OnnxTarget(TargetOptions):
     def precision_mode(self) -> str | None:
         return self.quantize
 
+    @property
+    def calibrates(self) -> bool:
+        return self.quantize == "int8"
+
 
 # The Python backend's loader (see serving/model_py.txt): ONNX Runtime, CUDA first on GPU instances.
 PYTHON_BACKEND = """
@@ -68,28 +76,91 @@ def load(path, device, on_gpu, device_id, input_names, output_names):
 """
 
 
-def export(source, opset: int, path: Path) -> None:
-    """The FP32 export every ONNX-based target starts from: the dynamo exporter
-    for PyTorch sources, tf2onnx for TensorFlow; both end in the same runner."""
-    (_export_tf if source.framework == "tensorflow" else _export_torch)(source, opset, path)
+def export(source, opset: int, path: Path) -> dict:
+    """The FP32 export every ONNX-based target starts from: torch.onnx for PyTorch
+    sources (dynamo, then TorchScript), tf2onnx for TensorFlow; both end in the same
+    runner. Returns the manifest's `export` record: which strategy produced it."""
+    record = _export_tf(source, opset, path) if source.framework == "tensorflow" else _export_torch(source, opset, path)
+    check(path)  # an invalid graph stops here, named, before any later step loads it
+    return record
 
 
-def _export_torch(source, opset: int, path: Path) -> None:
+def _cause(e: BaseException) -> str:
+    """The innermost cause's first line: torch.onnx wraps the real error in a generic one."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return one_line(e)
+
+
+def _dynamo(source, opset: int, path: Path) -> None:
     import torch
 
-    program = torch.onnx.export(
-        source.module,
-        source.example_args(),
-        dynamo=True,
-        opset_version=opset,
-        input_names=source.input_names,
-        output_names=source.output_names,
-        dynamic_shapes=source.dynamic_shapes(),
-        verbose=False,
-    )
+    program = torch.onnx.export(source.module, source.example_args(), dynamo=True, opset_version=opset, dynamic_shapes=source.dynamic_shapes(), verbose=False)
     if program is None:
         raise StepError("torch.onnx.export returned no program")
+    assign_io_names(program.model, source.input_names, source.output_names)
     program.save(str(path))
+
+
+def _torchscript(source, opset: int, path: Path) -> None:
+    """torch.onnx.export(dynamo=False): the TorchScript exporter, which still takes models the dynamo path cannot decompose."""
+    import onnx_ir as ir
+    import torch
+
+    axes = {spec.name: {j: d for j, d in enumerate(spec.shape) if isinstance(d, str)} for spec in source.recipe.inputs}
+    raw = path.with_name("torchscript.onnx")
+    with torch.no_grad():
+        torch.onnx.export(
+            source.module, source.example_args(), str(raw), dynamo=False, opset_version=min(opset, TORCHSCRIPT_MAX_OPSET),
+            input_names=[f"in_{i}" for i in range(len(source.input_names))], dynamic_axes={f"in_{i}": axes[n] for i, n in enumerate(source.input_names)},
+        )  # fmt: skip
+    model = ir.load(raw)
+    assign_io_names(model, source.input_names, source.output_names)
+    save_ir(model, path)
+    for leftover in raw.parent.glob(f"{raw.name}*"):
+        leftover.unlink()
+
+
+def _fold_captured_constants(proto, function, input_names: list[str]) -> None:
+    """tf2onnx leaves tensors the function captures by value (Keras `Normalization(mean=, variance=)`)
+    as graph inputs that no client feeds: fold them into initializers, or fail naming them."""
+    import tensorflow as tf
+    from onnx import numpy_helper
+
+    concrete = function.get_concrete_function()
+    captured = {inner.name: outer for outer, inner in zip(concrete.captured_inputs, concrete.graph.internal_captures) if outer.dtype != tf.resource}
+    extra = [i for i in proto.graph.input if i.name not in input_names]
+    unknown = [i.name for i in extra if i.name not in captured]
+    if unknown:
+        raise StepError(f"tf2onnx made graph inputs the recipe does not name: {', '.join(unknown)}", hint="name every model input under `inputs:`")
+    names = [v.name for v in extra]
+    for name in names:
+        proto.graph.initializer.append(numpy_helper.from_array(captured[name].numpy(), name))
+    kept = [i for i in proto.graph.input if i.name not in names]
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept)
+    if names:
+        print(f"onnx: folded captured constants into initializers: {', '.join(names)}")
+
+
+STRATEGIES = (("dynamo", _dynamo), ("torchscript", _torchscript))  # torch.onnx's own order: the dynamo exporter first
+
+
+def _export_torch(source, opset: int, path: Path) -> dict:
+    tried = []
+    for name, fn in STRATEGIES:
+        try:
+            fn(source, opset, path)
+        except Exception as e:
+            tried.append({"strategy": name, "error": _cause(e)[:500]})
+            print(f"onnx: the {name} exporter failed: {_cause(e)}")  # into the target's log, with the traceback below
+            traceback.print_exc()
+            continue
+        return {"strategy": name, "tried": tried}
+    raise StepError(
+        "torch.onnx.export failed with every strategy: " + "; ".join(f"{t['strategy']}: {t['error']}" for t in tried),
+        hint="the log has each exporter's traceback; a model the exporters cannot take often builds with the aoti target",
+    )
 
 
 def _export_tf(source, opset: int, path: Path) -> None:
@@ -102,7 +173,9 @@ def _export_tf(source, opset: int, path: Path) -> None:
     import onnx
     import tf2onnx
 
-    proto, _ = tf2onnx.convert.from_function(source.serving_function(), input_signature=source.input_signature(), opset=opset)
+    function = source.serving_function()
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=source.input_signature(), opset=opset)
+    _fold_captured_constants(proto, function, source.input_names)
     # tf2onnx logs a TF op it cannot convert and leaves it in the graph; fail here, naming it.
     unconverted = sorted({n.op_type for n in proto.graph.node if not onnx.defs.has(n.op_type, n.domain)})
     if unconverted:
@@ -123,13 +196,13 @@ def _export_tf(source, opset: int, path: Path) -> None:
             if isinstance(want, str):
                 dim.dim_param = want
     onnx.save(proto, str(path))
+    return {"strategy": "tf2onnx", "tried": []}
 
 
 def _convert(source, spec: OnnxTarget, scratch: Path, dst: Path, ctx: BuildContext) -> dict:
     """Export, then optimize and/or change precision; returns the manifest fields."""
     current = scratch / MODEL
-    export(source, spec.opset, current)
-    fields: dict = {}
+    fields: dict = {"export": export(source, spec.opset, current)}
     if spec.optimize:
         optimized = scratch / "optimized.onnx" if spec.quantize else dst
         fields["optimization"] = optimize(source, current, optimized, spec.device)
@@ -138,6 +211,7 @@ def _convert(source, spec: OnnxTarget, scratch: Path, dst: Path, ctx: BuildConte
         fields["quantization"] = quantize.to_fp16(current, dst)
     elif spec.quantize:
         fields.update(quantize.to_int8(source, spec, current, dst, scratch, ctx))
+    check(dst)
     return fields
 
 
@@ -154,6 +228,7 @@ class OnnxKind(Kind):
         "quantization": QUANTIZATION_SCHEMA,
         "optimization": OPTIMIZATION_SCHEMA,
         "excluded_nodes": {"type": "array", "items": {"type": "string"}},
+        "export": EXPORT_SCHEMA,
     }
 
     def skip_reason(self, spec: OnnxTarget) -> str | None:
@@ -176,7 +251,7 @@ class OnnxKind(Kind):
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
         else:
-            export(source, spec.opset, path)
+            fields = {"export": export(source, spec.opset, path)}
         return Artifact(
             files=sorted(p for p in ctx.workdir.iterdir() if p.is_file()),
             signature=onnx_signature(path),

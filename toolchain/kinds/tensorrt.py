@@ -59,6 +59,10 @@ class TensorRTTarget(TargetOptions):
     def precision_mode(self) -> str | None:
         return None if self.precision == "fp32" else self.precision
 
+    @property
+    def calibrates(self) -> bool:
+        return self.precision == "int8"
+
 
 def profile_shapes(recipe: Recipe) -> dict[str, tuple[list[int], list[int], list[int]]]:
     """(min, opt, max) shape of every input from the recipe's dims: the one optimization profile."""

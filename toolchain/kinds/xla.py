@@ -40,6 +40,9 @@ class XlaKind(TFSavedModelKind):
     summary = "TensorFlow SavedModel whose serving function is XLA-compiled (jit_compile=True)"
     options = XlaTarget
     tfserving = TFServingModel(artifact=SAVED_MODEL, signature=SIGNATURE, xla=True)
+    # XLA fuses and reorders arithmetic: basic-pitch's sigmoid outputs differ from TensorFlow's
+    # kernels by up to 8e-4 (cosine 0.99999998), honest FP32 noise that 1e-4 would fail.
+    fp32_tolerance = {"atol": 1e-3, "rtol": 1e-3}
 
     def build(self, source, spec: XlaTarget, ctx: BuildContext) -> Artifact:
         import tensorflow as tf

@@ -135,7 +135,7 @@ def _check_model(srv, m: dict, s, target: dict, samples, reference, root: Path, 
         check.status, check.reason = CheckStatus.REFUSED, f"Triton refused a request to {m['name']}: {error}"
         progress.end(m["name"], "refused", error)
         return check
-    check.parity = compare(reference, outputs, Tolerance(**target["parity"]["tolerance"]))
+    check.parity = compare(reference, outputs, Tolerance(**target["parity"]["tolerance"]), target["parity"].get("scores", []))
     abs_err, cos = check.parity.worst()
     if check.native_check:  # a config the native backend refuses explains any mismatch too
         check.status = CheckStatus.REFUSED

@@ -83,7 +83,7 @@ def _check_versions(check: ModelCheck, model_dir: Path, config, target: dict, sa
         names = list(reference[0]) if reference else []
         if len(names) == 1 and outputs and len(outputs[0]) == 1:  # TF names a lone output itself
             outputs = [{names[0]: next(iter(o.values()))} for o in outputs]
-        check.parity = compare(reference, outputs, tol)
+        check.parity = compare(reference, outputs, tol, target["parity"].get("scores", []))
         if not check.parity.passed:
             check.status, check.reason = CheckStatus.MISMATCH, f"version {v}: outputs differ from the source model beyond the build's tolerance"
             return

@@ -19,14 +19,17 @@ def import_factory(recipe: Recipe):
     mod_name = f"_mlpack_factory_{path.stem}_{abs(hash(str(path))) & 0xFFFF:x}"
     spec = importlib.util.spec_from_file_location(mod_name, path)
     module = importlib.util.module_from_spec(spec)
-    # Let the factory import its siblings from the recipe folder.
-    sys.path.insert(0, str(path.parent))
+    # The factory imports its siblings from its folder, at import time or later (inside
+    # the factory or the model's forward): the folder stays on sys.path for this
+    # process, which is a step's own.
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    sys.modules[mod_name] = module  # pickling and dataclasses look modules up by name
     try:
         spec.loader.exec_module(module)
     except Exception as e:
+        sys.modules.pop(mod_name, None)
         raise StepError(f"source.factory: importing {path} failed: {type(e).__name__}: {e}") from e
-    finally:
-        sys.path.remove(str(path.parent))
     if not hasattr(module, func):
         raise StepError(f"source.factory: {path} defines no '{func}'")
     return getattr(module, func)

@@ -30,17 +30,39 @@ def require_tensorflow(recipe: Recipe):
     return tf
 
 
+def load_savedmodel(path):
+    """tf.saved_model.load, also for SavedModels Keras 2 wrote.
+
+    Keras 2 saved optimizer slots that TensorFlow with Keras 3 cannot revive
+    ("'_UserObject' object has no attribute 'add_slot'"); importing tf-keras
+    registers Keras 2's revivers, after which the same load works.
+    """
+    import tensorflow as tf
+
+    try:
+        return tf.saved_model.load(str(path))
+    except Exception as e:
+        if "add_slot" not in str(e):
+            raise StepError(f"source.savedmodel: tf.saved_model.load({path}) failed: {type(e).__name__}: {e}") from e
+        first = e
+    try:
+        import tf_keras  # noqa: F401  (registers Keras 2's revivers)
+    except ImportError:
+        raise StepError(f"source.savedmodel: {path} was written by Keras 2 and loads only with tf-keras installed ({type(first).__name__}: {first})",
+                        hint=f"pip install tf-keras=={tf.__version__.rsplit('.', 1)[0]}.*  (the release matching TensorFlow {tf.__version__})") from None  # fmt: skip
+    try:
+        return tf.saved_model.load(str(path))
+    except Exception as e:
+        raise StepError(f"source.savedmodel: tf.saved_model.load({path}) failed even with tf-keras: {type(e).__name__}: {e}") from e
+
+
 def _load(recipe: Recipe):
     """(model object, callable, its own input names or None, call style for TFSource._invoke)."""
-    import tensorflow as tf  # importable: TFSource checked
 
     src = recipe.source
     if src.savedmodel:
         path = recipe.resolve(src.savedmodel)
-        try:
-            loaded = tf.saved_model.load(str(path))
-        except Exception as e:
-            raise StepError(f"source.savedmodel: tf.saved_model.load({path}) failed: {type(e).__name__}: {e}") from e
+        loaded = load_savedmodel(path)
         key = src.signature or "serving_default"
         if key not in loaded.signatures:
             raise StepError(f"source.signature: {path} has no signature '{key}' (it has: {', '.join(loaded.signatures) or 'none'})")

@@ -1,0 +1,152 @@
+"""Hugging Face transformers architectures built from small configs (random weights, no download).
+
+Sizes are shrunk (hidden 64, 2 layers) so each builds in seconds on 2 cores;
+the graph is the architecture's own. Every factory seeds its weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Per family: the config keys that set width, depth and heads.
+SIZES = {
+    "bert": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, max_position_embeddings=128),
+    "roberta": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, max_position_embeddings=130),
+    "xlm-roberta": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, max_position_embeddings=130),
+    "electra": dict(hidden_size=64, embedding_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, max_position_embeddings=128),
+    "albert": dict(hidden_size=64, embedding_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, max_position_embeddings=128),
+    "deberta-v2": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        position_buckets=32,
+        max_relative_positions=64,
+    ),
+    "distilbert": dict(dim=64, n_layers=2, n_heads=2, hidden_dim=128, max_position_embeddings=128),
+    "gpt2": dict(n_embd=64, n_layer=2, n_head=2, n_positions=128),
+    "llama": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128),
+    "mistral": dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128, sliding_window=32
+    ),
+    "qwen2": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128),
+    "phi": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, max_position_embeddings=128),
+    "t5": dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4),
+    "bart": dict(
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_position_embeddings=128,
+    ),
+}
+
+
+def _config(arch: str, vocab: int, **extra):
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(arch, vocab_size=vocab, **SIZES[arch], **extra)
+
+
+def classifier(arch: str = "bert", vocab: int = 1000, labels: int = 4, seed: int = 0):
+    """A sequence classifier: input_ids, attention_mask -> logits [batch, labels]."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_config(_config(arch, vocab, num_labels=labels)).eval()
+
+
+class MeanPooled(torch.nn.Module):
+    """A sentence-embedding head as sentence-transformers builds it: masked mean pooling, L2 normalised."""
+
+    def __init__(self, encoder: torch.nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def embedder(arch: str = "bert", vocab: int = 1000, seed: int = 0):
+    """input_ids, attention_mask -> a normalised embedding [batch, hidden]."""
+    from transformers import AutoModel
+
+    torch.manual_seed(seed)
+    return MeanPooled(AutoModel.from_config(_config(arch, vocab))).eval()
+
+
+def decoder(arch: str = "gpt2", vocab: int = 1000, seed: int = 0):
+    """A causal LM without a cache: input_ids, attention_mask -> logits [batch, seq, vocab]."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(_config(arch, vocab, use_cache=False)).eval()
+
+
+def encoder_of(arch: str = "t5", vocab: int = 1000, seed: int = 0):
+    """The encoder of an encoder-decoder model: input_ids, attention_mask -> last_hidden_state."""
+    from transformers import AutoModel, T5EncoderModel
+
+    torch.manual_seed(seed)
+    if arch == "t5":
+        return T5EncoderModel(_config(arch, vocab)).eval()
+    return AutoModel.from_config(_config(arch, vocab)).get_encoder().eval()
+
+
+def vision(arch: str = "vit", labels: int = 10, image: int = 32, seed: int = 0):
+    """An image classifier: pixel_values [batch, 3, H, W] -> logits."""
+    from transformers import AutoConfig, AutoModelForImageClassification, DeiTForImageClassification
+
+    sizes = {
+        "vit": dict(image_size=image, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128),
+        "deit": dict(image_size=image, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128),
+        "swin": dict(image_size=image, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4),
+        "convnext": dict(image_size=image, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1]),
+    }[arch]
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(arch, num_labels=labels, **sizes)
+    if arch == "deit":  # the auto class maps DeiT to two heads and cannot pick one without `architectures`
+        return DeiTForImageClassification(config).eval()
+    return AutoModelForImageClassification.from_config(config).eval()
+
+
+def clip(part: str = "text", vocab: int = 1000, image: int = 32, seed: int = 0):
+    """CLIP: the text tower (text_embeds), the vision tower (image_embeds), or both (logits_per_image)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+
+    text = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64)
+    vision = dict(image_size=image, patch_size=8, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
+    torch.manual_seed(seed)
+    if part == "text":
+        return CLIPTextModelWithProjection(config.text_config).eval()
+    if part == "vision":
+        return CLIPVisionModelWithProjection(config.vision_config).eval()
+    return CLIPModel(config).eval()
+
+
+def whisper_encoder(frames: int = 100, mels: int = 80, seed: int = 0):
+    """Whisper's audio encoder: input_features [batch, mels, frames] -> last_hidden_state."""
+    from transformers import WhisperConfig, WhisperModel
+
+    config = WhisperConfig(num_mel_bins=mels, d_model=64, encoder_layers=2, encoder_attention_heads=2, decoder_layers=1, decoder_attention_heads=2,
+                           encoder_ffn_dim=128, decoder_ffn_dim=128, max_source_positions=frames // 2, max_target_positions=32)  # fmt: skip
+    torch.manual_seed(seed)
+    return WhisperModel(config).get_encoder().eval()
+
+
+def wav2vec2(seed: int = 0):
+    """wav2vec2: raw audio [batch, samples] -> last_hidden_state."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    config = Wav2Vec2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, conv_dim=(32, 32, 32),
+                            conv_stride=(5, 4, 4), conv_kernel=(10, 4, 4), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)  # fmt: skip
+    torch.manual_seed(seed)
+    return Wav2Vec2Model(config).eval()

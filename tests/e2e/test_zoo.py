@@ -1,0 +1,36 @@
+"""The zoo's CI subset (recipes/zoo/zoo.yaml `ci: true`), built as a user would and as
+scripts/zoo.py builds the whole zoo: every target of every model must pass."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.e2e.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import zoo  # noqa: E402
+
+CI = [name for name, entry in zoo.catalogue().items() if entry.get("ci")]
+pytestmark = pytest.mark.zoo
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return zoo.run(CI, tmp_path_factory.mktemp("zoo"), jobs=2, timeout=900, progress=lambda line: None, targets=zoo.ci_targets())
+
+
+def test_the_ci_subset_spans_the_failure_classes():
+    families = {zoo.catalogue()[n]["family"] for n in CI}
+    assert len(CI) >= 8 and {"embedding", "encoder-decoder", "rnn", "vision cnn", "io shapes", "keras application"} <= families
+    assert any(zoo.catalogue()[n].get("real") for n in CI)  # real weights, judged on real data
+
+
+@pytest.mark.parametrize("name", CI)
+def test_every_target_passes(results, name):
+    r = results[name]
+    assert r["targets"], r.get("error")
+    failed = {t: f"{c['stage']}: {c.get('reason')}" for t, c in r["targets"].items() if c["status"] != "ok"}
+    assert not failed, failed
+    assert r["exit"] == 0

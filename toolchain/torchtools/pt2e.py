@@ -1,0 +1,168 @@
+"""INT8 for AOTInductor on x86 CPUs: PT2E static quantization (torchao's
+X86InductorQuantizer), calibrated on the calibration split (never the parity
+samples), judged against the same budget as ONNX INT8, with the same
+`fallback: auto` contract: modules that break the budget are kept in float.
+
+The quantized model is judged in eager mode (its q/dq reference form) while the
+search runs, which is cheap; only the configuration chosen is compiled (with
+Inductor's freezing, which lowers q/dq pairs to oneDNN INT8 kernels).
+"""
+
+from __future__ import annotations
+
+import time
+
+from toolchain.errors import StepError
+from toolchain.judge import margin, summary
+from toolchain.parity import ParityReport, compare
+
+INSTALL_HINT = "pip install torchao  (INT8 AOTInductor uses torchao's PT2E quantizer; `make install` installs it)"
+REPORT_MODULES = 10  # modules listed in the manifest's node_report
+SENSITIVITY_CANDIDATES = 12  # modules whose one-at-a-time exclusion is measured
+
+
+def _torchao():
+    try:
+        from torchao.quantization.pt2e import quantizer as _  # noqa: F401
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+    except ImportError as e:
+        raise StepError(f"precision: int8 needs torchao, which is not importable here ({e})", hint=INSTALL_HINT) from None
+    return prepare_pt2e, convert_pt2e, xiq
+
+
+def quantize(program, calibration: list[tuple], dynamic: bool, excluded: list[str]):
+    """The exported float program as a PT2E-quantized GraphModule (reference q/dq form)."""
+    import torch
+
+    prepare_pt2e, convert_pt2e, xiq = _torchao()
+    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=dynamic))
+    for name in excluded:
+        quantizer.set_module_name_qconfig(name, None)
+    prepared = prepare_pt2e(program.module(), quantizer)
+    with torch.no_grad():
+        for args in calibration:
+            prepared(*args)
+    return convert_pt2e(prepared)
+
+
+def _run(module, samples: list[tuple], output_names: list[str]) -> list[dict]:
+    import torch
+
+    from toolchain.tensors import to_numpy
+
+    outs = []
+    with torch.no_grad():
+        for args in samples:
+            out = module(*args)
+            out = [out] if isinstance(out, torch.Tensor) else list(out)
+            outs.append({n: to_numpy(t) for n, t in zip(output_names, out)})
+    return outs
+
+
+def module_report(program, quantized, args: tuple) -> list[dict]:
+    """Per module: the worst SQNR (dB) of its quantized nodes' outputs against float, worst first."""
+    import torch
+    from torchao.quantization.pt2e._numeric_debugger import compare_results, extract_results_from_loggers, prepare_for_propagation_comparison
+
+    with torch.no_grad():
+        ref_logger = prepare_for_propagation_comparison(program.module())
+        ref_logger(*args)
+        q_logger = prepare_for_propagation_comparison(quantized)
+        q_logger(*args)
+    rows: dict[str, dict] = {}
+    for summary_ in compare_results(extract_results_from_loggers(ref_logger), extract_results_from_loggers(q_logger)).values():
+        module = summary_.ref_module_stack
+        if not module or module.startswith("{"):
+            continue
+        try:
+            sqnr = min(float(r.sqnr) for r in summary_.results)
+        except (TypeError, ValueError):
+            continue
+        row = rows.setdefault(module, {"module": module, "sqnr_db": sqnr, "node": summary_.ref_node_name})
+        if sqnr < row["sqnr_db"]:
+            row.update(sqnr_db=sqnr, node=summary_.ref_node_name)
+    return sorted(rows.values(), key=lambda r: r["sqnr_db"])
+
+
+def quantized_modules(source) -> list[str]:
+    """Names of the source's Linear and Conv modules, as the quantizer's module-name configs address them."""
+    import torch
+
+    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+    return [name for name, m in source.module.named_modules() if isinstance(m, kinds)]
+
+
+class Search:
+    """Quantize, judge in eager mode against the budget, keep the best configuration."""
+
+    def __init__(self, program, calibration, samples, reference, tol, scores, output_names, deadline: float):
+        self.program, self.calibration, self.samples, self.reference = program, calibration, samples, reference
+        self.tol, self.scores, self.output_names, self.deadline = tol, scores, output_names, deadline
+        self.attempts: list[dict] = []
+        self.best: tuple[float, dict, ParityReport, object] | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.best is not None and self.best[2].passed
+
+    def out_of_time(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    def run(self, dynamic: bool, excluded: list[str], why: str) -> tuple[float, ParityReport, object]:
+        module = quantize(self.program, self.calibration, dynamic, excluded)
+        report = compare(self.reference, _run(module, self.samples, self.output_names), self.tol, self.scores)
+        score = margin(report)
+        config = {"why": why, "activations": "dynamic" if dynamic else "static", "excluded": len(excluded), "modules_in_float": list(excluded)}
+        self.attempts.append({k: v for k, v in config.items() if k != "modules_in_float"} | summary(report))
+        if self.best is None or (report.passed, score) > (self.best[2].passed, self.best[0]):
+            self.best = (score, config, report, module)
+        return score, report, module
+
+
+def search(program, calibration, samples, reference, tol, scores, output_names, candidates: list[str], fallback: str, deadline: float) -> tuple[object, dict]:
+    """The quantized module to compile and the manifest's `quantization` record."""
+    s = Search(program, calibration, samples, reference, tol, scores, output_names, deadline)
+    _, report, module = s.run(False, [], "plain")
+    node_report = None
+    if not report.passed:
+        node_report = module_report(program, module, samples[0])[:REPORT_MODULES]
+        if fallback == "auto":
+            _fallback(s, candidates, node_report)
+    score, config, report, module = s.best
+    record = {
+        "mode": "int8",
+        "format": "PT2E (torchao X86InductorQuantizer), lowered by Inductor freezing",
+        "activations": f"uint8 {config['activations']} per tensor",
+        "weights": "int8 symmetric per channel",
+        "fallback": fallback,
+        "chosen": {k: v for k, v in config.items() if k != "modules_in_float"},
+        "attempts": s.attempts,
+        "node_report": node_report,
+    }
+    return module, record | {"modules_in_float": config["modules_in_float"], "passed": report.passed, "report": report}
+
+
+def _fallback(s: Search, candidates: list[str], node_report: list[dict]) -> None:
+    """Dynamic activations; then modules ranked by how much keeping each alone in float
+    improves the final outputs, kept in float cumulatively (1, 2, 4, ...), up to half of them."""
+    if s.out_of_time():
+        return
+    s.run(True, [], "dynamic activations")
+    dynamic = s.best[1]["activations"] == "dynamic"
+    base, _, _ = s.run(dynamic, [], "baseline for the module ranking") if s.best[1]["excluded"] else (s.best[0], None, None)
+    worst = [r["module"] for r in node_report if r["module"] in candidates] + [c for c in candidates if c not in {r["module"] for r in node_report}]
+    gains = []
+    for name in worst[:SENSITIVITY_CANDIDATES]:
+        if s.passed or s.out_of_time():
+            return
+        score, _, _ = s.run(dynamic, [name], f"{name} in float")
+        gains.append((score - base, name))
+    ranked = [n for _, n in sorted(gains, key=lambda g: -g[0])] + [n for n in worst if n not in {g[1] for g in gains}]
+    cap = max(1, len(candidates) // 2)
+    k = 2
+    while not s.passed and not s.out_of_time() and k <= min(cap, len(ranked)):
+        s.run(dynamic, ranked[:k], f"{k} most helpful modules in float")
+        if k == min(cap, len(ranked)):
+            break
+        k = min(k * 2, cap, len(ranked))
