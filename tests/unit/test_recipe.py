@@ -65,7 +65,7 @@ ERRORS = {
     ),
     "top-level unknown, no close match": (
         [(APPEND, "zzz: 1\n")],
-        [("zzz", 14, "unknown key 'zzz'", "remove it; known keys: data, dims, inputs, name, outputs, parity, serve, source, targets, version")],
+        [("zzz", 14, "unknown key 'zzz'", "remove it; known keys: data, dims, inputs, name, outputs, parity, select, serve, source, targets, version")],
     ),
     "source.factroy": (
         [("factory:", "factroy:")],

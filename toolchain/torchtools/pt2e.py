@@ -15,6 +15,7 @@ import time
 from toolchain.errors import StepError
 from toolchain.judge import margin, summary
 from toolchain.parity import ParityReport, compare
+from toolchain.tensors import to_numpy
 
 INSTALL_HINT = "pip install torchao  (INT8 AOTInductor uses torchao's PT2E quantizer; `make install` installs it)"
 REPORT_MODULES = 10  # modules listed in the manifest's node_report
@@ -48,8 +49,6 @@ def quantize(program, calibration: list[tuple], dynamic: bool, excluded: list[st
 
 def _run(module, samples: list[tuple], output_names: list[str]) -> list[dict]:
     import torch
-
-    from toolchain.tensors import to_numpy
 
     outs = []
     with torch.no_grad():
