@@ -26,7 +26,7 @@ from toolchain.parity import make_feed
 from toolchain.progress import Progress
 from toolchain.recipe import load_recipe
 from toolchain.runners import open_runner
-from toolchain.serving.check import REQUEST_TIMEOUT, infer_inputs, open_triton
+from toolchain.serving.check import REQUEST_TIMEOUT, http_client, infer_inputs, open_triton
 from toolchain.serving.standin import parse_config
 from toolchain.sources import load_source
 from toolchain.tensors import Signature
@@ -118,6 +118,8 @@ def bench(
     path = root / "manifest.json"
     if not path.is_file():
         raise UsageError(f"no manifest.json in {root}", "pass <out>/<name>, the directory a build published")
+    if through_server:
+        http_client()  # missing mlpack[serve] fails now, not after minutes of timing
     load = os.getloadavg()  # before our own work adds to it
     manifest = mf.read(path)
     recipe, same_recipe = _recipe(manifest, recipe_path)
@@ -214,8 +216,7 @@ def _through_server(root, manifest, feed, batch, eager, warmup, iters, seconds, 
 
 def _concurrency(url: str, cfg, sig, feed: dict, workers: int, warmup: int, iters: int, seconds: float) -> dict:
     """`workers` clients sending back to back, timed together from a common start after their warm-up."""
-    import tritonclient.http as httpclient
-
+    httpclient = http_client()
     start = threading.Barrier(workers + 1, timeout=REQUEST_TIMEOUT)
 
     def worker() -> list[float]:

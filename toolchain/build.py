@@ -20,11 +20,12 @@ from pathlib import Path
 from toolchain import cache, kinds
 from toolchain import manifest as mf
 from toolchain.environment import environment
-from toolchain.errors import EXIT_OK
+from toolchain.errors import EXIT_OK, UsageError
 from toolchain.feeds import load_feeds, save_feeds
 from toolchain.fsutil import clean_stale, publish
 from toolchain.lock import build_lock
 from toolchain.machine import cpu_identity
+from toolchain.options import memory_bytes
 from toolchain.parity import ParityReport, samples_for
 from toolchain.plan import Plan, default_jobs, make_plan
 from toolchain.progress import Progress
@@ -33,7 +34,7 @@ from toolchain.results import BuildResult, Stage, Status, TargetResult, exit_cod
 from toolchain.serving.tfserving import write_tfserving, write_warmup
 from toolchain.serving.triton import triton_model_name, write_triton_model
 from toolchain.sources import check_framework
-from toolchain.steps import Children, run_step
+from toolchain.steps import Children, reap_orphans, run_step
 from toolchain.tensors import Signature
 
 DEFAULT_TIMEOUT = 1800.0
@@ -45,13 +46,41 @@ def build(recipe: Recipe, out_root: Path, only: list[str] | None = None, progres
     progress = progress or Progress()
     # Absolute: steps run in worker processes whose working directory is the step's logs folder.
     out_root = Path(out_root).resolve()
+    check_out_root(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     with build_lock(out_root / f".{recipe.name}.lock", progress.note):
+        for final in (out_root / recipe.name, out_root / f"{recipe.name}.failed"):
+            check_replaceable(final)
         return _build_locked(recipe, out_root, make_plan(recipe, only, out_root), progress, jobs or default_jobs(), force)
+
+
+def check_out_root(out_root: Path) -> None:
+    """--out must be a folder, or a path where one can be made."""
+    for p in (out_root, *out_root.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UsageError(f"--out: {p} is a file, not a folder" + (f" (in the path of {out_root})" if p != out_root else ""),
+                                 "give --out a folder; mlpack creates it if it is missing")  # fmt: skip
+            if not os.access(p, os.W_OK | os.X_OK) and p == out_root:
+                raise UsageError(f"--out: {out_root} is not writable", "give --out a folder you can write to")
+            return
+
+
+def check_replaceable(final: Path) -> None:
+    """Publishing swaps `final` away: refuse unless it is mlpack's own output (or empty)."""
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        raise UsageError(f"--out: {final} is {'a symbolic link' if final.is_symlink() else 'a file'}, not an mlpack output; "
+                         "publishing would replace it", f"move {final} away, or build into another --out")  # fmt: skip
+    if not final.is_dir() or not any(final.iterdir()):
+        return
+    if not mf.is_mlpack_output(final):
+        raise UsageError(f"--out: {final} holds files that are not an mlpack output (no mlpack manifest.json); publishing would replace them",
+                         f"move {final} away, or build into another --out")  # fmt: skip
 
 
 def _build_locked(recipe: Recipe, out_root: Path, plan: Plan, progress: Progress, jobs: int, force: bool) -> BuildResult:
     started = time.perf_counter()
+    reap_orphans(str(out_root / f".{recipe.name}.tmp-"))  # steps of a build that was killed, before their folders go
     clean_stale(out_root, f".{recipe.name}.tmp-*")
     clean_stale(out_root / cache.CACHE_DIR, ".*.tmp-*") if (out_root / cache.CACHE_DIR).is_dir() else None
     staging = out_root / f".{recipe.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -127,8 +156,13 @@ def _run(plan: Plan, staging: Path, out_root: Path, progress: Progress, jobs: in
         todo.append(spec)
     if todo and not _reference(plan, staging, out_root, progress, force, children, results, todo):
         return [results[t.target_name] for t in plan.specs]
-    if not todo and any(r.parity for r in results.values()):
-        _restore_reference(plan, staging, out_root)
+    judged = [s for s in plan.specs if s.target_name in results and results[s.target_name].parity is not None]
+    if not todo and judged and not _restore_reference(plan, staging, out_root):
+        # Every target is a hit but the reference entry is gone or corrupt: recompute it, since the
+        # manifest names parity/ and a published output never lacks what its manifest names.
+        progress.note("reference outputs: not in the cache (missing or corrupt); recomputing them")
+        if not _reference(plan, staging, out_root, progress, True, children, results, judged):
+            return [results[t.target_name] for t in plan.specs]
     Scheduler(plan, todo, staging, out_root, progress, jobs, children, results).run()
     return [results[t.target_name] for t in plan.specs]
 
@@ -138,6 +172,13 @@ def _restore_reference(plan: Plan, staging: Path, out_root: Path) -> bool:
     if hit:  # the samples and the source's outputs, as the targets were judged on
         cache.restore(out_root, plan.source_key, hit, staging)
     return hit is not None
+
+
+def step_limits(specs) -> tuple[float, int]:
+    """Time and memory for the steps no target owns (reference, select): the most any target of the run allows."""
+    if not specs:
+        return DEFAULT_TIMEOUT, memory_bytes("90%")
+    return max(s.timeout for s in specs), max(memory_bytes(s.memory) for s in specs)
 
 
 def _reference(plan: Plan, staging, out_root, progress, force, children, results, todo) -> bool:
@@ -150,7 +191,8 @@ def _reference(plan: Plan, staging, out_root, progress, force, children, results
     check_framework(recipe)
     save_feeds(staging / "parity" / "samples.npz", samples_for(recipe))
     progress.start("source", f"loading {recipe.source.framework} source, reference outputs")
-    out = run_step({"kind": "reference", "recipe": str(recipe.path)}, staging, "reference", DEFAULT_TIMEOUT, children)
+    timeout, memory = step_limits(plan.specs)
+    out = run_step({"kind": "reference", "recipe": str(recipe.path)}, staging, "reference", timeout, children, memory)
     if out.result is None:
         progress.end("source", "failed", f"{out.reason.splitlines()[0]} (log: {out.log})")
         stage = Stage.RECIPE if out.usage else Stage.SOURCE
@@ -219,7 +261,8 @@ class Scheduler:
         self.results[name] = res
         if res.parity is not None:
             abs_err, cos = res.parity.worst()
-            self.progress.end(name, res.status.value, f"max_abs_err {abs_err:.2e}, cosine {cos:.6f}")
+            why = res.parity.first_failure() if not res.parity.passed else None
+            self.progress.end(name, res.status.value, f"max_abs_err {abs_err:.2e}, cosine {cos:.6f}" + (f" - {why}" if why else ""))
         else:
             self.progress.end(name, res.status.value, f"{(res.reason or '').splitlines()[0]} (log: {res.log})")
 
@@ -229,7 +272,7 @@ def _target_step(plan: Plan, spec, staging: Path, out_root: Path, children: Chil
     res = TargetResult(name, spec.kind, device=spec.target_device, cache={"key": plan.keys[name], "hit": False})
     t0 = time.perf_counter()
     step = {"kind": "target", "recipe": str(plan.recipe.path), "target": name, "deps": deps, "out_root": str(out_root)}
-    out = run_step(step, staging, name, spec.timeout, children)
+    out = run_step(step, staging, name, spec.timeout, children, memory_bytes(spec.memory))
     res.log = out.log
     res.build_seconds = time.perf_counter() - t0
     if out.result is None:
@@ -267,7 +310,8 @@ def _select(plan: Plan, results: list[TargetResult], staging: Path, out_root: Pa
         progress.note(f"selection: cache hit ({key[:12]}): timings measured earlier on this machine type ({machine['model']})")
         return {**hit["selection"], "cache": {"key": key, "hit": True}}
     progress.start("select", f"timing {len(candidates)} artifacts ({sel.metric}, {sel.threads} thread{'s' if sel.threads > 1 else ''})")
-    out = run_step({"kind": "select", "recipe": str(plan.recipe.path), "candidates": candidates}, staging, "select", DEFAULT_TIMEOUT, children)
+    timeout, memory = step_limits(plan.specs)
+    out = run_step({"kind": "select", "recipe": str(plan.recipe.path), "candidates": candidates}, staging, "select", timeout, children, memory)
     if out.result is None:
         progress.end("select", "failed", f"{out.reason.splitlines()[0]} (log: {out.log})")
         return {

@@ -2,9 +2,10 @@
 
 A step's key hashes everything that determines its result: the source model's
 files, the recipe sections it reads, mlpack's own code and every tool's
-version. Entries live in `<out>/.mlpack-cache/<key>/` as hard links to the
-published files (no extra disk) plus the step's result; a hit is verified
-file by file against the recorded sha256 before it is used.
+version. Entries live in `<out>/.mlpack-cache/<key>/`: copies of the published
+files (reflinks where the filesystem shares blocks copy-on-write; never hard
+links, so damage to one side never reaches the other) plus the step's result;
+a hit is verified file by file against the recorded sha256 before it is used.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from toolchain import kinds
 from toolchain.environment import tool_versions
-from toolchain.fsutil import link_or_copy, sha256_file
+from toolchain.fsutil import clone_file, sha256_file
 from toolchain.recipe import Recipe
 
 CACHE_DIR = ".mlpack-cache"
@@ -160,7 +161,7 @@ def restore(out_root: Path, key: str, result: dict, staging: Path) -> None:
         if src.is_file():
             dst = staging / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
-            link_or_copy(src, dst)
+            clone_file(src, dst)
 
 
 def store(out_root: Path, key: str, result: dict, root: Path, aux: list[str] = ()) -> None:
@@ -172,7 +173,7 @@ def store(out_root: Path, key: str, result: dict, root: Path, aux: list[str] = (
     for rel in _paths(result):
         dst = tmp / "files" / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        link_or_copy(root / rel, dst)
+        clone_file(root / rel, dst)
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "result.json").write_text(json.dumps(result))
     shutil.rmtree(entry, ignore_errors=True)
@@ -189,7 +190,7 @@ def cached_file(out_root: Path, parts: dict, dst: Path, produce) -> None:
     hit = lookup(out_root, key)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if hit:
-        link_or_copy(entry_dir(out_root, key) / "files" / hit["files"][0]["path"], dst)
+        clone_file(entry_dir(out_root, key) / "files" / hit["files"][0]["path"], dst)
         return
     produce(dst)
     entry = {"files": [{"path": dst.name, "sha256": sha256_file(dst), "bytes": dst.stat().st_size}]}

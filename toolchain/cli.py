@@ -20,6 +20,31 @@ from toolchain.recipe import load_recipe
 from toolchain.results import Stage, Status
 from toolchain.serving.check import serve_check
 
+# Top-level modules of the optional extras (pyproject.toml), named when a command needs one.
+EXTRAS = {
+    "tritonclient": "serve",
+    "geventhttpclient": "serve",
+    "gevent": "serve",
+    "rapidjson": "serve",
+    "grpc": "serve",
+    "tensorflow": "tensorflow",
+    "tf2onnx": "tensorflow",
+    "tensorflow_serving": "tensorflow",
+}
+
+
+def _check_output_file(path: Path, flag: str) -> None:
+    """Fail before the build, not after publishing, when a report file cannot be written."""
+    if path.is_dir():
+        raise UsageError(f"{flag}: {path} is a folder", f"give {flag} a file path, e.g. {path / 'report.xml'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{flag}: {parent} is a file, so {path} cannot be created under it", f"give {flag} a path in a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UsageError(f"{flag}: cannot write in {parent}", f"give {flag} a path in a folder you can write to")
+            return
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # usage errors exit 2 with one line, as the spec says
@@ -92,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mlpack: interrupted; the last good output is untouched", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:  # an optional extra this command needs is not installed
+        top = (e.name or "").split(".")[0]
+        if top not in EXTRAS:
+            raise
+        print(f"mlpack: {args.command} needs {top}, which is not installed\n    fix: pip install 'mlpack[{EXTRAS[top]}]'", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as e:  # a bug in mlpack, not the user's input
         if os.environ.get("MLPACK_DEBUG"):
             raise
@@ -118,6 +149,8 @@ def cmd_validate(args) -> int:
 def cmd_build(args) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    if args.junit:
+        _check_output_file(args.junit, "--junit")
     recipe = load_recipe(args.recipe)
     with make_progress() as progress:
         result = build(recipe, args.out, only=args.target, progress=progress, jobs=args.jobs, force=args.force)
@@ -142,6 +175,14 @@ def cmd_inspect(args) -> int:
         m = mf.read(path)
     except ValueError as e:
         raise UsageError(f"{path} is not valid JSON: {e}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    if not isinstance(m, dict) or not str(m.get("schema", "")).startswith("mlpack.manifest/") or not isinstance(m.get("targets"), list):
+        raise UsageError(f"{path} is not an mlpack manifest (no schema 'mlpack.manifest/1' and targets list)",
+                         "pass <out>/<name>, the directory a build published")  # fmt: skip
+    problems = mf.problems(m)
+    if problems:
+        raise UsageError(f"{path} does not match mlpack's manifest schema: {problems[0]}", "rebuild it with mlpack build")
     if args.json:
         print(json.dumps(m, indent=2))
         return EXIT_OK

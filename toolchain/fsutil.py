@@ -1,4 +1,4 @@
-"""File operations a build relies on: digests, links instead of copies, atomic publish, log tails."""
+"""File operations a build relies on: digests, copy-on-write copies, atomic publish, log tails."""
 
 from __future__ import annotations
 
@@ -26,8 +26,28 @@ def tail(path: Path, lines: int = 12) -> str:
         return ""
 
 
+FICLONE = 0x40049409  # Linux ioctl: share the blocks copy-on-write (btrfs, XFS, bcachefs)
+
+
+def clone_file(src: Path, dst: Path) -> None:
+    """An independent copy of `src` at `dst`: a reflink where the filesystem can, else bytes.
+
+    Never a hard link: published files and cache entries must not share an inode,
+    or corrupting one corrupts the other at the same moment.
+    """
+    import fcntl
+
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+        except OSError:  # no reflinks here (ext4, tmpfs, overlay, another filesystem)
+            shutil.copyfileobj(fin, fout, 16 << 20)
+    shutil.copystat(src, dst)
+
+
 def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link where possible: a multi-GB model is not copied twice."""
+    """Hard-link within one output tree (an artifact and its serving repository copy): a
+    multi-GB model is not stored twice. Never between an output and the cache (clone_file)."""
     try:
         os.link(src, dst)
     except OSError:  # another filesystem, or links unsupported

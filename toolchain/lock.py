@@ -12,12 +12,19 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+from toolchain.errors import UsageError
+
 
 @contextmanager
 def build_lock(path: Path, on_wait: Callable[[str], None] | None = None):
     """Hold the lock for the block; waits (saying for whom) if another build has it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        # O_NOFOLLOW: a symlink planted at the lock path must not make mlpack write where it points.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        what = "a symbolic link" if path.is_symlink() else "not a regular file" if path.exists() else "not writable"
+        raise UsageError(f"--out: the lock file {path} is {what} ({e.strerror})", f"remove {path}; mlpack creates it as a plain file") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -50,3 +50,23 @@ def write(path: Path, manifest: dict) -> None:
 
 def read(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def is_mlpack_output(folder: Path) -> bool:
+    """Whether `folder` is a tree mlpack published (its manifest.json carries mlpack's schema id)."""
+    path = Path(folder) / "manifest.json"
+    try:
+        if path.is_symlink() or path.stat().st_size > 64 << 20:
+            return False
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and str(data.get("schema", "")).startswith("mlpack.manifest/")
+
+
+def problems(manifest: dict) -> list[str]:
+    """Where `manifest` breaks the schema, as 'path: message' lines (empty when it conforms)."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    return [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in sorted(validator.iter_errors(manifest), key=str)][:5]

@@ -6,9 +6,11 @@ Pure pydantic; imports no framework and no other toolchain module.
 from __future__ import annotations
 
 import difflib
+import os
+import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 NAME_RE = r"^[a-z0-9][a-z0-9_-]*$"
@@ -42,6 +44,28 @@ class Strict(BaseModel):
         return data
 
 
+MEMORY_RE = r"^\s*\d+(\.\d+)?\s*(%|[KMGT]i?B)\s*$"
+_UNITS = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def memory_bytes(text: str, total: int | None = None) -> int:
+    """'8GB' (decimal), '8GiB' (binary) or '50%' of `total` (this machine's memory) in bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(%|([KMGT]i?)B)\s*", text)
+    if not m:
+        raise ValueError(f"'{text}' is not a size such as 8GB, 512MiB or 50%")
+    value = float(m.group(1))
+    if m.group(2) == "%":
+        if not 0 < value <= 100:
+            raise ValueError(f"'{text}': a share of memory is between 0% and 100%")
+        return int(value / 100 * (total if total is not None else machine_memory()))
+    return int(value * _UNITS[m.group(3)])
+
+
+def machine_memory() -> int:
+    """Physical memory in bytes (what a percentage is taken of)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 class TargetOptions(Strict):
     """What every target accepts, whatever its kind.
 
@@ -50,10 +74,24 @@ class TargetOptions(Strict):
     """
 
     name: Annotated[str, Field(pattern=NAME_RE, max_length=64)] | None = None
-    timeout: Annotated[float, Field(gt=0)] = 1800
+    timeout: Annotated[FiniteFloat, Field(gt=0, le=7 * 24 * 3600)] = 1800
+    # The step's memory: a size ("8GB", "512MB") or a fraction of this machine's memory ("50%").
+    # A step that exceeds it is stopped and fails only this target (default: 90% of the machine's).
+    memory: Annotated[str, Field(pattern=MEMORY_RE)] = "90%"
     # Only matters when the target cannot run on this machine (no GPU, no
     # TensorRT): required targets then fail the build instead of being skipped.
     required: bool = False
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_size(cls, v: str) -> str:
+        try:
+            size = memory_bytes(v, total=1 << 40)
+        except ValueError as e:
+            raise PydanticCustomError("memory_size", str(e), {}) from None
+        if size < 64 << 20 and not v.strip().endswith("%"):
+            raise PydanticCustomError("memory_size", "'{v}' is less than 64MB; no step runs in that", {"v": v})
+        return v
 
     @property
     def target_name(self) -> str:

@@ -259,6 +259,7 @@ class OutputDiff:
     top1_ties: int = 0  # near-ties: rows not counted
     nonfinite: int = 0  # non-finite values in the artifact where the reference is finite
     atol_scale: float = 1.0  # the largest factor atol was scaled by: max(1, max |reference|) of a sample
+    compared: int = 0  # values compared: same shape, finite in the reference
     passed: bool = True
     failures: list[str] = field(default_factory=list)
 
@@ -272,6 +273,7 @@ class OutputDiff:
             "top1_ties": self.top1_ties,
             "nonfinite": self.nonfinite,
             "atol_scale": self.atol_scale,
+            "compared": self.compared,
             "passed": self.passed,
             "failures": self.failures,
         }
@@ -299,6 +301,11 @@ class ParityReport:
     def from_dict(cls, d: dict) -> ParityReport:
         outputs = {k: OutputDiff(**{f: v for f, v in o.items() if f in OutputDiff.__dataclass_fields__}) for k, o in d["outputs"].items()}
         return cls(d["passed"], d["samples"], d["tolerance"], outputs, d.get("scores", []))
+
+    def first_failure(self) -> str | None:
+        if not self.outputs:
+            return "no parity samples were compared"
+        return next((f"{name}: {d.failures[0]}" for name, d in self.outputs.items() if d.failures), None)
 
     def worst(self) -> tuple[float, float]:
         """(largest max_abs_err, smallest cosine) across outputs."""
@@ -404,6 +411,7 @@ def compare(reference: list[Feed], actual: list[Feed], tol: Tolerance, scores: l
             b64 = b.astype(np.float64)
             x64 = x.astype(np.float64)
             ref_ok = np.isfinite(b64)
+            d.compared += int(np.count_nonzero(ref_ok))
             d.nonfinite += int(np.count_nonzero(~np.isfinite(x64) & ref_ok))
             # Non-finite values must match the reference exactly (same NaN/Inf positions).
             both_bad = ~ref_ok & ~np.isfinite(x64)
@@ -431,6 +439,10 @@ def compare(reference: list[Feed], actual: list[Feed], tol: Tolerance, scores: l
             d.top1, d.top1_rows, d.top1_ties = _top1(*joined)
         if d.nonfinite:
             d.failures.append(f"{d.nonfinite} non-finite values where the reference is finite")
+        if not d.compared and not d.failures:
+            # A gate that compared nothing proves nothing: all-NaN/inf reference outputs (a broken
+            # model or input range) or empty outputs would otherwise read "cosine 1.000000".
+            d.failures.append("nothing compared: the reference output has no finite values (all NaN/inf, or empty); fix the model or the input ranges")
         if tol.cosine is not None and d.cosine < tol.cosine:
             d.failures.append(f"cosine {d.cosine:.6f} < floor {tol.cosine}")
             if cos.act_sq == 0 < cos.ref_sq:
@@ -446,7 +458,8 @@ def compare(reference: list[Feed], actual: list[Feed], tol: Tolerance, scores: l
             d.failures.append(f"{len(actual)} results for {len(reference)} samples")
             d.passed = False
     tol_dict = {k: v for k, v in tol.model_dump().items() if v is not None}
-    return ParityReport(all(d.passed for d in outputs.values()), len(reference), tol_dict, outputs, [n for n in names if n in scores])
+    passed = bool(reference) and bool(outputs) and all(d.passed for d in outputs.values())
+    return ParityReport(passed, len(reference), tol_dict, outputs, [n for n in names if n in scores])
 
 
 # ------------------------------------------------------------ calibration

@@ -7,19 +7,24 @@ problem with its key path, YAML line and a fix. Imports no ML framework.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import ConfigDict, Field, GetCoreSchemaHandler, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, FiniteFloat, GetCoreSchemaHandler, StrictBool, StrictInt, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from toolchain import kinds
+from toolchain import kinds, sniff
 from toolchain.errors import Problem, RecipeError, UsageError
 from toolchain.options import NAME_RE, Strict, TargetOptions, YamlOff
 
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool", "uint8")
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 4, "int64": 8, "int32": 4, "bool": 1, "uint8": 1}
+MAX_SAMPLE_BYTES = 2 << 30  # one parity sample of one input, at every dim's max
+# [low, high) of each integer dtype, for generated samples
+INT_BOUNDS = {"int64": (-(2**63), 2**63), "int32": (-(2**31), 2**31), "uint8": (0, 256)}
 TENSOR_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_.:-]*$"
 
 
@@ -32,6 +37,9 @@ class Source(Strict):
     keras: str | None = None
     weights: str | None = Field(None, description=".safetensors or a state_dict .pt/.pth")
     signature: str | None = Field(None, description="SavedModel signature (default serving_default)")
+    allow_pickle: StrictBool = Field(
+        False, description="exported: also unpickle the Python objects a .pt2 may hold (runs code from the file; trusted files only)"
+    )
 
     @field_validator("factory")
     @classmethod
@@ -60,6 +68,8 @@ class Source(Strict):
             raise PydanticCustomError("weights_needs_factory", "weights are loaded into a pytorch factory's module; use them with source.factory", {})
         if self.signature and not self.savedmodel:
             raise PydanticCustomError("signature_needs_savedmodel", "signature names a signature of source.savedmodel; there is no savedmodel", {})
+        if self.allow_pickle and not self.exported:
+            raise PydanticCustomError("allow_pickle_needs_exported", "allow_pickle applies to source.exported (.pt2) files; there is none", {})
         if self.kwargs and not self.factory:
             raise PydanticCustomError("kwargs_needs_factory", "kwargs are passed to source.factory; there is no factory", {})
         return self
@@ -68,20 +78,35 @@ class Source(Strict):
 class InputSpec(Strict):
     name: Annotated[str, Field(pattern=TENSOR_NAME_RE)]
     dtype: Literal["float32", "float16", "bfloat16", "int64", "int32", "bool", "uint8"]
-    shape: list[Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]]
-    range: tuple[float, float] | None = None
+    shape: list[Annotated[StrictInt, Field(ge=0)] | Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]]
+    range: tuple[FiniteFloat, FiniteFloat] | None = None
 
     @model_validator(mode="after")
     def _range_order(self) -> InputSpec:
-        if self.range is not None and not self.range[0] < self.range[1]:
+        if self.range is None:
+            return self
+        lo, hi = self.range
+        if not lo < hi:
             raise PydanticCustomError("range_order", "range [low, high] needs low < high", {})
+        if self.dtype in INT_BOUNDS:
+            low, high = INT_BOUNDS[self.dtype]
+            if math.ceil(lo) >= hi:
+                raise PydanticCustomError(
+                    "range_int", "{d} samples are drawn from [low, high): [{lo}, {hi}) holds no integer", {"d": self.dtype, "lo": lo, "hi": hi}
+                )
+            if lo < low or hi > high:
+                raise PydanticCustomError(
+                    "range_bounds", "range [{lo}, {hi}) does not fit {d} ([{a}, {b}))", {"lo": lo, "hi": hi, "d": self.dtype, "a": low, "b": high}
+                )
+        elif self.dtype == "float16" and max(abs(lo), abs(hi)) > 65504:
+            raise PydanticCustomError("range_bounds", "range [{lo}, {hi}] does not fit float16 (|x| <= 65504)", {"lo": lo, "hi": hi})
         return self
 
 
 class DimSpec(Strict):
-    min: Annotated[int, Field(ge=1)]
-    opt: Annotated[int, Field(ge=1)] | None = None
-    max: Annotated[int, Field(ge=1)]
+    min: Annotated[StrictInt, Field(ge=1)]
+    opt: Annotated[StrictInt, Field(ge=1)] | None = None
+    max: Annotated[StrictInt, Field(ge=1)]
 
     @model_validator(mode="after")
     def _ordered(self) -> DimSpec:
@@ -96,7 +121,7 @@ class DataPart(Strict):
     """A data file, or a range of its rows."""
 
     path: str
-    rows: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] | None = Field(None, description="[start, stop) along axis 0")
+    rows: tuple[Annotated[StrictInt, Field(ge=0)], Annotated[StrictInt, Field(ge=0)]] | None = Field(None, description="[start, stop) along axis 0")
 
     @model_validator(mode="after")
     def _ordered(self) -> DataPart:
@@ -146,10 +171,10 @@ Target = Annotated[TargetOptions, _KindTargets]
 
 
 class Tolerance(Strict):
-    atol: Annotated[float, Field(ge=0)] | None = None
-    rtol: Annotated[float, Field(ge=0)] | None = None
-    cosine: Annotated[float, Field(ge=-1, le=1)] | None = None
-    top1: Annotated[float, Field(ge=0, le=1)] | None = None
+    atol: Annotated[FiniteFloat, Field(ge=0)] | None = None
+    rtol: Annotated[FiniteFloat, Field(ge=0)] | None = None
+    cosine: Annotated[FiniteFloat, Field(ge=-1, le=1)] | None = None
+    top1: Annotated[FiniteFloat, Field(ge=0, le=1)] | None = None
 
 
 # Reduced precision cannot meet elementwise bounds meant for FP32, so these
@@ -165,10 +190,10 @@ QUANTIZED_TOLERANCE: dict[str, dict[str, float]] = {
 
 
 class Parity(Strict):
-    samples: Annotated[int, Field(ge=1, le=10000)] = 16
+    samples: Annotated[StrictInt, Field(ge=1, le=10000)] = 16
     # Outputs that are class scores (logits or probabilities, classes on the last axis): top-1 agreement is checked on these only.
     scores: list[Annotated[str, Field(pattern=TENSOR_NAME_RE)]] = Field(default_factory=list)
-    seed: int = 0
+    seed: Annotated[StrictInt, Field(ge=0, le=2**32 - 1)] = 0
     # Unset: each kind's FP32 default (1e-4 / 1e-3; XLA, which reorders arithmetic, 1e-3 / 1e-3).
     default: Tolerance | None = None
     per_target: dict[str, Tolerance] = Field(default_factory=dict)
@@ -194,24 +219,24 @@ class Parity(Strict):
 
 
 class DynamicBatching(Strict):
-    preferred_batch_size: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
-    max_queue_delay_microseconds: Annotated[int, Field(ge=0)] = 0
+    preferred_batch_size: list[Annotated[StrictInt, Field(ge=1)]] = Field(default_factory=list)
+    max_queue_delay_microseconds: Annotated[StrictInt, Field(ge=0)] = 0
 
 
 class InstanceGroup(Strict):
-    count: Annotated[int, Field(ge=1)] = 1
+    count: Annotated[StrictInt, Field(ge=1)] = 1
     kind: Literal["auto", "cpu", "gpu"] = "auto"
 
 
 class SpecificVersions(Strict):
-    specific: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    specific: list[Annotated[StrictInt, Field(ge=1)]] = Field(min_length=1)
 
 
 VersionPolicy = Union[Literal["latest", "all"], SpecificVersions]
 
 
 class TritonServe(Strict):
-    max_batch_size: Annotated[int, Field(ge=0)] = 0
+    max_batch_size: Annotated[StrictInt, Field(ge=0)] = 0
     dynamic_batching: DynamicBatching | None = None
     instance_group: InstanceGroup = Field(default_factory=InstanceGroup)
     targets: list[str] = Field(default_factory=list)
@@ -231,11 +256,11 @@ class TritonServe(Strict):
 class TFServingBatching(Strict):
     """TF Serving's BatchingParameters; unset fields keep the server's defaults."""
 
-    max_batch_size: Annotated[int, Field(ge=1)]
-    batch_timeout_micros: Annotated[int, Field(ge=0)] | None = None
-    max_enqueued_batches: Annotated[int, Field(ge=1)] | None = None
-    num_batch_threads: Annotated[int, Field(ge=1)] | None = None
-    allowed_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    max_batch_size: Annotated[StrictInt, Field(ge=1)]
+    batch_timeout_micros: Annotated[StrictInt, Field(ge=0)] | None = None
+    max_enqueued_batches: Annotated[StrictInt, Field(ge=1)] | None = None
+    num_batch_threads: Annotated[StrictInt, Field(ge=1)] | None = None
+    allowed_batch_sizes: list[Annotated[StrictInt, Field(ge=1)]] = Field(default_factory=list)
     pad_variable_length_inputs: bool = False
 
     @model_validator(mode="after")
@@ -266,9 +291,9 @@ class Select(Strict):
     """After the gate, time every artifact that passed on this machine; the fastest is served as the model's plain name."""
 
     metric: Literal["latency", "throughput"] = "latency"
-    batch: Annotated[int, Field(ge=1)] | None = Field(None, description="rows per call (default: the batch dim's opt; other dims at opt)")
-    threads: Annotated[int, Field(ge=1, le=1024)] = Field(1, description="intra-op threads while timing (1: figures a busy neighbour skews least)")
-    rounds: Annotated[int, Field(ge=3, le=101)] = 7
+    batch: Annotated[StrictInt, Field(ge=1)] | None = Field(None, description="rows per call (default: the batch dim's opt; other dims at opt)")
+    threads: Annotated[StrictInt, Field(ge=1, le=1024)] = Field(1, description="intra-op threads while timing (1: figures a busy neighbour skews least)")
+    rounds: Annotated[StrictInt, Field(ge=3, le=101)] = 7
 
 
 class Recipe(Strict):
@@ -276,7 +301,7 @@ class Recipe(Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
 
     name: Annotated[str, Field(pattern=NAME_RE, max_length=64)]
-    version: Annotated[int, Field(ge=1)] = 1
+    version: Annotated[StrictInt, Field(ge=1, le=2**31 - 1)] = 1
     source: Source
     inputs: list[InputSpec] = Field(min_length=1)
     outputs: list[Annotated[str, Field(pattern=TENSOR_NAME_RE)]] | None = None
@@ -334,6 +359,11 @@ def _cross_check(r: Recipe) -> list[tuple[tuple, str, str | None]]:
             out += [(("targets", i, *loc), msg, hint) for loc, msg, hint in kind.check(t, r)]
     in_names = [s.name for s in r.inputs]
     for i, spec in enumerate(r.inputs):
+        if all(not isinstance(d, str) or d in r.dims for d in spec.shape):
+            peak = math.prod(r.dims[d].max if isinstance(d, str) else d for d in spec.shape) * DTYPE_BYTES[spec.dtype]
+            if peak > MAX_SAMPLE_BYTES:
+                out.append((("inputs", i, "shape"), f"at every dim's max, one sample of '{spec.name}' is {peak / 2**30:.1f} GiB; parity samples that large do not fit in memory",
+                            f"lower the dims' max so a sample stays under {MAX_SAMPLE_BYTES >> 30} GiB"))  # fmt: skip
         if in_names.count(spec.name) > 1 and in_names.index(spec.name) != i:
             out.append((("inputs", i, "name"), f"input name '{spec.name}' is used twice", None))
         for j, d in enumerate(spec.shape):
@@ -361,7 +391,7 @@ def _cross_check(r: Recipe) -> list[tuple[tuple, str, str | None]]:
             out.append(
                 (("select", "batch"), f"the inputs have no batch dim to size (input '{r.inputs[0].name}' has shape {r.inputs[0].shape})", "remove select.batch")
             )
-        elif not r.dims[first].min <= r.select.batch <= r.dims[first].max:
+        elif first in r.dims and not r.dims[first].min <= r.select.batch <= r.dims[first].max:
             d = r.dims[first]
             out.append((("select", "batch"), f"{r.select.batch} is outside dims.{first} [{d.min}, {d.max}]", f"pick a batch between {d.min} and {d.max}"))
     if r.serve.triton:
@@ -385,9 +415,26 @@ def _cross_check(r: Recipe) -> list[tuple[tuple, str, str | None]]:
                         f"use backend: native ({served.platform or served.backend}), or {_with_python_backend(r)}",
                     )
                 )
+        out += _duplicates(tri.targets, ("serve", "triton", "targets"))
+        model_names: dict[str, str] = {}
+        for j, key in enumerate(tri.targets):
+            model = f"{r.name}_{key}".replace("-", "_")
+            if key in names and model in model_names and model_names[model] != key:
+                out.append((("serve", "triton", "targets", j), f"targets '{model_names[model]}' and '{key}' would both be served as Triton model '{model}'",
+                             "rename one of them: Triton model names turn '-' into '_'"))  # fmt: skip
+            model_names.setdefault(model, key)
         if tri.max_batch_size > 0:
             out += _batching_checks(r, ("serve", "triton", "max_batch_size"), tri.max_batch_size, "set max_batch_size: 0, or ")
-    if r.serve.tfserving:
+        elif tri.dynamic_batching is not None:
+            out.append((("serve", "triton", "dynamic_batching"), "dynamic_batching needs max_batch_size > 0 (Triton batches nothing at 0)",
+                        "set serve.triton.max_batch_size, or remove dynamic_batching"))  # fmt: skip
+        out += _policy_check(r, tri.version_policy, ("serve", "triton", "version_policy"))
+    if r.serve.tfserving and r.source.framework != "tensorflow":
+        out.append((("serve", "tfserving"), f"TF Serving serves SavedModels, which only TensorFlow sources build; this recipe's source is {r.source.framework}",
+                    "serve it with serve.triton, or remove serve.tfserving"))  # fmt: skip
+    elif r.serve.tfserving:
+        out += _duplicates(r.serve.tfserving.targets, ("serve", "tfserving", "targets"))
+        out += _policy_check(r, r.serve.tfserving.version_policy, ("serve", "tfserving", "version_policy"))
         for j, key in enumerate(r.serve.tfserving.targets):
             if key not in names:
                 out.append((("serve", "tfserving", "targets", j), f"no target is named '{key}'", _did_you_mean(key, names)))
@@ -404,6 +451,24 @@ def _cross_check(r: Recipe) -> list[tuple[tuple, str, str | None]]:
             loc = ("serve", "tfserving", "batching", "max_batch_size")
             out += _batching_checks(r, loc, r.serve.tfserving.batching.max_batch_size, "remove serve.tfserving.batching, or ")
     return out
+
+
+def _duplicates(items: list[str], loc: tuple) -> list[tuple[tuple, str, str | None]]:
+    seen: set[str] = set()
+    out = []
+    for j, item in enumerate(items):
+        if item in seen:
+            out.append(((*loc, j), f"'{item}' is listed twice", "list each target once"))
+        seen.add(item)
+    return out
+
+
+def _policy_check(r: Recipe, policy, loc: tuple) -> list[tuple[tuple, str, str | None]]:
+    """A specific-versions policy must serve the version this build writes."""
+    if isinstance(policy, SpecificVersions) and r.version not in policy.specific:
+        return [(loc, f"serves versions {sorted(set(policy.specific))}, but this build writes version {r.version}",
+                 f"add {r.version} to specific, or set version: to one of them")]  # fmt: skip
+    return []
 
 
 def _with_python_backend(r: Recipe) -> str:
@@ -466,11 +531,35 @@ def _check_files(r: Recipe) -> list[tuple[tuple, str, str | None]]:
     for loc, rel, kind in checks:
         if rel is None:
             continue
-        p = r.resolve(rel)
-        ok = p.is_dir() if kind == "dir" else p.is_file()
+        try:
+            p = r.resolve(rel)
+            ok = p.is_dir() if kind == "dir" else p.is_file()
+        except (OSError, ValueError) as e:  # a NUL byte, a name longer than the filesystem takes
+            out.append((loc, f"not a usable path: {e}", f"paths are relative to the recipe's folder ({r.root})"))
+            continue
         if not ok:
             out.append((loc, f"{'directory' if kind == 'dir' else 'file'} not found: {p}", f"paths are relative to the recipe's folder ({r.root})"))
+            continue
+        why, fix = _content_problem(r, loc, p)
+        if why:
+            out.append((loc, why, fix))
     return out
+
+
+def _content_problem(r: Recipe, loc: tuple, p: Path) -> tuple[str | None, str | None]:
+    """Whether an existing file is what its key says, judged from its bytes (nothing is loaded or run)."""
+    key = loc[1] if loc[0] == "source" else "data"
+    if key == "factory":
+        return sniff.factory_problem(p, r.source.factory.rsplit(":", 1)[1]), "source.factory is path/to/file.py:callable, a top-level function or class"
+    if key == "weights":
+        return sniff.weights_problem(p), "save the weights with torch.save(model.state_dict(), path) or safetensors.torch.save_file"
+    if key == "exported":
+        return sniff.zip_problem(p, "torch.export .pt2 archive"), "save it with torch.export.save(exported_program, 'model.pt2')"
+    if key == "keras":
+        return sniff.keras_problem(p), "save it with model.save('model.keras')"
+    if key == "savedmodel":
+        return sniff.savedmodel_problem(p), "point at the folder tf.saved_model.save() wrote"
+    return sniff.zip_problem(p, ".npz file"), "save samples with numpy.savez(path, **{input_name: array})"
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str | None:
@@ -558,6 +647,35 @@ def _pydantic_problem(err: dict, data: Any, root: yaml.Node | None) -> Problem:
     return Problem(key=_key_path(loc, data), message=msg, line=_line_of(root, loc), hint=hint)
 
 
+def _framework_first(problems: list[Problem], data: dict, root: yaml.Node | None) -> list[Problem]:
+    """A target whose kind does not build from the recipe's framework gets that said, not its option errors
+    (`xla` on a PyTorch recipe: 'needs a TensorFlow source', not 'unknown key opset')."""
+    framework = (data.get("source") or {}).get("framework") if isinstance(data.get("source"), dict) else None
+    targets = data.get("targets") if isinstance(data.get("targets"), list) else []
+    registered = kinds.kinds()
+    out = list(problems)
+    for i, t in enumerate(targets):
+        kind = registered.get(t.get("kind")) if isinstance(t, dict) and isinstance(t.get("kind"), str) else None
+        if kind is None or framework not in ("pytorch", "tensorflow") or framework in kind.frameworks:
+            continue
+        prefix = f"targets[{i}]"
+        mine = [p for p in out if p.key == prefix or p.key.startswith(prefix + ".")]
+        if not mine:
+            continue  # the cross-checks say it once the rest validates
+        out = [p for p in out if p not in mine]
+        ok = ", ".join(kinds.frameworks().get(framework, []))
+        needs = " or ".join(sorted(kind.frameworks))
+        out.append(
+            Problem(
+                f"{prefix}.kind",
+                f"'{kind.name}' builds from a {needs} source; this recipe's source is {framework}",
+                _line_of(root, ("targets", i, "kind")),
+                f"use one of: {ok}",
+            )
+        )
+    return out
+
+
 def _dedupe(problems: list[Problem]) -> list[Problem]:
     """Pydantic reports a bad value once per union branch; keep the first per key."""
     seen: set[str] = set()
@@ -570,42 +688,112 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
     return out
 
 
-def parse_recipe(text: str, path: Path, check_files: bool = True) -> Recipe:
-    """Parse and validate recipe text as if read from `path`."""
+# Bounds checked before anything walks the YAML: a recipe is a page of settings, and an
+# alias bomb or a 50 MB `kwargs` list would otherwise cost minutes and gigabytes.
+MAX_RECIPE_BYTES = 1 << 20
+MAX_VALUES = 100_000  # after expanding aliases
+MAX_DEPTH = 64
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [v for pair in node.value for v in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _yaml_problems(root: yaml.Node) -> list[Problem]:
+    """Duplicate or non-string keys, self-referencing aliases, too deep or too large (aliases expanded).
+
+    Iterative, with the expanded size of each node computed once (aliases share nodes).
+    """
+    problems: list[Problem] = []
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            size[key] = 1 + sum(size.get(id(c), 1) for c in _children(node))
+            if size[key] > MAX_VALUES:
+                return [Problem("", f"the recipe expands to more than {MAX_VALUES:,} values (YAML aliases expanded)", node.start_mark.line + 1,
+                                "a recipe is settings: keep large data in files the factory reads")]  # fmt: skip
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            return [Problem("", "a YAML alias refers to itself (a recursive structure)", node.start_mark.line + 1, "remove the self-reference")]
+        if depth > MAX_DEPTH:
+            return [Problem("", f"the YAML is nested more than {MAX_DEPTH} levels deep", node.start_mark.line + 1, "flatten it: a recipe is a few levels deep")]
+        on_path.add(key)
+        stack.append((node, depth, True))
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for k, _ in node.value:
+                line = k.start_mark.line + 1
+                if not isinstance(k, yaml.ScalarNode) or k.tag != "tag:yaml.org,2002:str":
+                    shown = k.value if isinstance(k, yaml.ScalarNode) else "a collection"
+                    problems.append(
+                        Problem("", f"key {shown!r} (line {line}) is not a string", line, "quote keys that YAML reads as numbers, booleans or null")
+                    )
+                elif k.value in seen:
+                    problems.append(Problem("", f"duplicate key '{k.value}' (first at line {seen[k.value]})", line,
+                                            "remove one of them: YAML would keep the last, not the one read first"))  # fmt: skip
+                else:
+                    seen[k.value] = line
+        stack += [(c, depth + 1, False) for c in _children(node)]
+    return problems
+
+
+def _load_yaml(text: str, path: Path) -> tuple[Any, yaml.Node | None]:
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
+        raise RecipeError(
+            path,
+            [Problem("", f"the recipe is larger than {MAX_RECIPE_BYTES >> 20} MiB", None, "a recipe is settings: keep large data in files the factory reads")],
+        )
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         detail = getattr(e, "problem", None) or str(e)
         raise RecipeError(path, [Problem("", f"not valid YAML: {detail}", line, "fix the YAML syntax at that line")]) from None
+    except RecursionError:
+        raise RecipeError(
+            path, [Problem("", f"the YAML is nested more than {MAX_DEPTH} levels deep", None, "flatten it: a recipe is a few levels deep")]
+        ) from None
+    if root is None:
+        return None, None
+    problems = _yaml_problems(root)
+    if problems:
+        raise RecipeError(path, problems)
+    loader = yaml.SafeLoader(text)
+    try:
+        return loader.construct_document(root), root
+    except yaml.YAMLError as e:
+        raise RecipeError(path, [Problem("", f"not valid YAML: {e}", None, "fix the YAML syntax")]) from None
+    finally:
+        loader.dispose()
+
+
+def parse_recipe(text: str, path: Path, check_files: bool = True) -> Recipe:
+    """Parse and validate recipe text as if read from `path`."""
+    data, root = _load_yaml(text, path)
     if not isinstance(data, dict):
         raise RecipeError(
-            path, [Problem("", "a recipe is a YAML mapping (name:, source:, inputs:, targets: ...)", 1, "see the complete example in the README")]
+            path, [Problem("", "a recipe is a YAML mapping (name:, source:, inputs:, targets: ...)", 1, "see the complete example in docs/recipe.md")]
         )
-    if any(not isinstance(k, str) for k in _all_keys(data)):
-        raise RecipeError(path, [Problem("", "every key must be a string", None, "quote keys that YAML reads as numbers, booleans or null")])
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
         probs = [_pydantic_problem(err, data, root) for err in e.errors(include_url=False)]
-        raise RecipeError(path, _dedupe(probs)) from None
+        raise RecipeError(path, _dedupe(_framework_first(probs, data, root))) from None
     recipe._path = path.resolve()
     found = _cross_check(recipe) + (_check_files(recipe) if check_files else [])
     if found:
         raise RecipeError(path, [Problem(_key_path(loc, data), msg, _line_of(root, loc), hint) for loc, msg, hint in found])
     return recipe
-
-
-def _all_keys(obj: Any):
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield k
-            yield from _all_keys(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _all_keys(v)
 
 
 def load_recipe(path: str | Path, check_files: bool = True) -> Recipe:

@@ -12,10 +12,11 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolchain.fsutil import tail
+from toolchain.fsutil import pid_alive, tail
 
 
 @dataclass
@@ -89,8 +90,76 @@ def write_reproduce(path: Path, step_file: str, target: str | None) -> None:
     path.chmod(0o755)
 
 
-def run_step(step: dict, staging: Path, name: str, timeout: float, children: Children) -> StepOutcome:
-    """Run one worker step in its own process and session; wait at most `timeout` seconds."""
+POLL_S = 0.5  # how often a running step's memory is measured
+
+
+def group_memory(pgid: int) -> int:
+    """Bytes the processes of group `pgid` hold (proportional set size: shared pages split, not
+    counted once per process; resident set size where smaps_rollup is unreadable)."""
+    total = 0
+    for pid in _group_pids(pgid):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration, ValueError):
+            try:
+                with open(f"/proc/{pid}/statm") as f:
+                    total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, ValueError, IndexError):
+                pass
+    return total
+
+
+def _group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()  # the command name may hold spaces
+                if int(fields[2]) == pgid:
+                    pids.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return pids
+
+
+def reap_orphans(staging_prefix: str) -> list[int]:
+    """SIGKILL step processes (and what they started) left by a build that died.
+
+    Every step process carries MLPACK_STAGING=<its build's staging folder>, which
+    names the build's pid; its children inherit it. A process whose build pid is
+    gone is an orphan of a killed build. Reading environ needs the same user.
+    """
+    killed = []
+    marker = f"MLPACK_STAGING={staging_prefix}".encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        for var in env:
+            if var.startswith(marker):
+                try:
+                    build_pid = int(var.decode(errors="replace").split(".tmp-", 1)[1].split("-")[0])
+                except (IndexError, ValueError):
+                    break
+                if not pid_alive(build_pid):
+                    try:
+                        os.kill(int(entry.name), signal.SIGKILL)
+                        killed.append(int(entry.name))
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                break
+    return killed
+
+
+def run_step(step: dict, staging: Path, name: str, timeout: float, children: Children, memory: int | None = None) -> StepOutcome:
+    """Run one worker step in its own process and session; stop it after `timeout` seconds or
+    when its process group holds more than `memory` bytes."""
     logs = staging / "logs"
     logs.mkdir(exist_ok=True)
     step = {**step, "root": str(staging), "result": f"logs/{name}.result.json"}
@@ -98,9 +167,11 @@ def run_step(step: dict, staging: Path, name: str, timeout: float, children: Chi
     write_reproduce(logs / f"{name}.reproduce.sh", f"{name}.step.json", step.get("target"))
     log = logs / f"{name}.log"
     rel = log.relative_to(staging).as_posix()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLPACK_PARENT_PID": str(os.getpid()), "MLPACK_STAGING": str(staging)}
     here = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    result_file = staging / step["result"]
+    result_file.unlink(missing_ok=True)
     with open(log, "wb") as f:
         proc = subprocess.Popen(
             [sys.executable, "-m", "toolchain.worker", str(logs / f"{name}.step.json")],
@@ -108,17 +179,36 @@ def run_step(step: dict, staging: Path, name: str, timeout: float, children: Chi
             cwd=logs,  # not the user's folder: `-m` puts the cwd first on sys.path
         )  # fmt: skip
         children.add(proc)
+        deadline = time.monotonic() + timeout
+        peak = 0
         try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill_group(proc)
-            proc.wait()
-            return StepOutcome(None, f"timed out after {timeout:g}s (raise `timeout:` on the target); log tail:\n{tail(log)}", rel)
+            while True:
+                try:
+                    rc = proc.wait(timeout=min(POLL_S, max(deadline - time.monotonic(), 0.01)))
+                    break
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() >= deadline:
+                        kill_group(proc)
+                        proc.wait()
+                        return StepOutcome(None, f"timed out after {timeout:g}s (raise `timeout:` on the target); log tail:\n{tail(log)}", rel)
+                    if memory:
+                        peak = max(peak, group_memory(proc.pid))
+                        if peak > memory:
+                            kill_group(proc)
+                            proc.wait()
+                            return StepOutcome(None, f"stopped: its processes held {peak / 1e6:.0f} MB, over the step's memory limit of "
+                                               f"{memory / 1e6:.0f} MB (raise `memory:` on the target); log tail:\n{tail(log)}", rel)  # fmt: skip
         finally:
+            kill_group(proc)  # whatever the step started and left behind (compilers, pools) goes with it
             children.discard(proc)
     if rc != 0:
         return StepOutcome(None, f"{describe_exit(rc)}; log tail:\n{tail(log)}", rel)
-    result = json.loads((staging / step["result"]).read_text())
+    try:
+        result = json.loads(result_file.read_text())
+    except (OSError, ValueError):
+        return StepOutcome(
+            None, f"the step's process exited without a result (did the model's code call sys.exit() or os._exit()?); log tail:\n{tail(log)}", rel
+        )
     if not result.get("ok"):
         return StepOutcome(None, result.get("reason", "failed"), rel, result.get("hint"), result.get("error") == "usage")
     return StepOutcome(result, None, rel)

@@ -20,7 +20,9 @@ import gc
 import json
 import os
 import resource
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -114,6 +116,43 @@ def _device_name() -> str:
     return torch.cuda.get_device_name(0)
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def tie_to_build() -> None:
+    """Die with the build that started this step, taking this step's process group along.
+
+    The step leads its own process group (the build started it in a new session), so
+    the compilers and pools it starts are in that group. If the build dies, even by
+    SIGKILL: the kernel sends SIGTERM (parent-death signal), whose handler kills the
+    group; a thread that sees the parent change does the same, should the signal be
+    missed. A step run by reproduce.sh has no build (no MLPACK_PARENT_PID) and is left alone.
+    """
+    parent = int(os.environ.get("MLPACK_PARENT_PID", "0") or 0)
+    if not parent or os.getpgrp() != os.getpid():
+        return
+
+    def kill_group(*_):
+        os.killpg(0, signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, kill_group)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the watch thread below still works
+        pass
+    if os.getppid() != parent:  # the build died before the signal was armed
+        kill_group()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        kill_group()
+
+    threading.Thread(target=watch, name="mlpack-parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m toolchain.worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("step", type=Path)
@@ -124,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     root = (args.root or Path(step["root"])).resolve()
     # A reproduce run (--workdir) reports beside its artifact, not over the build's result.
     result_path = args.workdir.resolve() / "result.json" if args.workdir else root / step["result"]
+    if not args.workdir:
+        tie_to_build()
     try:
         if step["kind"] == "reference":
             result = {"ok": True, **run_reference(step, root)}
@@ -138,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a converter's failure is data for the parent, with the log beside it
         traceback.print_exc()
         result = {"ok": False, "error": "unexpected", "reason": one_line(e)}
+    except SystemExit as e:  # the model's own code (a factory, a forward) called sys.exit()
+        traceback.print_exc()
+        result = {"ok": False, "error": "step", "reason": f"the model's code called sys.exit({e.code!r}) during the {step['kind']} step",
+                  "hint": "a factory must return the model; remove the sys.exit() call"}  # fmt: skip
     # Peak memory of this step (Linux reports KiB): large models must stay near 2x their weights.
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     sys.stdout.flush()

@@ -60,15 +60,25 @@ class M(torch.nn.Module):
                 os.kill(os.getpid(), signal.SIGSEGV)
             if MODE == "hang" and os.environ.get("MLPACK_TEST_VICTIM") in open("/proc/self/cmdline").read():
                 time.sleep(600)
+            if MODE == "hog" and os.environ.get("MLPACK_TEST_VICTIM") in open("/proc/self/cmdline").read():
+                hog = bytearray(3 * 1024**3)  # zero pages are not resident: touch them
+                for i in range(0, len(hog), 4096):
+                    hog[i] = 1
+                time.sleep(60)
             if MODE == "overlap":
                 with open(os.environ["MLPACK_TEST_TRACE"], "a") as f:
                     f.write(f"{os.getpid()} {time.time()} start\\n")
                 time.sleep(2)
                 with open(os.environ["MLPACK_TEST_TRACE"], "a") as f:
                     f.write(f"{os.getpid()} {time.time()} end\\n")
+        if MODE == "hang-eager" and not _in_export():
+            time.sleep(600)
         return self.l(x)
 
 def build():
+    if MODE == "exit":
+        import sys
+        sys.exit(0)
     torch.manual_seed(0)
     return M().eval()
 """
@@ -321,3 +331,163 @@ def test_output_inside_the_model_folder_does_not_invalidate_the_cache(tmp_path):
     assert list((tmp_path / "artifacts").rglob("model.py"))
     proc, m = build(recipe, tmp_path / "artifacts")
     assert proc.returncode == 0 and hits(m) == {"onnx": True, "onnx-b": True}
+
+
+# ------------------------------------------------ kills, limits and publishing (issue 12)
+
+
+def staged_processes(out: Path) -> list[int]:
+    """Live processes that carry a build's staging marker for `out` (workers and what they started)."""
+    marker = f"MLPACK_STAGING={out}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def wait_for_step(out: Path, name: str, timeout: float = 120) -> Path:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        logs = list(out.glob(f".mlp.tmp-*/logs/{name}.log"))
+        if logs and logs[0].stat().st_size > 0:
+            return logs[0]
+        time.sleep(0.1)
+    raise AssertionError(f"the {name} step never started")
+
+
+def test_sigkill_of_the_build_takes_its_workers_along(cached, tmp_path):
+    """SIGKILL leaves no handler to run: the workers see their parent die and end their process group."""
+    recipe, out = copy_of(cached, tmp_path)
+    e = {**os.environ, "CI": "true", "PYTHONPATH": str(ROOT), "MLPACK_TEST_MODE": "hang", "MLPACK_TEST_VICTIM": "onnx-b.step.json"}
+    proc = subprocess.Popen([sys.executable, "-m", "toolchain", "build", str(recipe), "--out", str(out), "--force"],
+                            env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    wait_for_step(out, "onnx-b")
+    time.sleep(1.0)
+    assert staged_processes(out), "no worker found"
+    os.killpg(proc.pid, signal.SIGKILL)  # mlpack's own process group; the workers lead groups of their own
+    proc.wait()
+    deadline = time.time() + 10
+    while staged_processes(out) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not staged_processes(out), "worker processes outlived the killed build"
+    proc2, m = build(recipe, out)  # the next build cleans the dead build's folder and publishes
+    assert proc2.returncode == 0, proc2.stderr
+    assert not list(out.glob(".mlp.tmp-*"))
+
+
+def test_the_next_build_reaps_orphans_of_a_dead_build(cached, tmp_path):
+    """A process left by a build that died (say, with the machine's OOM killer) is stopped by the next one."""
+    recipe, out = copy_of(cached, tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    orphan = subprocess.Popen(["sleep", "300"], env={**os.environ, "MLPACK_STAGING": str(out / f".mlp.tmp-{dead.pid}-deadbeef")}, start_new_session=True)
+    try:
+        proc, m = build(recipe, out)
+        assert proc.returncode == 0, proc.stderr
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        orphan.kill()
+
+
+def test_a_step_over_its_memory_limit_fails_only_its_target(tmp_path):
+    recipe = project(tmp_path, RECIPE.replace("timeout: 120", "timeout: 120\n    memory: 2GB"))
+    proc, m = build(recipe, tmp_path / "out", env={"MLPACK_TEST_MODE": "hog", "MLPACK_TEST_VICTIM": "onnx-b.step.json"})
+    by = {t["name"]: t for t in m["targets"]}
+    assert proc.returncode == 4 and by["onnx"]["status"] == "ok", proc.stderr[-2000:]
+    assert "over the step's memory limit of 2000 MB" in by["onnx-b"]["reason"] and "raise `memory:`" in by["onnx-b"]["reason"]
+
+
+def test_the_reference_step_obeys_the_targets_timeout(tmp_path):
+    """A model that hangs in eager mode used to stall the build for a fixed 30 minutes."""
+    recipe = project(
+        tmp_path, RECIPE.replace("  - kind: onnx\n  - kind: onnx", "  - kind: onnx\n    timeout: 10\n  - kind: onnx").replace("timeout: 120", "timeout: 10")
+    )
+    t0 = time.time()
+    proc, m = build(recipe, tmp_path / "out", env={"MLPACK_TEST_MODE": "hang-eager"})
+    assert time.time() - t0 < 60
+    assert proc.returncode == 4 and all("timed out after 10s" in t["reason"] for t in m["targets"]), proc.stderr[-2000:]
+
+
+def test_a_factory_calling_sys_exit_fails_with_that_reason(tmp_path):
+    proc, m = build(project(tmp_path), tmp_path / "out", env={"MLPACK_TEST_MODE": "exit"})
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert all("called sys.exit(0)" in t["reason"] for t in m["targets"]) and "unexpected error" not in proc.stderr
+
+
+def test_all_hits_with_the_reference_entry_gone_recompute_it(cached, tmp_path):
+    recipe, out = copy_of(cached, tmp_path)
+    entries = [p.parents[2] for p in (out / ".mlpack-cache").glob("*/files/parity/reference.npz")]
+    assert len(entries) == 1
+    original = (entries[0] / "files" / "parity" / "reference.npz").read_bytes()
+    (entries[0] / "files" / "parity" / "reference.npz").write_bytes(b"")  # emptied
+    proc, m = build(recipe, out)
+    assert proc.returncode == 0, proc.stderr
+    assert hits(m) == {"onnx": True, "onnx-b": True} and "recomputing them" in proc.stderr
+    assert (out / "mlp" / "parity" / "reference.npz").read_bytes() == original
+
+
+def test_published_files_share_no_inode_with_the_cache(cached, tmp_path):
+    recipe, out = copy_of(cached, tmp_path)
+    proc, m = build(recipe, out)
+    assert proc.returncode == 0 and hits(m) == {"onnx": True, "onnx-b": True}
+    cache_inodes = {p.stat().st_ino for p in (out / ".mlpack-cache").rglob("*") if p.is_file()}
+    published = [out / "mlp" / f["path"] for t in m["targets"] for f in t["files"]] + [out / "mlp" / "parity" / "reference.npz"]
+    assert published and not {p.stat().st_ino for p in published} & cache_inodes
+
+
+def test_a_users_own_folder_at_the_output_path_is_never_replaced(tmp_path):
+    recipe = project(tmp_path)
+    (tmp_path / "out" / "mlp").mkdir(parents=True)
+    (tmp_path / "out" / "mlp" / "notes.txt").write_text("mine")
+    proc, _ = build(recipe, tmp_path / "out")
+    assert proc.returncode == 2 and "not an mlpack output" in proc.stderr
+    assert (tmp_path / "out" / "mlp" / "notes.txt").read_text() == "mine"
+
+
+def test_a_symlink_at_the_lock_path_is_refused(tmp_path):
+    recipe = project(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".mlp.lock").symlink_to(victim)
+    proc, _ = build(recipe, tmp_path / "out")
+    assert proc.returncode == 2 and "symbolic link" in proc.stderr and "Traceback" not in proc.stderr
+    assert victim.read_text() == "precious"
+
+
+def test_out_and_junit_paths_that_cannot_work_fail_before_building(tmp_path):
+    recipe = project(tmp_path)
+    (tmp_path / "file").write_text("x")
+    proc, _ = build(recipe, tmp_path / "file")
+    assert proc.returncode == 2 and "is a file, not a folder" in proc.stderr
+    proc, _ = build(recipe, tmp_path / "out", "--junit", str(tmp_path / "file" / "report.xml"))
+    assert proc.returncode == 2 and "--junit" in proc.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text", ["[]", "{}", '{"schema": "mlpack.manifest/1", "targets": "x"}', "null"])
+def test_inspect_refuses_what_is_not_a_manifest(tmp_path, text):
+    (tmp_path / "manifest.json").write_text(text)
+    proc = mlpack("inspect", str(tmp_path))
+    assert proc.returncode == 2 and "not" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_serve_check_without_the_serve_extra_names_it(cached, tmp_path):
+    """Without mlpack[serve], tritonclient (a core dependency, for its config proto) lacks its HTTP client's packages."""
+    code = "import sys; sys.modules['geventhttpclient'] = None; from toolchain.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "serve-check", str(cached / "out" / "mlp")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 2 and "pip install 'mlpack[serve]'" in proc.stderr, proc.stderr
+
+
+def test_a_gate_that_compares_nothing_fails(tmp_path):
+    """All-NaN outputs on both sides used to pass as "max_abs_err 0, cosine 1.000000"."""
+    recipe = project(tmp_path, RECIPE.replace("serve:\n  triton: {max_batch_size: 4, targets: [onnx, onnx-b]}\n", ""))
+    (tmp_path / "mlp.py").write_text(MLP.replace("        return self.l(x)", "        return self.l(x) * float('nan')"))
+    proc, m = build(recipe, tmp_path / "out", "--target", "onnx")
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "nothing compared" in m["targets"][0]["parity"]["outputs"]["y"]["failures"][0]

@@ -92,6 +92,27 @@ def test_factory_that_raises_exits_4_with_reason(tmp_path):
 
 
 def test_unexportable_model_exits_4_with_log(tmp_path):
+    """An operator no ONNX exporter strategy can take: exit 4, every strategy named, the log kept."""
+    recipe = write_recipe(tmp_path, CNN_RECIPE.format(name="small", tol="{atol: 1.0e-4}").replace("cnn.py:build", "dyn.py:build"))
+    (tmp_path / "dyn.py").write_text(
+        "import torch\n"
+        "class M(torch.nn.Module):\n"
+        "    def forward(self, image):\n"
+        "        x = image.flatten(1)[:, :5]\n"
+        "        return torch.linalg.eigvalsh(x.unsqueeze(2) * x.unsqueeze(1) + torch.eye(5))  # no ONNX op\n"
+        "def build(**kw):\n    return M()\n"
+    )
+    proc = mlpack("build", str(recipe), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 4, proc.stderr
+    t = json.loads(proc.stdout)["targets"][0]
+    assert t["status"] == "failed" and t["stage"] == "convert" and t["log"] == "logs/onnx.log"
+    assert "dynamo:" in t["reason"] and "torchscript:" in t["reason"] and "eigvalsh" in t["reason"]
+    assert (tmp_path / "out" / "small.failed" / t["log"]).read_text().strip()
+    assert "log:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_wrong_fallback_export_is_caught_by_the_gate(tmp_path):
+    """A data-dependent shape defeats torch.export; the TorchScript fallback bakes one shape in: the gate says so."""
     recipe = write_recipe(tmp_path, CNN_RECIPE.format(name="small", tol="{atol: 1.0e-4}").replace("cnn.py:build", "dyn.py:build"))
     (tmp_path / "dyn.py").write_text(
         "import torch\n"
@@ -102,11 +123,11 @@ def test_unexportable_model_exits_4_with_log(tmp_path):
         "def build(**kw):\n    return M()\n"
     )
     proc = mlpack("build", str(recipe), "--out", str(tmp_path / "out"), "--json")
-    assert proc.returncode == 4, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     t = json.loads(proc.stdout)["targets"][0]
-    assert t["status"] == "failed" and t["reason"] and t["log"] == "logs/onnx.log"
-    assert (tmp_path / "out" / "small.failed" / t["log"]).read_text().strip()
-    assert "log:" in proc.stderr and "Traceback" not in proc.stderr
+    assert (t["status"], t["stage"]) == ("failed", "parity")
+    assert "!= reference" in " ".join(t["parity"]["outputs"]["logits"]["failures"])
+    assert "logits: sample 0: shape" in proc.stderr  # the progress line names the failure, not a bare cosine
 
 
 def test_required_cuda_target_without_gpu_exits_4(tmp_path):
@@ -235,7 +256,8 @@ def test_serving_failure_after_parity_is_exit_4_at_stage_serving(tmp_path):
 def test_usage_error_inside_a_step_keeps_its_fix_and_exits_2(tmp_path):
     """Found in a worker (the INT8 calibration split), a recipe problem is still exit 2 with its fix."""
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "data.npz", image=rng.random((4, 3, 16, 16), dtype=np.float32))
+    # One row: parity takes it, none is left to calibrate on (calibration never reuses parity rows).
+    np.savez(tmp_path / "data.npz", image=rng.random((1, 3, 16, 16), dtype=np.float32))
     text = CNN_RECIPE.format(name="calib", tol="{atol: 1.0e-4}").replace("  - kind: onnx\n", "  - {kind: onnx, quantize: int8}\n")
     recipe = write_recipe(tmp_path, text + "data: {path: data.npz}\n")
     proc = mlpack("build", str(recipe), "--out", str(tmp_path / "out"), "--json")
@@ -243,4 +265,4 @@ def test_usage_error_inside_a_step_keeps_its_fix_and_exits_2(tmp_path):
     t = json.loads(proc.stdout)["targets"][0]
     assert (t["status"], t["stage"]) == ("failed", "recipe")
     assert "too few are left to calibrate INT8 on" in t["reason"] and "calibration never reuses parity rows" in t["hint"]
-    assert "fix: add rows to data.path or lower parity.samples" in proc.stderr and "Traceback" not in proc.stderr
+    assert "fix: add rows to the data or lower parity.samples" in proc.stderr and "Traceback" not in proc.stderr

@@ -125,6 +125,28 @@ def test_nonfinite_reference_with_finite_artifact_fails():
     assert not compare(out([1.0, np.nan]), out([1.0, 2.0]), TOL).passed
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_an_all_nonfinite_reference_compares_nothing_and_fails(bad):
+    """Same NaNs on both sides used to read "max_abs_err 0, cosine 1.000000" and pass."""
+    report = compare(out([bad, bad], [bad]), out([bad, bad], [bad]), TOL)
+    d = report.outputs["y"]
+    assert not report.passed and d.compared == 0
+    assert d.failures == ["nothing compared: the reference output has no finite values (all NaN/inf, or empty); fix the model or the input ranges"]
+
+
+def test_empty_outputs_compare_nothing_and_fail():
+    assert not compare(out(np.zeros(0)), out(np.zeros(0)), TOL).passed
+
+
+def test_no_samples_is_no_gate():
+    report = compare([], [], TOL)
+    assert not report.passed and report.first_failure() == "no parity samples were compared"
+
+
+def test_compared_counts_finite_reference_values():
+    assert compare(out([1.0, np.nan, 3.0], [4.0]), out([1.0, np.nan, 3.0], [4.0]), TOL).outputs["y"].compared == 3
+
+
 def test_shape_mismatch_fails():
     d = compare(out([1.0, 2.0]), out([1.0, 2.0, 3.0]), TOL).outputs["y"]
     assert not d.passed and d.failures == ["sample 0: shape [3] != reference [2]"]

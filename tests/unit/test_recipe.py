@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from toolchain.errors import EXIT_USAGE, RecipeError, UsageError
@@ -267,7 +268,7 @@ def test_error_table(root, edits, expected):
 
 def test_top_level_list_is_rejected(root):
     assert problems("- name: tiny\n- kind: onnx\n", root) == [
-        ("", 1, "a recipe is a YAML mapping (name:, source:, inputs:, targets: ...)", "see the complete example in the README")
+        ("", 1, "a recipe is a YAML mapping (name:, source:, inputs:, targets: ...)", "see the complete example in docs/recipe.md")
     ]
 
 
@@ -416,9 +417,10 @@ serve:
 
 @pytest.fixture
 def spec_root(tmp_path: Path) -> Path:
-    for rel in ("models/resnet.py", "data/samples.npz"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).touch()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/resnet.py").write_text("def build(**kwargs): ...\n")
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data/samples.npz", images=np.zeros((4, 3, 224, 224), np.float32))
     return tmp_path.resolve()
 
 
@@ -428,6 +430,12 @@ def test_spec_example_mixes_tf_only_targets_into_a_pytorch_recipe(spec_root):
     assert problems(SPEC_EXAMPLE, spec_root) == [
         ("targets[3].kind", 34, "'xla' does not build from a pytorch source", "use one of: aoti, onnx, tensorrt"),
         ("targets[4].kind", 35, "'savedmodel' does not build from a pytorch source", "use one of: aoti, onnx, tensorrt"),
+        (
+            "serve.tfserving",
+            54,
+            "TF Serving serves SavedModels, which only TensorFlow sources build; this recipe's source is pytorch",
+            "serve it with serve.triton, or remove serve.tfserving",
+        ),
     ]
 
 

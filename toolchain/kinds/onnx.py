@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictInt, model_validator
 from pydantic_core import PydanticCustomError
 
 from toolchain.errors import StepError, one_line
@@ -35,7 +35,7 @@ TORCHSCRIPT_MAX_OPSET = 20  # the TorchScript exporter's newest opset
 
 class OnnxTarget(TargetOptions):
     kind: Literal["onnx"]
-    opset: Annotated[int, Field(ge=7, le=23)] = 18
+    opset: Annotated[StrictInt, Field(ge=7, le=23)] = 18
     quantize: Literal["int8", "int8-dynamic", "fp16"] | None = None
     calibration: Literal["minmax", "entropy", "percentile"] | None = None
     fallback: Annotated[Literal["off", "auto"], YamlOff] = "off"

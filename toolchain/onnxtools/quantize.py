@@ -489,7 +489,8 @@ QUANTIZATION_SCHEMA: dict = {
             "type": "object",
             "required": ["method", "source", "samples", "seed"],
             "properties": {
-                "method": {"enum": ["minmax", "entropy", "percentile"]},
+                # histogram: PT2E's observers (AOTI int8); the others are ONNX Runtime's calibrators
+                "method": {"enum": ["minmax", "entropy", "percentile", "histogram"]},
                 "source": {"enum": ["data", "generated"]},
                 "samples": {"type": "integer", "minimum": 1},
                 "rows": {"type": ["array", "null"], "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2},
@@ -514,15 +515,24 @@ QUANTIZATION_SCHEMA: dict = {
         "node_report": {
             "type": ["array", "null"],
             "items": {
-                "type": "object",
-                "required": ["node", "op_type", "added_error", "output_error", "quantized"],
-                "properties": {
-                    "node": {"type": "string"},
-                    "op_type": {"type": "string"},
-                    "added_error": {"type": "number", "minimum": 0},
-                    "output_error": {"type": "number", "minimum": 0},
-                    "quantized": {"type": "boolean"},
-                },
+                "anyOf": [
+                    {  # ONNX: one row per graph node
+                        "type": "object",
+                        "required": ["node", "op_type", "added_error", "output_error", "quantized"],
+                        "properties": {
+                            "node": {"type": "string"},
+                            "op_type": {"type": "string"},
+                            "added_error": {"type": "number", "minimum": 0},
+                            "output_error": {"type": "number", "minimum": 0},
+                            "quantized": {"type": "boolean"},
+                        },
+                    },
+                    {  # AOTI (PT2E): one row per module, its worst signal-to-quantization-noise ratio
+                        "type": "object",
+                        "required": ["module", "sqnr_db", "node"],
+                        "properties": {"module": {"type": "string"}, "sqnr_db": {"type": "number"}, "node": {"type": "string"}},
+                    },
+                ]
             },
         },
     },

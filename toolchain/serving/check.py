@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from toolchain import manifest as mf
-from toolchain.errors import UsageError
+from toolchain.errors import UsageError, one_line
 from toolchain.feeds import load_feeds
 from toolchain.parity import compare
 from toolchain.progress import Progress
@@ -47,12 +47,27 @@ def read_build(root: Path) -> tuple[dict, list[dict], list[dict]]:
     return manifest, samples, reference
 
 
+def http_client():
+    """tritonclient's KServe v2 HTTP client, or a usage error naming the extra that provides it.
+
+    tritonclient itself is a core dependency (its config proto); its HTTP client's
+    packages come with mlpack[serve], and without them it raises RuntimeError."""
+    try:
+        import tritonclient.http as httpclient
+    except (ImportError, RuntimeError) as e:
+        raise UsageError(f"this command talks to Triton over HTTP and tritonclient's HTTP client is not installed ({one_line(e)})",
+                         "pip install 'mlpack[serve]'") from None  # fmt: skip
+    return httpclient
+
+
 def serve_check(
     root: Path, server: Path | None = None, native: bool = False, targets: list[str] | None = None, progress: Progress | None = None
 ) -> ServeCheckResult:
     """Check every served model of the build at `root`; updates its manifest."""
     progress = progress or Progress()
     manifest, samples, reference = read_build(root)
+    if any(m["server"] == "triton" for m in manifest["serving"].get("models", [])):
+        http_client()  # before a server starts
     by_target = {t["name"]: t for t in manifest["targets"]}
     if targets:
         unknown = [t for t in targets if t not in by_target]
@@ -154,8 +169,9 @@ def replay(url: str, cfg, sig, samples: list[dict]) -> tuple[list[dict], str | N
     Config tensors pair with the signature by position (torch_aoti renames them
     INPUT__i); samples larger than max_batch_size go in chunks, as a client must.
     """
-    import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
+
+    httpclient = http_client()
 
     client = httpclient.InferenceServerClient(url, connection_timeout=10.0, network_timeout=REQUEST_TIMEOUT)
     out_pairs = [(c.name, t.name) for c, t in zip(cfg.output, sig.outputs)]
@@ -182,8 +198,9 @@ def replay(url: str, cfg, sig, samples: list[dict]) -> tuple[list[dict], str | N
 
 def infer_inputs(cfg, sig, feed: dict) -> list:
     """KServe v2 inputs named as the config names them, from a feed named by the signature."""
-    import tritonclient.http as httpclient
     from tritonclient.utils import np_to_triton_dtype
+
+    httpclient = http_client()
 
     inputs = []
     for c, t in zip(cfg.input, sig.inputs):

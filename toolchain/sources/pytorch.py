@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from toolchain.errors import StepError
+from toolchain.errors import StepError, UsageError
 from toolchain.parity import make_feed
 from toolchain.recipe import Recipe
 from toolchain.runners.torch_eager import TorchEagerRunner
 from toolchain.sources.factory import import_factory
+from toolchain.torchtools.safe_load import load_exported
 
 
 def load_pytorch(recipe: Recipe):
@@ -27,7 +28,9 @@ def load_pytorch(recipe: Recipe):
     if src.exported:
         path = recipe.resolve(src.exported)
         try:
-            ep = torch.export.load(str(path))
+            ep = load_exported(path, src.allow_pickle)
+        except UsageError:
+            raise
         except Exception as e:
             raise StepError(f"source.exported: cannot load {path} with torch.export.load: {e}") from e
         return ep.module()

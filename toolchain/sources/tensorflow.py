@@ -74,7 +74,7 @@ def _load(recipe: Recipe):
 
         path = recipe.resolve(src.keras)
         try:
-            model = keras.saving.load_model(str(path), compile=False)
+            model = keras.saving.load_model(str(path), compile=False, safe_mode=True)  # Lambda layers carry bytecode
         except Exception as e:
             raise StepError(f"source.keras: keras.saving.load_model({path}) failed: {type(e).__name__}: {e}") from e
     else:

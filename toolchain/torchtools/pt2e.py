@@ -32,12 +32,40 @@ def _torchao():
     return prepare_pt2e, convert_pt2e, xiq
 
 
+def _float_only(quantizer):
+    """The quantizer, but never on integer tensors: it annotates an integer `add` (RoBERTa's
+    position ids) like a float one, and its histogram observer then fails ('histogram_cpu' not
+    implemented for 'Int')."""
+    import torch
+
+    def is_float(node) -> bool:
+        val = node.meta.get("val") if hasattr(node, "meta") else None
+        return not isinstance(val, torch.Tensor) or val.dtype.is_floating_point
+
+    annotate = quantizer.annotate
+
+    def float_annotate(model):
+        model = annotate(model)
+        for node in model.graph.nodes:
+            ann = node.meta.get("quantization_annotation")
+            if ann is None:
+                continue
+            for arg in [a for a in ann.input_qspec_map if not is_float(a)]:
+                del ann.input_qspec_map[arg]
+            if ann.output_qspec is not None and not is_float(node):
+                ann.output_qspec = None
+        return model
+
+    quantizer.annotate = float_annotate
+    return quantizer
+
+
 def quantize(program, calibration: list[tuple], dynamic: bool, excluded: list[str]):
     """The exported float program as a PT2E-quantized GraphModule (reference q/dq form)."""
     import torch
 
     prepare_pt2e, convert_pt2e, xiq = _torchao()
-    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=dynamic))
+    quantizer = _float_only(xiq.X86InductorQuantizer()).set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=dynamic))
     for name in excluded:
         quantizer.set_module_name_qconfig(name, None)
     prepared = prepare_pt2e(program.module(), quantizer)

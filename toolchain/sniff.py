@@ -1,0 +1,101 @@
+"""What the files a recipe names look like, read without loading them (no framework, no unpickling).
+
+`mlpack validate` uses these so a wrong file fails in a second with its key named,
+not minutes into a build in a worker's traceback.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import struct
+import zipfile
+from pathlib import Path
+
+MAX_FACTORY_BYTES = 10 << 20  # a model's source file; a bigger one is not Python source anyone wrote
+ZIP_MAGIC = b"PK\x03\x04"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _head(path: Path, n: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def factory_problem(path: Path, name: str) -> str | None:
+    """Why `path` cannot provide a top-level callable `name`, or None (parsed, never run)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_FACTORY_BYTES:
+            return f"{path.name} is {size / 1e6:.0f} MB; a factory is a Python source file"
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except SyntaxError as e:
+        return f"{path.name} is not valid Python: {e.msg} (line {e.lineno})"
+    except (OSError, ValueError) as e:
+        return f"cannot read {path.name}: {e}"
+    defined: set[str] = set()
+    star = False
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            defined |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            star |= any(a.name == "*" for a in node.names)
+            defined |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):  # conditional definitions: trust them
+            defined |= {n.name for n in ast.walk(node) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+            defined |= {t.id for n in ast.walk(node) if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    if name in defined or star:
+        return None
+    funcs = sorted(n for n in defined if not n.startswith("_"))
+    return f"{path.name} defines no top-level '{name}'" + (f" (it defines: {', '.join(funcs[:8])})" if funcs else "")
+
+
+def weights_problem(path: Path) -> str | None:
+    """A .safetensors file with a readable header, or a torch.save file (zip or legacy pickle)."""
+    try:
+        head = _head(path, 8)
+        if path.suffix == ".safetensors":
+            if len(head) < 8:
+                return f"{path.name} is too short to be a safetensors file"
+            n = struct.unpack("<Q", head)[0]
+            if n > min(path.stat().st_size - 8, 100 << 20):
+                return f"{path.name} has a safetensors header length ({n}) beyond the file's size"
+            with open(path, "rb") as f:
+                f.seek(8)
+                header = json.loads(f.read(n))
+            if not isinstance(header, dict):
+                return f"{path.name}: its safetensors header is not a JSON object"
+            return None
+        if head.startswith(ZIP_MAGIC) or head[:1] == b"\x80":
+            return None
+        return f"{path.name} is neither a torch.save() file nor .safetensors (it starts with {head[:8]!r})"
+    except (OSError, ValueError) as e:
+        return f"cannot read {path.name}: {e}"
+
+
+def zip_problem(path: Path, what: str) -> str | None:
+    try:
+        if not zipfile.is_zipfile(path):
+            return f"{path.name} is not a {what} (not a zip archive)"
+    except OSError as e:
+        return f"cannot read {path.name}: {e}"
+    return None
+
+
+def keras_problem(path: Path) -> str | None:
+    try:
+        head = _head(path, 8)
+    except OSError as e:
+        return f"cannot read {path.name}: {e}"
+    if head.startswith(ZIP_MAGIC) or head.startswith(HDF5_MAGIC):
+        return None
+    return f"{path.name} is neither a .keras archive nor an HDF5 (.h5) file"
+
+
+def savedmodel_problem(path: Path) -> str | None:
+    if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
+        return None
+    return f"{path} has no saved_model.pb: not a SavedModel folder"
