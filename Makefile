@@ -19,7 +19,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev,serve,tensorflow]" "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev,serve,tensorflow,distributed]" "$(TORCH)"
 	touch $@
 
 install: $(BIN)/.installed

@@ -21,6 +21,7 @@ from toolchain import cache, kinds
 from toolchain import manifest as mf
 from toolchain.environment import environment
 from toolchain.errors import EXIT_OK, UsageError
+from toolchain.executors import open_executor, resources_for
 from toolchain.feeds import load_feeds, save_feeds
 from toolchain.fsutil import clean_stale, publish
 from toolchain.lock import build_lock
@@ -30,6 +31,7 @@ from toolchain.parity import ParityReport, samples_for
 from toolchain.plan import Plan, default_jobs, make_plan
 from toolchain.progress import Progress
 from toolchain.recipe import Recipe
+from toolchain.remote import open_remote
 from toolchain.results import BuildResult, Stage, Status, TargetResult, exit_code_for
 from toolchain.serving.tfserving import write_tfserving, write_warmup
 from toolchain.serving.triton import triton_model_name, write_triton_model
@@ -41,8 +43,12 @@ DEFAULT_TIMEOUT = 1800.0
 
 
 def build(recipe: Recipe, out_root: Path, only: list[str] | None = None, progress: Progress | None = None,
-          jobs: int | None = None, force: bool = False) -> BuildResult:  # fmt: skip
-    """Build every requested target of `recipe` under `out_root/<name>/`."""
+          jobs: int | None = None, force: bool = False, cache_url: str | None = None, executor: str | None = None) -> BuildResult:  # fmt: skip
+    """Build every requested target of `recipe` under `out_root/<name>/`.
+
+    `cache_url` (else MLPACK_CACHE): a shared cache on any fsspec URL, asked after the local one.
+    `executor`: local (default), ray or ray://HOST:PORT: where step processes run (toolchain.executors).
+    """
     progress = progress or Progress()
     # Absolute: steps run in worker processes whose working directory is the step's logs folder.
     out_root = Path(out_root).resolve()
@@ -51,7 +57,18 @@ def build(recipe: Recipe, out_root: Path, only: list[str] | None = None, progres
     with build_lock(out_root / f".{recipe.name}.lock", progress.note):
         for final in (out_root / recipe.name, out_root / f"{recipe.name}.failed"):
             check_replaceable(final)
-        return _build_locked(recipe, out_root, make_plan(recipe, only, out_root), progress, jobs or default_jobs(), force)
+        plan = make_plan(recipe, only, out_root)
+        plan.remote = open_remote(cache_url)
+        plan.executor = open_executor(executor)
+        try:
+            result = _build_locked(recipe, out_root, plan, progress, jobs or default_jobs(), force)
+        finally:
+            plan.executor.close()
+        if plan.remote is not None:
+            r = plan.remote
+            progress.note(f"shared cache {r.url}: {len(r.fetched)} entries fetched, {len(r.uploaded)} uploaded"
+                          + (f"; {len(r.errors)} errors, first: {r.errors[0]}" if r.errors else ""))  # fmt: skip
+        return result
 
 
 def check_out_root(out_root: Path) -> None:
@@ -122,14 +139,20 @@ def _store(plan: Plan, results: list[TargetResult], out_root: Path, root: Path, 
     def logs(step: str) -> list[str]:
         return [f"logs/{step}{suffix}" for suffix in (".log", ".step.json", ".reproduce.sh")]
 
+    remote = plan.remote
     if (root / "parity" / "reference.npz").is_file() and not cache.lookup(out_root, plan.source_key):
         files = mf.file_entries(root, [root / "parity" / "samples.npz", root / "parity" / "reference.npz"])
-        cache.store(out_root, plan.source_key, {"files": files}, root, logs("reference"))
+        cache.store(out_root, plan.source_key, {"files": files}, root, logs("reference"), remote)
+    elif (root / "parity" / "reference.npz").is_file():
+        cache.upload_missing(out_root, plan.source_key, remote)
     for r in results:
         if r.status is Status.OK and not (r.cache or {}).get("hit"):
-            cache.store(out_root, plan.keys[r.name], r.to_dict(), root, logs(r.name))
+            cache.store(out_root, plan.keys[r.name], r.to_dict(), root, logs(r.name), remote)
+        elif r.status is Status.OK:
+            cache.upload_missing(out_root, plan.keys[r.name], remote)
     if selection and not selection["cache"]["hit"]:
-        cache.store(out_root, selection["cache"]["key"], {"selection": {k: v for k, v in selection.items() if k != "cache"}}, root, logs("select"))
+        sel = {"selection": {k: v for k, v in selection.items() if k != "cache"}}
+        cache.store(out_root, selection["cache"]["key"], sel, root, logs("select"), remote)
 
 
 def _run(plan: Plan, staging: Path, out_root: Path, progress: Progress, jobs: int, force: bool, children: Children) -> list[TargetResult]:
@@ -137,7 +160,7 @@ def _run(plan: Plan, staging: Path, out_root: Path, progress: Progress, jobs: in
     todo = []
     for spec in plan.specs:
         name, key = spec.target_name, plan.keys[spec.target_name]
-        hit = None if force else cache.lookup(out_root, key)
+        hit = None if force else cache.lookup(out_root, key, plan.remote)
         if hit:
             cache.restore(out_root, key, hit, staging)
             res = TargetResult.from_dict(hit)
@@ -145,7 +168,7 @@ def _run(plan: Plan, staging: Path, out_root: Path, progress: Progress, jobs: in
             results[name] = res
             progress.note(f"{name}: cache hit ({key[:12]}), files verified")
             continue
-        reason = kinds.get(spec.kind).skip_reason(spec)
+        reason = (plan.executor.gpu_reason(spec.gpu) if spec.gpu else None) or kinds.get(spec.kind).skip_reason(spec)
         if reason:
             res = TargetResult(name, spec.kind, Status.SKIPPED, Stage.UNAVAILABLE, reason, device=spec.target_device)
             if spec.required:
@@ -168,17 +191,17 @@ def _run(plan: Plan, staging: Path, out_root: Path, progress: Progress, jobs: in
 
 
 def _restore_reference(plan: Plan, staging: Path, out_root: Path) -> bool:
-    hit = cache.lookup(out_root, plan.source_key)
+    hit = cache.lookup(out_root, plan.source_key, plan.remote)
     if hit:  # the samples and the source's outputs, as the targets were judged on
         cache.restore(out_root, plan.source_key, hit, staging)
     return hit is not None
 
 
-def step_limits(specs) -> tuple[float, int]:
+def step_limits(specs) -> tuple[float, str]:
     """Time and memory for the steps no target owns (reference, select): the most any target of the run allows."""
     if not specs:
-        return DEFAULT_TIMEOUT, memory_bytes("90%")
-    return max(s.timeout for s in specs), max(memory_bytes(s.memory) for s in specs)
+        return DEFAULT_TIMEOUT, "90%"
+    return max(s.timeout for s in specs), max((s.memory for s in specs), key=memory_bytes)
 
 
 def _reference(plan: Plan, staging, out_root, progress, force, children, results, todo) -> bool:
@@ -192,7 +215,7 @@ def _reference(plan: Plan, staging, out_root, progress, force, children, results
     save_feeds(staging / "parity" / "samples.npz", samples_for(recipe))
     progress.start("source", f"loading {recipe.source.framework} source, reference outputs")
     timeout, memory = step_limits(plan.specs)
-    out = run_step({"kind": "reference", "recipe": str(recipe.path)}, staging, "reference", timeout, children, memory)
+    out = plan.executor.run({"kind": "reference", "recipe": str(recipe.path)}, staging, "reference", timeout, children, memory, recipe)
     if out.result is None:
         progress.end("source", "failed", f"{out.reason.splitlines()[0]} (log: {out.log})")
         stage = Stage.RECIPE if out.usage else Stage.SOURCE
@@ -272,17 +295,19 @@ def _target_step(plan: Plan, spec, staging: Path, out_root: Path, children: Chil
     res = TargetResult(name, spec.kind, device=spec.target_device, cache={"key": plan.keys[name], "hit": False})
     t0 = time.perf_counter()
     step = {"kind": "target", "recipe": str(plan.recipe.path), "target": name, "deps": deps, "out_root": str(out_root)}
-    out = run_step(step, staging, name, spec.timeout, children, memory_bytes(spec.memory))
+    out = plan.executor.run(step, staging, name, spec.timeout, children, spec.memory, plan.recipe, resources_for(spec))
     res.log = out.log
+    node = {"node": out.node} if out.node else {}
     res.build_seconds = time.perf_counter() - t0
     if out.result is None:
+        res.extra.update(node)
         res.fail(Stage.RECIPE if out.usage else Stage.CONVERT, out.reason, out.hint)
         return res
     result = out.result
     res.build_seconds = result["build_seconds"]
     res.device, res.files, res.signature, res.runner = result["device"], result["files"], result["signature"], result["runner"]
     res.parity = ParityReport.from_dict(result["parity"])
-    res.extra = {**result.get("extra", {}), "peak_rss_mb": result["peak_rss_mb"]}
+    res.extra = {**result.get("extra", {}), "peak_rss_mb": result["peak_rss_mb"], **node}
     if res.parity.passed:
         res.status = Status.OK
     else:
@@ -305,13 +330,14 @@ def _select(plan: Plan, results: list[TargetResult], staging: Path, out_root: Pa
         return None
     machine = cpu_identity()
     key = cache.selection_key(sel.model_dump(mode="json"), {n: plan.keys[n] for n in candidates}, machine)
-    hit = None if force else cache.lookup(out_root, key)
+    hit = None if force else cache.lookup(out_root, key, plan.remote)
     if hit:
         progress.note(f"selection: cache hit ({key[:12]}): timings measured earlier on this machine type ({machine['model']})")
         return {**hit["selection"], "cache": {"key": key, "hit": True}}
     progress.start("select", f"timing {len(candidates)} artifacts ({sel.metric}, {sel.threads} thread{'s' if sel.threads > 1 else ''})")
     timeout, memory = step_limits(plan.specs)
-    out = run_step({"kind": "select", "recipe": str(plan.recipe.path), "candidates": candidates}, staging, "select", timeout, children, memory)
+    # Always here: the figures are this machine's (its type keys the cached timings).
+    out = run_step({"kind": "select", "recipe": str(plan.recipe.path), "candidates": candidates}, staging, "select", timeout, children, memory_bytes(memory))
     if out.result is None:
         progress.end("select", "failed", f"{out.reason.splitlines()[0]} (log: {out.log})")
         return {

@@ -131,8 +131,19 @@ def entry_dir(out_root: Path, key: str) -> Path:
     return out_root / CACHE_DIR / key
 
 
-def lookup(out_root: Path, key: str) -> dict | None:
-    """The cached result for `key` if every file is present and intact."""
+def lookup(out_root: Path, key: str, remote=None) -> dict | None:
+    """The cached result for `key` if every file is present and intact.
+
+    Local first; on a miss, a remote cache (toolchain.remote) is asked, its
+    files verified and installed as a local entry.
+    """
+    result = _local(out_root, key)
+    if result is None and remote is not None and remote.try_fetch(key, entry_dir(out_root, key)):
+        result = _local(out_root, key)
+    return result
+
+
+def _local(out_root: Path, key: str) -> dict | None:
     entry = entry_dir(out_root, key)
     try:
         result = json.loads((entry / "result.json").read_text())
@@ -146,6 +157,10 @@ def lookup(out_root: Path, key: str) -> dict | None:
         except OSError:
             shutil.rmtree(entry, ignore_errors=True)  # corrupted: never served
             return None
+    try:
+        os.utime(entry / "result.json")  # last use, for `mlpack cache prune`
+    except OSError:
+        pass
     return result
 
 
@@ -164,8 +179,8 @@ def restore(out_root: Path, key: str, result: dict, staging: Path) -> None:
             clone_file(src, dst)
 
 
-def store(out_root: Path, key: str, result: dict, root: Path, aux: list[str] = ()) -> None:
-    """Record a successful step: link its files (and logs) from the published tree."""
+def store(out_root: Path, key: str, result: dict, root: Path, aux: list[str] = (), remote=None) -> None:
+    """Record a successful step: copy its files (and logs) from the published tree; upload it when a remote is set."""
     entry = entry_dir(out_root, key)
     tmp = entry.with_name(f".{key}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -178,6 +193,14 @@ def store(out_root: Path, key: str, result: dict, root: Path, aux: list[str] = (
     (tmp / "result.json").write_text(json.dumps(result))
     shutil.rmtree(entry, ignore_errors=True)
     os.replace(tmp, entry)
+    if remote is not None:
+        remote.try_upload(key, entry)
+
+
+def upload_missing(out_root: Path, key: str, remote) -> None:
+    """A local hit the remote lacks (built before the remote was set): share it."""
+    if remote is not None and key not in remote.fetched and _local(out_root, key) is not None:
+        remote.try_upload(key, entry_dir(out_root, key))
 
 
 def cached_file(out_root: Path, parts: dict, dst: Path, produce) -> None:

@@ -6,17 +6,19 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
-from toolchain import __version__
+from toolchain import __version__, cache_admin
 from toolchain import manifest as mf
 from toolchain.bench import bench
 from toolchain.build import build
-from toolchain.errors import EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, MlpackError, UsageError
+from toolchain.errors import EXIT_CONVERSION, EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, MlpackError, UsageError
 from toolchain.junit import write_junit
 from toolchain.parity import plan_data
 from toolchain.progress import make_progress
 from toolchain.recipe import load_recipe
+from toolchain.remote import open_remote
 from toolchain.results import Stage, Status
 from toolchain.serving.check import serve_check
 
@@ -67,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="rebuild every target, ignoring the cache")
     b.add_argument("--json", action="store_true", help="print the manifest to stdout")
     b.add_argument("--junit", type=Path, metavar="FILE", help="write a JUnit XML report, one test case per target")
+    b.add_argument("--executor", metavar="WHERE", help="where steps run: local (default), ray (RAY_ADDRESS or a local cluster), ray://HOST:PORT")
+    b.add_argument("--cache", metavar="URL", help="a shared cache behind the local one: s3://bucket/prefix, gs://..., file:///path (default: $MLPACK_CACHE)")
 
     v = sub.add_parser("validate", help="check a recipe's schema and files; imports no framework")
     v.add_argument("recipe", type=Path)
@@ -81,6 +85,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--native", action="store_true", help="serve the repository as is (the server has the native backends)")
     s.add_argument("--server", type=Path, metavar="PATH", help="a tritonserver binary, or an environment holding nvidia-pytriton")
     s.add_argument("--json", action="store_true", help="print the updated manifest to stdout")
+
+    c = sub.add_parser("cache", help="list, prune or verify the cache of an output root and a shared cache")
+    c.add_argument("action", choices=["ls", "prune", "verify"])
+    c.add_argument("--out", type=Path, default=Path("artifacts"), help="the output root whose .mlpack-cache to use (default: artifacts/)")
+    c.add_argument("--cache", metavar="URL", help="also the shared cache at URL (default: $MLPACK_CACHE)")
+    c.add_argument("--max-size", metavar="SIZE", help="prune: least recently used entries go until each store holds at most SIZE (20GB, 500MiB)")
+    c.add_argument("--older-than", metavar="AGE", help="prune: entries unused for AGE go (30m, 12h, 7d, 2w)")
+    c.add_argument("--dry-run", action="store_true", help="prune: say what would go, remove nothing")
+    c.add_argument("--json", action="store_true", help="print the rows as JSON to stdout")
 
     n = sub.add_parser("bench", help="latency and throughput of each built artifact, against the eager source model")
     n.add_argument("dir", type=Path)
@@ -109,7 +122,8 @@ def _batch_list(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"build": cmd_build, "validate": cmd_validate, "inspect": cmd_inspect, "serve-check": cmd_serve_check, "bench": cmd_bench}
+        commands = {"build": cmd_build, "validate": cmd_validate, "inspect": cmd_inspect, "serve-check": cmd_serve_check, "bench": cmd_bench,
+                    "cache": cmd_cache}  # fmt: skip
         return commands[args.command](args)
     except MlpackError as e:
         print(f"mlpack: {e.render()}", file=sys.stderr)
@@ -153,7 +167,7 @@ def cmd_build(args) -> int:
         _check_output_file(args.junit, "--junit")
     recipe = load_recipe(args.recipe)
     with make_progress() as progress:
-        result = build(recipe, args.out, only=args.target, progress=progress, jobs=args.jobs, force=args.force)
+        result = build(recipe, args.out, only=args.target, progress=progress, jobs=args.jobs, force=args.force, cache_url=args.cache, executor=args.executor)
     _print_summary(result)
     if result.manifest.get("selection") and result.manifest["selection"].get("ranking"):
         _console(sys.stderr).print(_selection_table(result.manifest["selection"]))
@@ -315,6 +329,36 @@ def _print_serve_check(result) -> None:
     for c in result.models:
         if c.native_check and c.status.value != "ok":
             con.print(f"[red]{c.model}[/]: what the native backend would refuse:\n    " + "\n    ".join(c.native_check))
+
+
+def cmd_cache(args) -> int:
+    remote = open_remote(args.cache)
+    out = args.out.resolve()
+    if args.action == "ls":
+        rows = cache_admin.ls(out, remote)
+        title = f"cache entries ({out / '.mlpack-cache'}" + (f", {remote.url}" if remote else "") + ")"
+    elif args.action == "prune":
+        max_size = cache_admin.parse_size(args.max_size) if args.max_size else None
+        older = cache_admin.parse_duration(args.older_than) if args.older_than else None
+        rows = cache_admin.prune(out, remote, max_size, older, args.dry_run)
+        title = ("would remove" if args.dry_run else "removed") + f" {len(rows)} entries"
+    else:
+        rows = cache_admin.verify(out, remote)
+        title = f"{len(rows)} corrupt entries (removed)" if rows else "every entry verified"
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("where", "key", "what", "size", "last used / created") + (("why",) if args.action == "verify" else ()):
+        t.add_column(col)
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["time"])) if r["time"] else "-"
+        t.add_row(r["where"], r["key"][:16], r["what"], f"{r['bytes'] / 1e6:.1f} MB", when, *((r.get("why", ""),) if args.action == "verify" else ()))
+    _console(sys.stderr if args.json else sys.stdout).print(t)
+    if args.action == "ls" and not rows:
+        print(f"no entries in {out / '.mlpack-cache'}" + (f" or {remote.url}" if remote else ""), file=sys.stderr)
+    return EXIT_CONVERSION if args.action == "verify" and rows else EXIT_OK
 
 
 def cmd_bench(args) -> int:

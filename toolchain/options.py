@@ -44,6 +44,7 @@ class Strict(BaseModel):
         return data
 
 
+GPU_TYPE_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"  # as Ray names them: accelerator_type:<type> (H100, L4, A100-80G)
 MEMORY_RE = r"^\s*\d+(\.\d+)?\s*(%|[KMGT]i?B)\s*$"
 _UNITS = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
@@ -81,6 +82,10 @@ class TargetOptions(Strict):
     # Only matters when the target cannot run on this machine (no GPU, no
     # TensorRT): required targets then fail the build instead of being skipped.
     required: bool = False
+    # A build matrix: one artifact per GPU type, each built on a node of that type (--executor ray),
+    # named <name>-<type>. `gpu` is one such type (what `gpus` expands to).
+    gpus: Annotated[list[Annotated[str, Field(pattern=GPU_TYPE_RE)]], Field(min_length=1)] | None = None
+    gpu: Annotated[str, Field(pattern=GPU_TYPE_RE)] | None = None
 
     @field_validator("memory")
     @classmethod
@@ -92,6 +97,14 @@ class TargetOptions(Strict):
         if size < 64 << 20 and not v.strip().endswith("%"):
             raise PydanticCustomError("memory_size", "'{v}' is less than 64MB; no step runs in that", {"v": v})
         return v
+
+    @model_validator(mode="after")
+    def _one_gpu_form(self):
+        if self.gpus is not None and self.gpu is not None:
+            raise PydanticCustomError("gpu_and_gpus", "give gpu (one type) or gpus (a matrix), not both", {})
+        if self.gpus is not None and len(set(self.gpus)) != len(self.gpus):
+            raise PydanticCustomError("gpus_twice", "gpus lists a type twice", {})
+        return self
 
     @property
     def target_name(self) -> str:

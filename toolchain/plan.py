@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from toolchain import cache
 from toolchain.errors import UsageError
 from toolchain.options import TargetOptions
 from toolchain.recipe import Recipe
+from toolchain.remote import RemoteCache
 
 
 @dataclass
@@ -18,6 +20,8 @@ class Plan:
     specs: list[TargetOptions]
     source_key: str
     keys: dict[str, str]
+    remote: RemoteCache | None = None  # a shared cache behind the local one (--cache / MLPACK_CACHE)
+    executor: Any = None  # where steps run: toolchain.executors (LocalExecutor unless --executor ray)
 
 
 def make_plan(recipe: Recipe, only: list[str] | None, out_root: Path | None = None) -> Plan:

@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from toolchain import kinds, sniff
 from toolchain.errors import Problem, RecipeError, UsageError
-from toolchain.options import NAME_RE, Strict, TargetOptions, YamlOff
+from toolchain.options import GPU_TYPE_RE, NAME_RE, Strict, TargetOptions, YamlOff
 
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool", "uint8")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 4, "int64": 8, "int32": 4, "bool": 1, "uint8": 1}
@@ -634,9 +634,10 @@ def _pydantic_problem(err: dict, data: Any, root: yaml.Node | None) -> Problem:
         hint = f"kind is one of: {', '.join(kinds.names())}"
     elif typ == "string_pattern_mismatch":
         msg = f"{err.get('input')!r} does not match {err['ctx']['pattern']}"
-        hint = {NAME_RE: "use lowercase letters, digits, '-' and '_', starting with a letter or digit"}.get(
-            err["ctx"]["pattern"], "names are letters, digits and '_', starting with a letter"
-        )
+        hint = {
+            NAME_RE: "use lowercase letters, digits, '-' and '_', starting with a letter or digit",
+            GPU_TYPE_RE: "a GPU type as Ray names it (accelerator_type:<type>): H100, L4, A100-80G",
+        }.get(err["ctx"]["pattern"], "names are letters, digits and '_', starting with a letter")
     elif typ == "missing":
         msg = "required key is missing"
     elif typ == "literal_error":
@@ -791,9 +792,51 @@ def parse_recipe(text: str, path: Path, check_files: bool = True) -> Recipe:
         raise RecipeError(path, _dedupe(_framework_first(probs, data, root))) from None
     recipe._path = path.resolve()
     found = _cross_check(recipe) + (_check_files(recipe) if check_files else [])
+    found = found or _expand_matrix(recipe)
     if found:
         raise RecipeError(path, [Problem(_key_path(loc, data), msg, _line_of(root, loc), hint) for loc, msg, hint in found])
     return recipe
+
+
+def gpu_slug(gpu: str) -> str:
+    return re.sub(r"[^a-z0-9_-]", "-", gpu.lower())
+
+
+def _expand_matrix(r: Recipe) -> list[tuple[tuple, str, str | None]]:
+    """`gpus: [A, B]` on a target becomes targets <name>-a and <name>-b, each with `gpu` set.
+
+    After validation, so problems point at the lines the user wrote. Serving lists and
+    per-target tolerances that name the matrix target apply to each of its artifacts.
+    """
+    if not any(t.gpus for t in r.targets):
+        return []
+    expanded, of = [], {}
+    for t in r.targets:
+        if not t.gpus:
+            expanded.append(t)
+            continue
+        for g in t.gpus:
+            name = f"{t.target_name}-{gpu_slug(g)}"
+            expanded.append(t.model_copy(update={"name": name, "gpu": g, "gpus": None}))
+            of.setdefault(t.target_name, []).append(name)
+    problems = []
+    names = [t.target_name for t in expanded]
+    for i, t in enumerate(r.targets):
+        for n in of.get(t.target_name, []):
+            if names.count(n) > 1 or len(n) > 64:
+                why = "is longer than 64 characters" if len(n) > 64 else "is also another target's name"
+                problems.append((("targets", i, "gpus"), f"the matrix target '{n}' {why}", "rename the target or the other one"))
+    if problems:
+        return problems
+    r.targets = expanded
+    for server in (r.serve.triton, r.serve.tfserving):
+        if server is not None:
+            server.targets = [n for base in server.targets for n in of.get(base, [base])]
+    for base, names_ in of.items():
+        if base in r.parity.per_target:
+            tol = r.parity.per_target.pop(base)
+            r.parity.per_target.update({n: tol for n in names_})
+    return []
 
 
 def load_recipe(path: str | Path, check_files: bool = True) -> Recipe:

@@ -28,6 +28,7 @@ class StepOutcome:
     log: str  # relative to the build root
     hint: str | None = None
     usage: bool = False  # the step found the recipe or a file it names wrong (exit 2)
+    node: dict | None = None  # where it ran, when not on this machine (--executor ray)
 
 
 class Children:
@@ -35,8 +36,15 @@ class Children:
 
     def __init__(self):
         self._procs: set[subprocess.Popen] = set()
+        self._stoppers: list = []  # how to stop steps that are not local processes (Ray tasks)
         self._lock = threading.Lock()
         self.stopping = False
+
+    def add_stopper(self, stop) -> None:
+        with self._lock:
+            self._stoppers.append(stop)
+            if self.stopping:
+                stop()
 
     def add(self, p: subprocess.Popen) -> None:
         with self._lock:
@@ -53,6 +61,11 @@ class Children:
             self.stopping = True
             for p in self._procs:
                 kill_group(p)
+            for stop in self._stoppers:
+                try:
+                    stop()
+                except Exception:  # a task already finished, a cluster already gone
+                    pass
 
 
 def kill_group(p: subprocess.Popen) -> None:

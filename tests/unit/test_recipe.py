@@ -491,3 +491,27 @@ def test_a_bare_off_means_the_string_off(root):
     )
     r = parse_recipe(text, root / "r.yaml")
     assert r.target("q").fallback == "off" and r.serve.triton.onnx_tensorrt == "off"
+
+
+def test_a_gpu_matrix_becomes_one_target_per_type(root):
+    text = edit(("  - kind: onnx\n", "  - kind: onnx\n    gpus: [H100, L4]\n"),
+                (APPEND, "parity:\n  per_target:\n    onnx: {atol: 0.01}\nserve:\n  triton: {targets: [onnx, aoti]}\n"))  # fmt: skip
+    r = parse_recipe(text, root / "r.yaml")
+    assert [(t.target_name, t.gpu, t.gpus) for t in r.targets] == [("onnx-h100", "H100", None), ("onnx-l4", "L4", None), ("aoti", None, None)]
+    assert r.serve.triton.targets == ["onnx-h100", "onnx-l4", "aoti"]
+    assert r.tolerance(r.target("onnx-l4")).atol == 0.01
+
+
+@pytest.mark.parametrize(
+    "targets, message",
+    [
+        ("  - kind: onnx\n    gpus: [L4, L4]\n", "gpus lists a type twice"),
+        ("  - kind: onnx\n    gpus: [L4]\n    gpu: L4\n", "give gpu (one type) or gpus (a matrix), not both"),
+        ("  - kind: onnx\n    gpus: ['bad type']\n", "'bad type' does not match"),
+        ("  - kind: onnx\n    gpus: [L4]\n  - kind: onnx\n    name: onnx-l4\n", "the matrix target 'onnx-l4' is also another target's name"),
+    ],
+)
+def test_gpu_matrix_mistakes(root, targets, message):
+    text = BASE.replace("  - kind: onnx\n  - kind: aoti\n", targets)
+    found = problems(text, root)
+    assert any(message in m for _, _, m, _ in found), found
