@@ -283,6 +283,27 @@ def _fp32_freezing_choice(source, spec, ctx: BuildContext, path: Path):
     return program, record, {"precision": "fp32", "freezing": best, "freezing_choice": choice, "timed_threads": 1}
 
 
+def _runnable_export(source):
+    """The first export variant (EXPORTS order) whose program runs at every dim's min and max:
+    size-oblivious export of an RNN asserts its sequence is not 1, and calibration or parity
+    samples at the dims' minimum would trip that assert."""
+    import torch
+
+    errors = []
+    for label, oblivious in EXPORTS:
+        try:
+            program = _export(source, "cpu", oblivious)
+            module = program.module()
+            with torch.no_grad():
+                for _, args in _corners(source, "cpu"):
+                    module(*args)
+            return program
+        except Exception as e:
+            traceback.print_exc()
+            errors.append(f"{label}: {one_line(e)}")
+    raise StepError(f"no export of the model runs over the recipe's dims for INT8 quantization: {'; '.join(errors)}")
+
+
 def _int8_module(source, spec, ctx: BuildContext):
     """The PT2E-quantized module to compile, the `quantization` record, and the modules kept in float."""
     import torch
@@ -290,7 +311,7 @@ def _int8_module(source, spec, ctx: BuildContext):
     calib = calibration_samples(source.recipe)
     as_args = lambda feed: tuple(torch.from_numpy(feed[n]).contiguous() for n in source.input_names)  # noqa: E731
     samples, reference = ctx.parity_data()
-    program = _export(source, "cpu", oblivious=True)
+    program = _runnable_export(source)
     deadline = time.monotonic() + spec.timeout * 0.5
     module, record = pt2e.search(program, [as_args(f) for f in calib.feeds], [as_args(f) for f in samples], reference, source.recipe.tolerance(spec),
                                  source.recipe.parity.scores, source.output_names, pt2e.quantized_modules(source), spec.fallback, deadline)  # fmt: skip

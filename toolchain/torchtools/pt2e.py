@@ -60,6 +60,65 @@ def _float_only(quantizer):
     return quantizer
 
 
+def _resolve(cls):
+    if isinstance(cls, type):
+        return cls
+    import importlib
+
+    module, _, name = str(cls).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def _find(parent: dict, x):
+    """Union-find root, halving the path."""
+    while parent[x] is not x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+def split_reused_modules(gm) -> int:
+    """Give each call of a module called more than once (torchvision's ResNet blocks call one
+    `relu` twice) a partition of its own. The quantizer groups nodes by their source module;
+    two calls make one partition with two outputs, and its fusion matching then fails
+    ("Input partition has more than one output node"). Returns how many modules were split."""
+    groups: dict[tuple, list] = {}
+    for n in gm.graph.nodes:
+        if n.op != "call_function":
+            continue
+        stack = n.meta.get("source_fn_stack")
+        if stack:
+            key = (stack[-1][0], stack[-1][1])
+        elif n.meta.get("nn_module_stack"):
+            key = tuple(list(n.meta["nn_module_stack"].values())[-1])
+        else:
+            continue
+        groups.setdefault(key, []).append(n)
+    split = 0
+    for (name, cls), nodes in groups.items():
+        if len(nodes) < 2 or not name:  # '' is the root module: its own ops are no module call
+            continue
+        parent = {n: n for n in nodes}
+        for n in nodes:
+            for u in n.users:
+                if u in parent:
+                    parent[_find(parent, u)] = _find(parent, n)
+        calls: dict = {}
+        for n in nodes:
+            calls.setdefault(_find(parent, n), []).append(n)
+        typ = _resolve(cls)
+        if len(calls) < 2 or typ is None:
+            continue
+        split += 1
+        for i, call in enumerate(calls.values()):
+            for n in call:
+                n.meta["source_fn_stack"] = [*(n.meta.get("source_fn_stack") or [])[:-1], (f"{name}__call{i}", typ)]
+    return split
+
+
 def quantize(program, calibration: list[tuple], dynamic: bool, excluded: list[str]):
     """The exported float program as a PT2E-quantized GraphModule (reference q/dq form)."""
     import torch
@@ -68,7 +127,13 @@ def quantize(program, calibration: list[tuple], dynamic: bool, excluded: list[st
     quantizer = _float_only(xiq.X86InductorQuantizer()).set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=dynamic))
     for name in excluded:
         quantizer.set_module_name_qconfig(name, None)
-    prepared = prepare_pt2e(program.module(), quantizer)
+    module = program.module()
+    # Dead outputs (BERT's pooler when only the hidden states are kept) leave partitions with no
+    # output node, on which the quantizer's pattern matching fails (IndexError).
+    module.graph.eliminate_dead_code()
+    module.recompile()
+    split_reused_modules(module)
+    prepared = prepare_pt2e(module, quantizer)
     with torch.no_grad():
         for args in calibration:
             prepared(*args)
@@ -153,7 +218,11 @@ def search(program, calibration, samples, reference, tol, scores, output_names, 
     _, report, module = s.run(False, [], "plain")
     node_report = None
     if not report.passed:
-        node_report = module_report(program, module, samples[0])[:REPORT_MODULES]
+        try:
+            node_report = module_report(program, module, samples[0])[:REPORT_MODULES]
+        except Exception as e:  # torchao's numeric debugger trips on some graphs (symbolic sizes): rank without it
+            print(f"node report unavailable: {type(e).__name__}: {e}")
+            node_report = []
         if fallback == "auto":
             _fallback(s, candidates, node_report)
     score, config, report, module = s.best
