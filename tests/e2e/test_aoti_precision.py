@@ -75,6 +75,10 @@ def test_int8_is_pt2e_calibrated_apart_from_parity(built):
     assert q["mode"] == "int8" and q["format"].startswith("PT2E") and q["attempts"][0]["why"] == "plain"
     assert q["calibration"]["source"] == "generated" and q["calibration"]["seed"] == [0, 1]  # never the parity stream
     assert t["parity"]["passed"] and t["parity"]["tolerance"] == {"cosine": 0.99, "top1": 0.95}
+    # The compiled package was judged before the gate, and saw what the gate sees.
+    check = q["compiled_checks"][-1]
+    assert check["passed"] and check["floor"] == 0.99
+    assert abs(check["compiled_cosine"] - min(o["cosine"] for o in t["parity"]["outputs"].values())) < 1e-5
 
 
 def test_selection_ranks_every_artifact_and_triton_serves_the_winner(built):

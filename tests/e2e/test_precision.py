@@ -15,7 +15,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from tests.e2e.conftest import mlpack
 from tests.e2e.test_build_failures import write_recipe
+from toolchain.machine import cpu_identity
 from toolchain.manifest import schema
+from toolchain.onnxtools.kernels import INTEGER_OPS, cpu_int8_path, ops_at_load
 from toolchain.recipe import QUANTIZED_TOLERANCE
 from toolchain.serving.triton import check_config_against_signature
 from toolchain.tensors import Signature
@@ -72,6 +74,17 @@ def test_static_int8_is_qdq_calibrated_apart_from_parity(built):
     assert f"warning onnx-int8: {cal['warning'][:40]}" in " ".join(built.proc.stderr.split())
 
 
+def test_int8_runs_on_integer_kernels_only_with_level_2_fusions(built):
+    """The manifest says which integer kernels ONNX Runtime runs the QDQ graph with and what a
+    server must keep for them: below ORT_ENABLE_EXTENDED, or with QDQ fusion off, there are none."""
+    path = built.root / "onnx-int8" / "model.onnx"
+    rt = built.target("onnx-int8")["quantization"]["runtime"]
+    assert rt["cpu_int8_path"] == cpu_int8_path(cpu_identity()["features"]) and "ORT_ENABLE_EXTENDED" in rt["needs"]
+    assert {"QLinearConv", "QLinearMatMul"} & set(rt["integer_ops"]) and rt["integer_ops"] == {k: v for k, v in ops_at_load(path).items() if k in INTEGER_OPS}
+    assert not INTEGER_OPS & set(ops_at_load(path, "basic"))
+    assert not INTEGER_OPS & set(ops_at_load(path, "extended", {"session.disable_quant_qdq": "1"}))
+
+
 def test_cnn_precision_manifest_and_triton(cnn_precision_build):
     b = cnn_precision_build
     assert {t["name"]: t["status"] for t in b.manifest["targets"]} == {"onnx": "ok", "onnx-fp16": "ok", "onnx-int8": "ok", "tensorrt": "skipped"}
@@ -96,6 +109,8 @@ def test_bert_optimize_and_dynamic_int8(bert_precision_build):
     dyn = b.target("onnx-int8-dynamic")
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops(b.root / "onnx-int8-dynamic" / "model.onnx")
     assert dyn["quantization"]["mode"] == "int8-dynamic" and "calibration" not in dyn["quantization"]
+    # ONNX Runtime fuses DynamicQuantizeLinear + MatMulInteger into one kernel at load (level 2).
+    assert {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"} & set(dyn["quantization"]["runtime"]["integer_ops"])
     assert b.target("onnx-int8")["quantization"]["calibration"]["method"] == "percentile"
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from toolchain.errors import StepError, one_line
 from toolchain.judge import judge, margin, summary
 from toolchain.onnxtools.files import EXTERNAL_DATA_BYTES, save_model
+from toolchain.onnxtools.kernels import RUNTIME_SCHEMA, runtime_kernels
 from toolchain.onnxtools.node_report import node_errors
 from toolchain.parity import CalibrationSet, ParityReport, calibration_samples, cosine
 from toolchain.runners.onnxruntime import OnnxRuntimeRunner
@@ -460,6 +461,7 @@ def to_int8(source, spec, src: Path, dst: Path, scratch: Path, ctx) -> dict:
             _search(search, base, static, spec.calibration is not None)
     _, best, report, _ = search.best
     shutil.copyfile(search.best_path, dst)
+    record["runtime"] = runtime_kernels(dst)
     if static:
         record["calibration"] = {"method": best.method, **calib.to_dict()}
     record |= {"chosen": best.to_dict(), "op_types": list(best.op_types) if best.op_types else "default"}
@@ -497,6 +499,20 @@ QUANTIZATION_SCHEMA: dict = {
                 "parity_rows": {"type": ["array", "null"], "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2},
                 "seed": {"type": "array", "items": {"type": "integer"}},
                 "warning": {"type": ["string", "null"]},
+            },
+        },
+        "runtime": RUNTIME_SCHEMA,  # ONNX: the kernels ONNX Runtime runs the graph with
+        "compiled_checks": {  # AOTI int8: the compiled package judged after the (eager) search
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["eager_cosine", "compiled_cosine", "passed", "floor"],
+                "properties": {
+                    "eager_cosine": {"type": ["number", "null"]},
+                    "compiled_cosine": {"type": "number"},
+                    "passed": {"type": "boolean"},
+                    "floor": {"type": ["number", "null"]},
+                },
             },
         },
         "attempts": {

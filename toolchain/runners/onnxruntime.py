@@ -16,6 +16,9 @@ class OnnxRuntimeRunner:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        # Explicit, as servers should be: INT8 graphs reach integer kernels only through
+        # level-2 fusions (onnxtools/kernels.py), so parity judges what a default server runs.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
             opts.intra_op_num_threads = self.threads
         providers = ["CPUExecutionProvider"]
