@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench_precision import build_model, cosine, feeds
 
     from toolchain.machine import cpu_identity
-    from toolchain.onnxtools.kernels import FLOAT_COMPUTE, INTEGER_OPS, cpu_int8_path, ops_at_load
+    from toolchain.onnxtools.kernels import cpu_int8_path, ops_at_load, summarize
     from toolchain.sources import load_source
     from toolchain.timing import interleaved
 
@@ -104,12 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             # `all` adds layout transforms that are not saved portably; its fusions are extended's.
             counts = ops_at_load(path, "extended" if level == "all" else level, config)
             runners[f"{target} @ {setting}"] = Session(path, level, config, source.output_names)
-            rows.append({
-                "artifact": target, "setting": setting,
-                "integer_ops": {k: v for k, v in sorted(counts.items()) if k in INTEGER_OPS},
-                "float_compute_ops": {k: v for k, v in sorted(counts.items()) if k in FLOAT_COMPUTE},
-                "qdq_left": counts["QuantizeLinear"] + counts["DequantizeLinear"] + counts["DynamicQuantizeLinear"],
-            })  # fmt: skip
+            rows.append({"artifact": target, "setting": setting, **summarize(counts)})
     b1, check = feeds(recipe, 1, seed=1), feeds(recipe, 2, seed=99)
     ref = next(iter(runners["eager fp32"].infer(check).values()))
     lat = interleaved({k: partial(r.infer, b1) for k, r in runners.items()}, rounds=args.rounds, seconds=0.5)

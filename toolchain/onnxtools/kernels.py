@@ -102,7 +102,13 @@ def runtime_kernels(path: Path) -> dict:
         counts = ops_at_load(path)
     except Exception as e:  # a report, not a gate: the parity check already ran this graph
         return record | {"error": one_line(e)}
-    record["integer_ops"] = {op: n for op, n in sorted(counts.items()) if op in INTEGER_OPS}
-    record["float_compute_ops"] = {op: n for op, n in sorted(counts.items()) if op in FLOAT_COMPUTE}
-    record["qdq_left"] = counts["QuantizeLinear"] + counts["DequantizeLinear"] + counts["DynamicQuantizeLinear"]
-    return record
+    return record | summarize(counts)
+
+
+def summarize(counts: Counter) -> dict:
+    """Integer kernels, float compute ops and unfused Q/DQ nodes among a graph's op counts."""
+    return {
+        "integer_ops": {op: n for op, n in sorted(counts.items()) if op in INTEGER_OPS},
+        "float_compute_ops": {op: n for op, n in sorted(counts.items()) if op in FLOAT_COMPUTE},
+        "qdq_left": counts["QuantizeLinear"] + counts["DequantizeLinear"] + counts["DynamicQuantizeLinear"],
+    }
