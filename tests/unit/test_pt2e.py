@@ -102,3 +102,22 @@ def test_fallback_keeps_a_role_in_float_when_no_single_module_is_enough():
     _, record = search(program, calib, samples, reference, Tolerance(cosine=floor), (), ["y"], candidates, "auto", time.monotonic() + 300)
     assert record["passed"] and record["chosen"]["why"] == "every blocks.*.down in float", record["attempts"]
     assert sorted(record["modules_in_float"]) == [f"blocks.{i}.down" for i in range(4)]
+
+
+class SamePadConv(torch.nn.Conv2d):
+    """EfficientNet's Conv2dStaticSamePadding: an nn.Conv2d subclass that pads, then convolves."""
+
+    def forward(self, x):
+        return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1)), self.weight, self.bias)
+
+
+def test_convolutions_of_a_conv2d_subclass_are_quantized():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(SamePadConv(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU6(), SamePadConv(8, 8, 3)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    program = torch.export.export(model, (x,), strict=False)
+    q = quantize(program, [(torch.randn(2, 3, 16, 16),) for _ in range(4)], dynamic=False, excluded=[])
+    per_channel = [n for n in q.graph.nodes if n.op == "call_function" and "dequantize_per_channel" in str(n.target)]
+    assert len(per_channel) == 2  # both convolutions' weights, where nothing was quantized before
+    with torch.no_grad():
+        assert torch.nn.functional.cosine_similarity(model(x).flatten(), q(x).flatten(), dim=0).item() > 0.99
