@@ -156,8 +156,9 @@ def write_matrix(path: Path, doc: dict) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def run(names: list[str], out: Path, jobs: int = 2, timeout: float = 3600, progress=print, targets: list[str] | None = None) -> dict:
-    """Build `names` into `out` (only `targets` of each, when given); returns {name: result}."""
+def run(names: list[str], out: Path, jobs: int = 2, timeout: float = 3600, progress=print, targets: list[str] | None = None, on_result=None) -> dict:
+    """Build `names` into `out` (only `targets` of each, when given); returns {name: result}.
+    `on_result(name, result)` is called after each model (main writes the matrix then)."""
     cat = catalogue()
     results = {}
     for name in names:
@@ -171,6 +172,8 @@ def run(names: list[str], out: Path, jobs: int = 2, timeout: float = 3600, progr
         r = build(name, out, jobs, timeout, entry.get("site_on_path", False), targets)
         r.update({"family": entry["family"], "real": entry.get("real")})
         results[name] = r
+        if on_result:
+            on_result(name, r)
         state = ", ".join(f"{t}={c['status']}" for t, c in r["targets"].items()) or r.get("error", "")
         progress(f"zoo: {name}: exit {r['exit']} in {r['seconds']}s ({state})")
     return results
@@ -192,19 +195,21 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"not in recipes/zoo/zoo.yaml: {', '.join(unknown)}")
     targets = args.targets or (ci_targets() if args.ci else None)
-    results = run(names, args.out, args.jobs, targets=targets)
     doc = json.loads(args.json.read_text()) if args.json.is_file() and (args.only or args.ci or args.targets) else {"models": {}}
-    for name, r in results.items():
+
+    def record(name: str, r: dict) -> None:  # after every model: a run stopped halfway keeps what it built
         old = doc["models"].get(name)
         if args.targets and old and r["targets"]:  # some cells rebuilt: keep the others
             r = {**old, **r, "targets": {**old.get("targets", {}), **r["targets"]}}
         doc["models"][name] = r
-    doc["models"] = {n: doc["models"][n] for n in cat if n in doc["models"]}
-    doc["generated"] = datetime.date.today().isoformat()
-    doc["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    doc["summary"] = summary(doc["models"])
-    args.json.write_text(json.dumps(doc, indent=1) + "\n")
-    write_matrix(args.matrix, doc)
+        doc["models"] = {n: doc["models"][n] for n in cat if n in doc["models"]}
+        doc["generated"] = datetime.date.today().isoformat()
+        doc["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+        doc["summary"] = summary(doc["models"])
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+        write_matrix(args.matrix, doc)
+
+    run(names, args.out, args.jobs, targets=targets, on_result=record)
     print(json.dumps(doc["summary"], indent=1))
     return 0
 
