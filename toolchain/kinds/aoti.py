@@ -422,6 +422,13 @@ def _int8_package(source, spec, ctx: BuildContext, path: Path, extra: dict):
             retry.unlink(missing_ok=True)
             extra["quantization"], extra["excluded_nodes"], extra["warnings"] = q, excluded, warnings
     extra["quantization"]["compiled_checks"] = checks
+    if eager["passed"] and not any(c["passed"] for c in checks):
+        best = max(c["compiled_cosine"] for c in checks)
+        extra["warnings"].append(
+            f"the quantized model passes in eager form (cosine {eager['cosine']:.6f}) but its compiled package reaches "
+            f"{best:.6f}: Inductor's INT8 lowering (oneDNN qconv/qlinear) changes this model's results; "
+            "serve another target for it (the ONNX INT8 target, or aoti bf16)"
+        )
     return program, record
 
 
