@@ -43,6 +43,11 @@ def ci_targets() -> list[str]:
     return yaml.safe_load((ZOO / "zoo.yaml").read_text())["ci_targets"]
 
 
+def recipe_targets(name: str) -> list[str]:
+    """The target names recipes/zoo/<name>.yaml declares."""
+    return [t.get("name", t["kind"]) for t in yaml.safe_load((ZOO / f"{name}.yaml").read_text())["targets"]]
+
+
 def write_data(name: str, spec: dict) -> Path:
     """The model's real inputs as data/<name>.npz (seeded: the same file every time)."""
     path = ZOO / "data" / f"{name}.npz"
@@ -62,8 +67,8 @@ def build(name: str, out: Path, jobs: int, timeout: float, site_on_path: bool = 
     env = {**os.environ, "CI": "true", "PYTHONPATH": os.pathsep.join(paths)}
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "toolchain", "build", str(ZOO / f"{name}.yaml"), "--out", str(out), "--json", "--jobs", str(jobs)]
-    recipe_targets = [t.get("name", t["kind"]) for t in yaml.safe_load((ZOO / f"{name}.yaml").read_text())["targets"]]
-    for t in [t for t in (targets or []) if t in recipe_targets]:
+    declared = recipe_targets(name)
+    for t in [t for t in (targets or []) if t in declared]:
         cmd += ["--target", t]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -163,8 +168,7 @@ def run(names: list[str], out: Path, jobs: int = 2, timeout: float = 3600, progr
     results = {}
     for name in names:
         entry = cat[name]
-        recipe_targets = [t.get("name", t["kind"]) for t in yaml.safe_load((ZOO / f"{name}.yaml").read_text())["targets"]]
-        if targets and not set(targets) & set(recipe_targets):
+        if targets and not set(targets) & set(recipe_targets(name)):
             continue  # none of those targets here: building would build every target
         if entry.get("data"):
             write_data(name, entry["data"])
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         write_matrix(args.matrix, doc)
 
     run(names, args.out, args.jobs, targets=targets, on_result=record)
-    print(json.dumps(doc["summary"], indent=1))
+    print(json.dumps(summary(doc["models"]), indent=1))  # also when every model was skipped
     return 0
 
 
