@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchao")
 
 from toolchain.recipe import Tolerance  # noqa: E402
-from toolchain.torchtools.pt2e import quantize, roles, search, split_reused_modules  # noqa: E402
+from toolchain.torchtools.pt2e import lowering_hazards, quantize, roles, search, split_reused_modules  # noqa: E402
 
 
 class Block(torch.nn.Module):
@@ -121,3 +121,64 @@ def test_convolutions_of_a_conv2d_subclass_are_quantized():
     assert len(per_channel) == 2  # both convolutions' weights, where nothing was quantized before
     with torch.no_grad():
         assert torch.nn.functional.cosine_similarity(model(x).flatten(), q(x).flatten(), dim=0).item() > 0.99
+
+
+class OneChannelFront(torch.nn.Module):
+    """CREPE's first layer: a conv over a one-channel signal, ReLU, then BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.front, self.bn = torch.nn.Conv2d(1, 16, (5, 1)), torch.nn.BatchNorm2d(16)
+        self.body = torch.nn.Conv2d(16, 8, (3, 1))
+        self.bn.running_mean.uniform_()
+        self.bn.running_var.uniform_(0.5, 2)
+
+    def forward(self, x):
+        return self.body(self.bn(torch.relu(self.front(x))))
+
+
+def test_a_one_channel_conv_is_kept_in_float_only_when_the_batch_is_dynamic():
+    model = OneChannelFront().eval()
+    x = torch.randn(8, 1, 64, 1)
+    dynamic = torch.export.export(model, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=32)}}, strict=False)
+    assert list(lowering_hazards(model, dynamic)) == ["front"]
+    assert lowering_hazards(model, torch.export.export(model, (x,), strict=False)) == {}
+
+
+@pytest.mark.slow
+def test_int8_package_of_a_one_channel_conv_with_a_dynamic_batch_matches_eager(tmp_path):
+    """Without the hazard guard this package reaches cosine ~0.7 (Inductor reads the qconv's
+    channels-last output as contiguous); with it, the package matches its eager q/dq form."""
+    import torch._inductor
+
+    torch.manual_seed(0)
+    model = OneChannelFront().eval()
+    batch = {"x": {0: torch.export.Dim("batch", min=1, max=32)}}
+    x = torch.randn(8, 1, 64, 1)
+    program = torch.export.export(model, (x,), dynamic_shapes=batch, strict=False)
+    calib = [(torch.randn(8, 1, 64, 1),) for _ in range(4)]
+    with torch.no_grad():
+        reference = [{"y": model(x).numpy()}]
+    q, record = search(
+        program,
+        calib,
+        [(x,)],
+        reference,
+        Tolerance(cosine=0.99),
+        (),
+        ["y"],
+        ["front", "body"],
+        "auto",
+        time.monotonic() + 300,
+        hazards=lowering_hazards(model, program),
+    )
+    assert record["kept_float_for_lowering"][0]["module"] == "front" and record["modules_in_float"] == ["front"]
+    assert sum("dequantize_per_channel" in str(n.target) for n in q.graph.nodes) == 1  # the body conv is still INT8
+    with torch.no_grad():
+        torch._inductor.aoti_compile_and_package(
+            torch.export.export(q, (x,), dynamic_shapes=batch, strict=False), package_path=str(tmp_path / "q.pt2"), inductor_configs={"freezing": True}
+        )
+        package = torch._inductor.aoti_load_package(str(tmp_path / "q.pt2"))
+        for b in (8, 3):
+            got, want = package(x[:b]), q(x[:b])
+            assert torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0).item() > 0.9999, b

@@ -360,7 +360,8 @@ def _int8_module(source, spec, ctx: BuildContext, tol=None, deadline: float | No
     program = _runnable_export(source)
     deadline = deadline or time.monotonic() + spec.timeout * 0.5
     module, record = pt2e.search(program, [as_args(f) for f in calib.feeds], [as_args(f) for f in samples], reference, tol or source.recipe.tolerance(spec),
-                                 source.recipe.parity.scores, source.output_names, pt2e.quantized_modules(source), spec.fallback, deadline)  # fmt: skip
+                                 source.recipe.parity.scores, source.output_names, pt2e.quantized_modules(source), spec.fallback, deadline,
+                                 hazards=pt2e.lowering_hazards(source.module, program))  # fmt: skip
     report = record.pop("report")
     in_float = record.pop("modules_in_float")
     record.pop("passed")

@@ -515,6 +515,10 @@ QUANTIZATION_SCHEMA: dict = {
                 },
             },
         },
+        "kept_float_for_lowering": {  # AOTI int8: modules the compiler would get wrong (pt2e.lowering_hazards)
+            "type": "array",
+            "items": {"type": "object", "required": ["module", "why"], "properties": {"module": {"type": "string"}, "why": {"type": "string"}}},
+        },
         "attempts": {
             "type": "array",
             "items": {

@@ -224,12 +224,40 @@ def quantized_modules(source) -> list[str]:
     return [name for name, m in source.module.named_modules() if isinstance(m, kinds)]
 
 
-class Search:
-    """Quantize, judge in eager mode against the budget, keep the best configuration."""
+def lowering_hazards(source_module, program) -> dict[str, str]:
+    """Modules Inductor's INT8 lowering computes wrongly, kept in float whatever the search finds: {name: why}.
 
-    def __init__(self, program, calibration, samples, reference, tol, scores, output_names, deadline: float):
+    A Conv2d/Conv3d with one input channel, compiled with a symbolic batch: Inductor assumes the
+    oneDNN qconv returns a contiguous tensor when its input's channel dim is 1 (true of the float
+    conv, which is not prepacked under dynamic shapes), but the prepacked qconv always returns
+    channels-last, so the ops after it read it in the wrong order (torch 2.13, mkldnn_ir.py
+    `_prepare_convolution_fusion_create`; CREPE's first conv: cosine 0.03 compiled, 0.9999 eager).
+    Static shapes take the channels-last path on both sides and are right.
+    """
+    import torch
+
+    dynamic = any(
+        isinstance(d, torch.SymInt)
+        for n in program.graph.nodes
+        if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor)
+        for d in n.meta["val"].shape
+    )
+    if not dynamic:
+        return {}
+    why = "one input channel and a dynamic batch: Inductor's qconv lowering assumes the wrong output layout (torch 2.13)"
+    return {name: why for name, m in source_module.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) and m.in_channels == 1}
+
+
+class Search:
+    """Quantize, judge in eager mode against the budget, keep the best configuration.
+
+    `forced`: modules every configuration keeps in float (lowering_hazards).
+    """
+
+    def __init__(self, program, calibration, samples, reference, tol, scores, output_names, deadline: float, forced: list[str] = ()):
         self.program, self.calibration, self.samples, self.reference = program, calibration, samples, reference
         self.tol, self.scores, self.output_names, self.deadline = tol, scores, output_names, deadline
+        self.forced = list(forced)
         self.attempts: list[dict] = []
         self.best: tuple[float, dict, ParityReport, object] | None = None
 
@@ -241,6 +269,7 @@ class Search:
         return time.monotonic() > self.deadline
 
     def run(self, dynamic: bool, excluded: list[str], why: str) -> tuple[float, ParityReport, object]:
+        excluded = self.forced + [e for e in excluded if e not in self.forced]
         module = quantize(self.program, self.calibration, dynamic, excluded)
         report = compare(self.reference, _run(module, self.samples, self.output_names), self.tol, self.scores)
         score = margin(report)
@@ -251,9 +280,26 @@ class Search:
         return score, report, module
 
 
-def search(program, calibration, samples, reference, tol, scores, output_names, candidates: list[str], fallback: str, deadline: float) -> tuple[object, dict]:
-    """The quantized module to compile and the manifest's `quantization` record."""
-    s = Search(program, calibration, samples, reference, tol, scores, output_names, deadline)
+def search(
+    program,
+    calibration,
+    samples,
+    reference,
+    tol,
+    scores,
+    output_names,
+    candidates: list[str],
+    fallback: str,
+    deadline: float,
+    hazards: dict[str, str] | None = None,
+) -> tuple[object, dict]:
+    """The quantized module to compile and the manifest's `quantization` record.
+
+    hazards: {module: why} kept in float in every configuration (lowering_hazards).
+    """
+    hazards = hazards or {}
+    s = Search(program, calibration, samples, reference, tol, scores, output_names, deadline, forced=list(hazards))
+    candidates = [c for c in candidates if c not in hazards]
     _, report, module = s.run(False, [], "plain")
     node_report = None
     if not report.passed:
@@ -275,6 +321,8 @@ def search(program, calibration, samples, reference, tol, scores, output_names, 
         "attempts": s.attempts,
         "node_report": node_report,
     }
+    if hazards:
+        record["kept_float_for_lowering"] = [{"module": m, "why": why} for m, why in hazards.items()]
     return module, record | {"modules_in_float": config["modules_in_float"], "passed": report.passed, "report": report}
 
 
