@@ -182,3 +182,22 @@ def test_int8_package_of_a_one_channel_conv_with_a_dynamic_batch_matches_eager(t
         for b in (8, 3):
             got, want = package(x[:b]), q(x[:b])
             assert torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0).item() > 0.9999, b
+
+
+def test_size_asserts_recorded_inside_a_conv_do_not_make_partitions():
+    """SqueezeNet's stem under a dynamic height: export records the pool's size arithmetic
+    and run-time asserts under the conv's tag; the quantizer then found conv partitions with
+    no tensor output (IndexError) and `add` partitions of SymInts (more than one output)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, ceil_mode=True), torch.nn.Conv2d(8, 8, 1)).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        program = torch.export.export(
+            model, (x,), dynamic_shapes={"input": {2: torch.export.Dim("h", min=64, max=96)}}, strict=False, prefer_deferred_runtime_asserts_over_guards=True
+        )
+    assert any("_assert_scalar" in str(n.target) for n in program.graph.nodes)  # the shape this test is about
+    q = quantize(program, [(torch.rand(2, 3, 64 + i, 64),) for i in range(4)], dynamic=False, excluded=[])
+    assert sum("dequantize_per_channel" in str(n.target) for n in q.graph.nodes) == 2
+    with torch.no_grad():
+        y = torch.rand(2, 3, 71, 64)
+        assert torch.nn.functional.cosine_similarity(model(y).flatten(), q(y).flatten(), dim=0).item() > 0.99

@@ -126,36 +126,87 @@ def _export(source, device: str, oblivious: bool, module=None):
                                    prefer_deferred_runtime_asserts_over_guards=True)  # fmt: skip
 
 
-def _corners(source, device: str):
+def _corners(source, device: str, odd: bool = False):
     """Feeds at every dim's min and max: a package that specialised a dim or kept a
-    wrong run-time assert fails here, inside the build, instead of in a server."""
+    wrong run-time assert fails here, inside the build, instead of in a server.
+
+    odd: also at min+1 and max-1, sizes of the other parity: a shape branch Inductor took
+    from the example input (which AOTInductor cannot guard at run time) shows there.
+    """
     import torch
 
     recipe = source.recipe
     rng = np.random.default_rng(recipe.parity.seed + 2)
-    for level in ("min", "max"):
-        sizes = {n: getattr(d, level) for n, d in recipe.dims.items()}
+    levels = {"min": lambda d: d.min, "max": lambda d: d.max}
+    if odd:
+        levels |= {"min+1": lambda d: min(d.min + 1, d.max), "max-1": lambda d: max(d.max - 1, d.min)}
+    for level, size in levels.items():
+        sizes = {n: size(d) for n, d in recipe.dims.items()}
         feed = make_feed(recipe, sizes, rng)
         yield level, [torch.from_numpy(feed[n]).to(device).contiguous() for n in source.input_names]
 
 
-def _probe(path: Path, source, device: str) -> str | None:
-    """Why the compiled package fails at the dims' extremes, or None."""
+def _probe(path: Path, source, device: str, program=None) -> str | None:
+    """Why the compiled package fails at the dims' extremes, or None.
+
+    program: the exported program it was compiled from, to compare values with (FP32 only):
+    Inductor decides some shapes from the example input's sizes (MaxPool2d ceil_mode after a
+    strided conv: SqueezeNet's feature maps one row short at odd heights, cosine 0.997), and
+    a package cannot check that at run time.
+    """
     import torch
     import torch._inductor
 
     runner = torch._inductor.aoti_load_package(str(path))
-    for level, args in _corners(source, device):
+    eager = program.module() if program is not None else None
+    for level, args in _corners(source, device, odd=program is not None):
         try:
             with torch.no_grad():
-                runner(*args)
+                got = runner(*args)
+                want = eager(*args) if eager is not None else None
         except Exception as e:
             return f"at every dim's {level}: {one_line(e)}"
+        if want is not None:
+            problem = _differs(got, want)
+            if problem:
+                return f"at every dim's {level} the package computes other values than the model ({problem})"
     return None
 
 
-def _constraint_hint(errors: list[str]) -> str | None:
-    """torch.export's suggested fixes, as recipe changes, when it specialised a dim."""
+def _differs(got, want) -> str | None:
+    """How two outputs of an FP32 model differ beyond rounding, or None."""
+    import torch
+
+    got = [got] if isinstance(got, torch.Tensor) else list(torch.utils._pytree.tree_leaves(got))
+    want = [want] if isinstance(want, torch.Tensor) else list(torch.utils._pytree.tree_leaves(want))
+    for i, (g, w) in enumerate(zip(got, want)):
+        if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+            continue
+        if g.shape != w.shape:
+            return f"output {i}: shape {tuple(g.shape)}, expected {tuple(w.shape)}"
+        g, w = g.double().flatten(), w.double().flatten()
+        if w.numel() and torch.linalg.vector_norm(g - w) > 1e-3 * torch.linalg.vector_norm(w) + 1e-6:
+            cos = torch.nn.functional.cosine_similarity(g, w, dim=0).item()
+            return f"output {i}: cosine {cos:.6f}"
+    return None
+
+
+def _constraint_hint(errors: list[str], tried: list[dict] = (), source=None) -> str | None:
+    """torch.export's suggested fixes, as recipe changes, when it specialised a dim; or which
+    dims to make static when the model's shape logic ties them in ways export or Inductor
+    cannot keep dynamic (MaxPool2d ceil_mode after strided convs: GoogLeNet, SqueezeNet)."""
+    dims = list(source.recipe.dims) if source is not None else []
+    tied = [d for d in dims if any(re.search(rf"\b{re.escape(d)}\b", t) for t in errors if "Expected op to be" in t)]
+    wrong = any("computes other values" in t.get("error", "") for t in tried)
+    if tied or wrong:
+        which = ", ".join(f"dims.{d}" for d in (tied or [d for d, v in source.recipe.dims.items() if v.min != v.max]))
+        why = (
+            "torch.export cannot express the constraints the model's shape logic puts on them"
+            if tied
+            else "Inductor fixed a shape branch from the example sizes"
+        )
+        also = " (dims shaped by the same layers, the other spatial dim say, may need it too)" if tied else ""
+        return f"{why}: make {which} static for this target (min == max){also}, or build the onnx target, which keeps them dynamic"
     for text in errors:
         m = re.search(r"Constraints violated \(([^)]*)\)", text)
         if m:
@@ -192,7 +243,9 @@ def compile_package(source, device: str, path: Path, module=None, configs: dict 
                 # Inductor freezes only with grad off (compile_fx checks torch.is_grad_enabled()):
                 # without no_grad `freezing: True` is silently ignored, and with it the oneDNN weight
                 # prepacking and the INT8 q/dq -> qlinear/qconv lowerings (PT2E) never run.
-                with torch.no_grad():
+                # Size-oblivious as exported: otherwise Inductor's guard_or_false/true decide shape
+                # branches from the example input, guards a package never checks.
+                with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=oblivious):
                     torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs or None)
             except Exception as e:
                 tried.append({"strategy": label, "stage": "compile", "inductor_configs": configs, "error": one_line(e)[:500]})
@@ -200,13 +253,13 @@ def compile_package(source, device: str, path: Path, module=None, configs: dict 
                 if "FakeTensorUpdater" in str(e) and not extra:
                     continue  # a loop body the pattern passes broke: compile again without them
                 break
-            problem = _probe(path, source, device)
+            problem = _probe(path, source, device, program if module is None else None)
             if problem is None:
                 return program, {"strategy": label, "inductor_configs": configs, "tried": tried}
             tried.append({"strategy": label, "stage": "run", "inductor_configs": configs, "error": problem[:500]})
             break
     summary = "; ".join(f"{t['strategy']} ({t['stage']}): {t['error']}" for t in tried)
-    raise StepError(f"AOTInductor could not build a package that runs over the recipe's dims: {summary}", hint=_constraint_hint(raw))
+    raise StepError(f"AOTInductor could not build a package that runs over the recipe's dims: {summary}", hint=_constraint_hint(raw, tried, source))
 
 
 AOTI_SCHEMA: dict = {

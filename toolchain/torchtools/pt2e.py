@@ -81,6 +81,27 @@ def _find(parent: dict, x):
     return x
 
 
+def untag_shape_arithmetic(gm) -> int:
+    """Drop the source-module tags of nodes that compute no tensor: the size arithmetic and
+    deferred run-time asserts export records while tracing a layer (a conv before a
+    MaxPool2d(ceil_mode=True) under dynamic sizes: SqueezeNet) carry that layer's tag, and
+    the quantizer then finds partitions of the layer with no tensor output (IndexError in
+    `_annotate_conv2d`). Returns how many nodes were untagged."""
+    untagged = 0
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and not _computes_tensor(n):
+            tags = [n.meta.pop(k, None) for k in ("source_fn_stack", "torch_fn")]  # the partitioner reads both
+            untagged += any(t is not None for t in tags)
+    return untagged
+
+
+def _computes_tensor(node) -> bool:
+    import torch
+
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) or (isinstance(val, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in val))
+
+
 def split_reused_modules(gm) -> int:
     """Give each call of a module called more than once (torchvision's ResNet blocks call one
     `relu` twice) a partition of its own. The quantizer groups nodes by their source module;
@@ -88,7 +109,7 @@ def split_reused_modules(gm) -> int:
     ("Input partition has more than one output node"). Returns how many modules were split."""
     groups: dict[tuple, list] = {}
     for n in gm.graph.nodes:
-        if n.op != "call_function":
+        if n.op != "call_function" or not _computes_tensor(n):  # size arithmetic: see untag_shape_arithmetic
             continue
         stack = n.meta.get("source_fn_stack")
         if stack:
@@ -170,6 +191,7 @@ def quantize(program, calibration: list[tuple], dynamic: bool, excluded: list[st
     # output node, on which the quantizer's pattern matching fails (IndexError).
     module.graph.eliminate_dead_code()
     module.recompile()
+    untag_shape_arithmetic(module)
     relabel_subclassed_modules(module)
     split_reused_modules(module)
     prepared = prepare_pt2e(module, quantizer)

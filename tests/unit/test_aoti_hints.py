@@ -1,0 +1,45 @@
+"""The fixes an AOTI build failure over dynamic dims prints (toolchain/kinds/aoti.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from toolchain.kinds.aoti import _constraint_hint
+from toolchain.recipe import parse_recipe
+
+RECIPE = """\
+name: net
+source: {framework: pytorch, factory: m.py:build}
+inputs:
+  - {name: image, dtype: float32, shape: [batch, 3, height, width]}
+outputs: [logits]
+dims:
+  batch: {min: 1, opt: 2, max: 4}
+  height: {min: 64, opt: 64, max: 96}
+  width: {min: 64, opt: 64, max: 96}
+targets: [{kind: aoti}]
+"""
+
+
+def _source():
+    return SimpleNamespace(recipe=parse_recipe(RECIPE, Path("recipe.yaml"), check_files=False))
+
+
+def test_an_export_solver_crash_names_the_dims_it_tied():
+    # GoogLeNet (MaxPool2d ceil_mode after strided convs), torch 2.13: export's constraint printer asserts
+    error = "AssertionError: Expected op to be '==', got < for (-2) + 2*(((1/2)*height) // 4) < (1/4)*height"
+    hint = _constraint_hint([error], [], _source())
+    assert "dims.height static" in hint and "dims.width" not in hint and "dims.batch" not in hint and "onnx" in hint
+
+
+def test_a_package_that_computes_other_values_names_the_dynamic_dims():
+    tried = [
+        {"strategy": "non-strict", "stage": "run", "error": "at every dim's min+1 the package computes other values than the model (output 0: cosine 0.97)"}
+    ]
+    hint = _constraint_hint([], tried, _source())
+    assert "dims.batch, dims.height, dims.width static" in hint and "example sizes" in hint
+
+
+def test_no_hint_for_an_unrelated_failure():
+    assert _constraint_hint(["RuntimeError: something else"], [{"error": "boom"}], _source()) is None
