@@ -201,3 +201,16 @@ def test_size_asserts_recorded_inside_a_conv_do_not_make_partitions():
     with torch.no_grad():
         y = torch.rand(2, 3, 71, 64)
         assert torch.nn.functional.cosine_similarity(model(y).flatten(), q(y).flatten(), dim=0).item() > 0.99
+
+
+def test_layers_the_quantizer_leaves_in_float_are_named():
+    from toolchain.torchtools.pt2e import unquantizable_modules
+
+    video = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 3), torch.nn.Conv3d(4, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    assert unquantizable_modules(video) == "2 Conv3d"
+    assert unquantizable_modules(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 2))) == ""
+    # and the quantizer really leaves a Conv3d alone (what the build's warning claims)
+    model = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 3), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 3, 4, 8, 8)
+    q = quantize(torch.export.export(model, (x,), strict=False), [(x,)], dynamic=False, excluded=[])
+    assert not any("quantize" in str(n.target) for n in q.graph.nodes)

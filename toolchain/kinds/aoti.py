@@ -530,6 +530,13 @@ class AotiKind(Kind):
                     "the compiled package calls no oneDNN INT8 kernel (qlinear/qconv): Inductor did not lower the PT2E "
                     "q/dq pairs, so it computes in float (see aoti.kernels)"
                 )
+            if spec.precision == "int8":
+                unsupported = pt2e.unquantizable_modules(source.module)
+                if unsupported:
+                    extra.setdefault("warnings", []).append(
+                        f"PT2E's x86 quantizer quantizes Conv1d/Conv2d and Linear only: {unsupported} stay in float, so the package runs "
+                        f"{kernels['int8']} INT8 and {kernels['onednn_float'] + kernels['aten_float']} float GEMM/conv kernels (see aoti.kernels)"
+                    )
         placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
         out_node = next(n for n in program.graph.nodes if n.op == "output")
         user_out = out_node.args[0][-len(source.output_names) :] if source.output_names else []

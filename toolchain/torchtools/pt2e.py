@@ -270,6 +270,20 @@ def lowering_hazards(source_module, program) -> dict[str, str]:
     return {name: why for name, m in source_module.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) and m.in_channels == 1}
 
 
+def unquantizable_modules(source_module) -> str:
+    """The conv layers X86InductorQuantizer leaves in float (it annotates conv1d/conv2d and linear),
+    counted by type ("20 Conv3d"), or "" (R3D-18's "INT8" package: 1 INT8 kernel, 20 float Conv3d)."""
+    import torch
+
+    kinds = (torch.nn.Conv3d, torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+    counts: dict[str, int] = {}
+    for m in source_module.modules():
+        kind = next((k for k in kinds if isinstance(m, k)), None)
+        if kind is not None:
+            counts[kind.__name__] = counts.get(kind.__name__, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in counts.items())
+
+
 class Search:
     """Quantize, judge in eager mode against the budget, keep the best configuration.
 

@@ -39,6 +39,14 @@ def torchvision_model(arch: str = "resnet18", classes: int = 10, size: int = 64,
     return recalibrate_bn(torchvision.models.get_model(arch, weights=None, num_classes=classes), (8, 3, size, size))
 
 
+def video_model(arch: str = "r3d_18", classes: int = 10, frames: int = 8, size: int = 64, seed: int = 0):
+    """A torchvision video classifier (3D convolutions): clip [batch, 3, T, H, W] -> logits."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    return recalibrate_bn(torchvision.models.get_model(arch, weights=None, num_classes=classes), (4, 3, frames, size, size))
+
+
 def segmenter(arch: str = "deeplabv3_mobilenet_v3_large", classes: int = 5, size: int = 64, seed: int = 0):
     """A torchvision segmenter: image -> {"out": [batch, classes, H, W]}."""
     import torchvision
