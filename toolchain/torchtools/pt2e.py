@@ -249,7 +249,7 @@ def quantized_modules(source) -> list[str]:
 def lowering_hazards(source_module, program) -> dict[str, str]:
     """Modules Inductor's INT8 lowering computes wrongly, kept in float whatever the search finds: {name: why}.
 
-    A Conv2d/Conv3d with one input channel, compiled with a symbolic batch: Inductor assumes the
+    A Conv2d with one input channel, compiled with symbolic sizes (a dynamic batch): Inductor assumes the
     oneDNN qconv returns a contiguous tensor when its input's channel dim is 1 (true of the float
     conv, which is not prepacked under dynamic shapes), but the prepacked qconv always returns
     channels-last, so the ops after it read it in the wrong order (torch 2.13, mkldnn_ir.py
@@ -266,8 +266,8 @@ def lowering_hazards(source_module, program) -> dict[str, str]:
     )
     if not dynamic:
         return {}
-    why = "one input channel and a dynamic batch: Inductor's qconv lowering assumes the wrong output layout (torch 2.13)"
-    return {name: why for name, m in source_module.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) and m.in_channels == 1}
+    why = "one input channel and dynamic sizes: Inductor's qconv lowering assumes the wrong output layout (torch 2.13)"
+    return {name: why for name, m in source_module.named_modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels == 1}
 
 
 def unquantizable_modules(source_module) -> str:
