@@ -145,6 +145,13 @@ def test_a_one_channel_conv_is_kept_in_float_only_when_the_batch_is_dynamic():
     assert lowering_hazards(model, torch.export.export(model, (x,), strict=False)) == {}
 
 
+def test_a_ceil_mode_pool_is_kept_in_float_when_sizes_are_dynamic():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.MaxPool2d(3, 2, ceil_mode=True), torch.nn.MaxPool2d(2)).eval()
+    x = torch.rand(2, 3, 64, 64)
+    dynamic = torch.export.export(model, (x,), dynamic_shapes={"input": {0: torch.export.Dim("batch", min=1, max=4)}}, strict=False)
+    assert list(lowering_hazards(model, dynamic)) == ["1"]  # not the floor-mode pool
+
+
 @pytest.mark.slow
 def test_int8_package_of_a_one_channel_conv_with_a_dynamic_batch_matches_eager(tmp_path):
     """Without the hazard guard this package reaches cosine ~0.7 (Inductor reads the qconv's

@@ -255,6 +255,11 @@ def lowering_hazards(source_module, program) -> dict[str, str]:
     channels-last, so the ops after it read it in the wrong order (torch 2.13, mkldnn_ir.py
     `_prepare_convolution_fusion_create`; CREPE's first conv: cosine 0.03 compiled, 0.9999 eager).
     Static shapes take the channels-last path on both sides and are right.
+
+    A MaxPool2d with ceil_mode=True under symbolic sizes: the INT8 pool Inductor substitutes sizes
+    its output from the example input (whether ceil mode adds a row), a guard the package never
+    checks: SqueezeNet's INT8 feature maps were one row short at half the heights (0.99689
+    compiled, 0.99995 eager). Kept in float, the pool runs Inductor's own size-oblivious lowering.
     """
     import torch
 
@@ -266,8 +271,15 @@ def lowering_hazards(source_module, program) -> dict[str, str]:
     )
     if not dynamic:
         return {}
-    why = "one input channel and dynamic sizes: Inductor's qconv lowering assumes the wrong output layout (torch 2.13)"
-    return {name: why for name, m in source_module.named_modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels == 1}
+    conv = "one input channel and dynamic sizes: Inductor's qconv lowering assumes the wrong output layout (torch 2.13)"
+    pool = "ceil_mode and dynamic sizes: the INT8 pool's output size is fixed from the example input (torch 2.13)"
+    hazards = {}
+    for name, m in source_module.named_modules():
+        if isinstance(m, torch.nn.Conv2d) and m.in_channels == 1:
+            hazards[name] = conv
+        elif isinstance(m, torch.nn.MaxPool2d) and m.ceil_mode:
+            hazards[name] = pool
+    return hazards
 
 
 def unquantizable_modules(source_module) -> str:
