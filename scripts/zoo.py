@@ -39,8 +39,10 @@ def catalogue() -> dict[str, dict]:
     return yaml.safe_load((ZOO / "zoo.yaml").read_text())["models"]
 
 
-def ci_targets() -> list[str]:
-    return yaml.safe_load((ZOO / "zoo.yaml").read_text())["ci_targets"]
+def ci_targets() -> dict[str, list[str]]:
+    """{model: the targets CI builds of it}: the entry's own `ci: [...]` list, or `ci_targets`."""
+    doc = yaml.safe_load((ZOO / "zoo.yaml").read_text())
+    return {n: e["ci"] if isinstance(e["ci"], list) else doc["ci_targets"] for n, e in doc["models"].items() if e.get("ci")}
 
 
 def recipe_targets(name: str) -> list[str]:
@@ -161,26 +163,40 @@ def write_matrix(path: Path, doc: dict) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def run(names: list[str], out: Path, jobs: int = 2, timeout: float = 3600, progress=print, targets: list[str] | None = None, on_result=None) -> dict:
-    """Build `names` into `out` (only `targets` of each, when given); returns {name: result}.
-    `on_result(name, result)` is called after each model (main writes the matrix then)."""
+def run(
+    names: list[str], out: Path, jobs: int = 2, timeout: float = 3600, progress=print, targets: list[str] | dict | None = None, on_result=None, parallel: int = 1
+) -> dict:
+    """Build `names` into `out` (only `targets` of each, when given: a list, or {model: list});
+    returns {name: result}.
+    `on_result(name, result)` is called after each model (main writes the matrix then).
+    parallel: models built at once (each with `jobs` targets at once): two one-job builds keep
+    two cores busier than one two-job build, whose reference step and last target run alone."""
+    import concurrent.futures
+    import threading
+
     cat = catalogue()
-    results = {}
-    for name in names:
+    lock = threading.Lock()
+    per_model = targets if isinstance(targets, dict) else dict.fromkeys(names, targets)
+    todo = [n for n in names if not per_model[n] or set(per_model[n]) & set(recipe_targets(n))]  # none of those targets: building would build every target
+
+    def one(name: str) -> dict:
         entry = cat[name]
-        if targets and not set(targets) & set(recipe_targets(name)):
-            continue  # none of those targets here: building would build every target
         if entry.get("data"):
             write_data(name, entry["data"])
-        progress(f"zoo: {name} ...")
-        r = build(name, out, jobs, timeout, entry.get("site_on_path", False), targets)
+        with lock:
+            progress(f"zoo: {name} ...")
+        r = build(name, out, jobs, timeout, entry.get("site_on_path", False), per_model[name])
         r.update({"family": entry["family"], "real": entry.get("real")})
-        results[name] = r
-        if on_result:
-            on_result(name, r)
-        state = ", ".join(f"{t}={c['status']}" for t, c in r["targets"].items()) or r.get("error", "")
-        progress(f"zoo: {name}: exit {r['exit']} in {r['seconds']}s ({state})")
-    return results
+        with lock:
+            if on_result:
+                on_result(name, r)
+            state = ", ".join(f"{t}={c['status']}" for t, c in r["targets"].items()) or r.get("error", "")
+            progress(f"zoo: {name}: exit {r['exit']} in {r['seconds']}s ({state})")
+        return r
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, parallel)) as pool:
+        done = dict(zip(todo, pool.map(one, todo)))
+    return {n: done[n] for n in todo}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ci", action="store_true", help="the CI subset only")
     ap.add_argument("--targets", nargs="+", metavar="TARGET", help="these targets only (each model's other cells are kept)")
     ap.add_argument("--out", type=Path, default=ROOT / "artifacts" / "zoo", help="output root (the cache makes reruns fast)")
-    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--jobs", type=int, default=2, help="targets of one model built at once")
+    ap.add_argument("--parallel", type=int, default=1, help="models built at once")
     ap.add_argument("--json", type=Path, default=ROOT / "docs" / "zoo.json")
     ap.add_argument("--matrix", type=Path, default=ROOT / "docs" / "zoo.md")
     args = ap.parse_args(argv)
@@ -198,12 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in cat]
     if unknown:
         ap.error(f"not in recipes/zoo/zoo.yaml: {', '.join(unknown)}")
-    targets = args.targets or (ci_targets() if args.ci else None)
+    targets = args.targets or ({n: t for n, t in ci_targets().items() if n in names} if args.ci else None)
     doc = json.loads(args.json.read_text()) if args.json.is_file() and (args.only or args.ci or args.targets) else {"models": {}}
 
     def record(name: str, r: dict) -> None:  # after every model: a run stopped halfway keeps what it built
         old = doc["models"].get(name)
-        if args.targets and old and r["targets"]:  # some cells rebuilt: keep the others
+        if targets and old and r["targets"]:  # some cells rebuilt: keep the others
             r = {**old, **r, "targets": {**old.get("targets", {}), **r["targets"]}}
         doc["models"][name] = r
         doc["models"] = {n: doc["models"][n] for n in cat if n in doc["models"]}
@@ -213,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
         write_matrix(args.matrix, doc)
 
-    run(names, args.out, args.jobs, targets=targets, on_result=record)
+    run(names, args.out, args.jobs, targets=targets, on_result=record, parallel=args.parallel)
     print(json.dumps(summary(doc["models"]), indent=1))  # also when every model was skipped
     return 0
 

@@ -18,12 +18,12 @@ pytestmark = pytest.mark.zoo
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    return zoo.run(CI, tmp_path_factory.mktemp("zoo"), jobs=2, timeout=900, progress=lambda line: None, targets=zoo.ci_targets())
+    return zoo.run(CI, tmp_path_factory.mktemp("zoo"), jobs=1, parallel=2, timeout=900, progress=lambda line: None, targets=zoo.ci_targets())
 
 
 def test_the_ci_subset_spans_the_failure_classes():
     families = {zoo.catalogue()[n]["family"] for n in CI}
-    assert len(CI) >= 8 and {"embedding", "encoder-decoder", "rnn", "vision cnn", "io shapes", "keras application"} <= families
+    assert len(CI) >= 7 and {"embedding", "encoder-decoder", "rnn", "vision cnn", "io shapes", "keras application"} <= families
     assert any(zoo.catalogue()[n].get("real") for n in CI)  # real weights, judged on real data
 
 
@@ -31,6 +31,14 @@ def test_the_ci_subset_spans_the_failure_classes():
 def test_every_target_passes(results, name):
     r = results[name]
     assert r["targets"], r.get("error")
+    assert set(r["targets"]) == set(zoo.ci_targets()[name]) & set(zoo.recipe_targets(name))
     failed = {t: f"{c['stage']}: {c.get('reason')}" for t, c in r["targets"].items() if c["status"] != "ok"}
     assert not failed, failed
     assert r["exit"] == 0
+
+
+def test_an_export_that_fails_eagerly_is_not_compiled(results):
+    """The size-oblivious export of an LSTM asserts seq != 1: run eagerly at the dims' min first
+    (seconds), it goes straight to the next export strategy instead of a compile that cannot work."""
+    tried = results["lstm"]["targets"]["aoti"]["export"]["tried"]
+    assert tried and all(t["stage"] == "run" and t["error"].startswith("the exported program fails") for t in tried), tried

@@ -35,7 +35,7 @@ def test_an_export_solver_crash_names_the_dims_it_tied():
 
 def test_a_package_that_computes_other_values_names_the_dynamic_dims():
     tried = [
-        {"strategy": "non-strict", "stage": "run", "error": "at every dim's min+1 the package computes other values than the model (output 0: cosine 0.97)"}
+        {"strategy": "non-strict", "stage": "values", "error": "at every dim's min+1 the package computes other values than the model (output 0: cosine 0.97)"}
     ]
     hint = _constraint_hint([], tried, _source())
     assert "dims.batch, dims.height, dims.width static" in hint and "example sizes" in hint
@@ -43,3 +43,6 @@ def test_a_package_that_computes_other_values_names_the_dynamic_dims():
 
 def test_no_hint_for_an_unrelated_failure():
     assert _constraint_hint(["RuntimeError: something else"], [{"error": "boom"}], _source()) is None
+    # a package that raised at the min is not one Inductor specialised: no "make it static" advice
+    raised = [{"strategy": "non-strict", "stage": "run", "error": "at every dim's min: RuntimeError: Expected Ne(s4, 1) to be True"}]
+    assert _constraint_hint([], raised, _source()) is None

@@ -221,3 +221,50 @@ def test_layers_the_quantizer_leaves_in_float_are_named():
     x = torch.randn(1, 3, 4, 8, 8)
     q = quantize(torch.export.export(model, (x,), strict=False), [(x,)], dynamic=False, excluded=[])
     assert not any("quantize" in str(n.target) for n in q.graph.nodes)
+
+
+class CausalConv1d(torch.nn.Module):
+    """A TCN block: weight-normed dilated Conv1d, its left padding chopped off the right, then a
+    functional relu; a 1x1 Conv1d head. No nn.ReLU module follows any conv."""
+
+    def __init__(self):
+        super().__init__()
+        wn = torch.nn.utils.parametrizations.weight_norm
+        self.conv = wn(torch.nn.Conv1d(6, 8, 3, padding=4, dilation=2))
+        self.head = torch.nn.Conv1d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)[:, :, :-4]))
+
+
+def test_conv1d_without_a_relu_module_after_it_is_quantized():
+    """X86InductorQuantizer annotates Conv1d only in its [Conv1d, nn.ReLU] pattern: both convs
+    here stayed float and the TCN's "INT8" package ran no INT8 kernel."""
+    from toolchain.torchtools.pt2e import bake_parametrizations, quantized_layers
+
+    torch.manual_seed(0)
+    model = CausalConv1d().eval()
+    baked, count = bake_parametrizations(model)
+    assert count == 1 and baked is not model and not torch.nn.utils.parametrize.is_parametrized(baked.conv)
+    assert torch.nn.utils.parametrize.is_parametrized(model.conv)  # the user's model is left as it was
+    x = torch.randn(2, 6, 32)
+    program = torch.export.export(baked, (x,), strict=False)
+    q = quantize(program, [(torch.randn(2, 6, 32),) for _ in range(4)], dynamic=False, excluded=[])
+    assert quantized_layers(q) == 2
+    assert quantized_layers(quantize(program, [(x,)], dynamic=False, excluded=["head"])) == 1  # exclusion still honoured
+    with torch.no_grad():
+        assert torch.nn.functional.cosine_similarity(model(x).flatten(), q(x).flatten(), dim=0).item() > 0.99
+
+
+def test_a_model_without_parametrizations_is_not_copied():
+    from toolchain.torchtools.pt2e import bake_parametrizations
+
+    model = torch.nn.Linear(2, 2)
+    assert bake_parametrizations(model) == (model, 0)
+    x = torch.randn(3, 2)
+    for old_style in (torch.nn.utils.weight_norm(torch.nn.Linear(2, 2)), torch.nn.utils.spectral_norm(torch.nn.Linear(2, 2)).eval()):
+        want = old_style(x)
+        baked, count = bake_parametrizations(old_style)
+        assert count == 1 and isinstance(baked.weight, torch.nn.Parameter) and not baked._forward_pre_hooks
+        torch.testing.assert_close(baked(x), want)
+        torch.testing.assert_close(old_style(x), want)  # the user's model still works

@@ -26,7 +26,7 @@ from toolchain.parity import calibration_samples, make_feed
 from toolchain.runners.aoti import AotiRunner
 from toolchain.tensors import Signature, TensorSig
 from toolchain.timing import interleaved
-from toolchain.torchtools import package_kernels, pt2e
+from toolchain.torchtools import package_kernels, pt2e, rewrites
 
 MODEL = "model.pt2"
 RUNNER = "aoti"
@@ -122,6 +122,7 @@ def _export(source, device: str, oblivious: bool, module=None):
             except ImportError:  # an older torch: recurrent layers keep their sequence length
                 pass
         stack.enter_context(torch.fx.experimental._config.patch(backed_size_oblivious=oblivious))
+        stack.enter_context(rewrites.exporting(module))
         return torch.export.export(module.to(device), source.example_args(device), dynamic_shapes=dynamic, strict=False,
                                    prefer_deferred_runtime_asserts_over_guards=True)  # fmt: skip
 
@@ -146,13 +147,14 @@ def _corners(source, device: str, odd: bool = False):
         yield level, [torch.from_numpy(feed[n]).to(device).contiguous() for n in source.input_names]
 
 
-def _probe(path: Path, source, device: str, program=None) -> str | None:
-    """Why the compiled package fails at the dims' extremes, or None.
+def _probe(path: Path, source, device: str, program=None) -> tuple[str, str] | None:
+    """(stage, why) when the compiled package fails at the dims' extremes, or None; stage is
+    "run" (it raised) or "values" (it computes other values than the exported program).
 
     program: the exported program it was compiled from, to compare values with (FP32 only):
     Inductor decides some shapes from the example input's sizes (MaxPool2d ceil_mode after a
-    strided conv: SqueezeNet's feature maps one row short at odd heights, cosine 0.997), and
-    a package cannot check that at run time.
+    strided conv: SqueezeNet's feature maps one row short at half the heights, cosine 0.997),
+    and a package cannot check that at run time.
     """
     import torch
     import torch._inductor
@@ -165,11 +167,11 @@ def _probe(path: Path, source, device: str, program=None) -> str | None:
                 got = runner(*args)
                 want = eager(*args) if eager is not None else None
         except Exception as e:
-            return f"at every dim's {level}: {one_line(e)}"
+            return "run", f"at every dim's {level}: {one_line(e)}"
         if want is not None:
             problem = _differs(got, want)
             if problem:
-                return f"at every dim's {level} the package computes other values than the model ({problem})"
+                return "values", f"at every dim's {level} the package computes other values than the model ({problem})"
     return None
 
 
@@ -197,7 +199,7 @@ def _constraint_hint(errors: list[str], tried: list[dict] = (), source=None) -> 
     cannot keep dynamic (MaxPool2d ceil_mode after strided convs: GoogLeNet, SqueezeNet)."""
     dims = list(source.recipe.dims) if source is not None else []
     tied = [d for d in dims if any(re.search(rf"\b{re.escape(d)}\b", t) for t in errors if "Expected op to be" in t)]
-    wrong = any("computes other values" in t.get("error", "") for t in tried)
+    wrong = any(t.get("stage") == "values" for t in tried)
     if tied or wrong:
         which = ", ".join(f"dims.{d}" for d in (tied or [d for d, v in source.recipe.dims.items() if v.min != v.max]))
         why = (
@@ -237,6 +239,11 @@ def compile_package(source, device: str, path: Path, module=None, configs: dict 
             raw.append(str(e))
             traceback.print_exc()  # into the target's log
             continue
+        program = _without_broken_fallbacks(program)
+        problem = _fails_eagerly(program, source, device)
+        if problem:  # a size-oblivious RNN asserts seq != 1: no compile would run at the min
+            tried.append({"strategy": label, "stage": "run", "error": f"the exported program {problem}"[:500]})
+            continue
         for extra in ({}, LOOP_SAFE_CONFIGS):
             configs = base | extra
             try:
@@ -255,8 +262,10 @@ def compile_package(source, device: str, path: Path, module=None, configs: dict 
                 break
             problem = _probe(path, source, device, program if module is None else None)
             if problem is None:
-                return program, {"strategy": label, "inductor_configs": configs, "tried": tried}
-            tried.append({"strategy": label, "stage": "run", "inductor_configs": configs, "error": problem[:500]})
+                changed = rewrites.found(source.module)
+                return program, {"strategy": label, "inductor_configs": configs, "tried": tried} | ({"rewrites": changed} if changed else {})
+            stage, why = problem
+            tried.append({"strategy": label, "stage": stage, "inductor_configs": configs, "error": why[:500]})
             break
     summary = "; ".join(f"{t['strategy']} ({t['stage']}): {t['error']}" for t in tried)
     raise StepError(f"AOTInductor could not build a package that runs over the recipe's dims: {summary}", hint=_constraint_hint(raw, tried, source))
@@ -379,46 +388,80 @@ def _reduced_package(source, spec, ctx: BuildContext, path: Path, module):
     return program, record, {"freezing": True, "freezing_choice": choice}
 
 
-def _runnable_export(source):
-    """The first export variant (EXPORTS order) whose program runs at every dim's min and max:
-    size-oblivious export of an RNN asserts its sequence is not 1, and calibration or parity
-    samples at the dims' minimum would trip that assert."""
+def _without_broken_fallbacks(program):
+    """The program with the aten ops whose AOTInductor fallback call is miscompiled decomposed
+    (torch 2.13): a bfloat16 index_add (a GNN's scatter-add under autocast) falls back to an
+    extern call whose serialized arguments drop `alpha`, and the package fails every call with
+    "Mismatch between ints consumed and num_ints"; as index_put(accumulate=True) it compiles.
+    Only programs that have such an op are touched (a decomposition also decomposes every
+    CompositeImplicitAutograd op, linear included)."""
+    import torch
+    from torch._decomp import decomposition_table
+
+    graphs = [m.graph for m in program.graph_module.modules() if isinstance(m, torch.fx.GraphModule)]  # autocast regions are subgraphs
+    present = {n.target for g in graphs for n in g.nodes if n.op == "call_function"}
+    table = {op: decomposition_table[op] for op in (torch.ops.aten.index_add.default,) if op in present and op in decomposition_table}
+    return program.run_decompositions(table) if table else program
+
+
+def _fails_eagerly(program, source, device: str) -> str | None:
+    """Why the exported program itself fails at a dim's min or max, or None: size-oblivious
+    export of an RNN asserts its sequence is not 1. Seconds, where compiling first costs minutes."""
     import torch
 
+    module = program.module()
+    for level, args in _corners(source, device):
+        try:
+            with torch.no_grad():
+                module(*args)
+        except Exception as e:
+            traceback.print_exc()  # into the target's log
+            return f"fails at every dim's {level}: {one_line(e)}"
+    return None
+
+
+def _runnable_export(source, module=None):
+    """The first export variant (EXPORTS order) of `module` (default: the source's) whose program
+    runs at every dim's min and max: calibration or parity samples at the dims' minimum would
+    trip a size-oblivious RNN's assert."""
     errors = []
     for label, oblivious in EXPORTS:
         try:
-            program = _export(source, "cpu", oblivious)
-            module = program.module()
-            with torch.no_grad():
-                for _, args in _corners(source, "cpu"):
-                    module(*args)
-            return program
+            program = _export(source, "cpu", oblivious, module)
         except Exception as e:
             traceback.print_exc()
             errors.append(f"{label}: {one_line(e)}")
+            continue
+        problem = _fails_eagerly(program, source, "cpu")
+        if problem is None:
+            return program
+        errors.append(f"{label}: {problem}")
     raise StepError(f"no export of the model runs over the recipe's dims for INT8 quantization: {'; '.join(errors)}")
 
 
-def _int8_module(source, spec, ctx: BuildContext, tol=None, deadline: float | None = None):
+def _int8_module(source, spec, ctx: BuildContext, tol=None, deadline: float | None = None, hazards: dict | None = None):
     """The PT2E-quantized module to compile, the `quantization` record, and the modules kept in float.
 
-    `tol`: the floors the search holds the eager q/dq model to (default: the target's).
+    `tol`: the floors the search holds the eager q/dq model to (default: the target's);
+    `hazards`: {module: why} kept in float besides pt2e.lowering_hazards.
     """
     import torch
 
     calib = calibration_samples(source.recipe)
     as_args = lambda feed: tuple(torch.from_numpy(feed[n]).contiguous() for n in source.input_names)  # noqa: E731
     samples, reference = ctx.parity_data()
-    program = _runnable_export(source)
+    module, baked = pt2e.bake_parametrizations(source.module)
+    program = _runnable_export(source, module)
     deadline = deadline or time.monotonic() + spec.timeout * 0.5
     module, record = pt2e.search(program, [as_args(f) for f in calib.feeds], [as_args(f) for f in samples], reference, tol or source.recipe.tolerance(spec),
                                  source.recipe.parity.scores, source.output_names, pt2e.quantized_modules(source), spec.fallback, deadline,
-                                 hazards=pt2e.lowering_hazards(source.module, program))  # fmt: skip
+                                 hazards=pt2e.lowering_hazards(source.module, program) | (hazards or {}))  # fmt: skip
     report = record.pop("report")
     in_float = record.pop("modules_in_float")
     record.pop("passed")
     record["calibration"] = {"method": "histogram", **calib.to_dict()}
+    if baked:
+        record["parametrizations_baked"] = baked
     warnings = [calib.warning] if calib.warning else []
     if not report.passed:
         worst = ", ".join(f"{r['module']} ({r['sqnr_db']:.1f} dB)" for r in (record.get("node_report") or [])[:3])
@@ -450,7 +493,20 @@ def _int8_package(source, spec, ctx: BuildContext, path: Path, extra: dict):
     deadline = time.monotonic() + spec.timeout * 0.5
     module, extra["quantization"], extra["excluded_nodes"], extra["warnings"] = _int8_module(source, spec, ctx, tol, deadline)
     configs = {"freezing": spec.freezing != "off"}
-    program, record = compile_package(source, spec.device, path, module=module, configs=configs)
+    try:
+        program, record = compile_package(source, spec.device, path, module=module, configs=configs)
+    except StepError as e:
+        # Inductor's INT8 fusions fail on some Conv1d graphs (a TCN's conv -> causal slice -> residual
+        # add: "The size of tensor a (s0 + 4) must match ... (s0)", torch 2.13): keep those in float.
+        convs = pt2e.conv1d_modules(source.module)
+        if not convs or "(compile)" not in str(e):
+            raise
+        why = f"Inductor could not compile the model with its Conv1d layers in INT8 (torch 2.13): {str(e)[:200]}"
+        print(f"int8: {why}; compiling again with them in float")
+        module, extra["quantization"], extra["excluded_nodes"], extra["warnings"] = _int8_module(
+            source, spec, ctx, tol, deadline + spec.timeout * 0.2, hazards=dict.fromkeys(convs, why)
+        )
+        program, record = compile_package(source, spec.device, path, module=module, configs=configs)
     extra["aoti"] = {"precision": "int8", "freezing": spec.freezing != "off"}
     eager = next(a for a in reversed(extra["quantization"]["attempts"]) if a["why"] == extra["quantization"]["chosen"]["why"])
     compiled = summary(_judge_compiled(source, path, ctx, tol))
@@ -527,8 +583,15 @@ class AotiKind(Kind):
             extra["aoti"]["kernels"] = kernels
             if spec.precision == "int8" and not kernels["int8"]:
                 extra.setdefault("warnings", []).append(
-                    "the compiled package calls no oneDNN INT8 kernel (qlinear/qconv): Inductor did not lower the PT2E "
-                    "q/dq pairs, so it computes in float (see aoti.kernels)"
+                    "the compiled package calls no oneDNN INT8 kernel (qlinear/qconv): "
+                    + (
+                        "Inductor did not lower the PT2E q/dq pairs"
+                        if extra["quantization"].get("quantized_layers")
+                        else "every layer it could quantize is kept in float (see quantization.kept_float_for_lowering)"
+                        if extra["quantization"].get("kept_float_for_lowering")
+                        else "the quantizer found no layer it quantizes"
+                    )  # fmt: skip
+                    + ", so it computes in float (see aoti.kernels)"
                 )
             if spec.precision == "int8":
                 unsupported = pt2e.unquantizable_modules(source.module)

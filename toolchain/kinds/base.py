@@ -31,7 +31,12 @@ if TYPE_CHECKING:  # annotations only
 EXPORT_SCHEMA: dict = {
     "type": "object",
     "required": ["strategy"],
-    "properties": {"strategy": {"type": "string"}, "tried": {"type": "array", "items": {"type": "object"}}, "inductor_configs": {"type": "object"}},
+    "properties": {
+        "strategy": {"type": "string"},
+        "tried": {"type": "array", "items": {"type": "object"}},
+        "inductor_configs": {"type": "object"},
+        "rewrites": {"type": "array", "items": {"type": "string"}},  # layers exported as an equivalent (torchtools/rewrites.py)
+    },
 }
 
 

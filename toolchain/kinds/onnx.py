@@ -27,6 +27,7 @@ from toolchain.onnxtools.optimize import OPTIMIZATION_SCHEMA, optimize
 from toolchain.onnxtools.quantize import QUANTIZATION_SCHEMA
 from toolchain.options import TargetOptions, YamlOff
 from toolchain.tensors import onnx_signature
+from toolchain.torchtools import rewrites
 
 MODEL = "model.onnx"
 RUNNER = "onnxruntime"
@@ -150,13 +151,15 @@ def _export_torch(source, opset: int, path: Path) -> dict:
     tried = []
     for name, fn in STRATEGIES:
         try:
-            fn(source, opset, path)
+            with rewrites.exporting(source.module):
+                fn(source, opset, path)
         except Exception as e:
             tried.append({"strategy": name, "error": _cause(e)[:500]})
             print(f"onnx: the {name} exporter failed: {_cause(e)}")  # into the target's log, with the traceback below
             traceback.print_exc()
             continue
-        return {"strategy": name, "tried": tried}
+        changed = rewrites.found(source.module)
+        return {"strategy": name, "tried": tried} | ({"rewrites": changed} if changed else {})
     raise StepError(
         "torch.onnx.export failed with every strategy: " + "; ".join(f"{t['strategy']}: {t['error']}" for t in tried),
         hint="the log has each exporter's traceback; a model the exporters cannot take often builds with the aoti target",

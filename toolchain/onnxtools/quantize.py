@@ -33,6 +33,8 @@ FP16_BLOCK_LIST = [
     "Pow", "Exp", "Log", "Sqrt", "Reciprocal", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum",
     "ReduceSumSquare", "ReduceProd", "ReduceL2", "ReduceLogSumExp", "LayerNormalization",
     "GroupNormalization", "InstanceNormalization", "CumSum",
+    # scatter-adds are reductions too, and ONNX Runtime's CPU ScatterND has no FP16 'add' (a GNN's index_add)
+    "ScatterND", "ScatterElements",
 ]  # fmt: skip
 
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -515,6 +517,9 @@ QUANTIZATION_SCHEMA: dict = {
                 },
             },
         },
+        # AOTI int8: weights computed by parametrizations (weight_norm, spectral_norm) baked into parameters first
+        "parametrizations_baked": {"type": "integer", "minimum": 1},
+        "quantized_layers": {"type": "integer", "minimum": 0},  # AOTI int8: layers with INT8 weights in the chosen model
         "kept_float_for_lowering": {  # AOTI int8: modules the compiler would get wrong (pt2e.lowering_hazards)
             "type": "array",
             "items": {"type": "object", "required": ["module", "why"], "properties": {"module": {"type": "string"}, "why": {"type": "string"}}},

@@ -61,6 +61,29 @@ def _float_only(quantizer):
     return quantizer
 
 
+def _with_plain_conv1d(quantizer, xiq):
+    """The quantizer, also annotating a Conv1d that no nn.ReLU module follows: X86InductorQuantizer
+    finds Conv1d only in its [Conv1d, ReLU] pattern, so a TCN's convs (a causal slice or a
+    functional relu after each) stayed float and its "INT8" package ran no INT8 kernel. Inductor
+    lowers a q/dq conv1d like a conv2d (qconv)."""
+    import torch
+
+    fusion = getattr(quantizer, "_annotate_conv2d_fusion_pattern", None)
+    helper = getattr(quantizer, "_annotate_conv_node_helper", None)
+    skip = getattr(xiq, "_skip_annotate", None)
+    if fusion is None or helper is None or skip is None:  # another torchao: its own patterns only
+        return quantizer
+
+    def conv_patterns(model, config, filter_fn=None):
+        fusion(model, config, filter_fn)
+        for node in model.graph.nodes:
+            if node.op == "call_function" and node.target == torch.ops.aten.conv1d.default and not skip([node], filter_fn):
+                helper(node, True, config)
+
+    quantizer._annotate_conv2d_fusion_pattern = conv_patterns
+    return quantizer
+
+
 def _resolve(cls):
     if isinstance(cls, type):
         return cls
@@ -183,7 +206,9 @@ def quantize(program, calibration: list[tuple], dynamic: bool, excluded: list[st
     import torch
 
     prepare_pt2e, convert_pt2e, xiq = _torchao()
-    quantizer = _float_only(xiq.X86InductorQuantizer()).set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=dynamic))
+    quantizer = _float_only(_with_plain_conv1d(xiq.X86InductorQuantizer(), xiq)).set_global(
+        xiq.get_default_x86_inductor_quantization_config(is_dynamic=dynamic)
+    )
     for name in excluded:
         quantizer.set_module_name_qconfig(name, None)
     module = program.module()
@@ -238,6 +263,52 @@ def module_report(program, quantized, args: tuple) -> list[dict]:
     return sorted(rows.values(), key=lambda r: r["sqnr_db"])
 
 
+def bake_parametrizations(module):
+    """(module, how many weights were baked): a copy whose parametrized weights (weight_norm,
+    spectral_norm, old hook-style or torch.nn.utils.parametrizations) are plain parameters, or
+    the module itself when it has none. The quantizer only recognises a layer whose weight is a
+    parameter: a TCN's weight-normed convs computed their weight in the graph and stayed float.
+    The user's model is left as it was (its parametrized classes are shared with the copy, so
+    torch's remove_parametrizations, which edits the class, cannot be used on the copy)."""
+    import copy
+
+    import torch
+    from torch.nn.utils import parametrize
+
+    def hooks(m):
+        return [h for h in m._forward_pre_hooks.values() if type(h).__name__ in ("WeightNorm", "SpectralNorm")]
+
+    old_style = [(m, h.name) for m in module.modules() for h in hooks(m)]
+    if not old_style and not any(parametrize.is_parametrized(m) for m in module.modules()):
+        return module, 0
+    # a hook-style weight is a computed tensor in the module's __dict__, which deepcopy refuses
+    computed = {(id(m), name): m.__dict__.pop(name) for m, name in old_style}
+    try:
+        module = copy.deepcopy(module)
+    finally:
+        for m, name in old_style:
+            setattr(m, name, computed[(id(m), name)])
+    baked = 0
+    with torch.no_grad():
+        for m in [m for m in module.modules() if parametrize.is_parametrized(m)]:
+            values = {name: getattr(m, name).detach().clone() for name in m.parametrizations}
+            m.__class__ = m.__class__.__bases__[0]  # this copy's own class back, the shared one untouched
+            del m._modules["parametrizations"]
+            for name, value in values.items():
+                m.register_parameter(name, torch.nn.Parameter(value, requires_grad=False))
+            baked += len(values)
+        for m in module.modules():
+            for hook in hooks(m):  # torch.nn.utils.weight_norm / spectral_norm (deprecated, still common)
+                value = hook.compute_weight(m) if type(hook).__name__ == "WeightNorm" else hook.compute_weight(m, do_power_iteration=False)
+                for suffix in ("_g", "_v", "_orig", "_u", "_v"):
+                    m._parameters.pop(hook.name + suffix, None)
+                    m._buffers.pop(hook.name + suffix, None)
+                m.register_parameter(hook.name, torch.nn.Parameter(value.detach().clone(), requires_grad=False))
+                m._forward_pre_hooks = type(m._forward_pre_hooks)((k, h) for k, h in m._forward_pre_hooks.items() if h is not hook)
+                baked += 1
+    return module, baked
+
+
 def quantized_modules(source) -> list[str]:
     """Names of the source's Linear and Conv modules, as the quantizer's module-name configs address them."""
     import torch
@@ -280,6 +351,12 @@ def lowering_hazards(source_module, program) -> dict[str, str]:
         elif isinstance(m, torch.nn.MaxPool2d) and m.ceil_mode:
             hazards[name] = pool
     return hazards
+
+
+def conv1d_modules(source_module) -> list[str]:
+    import torch
+
+    return [name for name, m in source_module.named_modules() if isinstance(m, torch.nn.Conv1d)]
 
 
 def unquantizable_modules(source_module) -> str:
@@ -368,10 +445,16 @@ def search(
         "chosen": {k: v for k, v in config.items() if k != "modules_in_float"},
         "attempts": s.attempts,
         "node_report": node_report,
+        "quantized_layers": quantized_layers(module),
     }
     if hazards:
         record["kept_float_for_lowering"] = [{"module": m, "why": why} for m, why in hazards.items()]
     return module, record | {"modules_in_float": config["modules_in_float"], "passed": report.passed, "report": report}
+
+
+def quantized_layers(module) -> int:
+    """How many layers of a converted module have INT8 weights (one per-channel weight dequantize each)."""
+    return sum(1 for n in module.graph.nodes if n.op == "call_function" and "dequantize_per_channel" in str(n.target))
 
 
 def roles(candidates: list[str]) -> dict[str, list[str]]:
