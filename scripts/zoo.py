@@ -164,7 +164,14 @@ def write_matrix(path: Path, doc: dict) -> None:
 
 
 def run(
-    names: list[str], out: Path, jobs: int = 2, timeout: float = 3600, progress=print, targets: list[str] | dict | None = None, on_result=None, parallel: int = 1
+    names: list[str],
+    out: Path,
+    jobs: int = 2,
+    timeout: float = 3600,
+    progress=print,
+    targets: list[str] | dict | None = None,
+    on_result=None,
+    parallel: int = 1,
 ) -> dict:
     """Build `names` into `out` (only `targets` of each, when given: a list, or {model: list});
     returns {name: result}.
