@@ -140,3 +140,47 @@ def test_factory_returning_the_wrong_type_exits_4(tmp_path):
     proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
     assert proc.returncode == 4
     assert "returned object; expected a keras.Model or a tf.Module with a tf.function" in json.loads(proc.stdout)["targets"][0]["reason"]
+
+
+SUBCLASSED = '''\
+import keras
+
+
+class Pair(keras.Model):
+    """A subclassed model whose call takes two tensors, through an exact gelu (Erfc in TF)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(4, activation="gelu")
+
+    def call(self, left, right):
+        return self.dense(left) - right
+
+
+def build():
+    keras.utils.set_random_seed(0)
+    model = Pair()
+    model(keras.ops.zeros((1, 3)), keras.ops.zeros((1, 4)))
+    return model
+'''
+
+
+def test_subclassed_keras_model_with_two_call_arguments_builds_every_kind(tmp_path):
+    """call(self, left, right) used to be called with one list (TypeError: missing 'right'), the
+    SavedModel kinds then failed in Keras's own one-argument serving_default, and tf2onnx had
+    no handler for the Erfc an exact gelu computes."""
+    (tmp_path / "pair.py").write_text(SUBCLASSED)
+    (tmp_path / "r.yaml").write_text(
+        "name: pair\n"
+        "source: {framework: tensorflow, factory: pair.py:build}\n"
+        # named in the reverse order of call(): matched by name (a swap feeds 4 features to a Dense built for 3)
+        "inputs: [{name: right, dtype: float32, shape: [batch, 4]}, {name: left, dtype: float32, shape: [batch, 3]}]\n"
+        "outputs: [y]\n"
+        "dims: {batch: {min: 1, max: 3}}\n"
+        "targets: [{kind: savedmodel}, {kind: xla}, {kind: onnx}]\n"
+        "parity: {samples: 3}\n"
+    )
+    proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads(proc.stdout)
+    assert [t["status"] for t in m["targets"]] == ["ok"] * 3 and all(t["parity"]["passed"] for t in m["targets"])

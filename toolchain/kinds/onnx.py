@@ -166,6 +166,30 @@ def _export_torch(source, opset: int, path: Path) -> dict:
     )
 
 
+def _tf2onnx_handlers() -> None:
+    """TF ops tf2onnx has no handler for, written in ONNX ops (registered once per process).
+
+    Erfc: Keras 3's exact `gelu` computes 0.5 * x * erfc(-x / sqrt(2)), so any Keras model with
+    gelu failed "tf2onnx cannot convert TensorFlow op(s) Erfc". erfc(x) = 1 - erf(x).
+    """
+    import numpy as np
+    from tf2onnx import utils
+    from tf2onnx.handler import tf_op
+
+    if getattr(_tf2onnx_handlers, "done", False):
+        return
+
+    @tf_op("Erfc")
+    class Erfc:
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):
+            node.type = "Erf"
+            one = ctx.make_const(utils.make_name("erfc_one"), np.array(1, utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0])))).output[0]
+            ctx.insert_node_on_output(ctx.make_node("Sub", [one, node.output[0]]), node.output[0])
+
+    _tf2onnx_handlers.done = True
+
+
 def _export_tf(source, opset: int, path: Path) -> None:
     """tf2onnx on the same serving function the SavedModel targets save.
 
@@ -176,6 +200,7 @@ def _export_tf(source, opset: int, path: Path) -> None:
     import onnx
     import tf2onnx
 
+    _tf2onnx_handlers()
     function = source.serving_function()
     proto, _ = tf2onnx.convert.from_function(function, input_signature=source.input_signature(), opset=opset)
     _fold_captured_constants(proto, function, source.input_names)

@@ -56,7 +56,7 @@ def write_savedmodel(source, workdir: Path, jit_compile: bool, check=None) -> Ar
     if check is not None:
         check(serve)
     module = tf.Module()
-    module.model = source.model
+    module.model = source.trackable()
     path = workdir / SAVED_MODEL
     tf.saved_model.save(module, str(path), signatures={SIGNATURE: concrete})
     signature = Signature(

@@ -175,8 +175,15 @@ def check_types(model) -> None:
     try:
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
-        raise StepError(f"the FP16 conversion left an invalid graph: {str(e).strip().splitlines()[0]}",
-                        hint="set quantize: fp16 aside for this model (or report the node named); the FP32 onnx target is unaffected") from None  # fmt: skip
+        loops = sorted({n.op_type for n in model.graph.node if n.op_type in ("Loop", "Scan")})
+        hint = (
+            f"the graph has {'/'.join(loops)} control flow (a recurrent layer exported as a while loop): onnxconverter-common "
+            "converts a loop body apart from the values it reads from outside it, so FP16 ONNX of this model does not work; "
+            "build the onnx or onnx-int8 target for it"
+            if loops and ("Loop" in str(e) or "Scan" in str(e))
+            else "set quantize: fp16 aside for this model (or report the node named); the FP32 onnx target is unaffected"
+        )
+        raise StepError(f"the FP16 conversion left an invalid graph: {str(e).strip().splitlines()[0]}", hint=hint) from None
 
 
 # ONNX Runtime's pre-processing, most thorough first: its symbolic shape inference

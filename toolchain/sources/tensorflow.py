@@ -96,6 +96,11 @@ def _callable(model, where: str):
         struct = getattr(model, "_inputs_struct", None)  # None for an unbuilt subclassed model
         if isinstance(struct, dict):
             return model, model, list(struct), "keras-dict"  # called by the dict's keys
+        if struct is None:  # a subclassed model: call(self, a, b) takes one tensor per parameter
+            kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            params = [p.name for p in inspect.signature(model.call).parameters.values() if p.kind in kinds and p.name not in ("training", "mask")]
+            if len(params) > 1:
+                return model, model, params, "keras-call"
         names = [t.name for t in model.inputs] if struct is not None else None
         return model, model, names, "keras-list" if isinstance(struct, (list, tuple)) else "keras"
     if isinstance(model, tf.Module):
@@ -185,9 +190,17 @@ class TFSource:
             return self._fn(named, training=False)
         if self._style == "keras-list":
             return self._fn([named[n] for n in self._own], training=False)
+        if self._style == "keras-call":
+            return self._fn(*[named[n] for n in self._own], training=False)
         if self._style == "keras":
             return self._fn(args[0] if len(args) == 1 else list(args), training=False)
         return self._fn(*args)
+
+    def trackable(self):
+        """What a saved module holds to keep the model's state: the model itself, or only its
+        variables for a subclassed Keras model whose call takes several tensors (Keras traces a
+        one-argument `serving_default` for an attached model, which such a call cannot take)."""
+        return list(self.model.variables) if self._style == "keras-call" else self.model
 
     def call(self, *args) -> dict:
         """Recipe inputs positionally -> {output name: tensor} in the recipe's order."""
