@@ -47,3 +47,57 @@ def test_a_bf16_index_add_package_runs(tmp_path):
     with torch.no_grad():
         for feed in (small, args):
             torch.testing.assert_close(packages["decomposed"](*feed), model(*feed), atol=0.1, rtol=0.02)
+
+
+TCN = """\
+import torch
+
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(4, 8, 3, padding=2))
+        self.skip = torch.nn.Conv1d(4, 8, 1)
+        self.head = torch.nn.Linear(8, 2)
+
+    def forward(self, series):
+        y = torch.relu(self.conv(series)[:, :, :-2]) + self.skip(series)  # causal conv, residual add
+        return self.head(y.mean(2))
+
+
+def build():
+    return Block().eval()
+"""
+
+TCN_RECIPE = """\
+name: tcn
+source: {framework: pytorch, factory: tcn.py:build}
+inputs: [{name: series, dtype: float32, shape: [batch, 4, steps]}]
+outputs: [y]
+dims: {batch: {min: 1, max: 4}, steps: {min: 8, max: 32}}
+targets: [{kind: aoti, precision: int8}]
+parity: {samples: 4}
+"""
+
+
+@pytest.mark.slow
+def test_int8_conv1d_that_inductor_cannot_compile_is_kept_in_float(tmp_path):
+    """The weight-normed Conv1d is baked and quantized (it used to stay float unannounced), the
+    compile fails in Inductor's INT8 conv + add fusion (torch 2.13), and the build compiles again
+    with the Conv1d layers in float, saying which and why, instead of failing the target."""
+    import json
+
+    from tests.e2e.conftest import mlpack
+
+    (tmp_path / "tcn.py").write_text(TCN)
+    (tmp_path / "r.yaml").write_text(TCN_RECIPE)
+    proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    t = json.loads(proc.stdout)["targets"][0]
+    q = t["quantization"]
+    assert q["parametrizations_baked"] == 1
+    assert sorted(k["module"] for k in q["kept_float_for_lowering"]) == ["inner.conv", "inner.skip"]
+    assert all("could not compile" in k["why"] for k in q["kept_float_for_lowering"])
+    assert q["quantized_layers"] == 1 and t["aoti"]["kernels"]["int8"] == 1  # the head is still INT8
+    assert "compiling again with them in float" in (tmp_path / "out" / "tcn" / "logs" / "aoti.log").read_text()

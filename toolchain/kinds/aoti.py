@@ -268,7 +268,9 @@ def compile_package(source, device: str, path: Path, module=None, configs: dict 
             tried.append({"strategy": label, "stage": stage, "inductor_configs": configs, "error": why[:500]})
             break
     summary = "; ".join(f"{t['strategy']} ({t['stage']}): {t['error']}" for t in tried)
-    raise StepError(f"AOTInductor could not build a package that runs over the recipe's dims: {summary}", hint=_constraint_hint(raw, tried, source))
+    error = StepError(f"AOTInductor could not build a package that runs over the recipe's dims: {summary}", hint=_constraint_hint(raw, tried, source))
+    error.tried = tried  # what each attempt did, for callers that retry (the INT8 Conv1d fallback)
+    raise error
 
 
 AOTI_SCHEMA: dict = {
@@ -496,10 +498,10 @@ def _int8_package(source, spec, ctx: BuildContext, path: Path, extra: dict):
     try:
         program, record = compile_package(source, spec.device, path, module=module, configs=configs)
     except StepError as e:
-        # Inductor's INT8 fusions fail on some Conv1d graphs (a TCN's conv -> causal slice -> residual
-        # add: "The size of tensor a (s0 + 4) must match ... (s0)", torch 2.13): keep those in float.
+        # Inductor's INT8 fusions fail on a Conv1d whose output reaches an add under a dynamic length
+        # ("The size of tensor a (s0 + 2) must match ... (s0)", torch 2.13; a TCN, wav2vec2): keep them in float.
         convs = pt2e.conv1d_modules(source.module)
-        if not convs or "(compile)" not in str(e):
+        if not convs or not any(t["stage"] == "compile" for t in getattr(e, "tried", ())):
             raise
         why = f"Inductor could not compile the model with its Conv1d layers in INT8 (torch 2.13): {str(e)[:200]}"
         print(f"int8: {why}; compiling again with them in float")

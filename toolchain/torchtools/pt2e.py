@@ -300,7 +300,7 @@ def bake_parametrizations(module):
         for m in module.modules():
             for hook in hooks(m):  # torch.nn.utils.weight_norm / spectral_norm (deprecated, still common)
                 value = hook.compute_weight(m) if type(hook).__name__ == "WeightNorm" else hook.compute_weight(m, do_power_iteration=False)
-                for suffix in ("_g", "_v", "_orig", "_u", "_v"):
+                for suffix in ("_g", "_v", "_orig", "_u"):
                     m._parameters.pop(hook.name + suffix, None)
                     m._buffers.pop(hook.name + suffix, None)
                 m.register_parameter(hook.name, torch.nn.Parameter(value.detach().clone(), requires_grad=False))
