@@ -46,3 +46,20 @@ def test_no_hint_for_an_unrelated_failure():
     # a package that raised at the min is not one Inductor specialised: no "make it static" advice
     raised = [{"strategy": "non-strict", "stage": "run", "error": "at every dim's min: RuntimeError: Expected Ne(s4, 1) to be True"}]
     assert _constraint_hint([], raised, _source()) is None
+
+
+def test_a_compile_failure_over_dynamic_dims_suggests_static_dims_or_onnx():
+    tried = [{"strategy": s, "stage": "compile", "error": "InductorError: LoweringException: ValueRangeError: Invalid ranges [0:-1]"} for s in ("a", "b")]
+    hint = _constraint_hint([], tried, _source())
+    assert "dims.batch, dims.height, dims.width" in hint and "min == max" in hint and "onnx" in hint
+
+
+def test_a_run_time_assert_of_the_exported_program_names_the_way_out():
+    tried = [
+        {
+            "strategy": "non-strict",
+            "stage": "run",
+            "error": "the exported program fails at every dim's opt: RuntimeError: Runtime assertion failed for expression Ne(s0, 8)",
+        }
+    ]
+    assert "onnx target" in _constraint_hint([], tried, _source())

@@ -127,6 +127,34 @@ def _export(source, device: str, oblivious: bool, module=None):
                                    prefer_deferred_runtime_asserts_over_guards=True)  # fmt: skip
 
 
+def _specialized(e: BaseException) -> bool:
+    """Whether export failed because it fixed a dynamic dim to the example's size."""
+    text = str(e)
+    return "Constraints violated" in text or "specialized value" in text or "Specializations unexpectedly required" in text
+
+
+def _export_any_size(source, device: str, oblivious: bool, module=None):
+    """(program, note): `_export`, and again with other example sizes when export fixed a dim to
+    the example's size; raises the first error when neither works."""
+    try:
+        return _export(source, device, oblivious, module), None
+    except Exception as e:
+        if not _specialized(e):
+            raise
+        traceback.print_exc()  # into the target's log
+        try:
+            with source.other_example_sizes():
+                return _export(source, device, oblivious, module), f"exported at other example sizes {_other_sizes(source)}"
+        except Exception:
+            traceback.print_exc()
+            raise e from None
+
+
+def _other_sizes(source) -> dict:
+    with source.other_example_sizes():
+        return {n: v for n, v in source.export_sizes().items() if source.recipe.dims[n].min < source.recipe.dims[n].max}
+
+
 def _corners(source, device: str, odd: bool = False):
     """Feeds at every dim's min and max: a package that specialised a dim or kept a
     wrong run-time assert fails here, inside the build, instead of in a server.
@@ -138,7 +166,9 @@ def _corners(source, device: str, odd: bool = False):
 
     recipe = source.recipe
     rng = np.random.default_rng(recipe.parity.seed + 2)
-    levels = {"min": lambda d: d.min, "max": lambda d: d.max}
+    # and opt: the example size, where a model's own fast path for one size lives (an export at
+    # other example sizes may hold everywhere but there)
+    levels = {"min": lambda d: d.min, "max": lambda d: d.max, "opt": lambda d: d.opt}
     if odd:
         levels |= {"min+1": lambda d: min(d.min + 1, d.max), "max-1": lambda d: max(d.max - 1, d.min)}
     for level, size in levels.items():
@@ -209,6 +239,16 @@ def _constraint_hint(errors: list[str], tried: list[dict] = (), source=None) -> 
         )
         also = " (dims shaped by the same layers, the other spatial dim say, may need it too)" if tied else ""
         return f"{why}: make {which} static for this target (min == max){also}, or build the onnx target, which keeps them dynamic"
+    if any(t.get("stage") == "run" and "Runtime assertion failed" in t.get("error", "") for t in tried):
+        return (
+            "the exported program holds for part of the recipe's dims only: the model takes another code path at some sizes "
+            "(a fast path at its configured size, say), which export turned into a run-time check; narrow or fix those dims "
+            "for this target, or build the onnx target"
+        )
+    dynamic = [d for d, v in source.recipe.dims.items() if v.min != v.max] if source is not None else []
+    if tried and dynamic and all(t.get("stage") == "compile" for t in tried):
+        return (f"Inductor could not compile the model over dynamic {', '.join(f'dims.{d}' for d in dynamic)}; the same model often compiles "
+                "with the spatial or sequence dims static for this target (min == max; SegFormer's did), or build the onnx target")  # fmt: skip
     for text in errors:
         m = re.search(r"Constraints violated \(([^)]*)\)", text)
         if m:
@@ -233,7 +273,9 @@ def compile_package(source, device: str, path: Path, module=None, configs: dict 
     raw: list[str] = []
     for label, oblivious in EXPORTS:
         try:
-            program = _export(source, device, oblivious, module)
+            program, note = _export_any_size(source, device, oblivious, module)
+            if note:
+                label = f"{label}, {note}"
         except Exception as e:
             tried.append({"strategy": label, "stage": "export", "error": one_line(e)[:500]})
             raw.append(str(e))
@@ -429,7 +471,7 @@ def _runnable_export(source, module=None):
     errors = []
     for label, oblivious in EXPORTS:
         try:
-            program = _export(source, "cpu", oblivious, module)
+            program, _ = _export_any_size(source, "cpu", oblivious, module)
         except Exception as e:
             traceback.print_exc()
             errors.append(f"{label}: {one_line(e)}")

@@ -9,6 +9,7 @@ final model.onnx (+ external data) as the artifact.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import traceback
 from pathlib import Path
@@ -147,19 +148,44 @@ def _fold_captured_constants(proto, function, input_names: list[str]) -> None:
 STRATEGIES = (("dynamo", _dynamo), ("torchscript", _torchscript))  # torch.onnx's own order: the dynamo exporter first
 
 
+def _fixed_dims(path: Path, source) -> list[str]:
+    """The recipe's dynamic dims the exported graph's inputs fixed to a size ("image[3] (width) = 32"):
+    an exporter that could not keep a dim dynamic may fix it to the example's size without a word."""
+    import onnx
+
+    graph_inputs = {i.name: i.type.tensor_type.shape.dim for i in onnx.load(str(path), load_external_data=False).graph.input}
+    fixed = []
+    for spec in source.recipe.inputs:
+        dims = graph_inputs.get(spec.name, [])
+        for j, d in enumerate(spec.shape):
+            if isinstance(d, str) and source.recipe.dims[d].min < source.recipe.dims[d].max and j < len(dims) and dims[j].HasField("dim_value"):
+                fixed.append(f"{spec.name}[{j}] ({d}) = {dims[j].dim_value}")
+    return fixed
+
+
 def _export_torch(source, opset: int, path: Path) -> dict:
     tried = []
     for name, fn in STRATEGIES:
-        try:
-            with rewrites.exporting(source.module):
-                fn(source, opset, path)
-        except Exception as e:
-            tried.append({"strategy": name, "error": _cause(e)[:500]})
-            print(f"onnx: the {name} exporter failed: {_cause(e)}")  # into the target's log, with the traceback below
-            traceback.print_exc()
-            continue
-        changed = rewrites.found(source.module)
-        return {"strategy": name, "tried": tried} | ({"rewrites": changed} if changed else {})
+        # a model with a fast path for one size (DINOv2 at its config's image size) gets its dims
+        # fixed to the example's sizes: the same exporter again at other example sizes
+        for other in (False, True):
+            label = f"{name}, other example sizes" if other else name
+            fixed: list[str] = []
+            try:
+                with rewrites.exporting(source.module), source.other_example_sizes() if other else contextlib.nullcontext():
+                    fn(source, opset, path)
+                fixed = _fixed_dims(path, source)
+                if fixed:
+                    raise StepError(f"the exported graph fixed {', '.join(fixed)}: the example's sizes")
+            except Exception as e:
+                tried.append({"strategy": label, "error": _cause(e)[:500]})
+                print(f"onnx: the {label} exporter failed: {_cause(e)}")  # into the target's log, with the traceback below
+                traceback.print_exc()
+                if fixed or "Constraints violated" in str(e):
+                    continue
+                break
+            changed = rewrites.found(source.module)
+            return {"strategy": label, "tried": tried} | ({"rewrites": changed} if changed else {})
     raise StepError(
         "torch.onnx.export failed with every strategy: " + "; ".join(f"{t['strategy']}: {t['error']}" for t in tried),
         hint="the log has each exporter's traceback; a model the exporters cannot take often builds with the aoti target",

@@ -6,6 +6,7 @@ a tuple of tensors out in the recipe's `outputs` order.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from pathlib import Path
 from typing import Any
@@ -163,11 +164,25 @@ class TorchSource:
         return TorchEagerRunner(self.module, self.input_names, self.output_names)
 
     def export_sizes(self) -> dict[str, int]:
-        """Example size per dim: opt, but at least 2 where the range allows.
+        """Example size per dim: opt, but at least 2 where the range allows (torch.export
+        specialises a dim whose example size is 0 or 1); under other_example_sizes(), another
+        size of each dynamic dim's range."""
+        sizes = {n: min(max(d.opt, 2, d.min), d.max) for n, d in self.recipe.dims.items()}
+        if getattr(self, "_other_sizes", False):
+            for n, d in self.recipe.dims.items():
+                sizes[n] = next((c for c in ((d.min + d.max) // 2, d.max, d.min + 1) if c != sizes[n] and c >= 2 and d.min <= c <= d.max), sizes[n])
+        return sizes
 
-        torch.export specialises a dim whose example size is 0 or 1.
-        """
-        return {n: min(max(d.opt, 2, d.min), d.max) for n, d in self.recipe.dims.items()}
+    @contextlib.contextmanager
+    def other_example_sizes(self):
+        """Exports inside trace with other example sizes: a model with a fast path for one size
+        (transformers' DINOv2 at its config's image size skips interpolating its position
+        embeddings) makes export fix the dims to it when the example is that size."""
+        self._other_sizes = True
+        try:
+            yield
+        finally:
+            self._other_sizes = False
 
     def example_feed(self) -> dict:
         return make_feed(self.recipe, self.export_sizes(), np.random.default_rng(self.recipe.parity.seed + 1))

@@ -109,12 +109,25 @@ def vision(arch: str = "vit", labels: int = 10, image: int = 32, seed: int = 0):
         "deit": dict(image_size=image, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128),
         "swin": dict(image_size=image, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4),
         "convnext": dict(image_size=image, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1]),
+        # any input size: position embeddings interpolated (bicubic) to the patch grid
+        "dinov2": dict(image_size=image, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2),
     }[arch]
     torch.manual_seed(seed)
     config = AutoConfig.for_model(arch, num_labels=labels, **sizes)
     if arch == "deit":  # the auto class maps DeiT to two heads and cannot pick one without `architectures`
         return DeiTForImageClassification(config).eval()
     return AutoModelForImageClassification.from_config(config).eval()
+
+
+def segformer(labels: int = 5, seed: int = 0):
+    """SegFormer (transformers config): pixel_values [batch, 3, H, W] -> logits [batch, labels, H/4, W/4]:
+    overlapping patch embeddings, attention over spatially reduced keys, an all-MLP decoder."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    torch.manual_seed(seed)
+    config = SegformerConfig(num_labels=labels, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[4, 2], hidden_sizes=[16, 32], num_attention_heads=[1, 2],
+                             patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2], decoder_hidden_size=32)  # fmt: skip
+    return SegformerForSemanticSegmentation(config).eval()
 
 
 def clip(part: str = "text", vocab: int = 1000, image: int = 32, seed: int = 0):
