@@ -22,7 +22,7 @@ import numpy as np
 from toolchain import manifest as mf
 from toolchain.environment import environment
 from toolchain.errors import UsageError
-from toolchain.parity import make_feed
+from toolchain.parity import example_feed
 from toolchain.progress import Progress
 from toolchain.recipe import load_recipe
 from toolchain.runners import open_runner
@@ -57,9 +57,9 @@ def batch_plan(recipe, requested: list[int]) -> tuple[str | None, list[int], int
 
 
 def make_feeds(recipe, batch_dim: str | None, batches: list[int], seed: int) -> dict[int, dict]:
-    """One feed per batch size, other named dims at their opt; generated like parity samples."""
+    """One feed per batch size, other named dims at their opt; from the parity rows or generated (parity.example_feed)."""
     base = {n: d.opt for n, d in recipe.dims.items()}
-    return {b: make_feed(recipe, {**base, **({batch_dim: b} if batch_dim else {})}, np.random.default_rng(seed)) for b in batches}
+    return {b: example_feed(recipe, {**base, **({batch_dim: b} if batch_dim else {})}, np.random.default_rng(seed)) for b in batches}
 
 
 def time_runs(fn, warmup: int, iters: int, seconds: float) -> list[float]:

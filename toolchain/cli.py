@@ -237,7 +237,7 @@ def _table(targets: list[dict]):
         t.add_column(col)
     for r in targets:
         par = r.get("parity") or {}
-        outs = par.get("outputs", {}).values()
+        outs = [o for o in par.get("outputs", {}).values() if o.get("agreement") is None] or list(par.get("outputs", {}).values())
         abs_err = f"{max(o['max_abs_err'] for o in outs):.2e}" if outs else "-"
         cos = f"{min(o['cosine'] for o in outs):.6f}" if outs else "-"
         color = {"ok": "green", "skipped": "yellow"}.get(r["status"], "red")
@@ -265,7 +265,7 @@ def _print_summary(result) -> None:
             t.add_column(col)
         for r, name, d in failing:
             tol = ", ".join(f"{k}={v:g}" for k, v in r.parity.tolerance.items())
-            top1 = f"{d.top1:.4f}" if d.top1 is not None else "-"
+            top1 = f"{d.top1:.4f}" if d.top1 is not None else f"{d.agreement:.4f} equal" if d.agreement is not None else "-"
             t.add_row(r.name, name, f"{d.max_abs_err:.3e}", f"{d.max_rel_err:.3e}", f"{d.cosine:.6f}", top1, tol, "; ".join(d.failures[:3]))
         con.print(t)
     for t in result.manifest["targets"]:

@@ -21,7 +21,9 @@ def margin(report: ParityReport) -> float:
     tol = report.tolerance
     margins = []
     for d in report.outputs.values():
-        if "cosine" in tol:
+        if d.agreement is not None:  # an integer output: judged by agreement only (parity.compare)
+            margins.append(d.agreement - tol.get("top1", 1.0))
+        elif "cosine" in tol:
             margins.append(d.cosine - tol["cosine"])
         if "top1" in tol and d.top1 is not None:
             margins.append(d.top1 - tol["top1"])
@@ -34,4 +36,4 @@ def summary(report: ParityReport) -> dict:
     """The figures an attempt records: passed, worst cosine, worst top-1."""
     outs = report.outputs.values()
     top1 = [d.top1 for d in outs if d.top1 is not None]
-    return {"passed": report.passed, "cosine": min((d.cosine for d in outs), default=1.0), "top1": min(top1) if top1 else None}
+    return {"passed": report.passed, "cosine": min((d.cosine for d in outs if d.agreement is None), default=1.0), "top1": min(top1) if top1 else None}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolchain.errors import UsageError
+from toolchain.errors import StepError, UsageError, one_line
 from toolchain.recipe import DataPart, Recipe, Tolerance
 from toolchain.tensors import NUMPY_DTYPE
 
@@ -48,6 +48,69 @@ def make_feed(recipe: Recipe, sizes: dict[str, int], rng: np.random.Generator) -
             arr = rng.integers(int(lo), int(hi), size=shape).astype(dt)
         feed[spec.name] = arr
     return feed
+
+
+def example_feed(recipe: Recipe, sizes: dict[str, int], rng: np.random.Generator) -> Feed:
+    """An input of the given sizes for exporting, probing and timing (never judged): cut from the
+    recipe's parity rows when it has data, else random as `make_feed`. A model that needs
+    structured values (LayoutLM's boxes with x0 <= x1, ids below a vocabulary, valid masks)
+    fails on random ones; its real rows stay valid when cycled to the batch size and cut or
+    repeated along the other named dims."""
+    if not recipe.data:
+        return make_feed(recipe, sizes, rng)
+    arrays, batched = _parity_arrays(recipe)
+    feed = {}
+    for spec in recipe.inputs:
+        rows = arrays[spec.name]
+        start = int(rng.integers(0, len(rows)))
+        if batched:
+            arr, axes = rows[(start + np.arange(sizes[spec.shape[0]])) % len(rows)], list(enumerate(spec.shape))[1:]
+        else:
+            arr, axes = rows[start], list(enumerate(spec.shape))
+        for axis, dim in axes:
+            if isinstance(dim, str) and arr.shape[axis] and arr.shape[axis] != sizes[dim]:
+                arr = np.take(arr, np.arange(sizes[dim]) % arr.shape[axis], axis=axis)
+        feed[spec.name] = np.ascontiguousarray(arr.astype(NUMPY_DTYPE[spec.dtype], copy=False))
+    return feed
+
+
+def model_failure(recipe: Recipe, e: BaseException, what: str) -> StepError:
+    """The source model raised on `what` (an example input, parity sample 3): say where its values
+    came from and what usually fixes it, instead of the bare exception."""
+    if recipe.data:
+        where = "cut from the recipe's data (parity rows, cycled or cut to the sizes)"
+        hint = "the model fails on your data's rows: check the arrays in the data file and that the dims' ranges are sizes the model accepts"
+    else:
+        ranges = ", ".join(f"{s.name} {s.dtype}" + _range_text(s) for s in recipe.inputs)
+        where = f"generated from `inputs` ({ranges})"
+        hint = ("generated values are uniform in each input's `range`; a model that needs structured values (boxes with x0 <= x1, ids "
+                "below its vocabulary size, valid masks) needs real samples: give `data:` (an .npz with one array per input, see "
+                "docs/recipe.md), or narrow the `range` of the input it fails on")  # fmt: skip
+    return StepError(f"the model raised {one_line(e)} on {what}, {where}", hint=hint)
+
+
+def _range_text(spec) -> str:
+    if spec.dtype == "bool":
+        return ""
+    if spec.dtype.startswith("float") or spec.dtype == "bfloat16":
+        lo, hi = spec.range or DEFAULT_RANGE["float"]
+        return f" in [{lo:g}, {hi:g}]"
+    lo, hi = spec.range or DEFAULT_RANGE["uint8" if spec.dtype == "uint8" else "int"]
+    return f" in [{int(lo)}, {int(hi)})"
+
+
+_PARITY_ROWS: dict = {}
+
+
+def _parity_arrays(recipe: Recipe) -> tuple[dict[str, np.ndarray], bool]:
+    """The parity part's rows per input (read once per process), and whether axis 0 is the batch."""
+    parity, _ = plan_data(recipe)
+    key = (str(parity.path), parity.path.stat().st_mtime_ns, parity.used)
+    if key not in _PARITY_ROWS:
+        start, stop = parity.used
+        with np.load(parity.path, allow_pickle=False) as data:
+            _PARITY_ROWS[key] = {s.name: data[s.name][start:stop] for s in recipe.inputs}
+    return _PARITY_ROWS[key], _batched(recipe)
 
 
 def generate_samples(recipe: Recipe, n: int | None = None, seed: int | list[int] | None = None) -> list[Feed]:
@@ -257,6 +320,7 @@ class OutputDiff:
     top1: float | None = None  # only for outputs listed in parity.scores
     top1_rows: int | None = None  # rows whose top-1 was decided (the margin beat the noise)
     top1_ties: int = 0  # near-ties: rows not counted
+    agreement: float | None = None  # integer/bool outputs only: the share of values equal to the reference
     nonfinite: int = 0  # non-finite values in the artifact where the reference is finite
     atol_scale: float = 1.0  # the largest factor atol was scaled by: max(1, max |reference|) of a sample
     compared: int = 0  # values compared: same shape, finite in the reference
@@ -271,6 +335,7 @@ class OutputDiff:
             "top1": self.top1,
             "top1_rows": self.top1_rows,
             "top1_ties": self.top1_ties,
+            "agreement": self.agreement,
             "nonfinite": self.nonfinite,
             "atol_scale": self.atol_scale,
             "compared": self.compared,
@@ -311,7 +376,8 @@ class ParityReport:
         """(largest max_abs_err, smallest cosine) across outputs."""
         if not self.outputs:
             return 0.0, 1.0
-        return max(d.max_abs_err for d in self.outputs.values()), min(d.cosine for d in self.outputs.values())
+        graded = [d for d in self.outputs.values() if d.agreement is None] or list(self.outputs.values())  # integer outputs: agreement, not cosine
+        return max(d.max_abs_err for d in graded), min(d.cosine for d in graded)
 
 
 class Cosine:
@@ -378,7 +444,9 @@ RULE = (
     "its cosine to the reference (all samples, finite values) is at least the cosine floor, it has no non-finite value "
     "where the reference is finite, and, for outputs listed in parity.scores, the argmax over the last axis agrees on at "
     "least the top1 floor of the rows whose reference margin between the top two scores exceeds twice the artifact's typical "
-    "row error (the median over rows of each row's largest error; closer rows are near-ties and are not counted)"
+    "row error (the median over rows of each row's largest error; closer rows are near-ties and are not counted); "
+    "an integer or bool output (ids, argmax decisions, masks) is judged by agreement instead of atol, rtol and cosine: "
+    "the share of its values equal to the reference is at least the top1 floor, or 1 where the budget has none"
 )
 
 
@@ -397,6 +465,9 @@ def compare(reference: list[Feed], actual: list[Feed], tol: Tolerance, scores: l
     for name in names:
         d = OutputDiff()
         cos = Cosine()
+        # Ids and decisions: a distance between two class ids means nothing, equality does.
+        discrete = bool(reference) and np.asarray(reference[0][name]).dtype.kind in "biu"
+        equal = total = 0
         rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for i, (r, a) in enumerate(zip(reference, actual)):
             b = np.asarray(r[name])
@@ -427,13 +498,16 @@ def compare(reference: list[Feed], actual: list[Feed], tol: Tolerance, scores: l
                 # values run to the hundreds differs from it by more than 1e-4 near zero, honestly.
                 scale = max(1.0, float(np.abs(b64[ref_ok]).max())) if ref_ok.any() else 1.0
                 d.atol_scale = max(d.atol_scale, scale)
-                bad = int(np.count_nonzero(diff > atol * scale + rtol * np.abs(np.where(ref_ok, b64, 0.0)))) if elementwise else 0
+                bad = int(np.count_nonzero(diff > atol * scale + rtol * np.abs(np.where(ref_ok, b64, 0.0)))) if elementwise and not discrete else 0
+                equal, total = equal + int(np.count_nonzero(diff == 0)), total + diff.size
                 if bad:
                     d.failures.append(f"sample {i}: {bad}/{diff.size} values outside atol*scale+rtol*|ref| (scale {scale:.3g})")
             cos.add(b64, x64)
             if name in scores and b.ndim >= 1 and np.issubdtype(b.dtype, np.floating):
                 rows.append(_rows(b, x))
         d.cosine = cos.value
+        if discrete and total:
+            d.agreement = equal / total
         if name in scores:
             joined = [np.concatenate(parts) for parts in zip(*rows)] if rows else [np.empty(0)] * 3
             d.top1, d.top1_rows, d.top1_ties = _top1(*joined)
@@ -443,7 +517,13 @@ def compare(reference: list[Feed], actual: list[Feed], tol: Tolerance, scores: l
             # A gate that compared nothing proves nothing: all-NaN/inf reference outputs (a broken
             # model or input range) or empty outputs would otherwise read "cosine 1.000000".
             d.failures.append("nothing compared: the reference output has no finite values (all NaN/inf, or empty); fix the model or the input ranges")
-        if tol.cosine is not None and d.cosine < tol.cosine:
+        if discrete:
+            floor = tol.top1 if tol.top1 is not None else 1.0
+            if d.agreement is not None and d.agreement < floor:
+                d.failures.append(
+                    f"agreement {d.agreement:.4f} < floor {floor:g} (integer output: {total - equal} of {total} values differ from the reference)"
+                )
+        elif tol.cosine is not None and d.cosine < tol.cosine:
             d.failures.append(f"cosine {d.cosine:.6f} < floor {tol.cosine}")
             if cos.act_sq == 0 < cos.ref_sq:
                 peak = max(float(np.nanmax(np.abs(np.where(np.isfinite(r[name]), r[name], 0)))) for r in reference)

@@ -29,12 +29,12 @@ from pathlib import Path
 
 from toolchain import kinds
 from toolchain import manifest as mf
-from toolchain.errors import EXIT_USAGE, MlpackError, one_line
+from toolchain.errors import EXIT_USAGE, MlpackError, StepError, one_line
 from toolchain.feeds import load_feeds, save_feeds
 from toolchain.kinds.base import BuildContext, Dependency
-from toolchain.parity import compare, make_feed
+from toolchain.parity import compare, example_feed, model_failure
 from toolchain.recipe import load_recipe
-from toolchain.runners import open_runner, run_all
+from toolchain.runners import open_runner
 from toolchain.sources import load_source
 from toolchain.timing import interleaved, load_average
 
@@ -43,9 +43,34 @@ def run_reference(step: dict, root: Path) -> dict:
     recipe = load_recipe(step["recipe"])
     source = load_source(recipe)
     samples = load_feeds(root / "parity" / "samples.npz")
-    reference = run_all(source.reference_runner(), samples)
+    reference = []
+    with source.reference_runner() as runner:
+        for i, feed in enumerate(samples):
+            try:
+                reference.append(runner.infer(feed))
+            except MlpackError:
+                raise
+            except Exception as e:
+                sizes = ", ".join(f"{n} {list(a.shape)}" for n, a in feed.items())
+                raise model_failure(recipe, e, f"parity sample {i} ({sizes})") from e
     save_feeds(root / "parity" / "reference.npz", reference)
     return {"output_names": source.output_names, "input_names": source.input_names, "notes": source.notes}
+
+
+def _run_artifact(runner, samples: list[dict]) -> list[dict]:
+    """The artifact's outputs on the parity samples; a sample it cannot run fails the step naming it."""
+    with runner:
+        outputs = []
+        for i, feed in enumerate(samples):
+            try:
+                outputs.append(runner.infer(feed))
+            except MlpackError:
+                raise
+            except Exception as e:
+                sizes = ", ".join(f"{n} {list(a.shape)}" for n, a in feed.items())
+                raise StepError(f"the built artifact fails on parity sample {i} ({sizes}): {one_line(e)}",
+                                hint="the log has the runtime's error; an artifact that runs at some sizes only was exported for fixed ones (make those dims static)") from e  # fmt: skip
+        return outputs
 
 
 def run_target(step: dict, root: Path, workdir: Path) -> dict:
@@ -67,7 +92,7 @@ def run_target(step: dict, root: Path, workdir: Path) -> dict:
     runner = artifact.runner.model_copy(update={"path": Path(artifact.runner.path).relative_to(base).as_posix()})
     samples = load_feeds(root / "parity" / "samples.npz")
     reference = load_feeds(root / "parity" / "reference.npz")
-    outputs = run_all(open_runner(runner, base), samples)
+    outputs = _run_artifact(open_runner(runner, base), samples)
     report = compare(reference, outputs, recipe.tolerance(spec), recipe.parity.scores)
     return {
         "kind": spec.kind,
@@ -93,7 +118,7 @@ def run_select(step: dict, root: Path) -> dict:
     first = recipe.inputs[0].shape[0] if recipe.inputs[0].shape else None
     if isinstance(first, str) and sel.batch is not None:
         sizes[first] = sel.batch
-    feed = make_feed(recipe, sizes, np.random.default_rng(recipe.parity.seed + 3))
+    feed = example_feed(recipe, sizes, np.random.default_rng(recipe.parity.seed + 3))
     batch = sizes.get(first, 1) if isinstance(first, str) else 1
     if recipe.source.framework == "pytorch":
         import torch

@@ -184,3 +184,77 @@ def test_subclassed_keras_model_with_two_call_arguments_builds_every_kind(tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads(proc.stdout)
     assert [t["status"] for t in m["targets"]] == ["ok"] * 3 and all(t["parity"]["passed"] for t in m["targets"])
+
+
+VIDEO = '''\
+import keras
+
+
+def build():
+    """A small CNN applied to each frame with TimeDistributed, then a GRU over a dynamic number of frames."""
+    keras.utils.set_random_seed(0)
+    frames = keras.Input(shape=(None, 16, 16, 3), name="frames")
+    cnn = keras.Sequential([keras.layers.Conv2D(4, 3, strides=2, activation="relu"), keras.layers.GlobalAveragePooling2D()])
+    x = keras.layers.GRU(8)(keras.layers.TimeDistributed(cnn)(frames))
+    return keras.Model(frames, keras.layers.Dense(3)(x))
+'''
+
+
+def test_time_distributed_over_dynamic_frames_then_a_gru_builds_savedmodel_and_fp16_onnx(tmp_path):
+    """With the time axis dynamic, Keras's TimeDistributed mapped its layer over the batch instead of
+    the frames in a traced graph (wrong numbers from every traced target); the GRU's while loop then
+    broke the FP16 converter (its body's Casts left on FP32)."""
+    (tmp_path / "video.py").write_text(VIDEO)
+    (tmp_path / "r.yaml").write_text(
+        "name: video\n"
+        "source: {framework: tensorflow, factory: video.py:build}\n"
+        "inputs: [{name: frames, dtype: float32, shape: [batch, time, 16, 16, 3], range: [0.0, 1.0]}]\n"
+        "outputs: [logits]\n"
+        "dims: {batch: {min: 1, opt: 2, max: 3}, time: {min: 2, opt: 4, max: 6}}\n"
+        "targets: [{kind: savedmodel}, {kind: onnx, name: onnx-fp16, quantize: fp16}]\n"
+        "parity: {samples: 4}\n"
+    )
+    proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    targets = {t["name"]: t for t in json.loads(proc.stdout)["targets"]}
+    assert all(t["parity"]["passed"] for t in targets.values())
+    for t in targets.values():
+        assert any(r.startswith("keras TimeDistributed") for r in t["export"]["rewrites"]), t["export"]
+    assert any("while" in n for n in targets["onnx-fp16"]["quantization"]["repaired_nodes"])
+
+
+STRUCTURED = '''\
+import keras
+import numpy as np
+
+
+def build():
+    """Preprocessing inside the model: a raw integer code through an IntegerLookup (a hash table)."""
+    keras.utils.set_random_seed(0)
+    numeric = keras.Input(shape=(2,), name="numeric")
+    code = keras.Input(shape=(1,), dtype="int64", name="code")
+    lookup = keras.layers.IntegerLookup(vocabulary=np.array([3, 7, 11], dtype="int64"), output_mode="one_hot")
+    x = keras.layers.concatenate([numeric, lookup(code)])
+    return keras.Model([numeric, code], keras.layers.Dense(1)(x))
+'''
+
+
+def test_a_lookup_table_in_the_model_serves_as_a_savedmodel_and_the_others_say_why_not(tmp_path):
+    (tmp_path / "structured.py").write_text(STRUCTURED)
+    (tmp_path / "r.yaml").write_text(
+        "name: structured\n"
+        "source: {framework: tensorflow, factory: structured.py:build}\n"
+        "inputs: [{name: numeric, dtype: float32, shape: [batch, 2]}, {name: code, dtype: int64, shape: [batch, 1], range: [0, 12]}]\n"
+        "outputs: [y]\n"
+        "dims: {batch: {min: 1, max: 3}}\n"
+        "targets: [{kind: savedmodel}, {kind: xla}, {kind: onnx}]\n"
+        "parity: {samples: 3}\n"
+    )
+    proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    targets = {t["name"]: t for t in json.loads(proc.stdout)["targets"]}
+    assert targets["savedmodel"]["status"] == "ok" and targets["savedmodel"]["parity"]["passed"]
+    assert "LookupTableFindV2" in targets["xla"]["reason"] and "LookupTableFindV2" in targets["onnx"]["reason"]
+    for name in ("xla", "onnx"):
+        assert targets[name]["hint"].startswith("the model looks values up in a table"), targets[name]
+    assert "Traceback" not in proc.stderr

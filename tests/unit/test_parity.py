@@ -87,6 +87,26 @@ def test_top1_floor_fails_with_message():
     assert d.failures == ["top-1 agreement 0.5000 < floor 0.9 (2 decided rows, 0 near-ties not counted)"]
 
 
+def test_integer_outputs_are_judged_by_agreement_not_distance():
+    """Token ids near 50000: FP32's atol scaled by the output's magnitude would pass an id off by 5;
+    a cosine between two tag sequences means nothing. Equality decides, up to the top1 floor."""
+    ids = out([[50000, 49990, 3, 7]], dtype=np.int64)
+    off = out([[50000, 49995, 3, 7]], dtype=np.int64)
+    d = compare(ids, off, Tolerance(atol=1e-4, rtol=1e-3)).outputs["y"]
+    assert not d.passed and d.agreement == 0.75 and d.cosine > 0.9999999
+    assert d.failures == ["agreement 0.7500 < floor 1 (integer output: 1 of 4 values differ from the reference)"]
+    tags = out(np.arange(100) % 7, dtype=np.int64)
+    flipped = out(np.where(np.arange(100) == 5, 0, np.arange(100) % 7), dtype=np.int64)  # 1 of 100 changed
+    bf16 = Tolerance(cosine=0.999, top1=0.99)
+    rep = compare(tags, flipped, bf16)
+    assert rep.passed and rep.outputs["y"].agreement == 0.99 and rep.worst() == (5.0, rep.outputs["y"].cosine)
+    assert not compare(tags, flipped, Tolerance(cosine=0.999, top1=0.995)).passed
+    assert not compare(tags, flipped, Tolerance(cosine=0.5)).passed  # no top1 floor: every value equal
+    masks = out([True, False, True], dtype=bool)
+    assert compare(masks, masks, bf16).outputs["y"].agreement == 1.0
+    assert compare(out([0.5]), out([0.5]), bf16).outputs["y"].agreement is None  # floats: cosine as before
+
+
 @pytest.mark.parametrize("value", [[[0.2, 0.8]], [[[0.2, 0.8]]], [[0.5], [0.7]], 3.0])
 def test_top1_only_on_declared_scores_with_two_or_more_classes(value):
     d = compare(out(value), out(value), Tolerance(atol=0.0, rtol=0.0, top1=1.0)).outputs["y"]

@@ -35,7 +35,7 @@ EXPORT_SCHEMA: dict = {
         "strategy": {"type": "string"},
         "tried": {"type": "array", "items": {"type": "object"}},
         "inductor_configs": {"type": "object"},
-        "rewrites": {"type": "array", "items": {"type": "string"}},  # layers exported as an equivalent (torchtools/rewrites.py)
+        "rewrites": {"type": "array", "items": {"type": "string"}},  # layers exported as an equivalent (torchtools/rewrites.py, sources/keras_patches.py)
     },
 }
 

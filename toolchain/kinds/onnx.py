@@ -10,6 +10,7 @@ final model.onnx (+ external data) as the artifact.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import traceback
 from pathlib import Path
@@ -27,6 +28,8 @@ from toolchain.onnxtools.names import assign_io_names
 from toolchain.onnxtools.optimize import OPTIMIZATION_SCHEMA, optimize
 from toolchain.onnxtools.quantize import QUANTIZATION_SCHEMA
 from toolchain.options import TargetOptions, YamlOff
+from toolchain.parity import example_feed
+from toolchain.sources.tensorflow import LOOKUP_HINT
 from toolchain.tensors import onnx_signature
 from toolchain.torchtools import rewrites
 
@@ -163,6 +166,27 @@ def _fixed_dims(path: Path, source) -> list[str]:
     return fixed
 
 
+def _fails_at_corners(path: Path, source) -> str | None:
+    """Why the exported graph fails at every dim's min or max, or None: the TorchScript exporter
+    traces, so a Python loop over a dim (transformers' Mamba scan) is unrolled at the example's
+    size while the graph's inputs stay dynamic; ONNX Runtime then fails only at other sizes."""
+    import numpy as np
+    import onnxruntime as ort
+
+    if all(d.min == d.max for d in source.recipe.dims.values()):
+        return None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(source.recipe.parity.seed + 2)
+    for level in ("min", "max"):
+        sizes = {n: getattr(d, level) for n, d in source.recipe.dims.items()}
+        try:
+            session.run(None, example_feed(source.recipe, sizes, rng))
+        except Exception as e:
+            at = ", ".join(f"{n}={v}" for n, v in sizes.items() if source.recipe.dims[n].min < source.recipe.dims[n].max)
+            return f"the graph runs only at the traced sizes: at {at} ONNX Runtime fails ({one_line(e)[:200]})"
+    return None
+
+
 def _export_torch(source, opset: int, path: Path) -> dict:
     tried = []
     for name, fn in STRATEGIES:
@@ -177,6 +201,10 @@ def _export_torch(source, opset: int, path: Path) -> dict:
                 fixed = _fixed_dims(path, source)
                 if fixed:
                     raise StepError(f"the exported graph fixed {', '.join(fixed)}: the example's sizes")
+                traced = _fails_at_corners(path, source) if name == "torchscript" else None
+                if traced:
+                    fixed = [traced]
+                    raise StepError(traced)
             except Exception as e:
                 tried.append({"strategy": label, "error": _cause(e)[:500]})
                 print(f"onnx: the {label} exporter failed: {_cause(e)}")  # into the target's log, with the traceback below
@@ -186,10 +214,28 @@ def _export_torch(source, opset: int, path: Path) -> dict:
                 break
             changed = rewrites.found(source.module)
             return {"strategy": label, "tried": tried} | ({"rewrites": changed} if changed else {})
-    raise StepError(
-        "torch.onnx.export failed with every strategy: " + "; ".join(f"{t['strategy']}: {t['error']}" for t in tried),
-        hint="the log has each exporter's traceback; a model the exporters cannot take often builds with the aoti target",
-    )
+    hint = "the log has each exporter's traceback; a model the exporters cannot take often builds with the aoti target"
+    if tried and all(_sized(t["error"]) for t in tried):
+        sizes = source.export_sizes()
+        named = {
+            n
+            for t in tried
+            for m in re.findall(r"\(([\w-]+)\) = \d+|Constraints violated \(([^)]*)\)", t["error"])
+            for part in m
+            for n in part.split(", ")
+            if n
+        }
+        dynamic = ", ".join(
+            f"dims.{n}: {{min: {sizes[n]}, max: {sizes[n]}}}" for n, d in source.recipe.dims.items() if d.min < d.max and (n in named or not named)
+        )
+        hint = (f"the model's computation depends on the value of a dynamic dim (a Python loop over it, or a branch on it), which no exporter "
+                f"keeps symbolic: make the dims static ({dynamic}) and pad or cut inputs to those sizes")  # fmt: skip
+    raise StepError("torch.onnx.export failed with every strategy: " + "; ".join(f"{t['strategy']}: {t['error']}" for t in tried), hint=hint)
+
+
+def _sized(error: str) -> bool:
+    """An exporter's failure that says it could not keep a dim dynamic."""
+    return any(m in error for m in ("the exported graph fixed", "runs only at the traced sizes", "Constraints violated"))
 
 
 def _tf2onnx_handlers() -> None:
@@ -228,6 +274,10 @@ def _export_tf(source, opset: int, path: Path) -> None:
 
     _tf2onnx_handlers()
     function = source.serving_function()
+    tables = sorted({op.type for op in function.get_concrete_function().graph.get_operations() if op.type.startswith("LookupTable")})
+    if tables:
+        raise StepError(f"tf2onnx cannot convert the model's lookup table ({', '.join(tables)}): it converts only string<->int64 tables, and "
+                        "none from a traced function", hint=LOOKUP_HINT)  # fmt: skip
     proto, _ = tf2onnx.convert.from_function(function, input_signature=source.input_signature(), opset=opset)
     _fold_captured_constants(proto, function, source.input_names)
     # tf2onnx logs a TF op it cannot convert and leaves it in the graph; fail here, naming it.
@@ -250,7 +300,7 @@ def _export_tf(source, opset: int, path: Path) -> None:
             if isinstance(want, str):
                 dim.dim_param = want
     onnx.save(proto, str(path))
-    return {"strategy": "tf2onnx", "tried": []}
+    return {"strategy": "tf2onnx", "tried": []} | ({"rewrites": sorted(source.rewrites)} if source.rewrites else {})
 
 
 def _convert(source, spec: OnnxTarget, scratch: Path, dst: Path, ctx: BuildContext) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from toolchain.errors import StepError
-from toolchain.kinds.base import Artifact, BuildContext, Kind, RunnerSpec, TFServingModel, TritonModel
+from toolchain.kinds.base import EXPORT_SCHEMA, Artifact, BuildContext, Kind, RunnerSpec, TFServingModel, TritonModel
 from toolchain.options import TargetOptions
 from toolchain.serving.tfserving import SIGNATURE
 from toolchain.tensors import Signature, TensorSig
@@ -67,6 +67,7 @@ def write_savedmodel(source, workdir: Path, jit_compile: bool, check=None) -> Ar
         files=sorted(p for p in path.rglob("*") if p.is_file()),
         signature=signature,
         runner=RunnerSpec(runner=RUNNER, path=str(path), inputs=source.input_names, outputs=source.output_names, options={"signature": SIGNATURE}),
+        extra={"export": {"strategy": "tf.function", "rewrites": sorted(source.rewrites)}} if source.rewrites else {},
     )
 
 
@@ -77,6 +78,7 @@ class TFSavedModelKind(Kind):
     tools = TF_TOOLS
     runners = {RUNNER: "toolchain.runners.tf:SavedModelRunner"}
     triton = TRITON
+    manifest_fields = {"export": EXPORT_SCHEMA}
 
     def triton_comments(self, serve, backend: str) -> list[str]:
         return [f"# {TRITON_DEPRECATION}."]

@@ -15,6 +15,7 @@ from toolchain.errors import StepError
 from toolchain.kinds.base import Artifact, BuildContext, TFServingModel
 from toolchain.kinds.savedmodel import MUST_COMPILE, SAVED_MODEL, SIGNATURE, TFSavedModelKind, must_compile_functions, write_savedmodel
 from toolchain.options import TargetOptions
+from toolchain.sources.tensorflow import LOOKUP_HINT
 
 
 class XlaTarget(TargetOptions):
@@ -53,7 +54,7 @@ class XlaKind(TFSavedModelKind):
             try:
                 serve(*[tf.constant(example[n]) for n in source.input_names])
             except tf.errors.OpError as e:  # the reference already ran this model: what fails here is XLA
-                raise StepError(xla_error(e)) from e
+                raise StepError(xla_error(e), hint=LOOKUP_HINT if "LookupTable" in str(e) else None) from e
 
         artifact = write_savedmodel(source, ctx.workdir, jit_compile=True, check=compile_once)
         marked = must_compile_functions(ctx.workdir / SAVED_MODEL)

@@ -54,12 +54,59 @@ def to_fp16(src: Path, dst: Path) -> dict:
     from onnxconverter_common import float16
 
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_BLOCK_LIST))
-    model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=block)
-    repaired = repair_fp16(model, block)
+    source = onnx.load(str(src))
+    io_types = {v.name: v.type.tensor_type.elem_type for v in [*source.graph.input, *source.graph.output]}
+    guarded = transposes_into_matmul(source.graph)
+    model = float16.convert_float_to_float16(source, keep_io_types=True, op_block_list=block, node_block_list=guarded)
+    repaired = repair_fp16(model, block) + restore_io_types(model, io_types)
     check_types(model)
     save_model(model, dst)
     kept = sorted({n.op_type for n in model.graph.node if n.op_type in block})
-    return {"mode": "fp16", "converter": "onnxconverter-common float16", "io": "float32", "ops_kept_fp32": kept, "repaired_nodes": repaired}
+    record = {"mode": "fp16", "converter": "onnxconverter-common float16", "io": "float32", "ops_kept_fp32": kept, "repaired_nodes": repaired}
+    return record | ({"nodes_kept_fp32": guarded} if guarded else {})
+
+
+def transposes_into_matmul(graph) -> list[str]:
+    """Transpose nodes that feed a MatMul or Gemm, kept in FP32: ONNX Runtime's CPU session
+    (x86, ORT_ENABLE_ALL, 1.2x-1.31) crashes by a null dereference in its NchwcTransformer on
+    FP16 Transpose -> (the Cast it inserts) -> MatMul (onnxruntime#28392): any batch_first
+    RNN's output head. The FP32 Transpose costs two casts."""
+    feeds = {x for n in graph.node if n.op_type in ("MatMul", "Gemm") for x in n.input}
+    return [n.name for n in graph.node if n.op_type == "Transpose" and n.name and n.output[0] in feeds]
+
+
+def restore_io_types(model, io_types: dict[str, int]) -> list[str]:
+    """The converter keeps inputs and outputs FP32 (keep_io_types) but marks an output FP16 when
+    the node producing it is one it kept in FP32 (a ReduceMean at the end of the graph): such an
+    output gets a Cast back to its original type. Returns the casts' names."""
+    from onnx import TensorProto, helper
+
+    added = []
+    for value in model.graph.output:
+        want = io_types.get(value.name)
+        if want != TensorProto.FLOAT or value.type.tensor_type.elem_type != TensorProto.FLOAT16:
+            continue
+        inner = f"{value.name}_mlpack_fp16"
+        for node in model.graph.node:
+            node.output[:] = [inner if o == value.name else o for o in node.output]
+            node.input[:] = [inner if i == value.name else i for i in node.input]
+        name = f"mlpack_fp16_output_{len(added)}"
+        model.graph.node.append(helper.make_node("Cast", [inner], [value.name], to=TensorProto.FLOAT, name=name))
+        value.type.tensor_type.elem_type = TensorProto.FLOAT
+        added.append(name)
+    return added
+
+
+# Ops whose mixed FP16/FP32 inputs are compared in FP32: exact, and their output is bool.
+COMPARISONS = frozenset({"Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal"})
+
+
+def _declare(graph, name: str, elem_type: int) -> int:
+    """Set the element type the graph declares for value `name`; returns it."""
+    for v in [*graph.value_info, *graph.output]:
+        if v.name == name:
+            v.type.tensor_type.elem_type = elem_type
+    return elem_type
 
 
 def _declared_types(graph) -> dict[str, int]:
@@ -88,15 +135,32 @@ def repair_fp16(model, block: list[str] = ()) -> list[str]:
     output; inputs bound to one type parameter that disagree get a Cast to one type
     (the declared output's, else FP32 for ops kept in FP32, else FP16); an output
     whose computed type differs from the type declared for it gets a Cast after it.
+    The bodies of Loop, Scan and If nodes are repaired the same way (a recurrent
+    layer exported as a while loop: the converter types the body's values FP16 and
+    leaves its Casts from bool or int on FP32).
     """
+    from onnx import TensorProto
+
+    opset = {imp.domain or "": imp.version for imp in model.opset_import}
+    graph = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in graph.input} | {t.name: t.data_type for t in graph.initializer}
+    fixed: list[str] = []
+    _repair_graph(graph, types, opset.get("", 18), set(block), fixed, TensorProto.FLOAT16)
+    return sorted(set(fixed))
+
+
+def _repair_graph(graph, types: dict[str, int], opset: int, block: set[str], fixed: list[str], default: int) -> None:
+    """repair_fp16 on one graph; `types` holds the values it can see (the outer scopes' too)."""
     from onnx import NodeProto, TensorProto, defs, helper, numpy_helper
 
     floats = {TensorProto.FLOAT, TensorProto.FLOAT16}
-    graph = model.graph
-    opset = {imp.domain or "": imp.version for imp in model.opset_import}
     declared = _declared_types(graph)
-    types = {v.name: v.type.tensor_type.elem_type for v in graph.input} | {t.name: t.data_type for t in graph.initializer}
-    fixed: list[str] = []
+    types.update({v.name: v.type.tensor_type.elem_type for v in graph.input if v.type.HasField("tensor_type")})
+    types.update({t.name: t.data_type for t in graph.initializer})
+    consumers: dict[str, set[str]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, set()).add(n.op_type)
     nodes = []
 
     def cast(name: str, to: int, tag: str) -> str:
@@ -107,11 +171,22 @@ def repair_fp16(model, block: list[str] = ()) -> list[str]:
 
     for node in graph.node:
         label = node.name or node.output[0]
+        for attr in node.attribute:
+            if attr.type == helper.AttributeProto.GRAPH:
+                _repair_graph(attr.g, dict(types), opset, block, fixed, default)
+            elif attr.type == helper.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    _repair_graph(g, dict(types), opset, block, fixed, default)
         want = declared.get(node.output[0]) if node.output else None
         if node.op_type == "Cast" and want in floats:
             to = next(a for a in node.attribute if a.name == "to")
             if to.i in floats and to.i != want:
-                to.i = want
+                # A count compared with a count (a while loop's counter against its trip count) stays
+                # exact in FP32; FP16 holds integers exactly only up to 2048.
+                if types.get(node.input[0]) not in floats and consumers.get(node.output[0], {""}) <= COMPARISONS:
+                    declared[node.output[0]] = _declare(graph, node.output[0], to.i)
+                else:
+                    to.i = want
                 fixed.append(label)
         elif node.op_type == "ConstantOfShape" and want in floats:
             value = next((a for a in node.attribute if a.name == "value"), None)
@@ -124,7 +199,7 @@ def repair_fp16(model, block: list[str] = ()) -> list[str]:
         schema = None
         if node.domain in ("", "ai.onnx") and node.op_type not in ("Cast", "ConstantOfShape"):
             try:
-                schema = defs.get_schema(node.op_type, opset.get("", 18), "")
+                schema = defs.get_schema(node.op_type, opset, "")
             except defs.SchemaError:
                 schema = None
         post: list[tuple[int, int]] = []
@@ -136,7 +211,7 @@ def repair_fp16(model, block: list[str] = ()) -> list[str]:
                 if len(kinds) < 2:
                     continue
                 outs = [declared.get(o) for o, p in zip(node.output, out_params) if p == param and declared.get(o) in floats]
-                target = outs[0] if outs else TensorProto.FLOAT if node.op_type in block else TensorProto.FLOAT16
+                target = outs[0] if outs else TensorProto.FLOAT if node.op_type in block | COMPARISONS else default
                 for i in idx:
                     if types[node.input[i]] != target:
                         node.input[i] = cast(node.input[i], target, "in")
@@ -163,7 +238,6 @@ def repair_fp16(model, block: list[str] = ()) -> list[str]:
         nodes += [copy, *casts]
     del graph.node[:]
     graph.node.extend(nodes)
-    return sorted(set(fixed))
 
 
 def check_types(model) -> None:
@@ -496,6 +570,7 @@ QUANTIZATION_SCHEMA: dict = {
         "mode": {"enum": ["fp16", "int8", "int8-dynamic"]},
         "fallback": {"enum": ["off", "auto"]},
         "format": {"type": "string"},
+        "nodes_kept_fp32": {"type": "array", "items": {"type": "string"}},  # fp16: Transposes into a MatMul (transposes_into_matmul)
         "calibration": {
             "type": "object",
             "required": ["method", "source", "samples", "seed"],

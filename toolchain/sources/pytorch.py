@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from toolchain.errors import StepError, UsageError
-from toolchain.parity import make_feed
+from toolchain.errors import MlpackError, StepError, UsageError
+from toolchain.parity import example_feed, model_failure
 from toolchain.recipe import Recipe
 from toolchain.runners.torch_eager import TorchEagerRunner
 from toolchain.sources.factory import import_factory
@@ -157,7 +157,12 @@ class TorchSource:
         import torch
 
         with torch.no_grad():
-            n_out = len(self.module(*self.example_args()))
+            try:
+                n_out = len(self.module(*self.example_args()))
+            except MlpackError:
+                raise
+            except Exception as e:
+                raise model_failure(recipe, e, "the example input") from e
         self.output_names = output_names(recipe, n_out)
 
     def reference_runner(self):
@@ -185,7 +190,7 @@ class TorchSource:
             self._other_sizes = False
 
     def example_feed(self) -> dict:
-        return make_feed(self.recipe, self.export_sizes(), np.random.default_rng(self.recipe.parity.seed + 1))
+        return example_feed(self.recipe, self.export_sizes(), np.random.default_rng(self.recipe.parity.seed + 1))
 
     def example_args(self, device: str = "cpu") -> tuple:
         import torch

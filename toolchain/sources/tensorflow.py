@@ -11,14 +11,22 @@ import inspect
 
 import numpy as np
 
-from toolchain.errors import StepError, UsageError
-from toolchain.parity import make_feed
+from toolchain.errors import MlpackError, StepError, UsageError
+from toolchain.parity import example_feed, model_failure
 from toolchain.recipe import Recipe
 from toolchain.runners.tf import TFEagerRunner
 from toolchain.sources.factory import import_factory
+from toolchain.sources.keras_patches import tracing as keras_tracing
 from toolchain.tensors import NUMPY_DTYPE
 
 INSTALL_HINT = "pip install 'mlpack[tensorflow]'"
+
+
+# Keras preprocessing layers that hold a hash table: XLA compiles no table op, tf2onnx only string<->int64 ones.
+LOOKUP_HINT = (
+    "the model looks values up in a table (Keras IntegerLookup, StringLookup, TextVectorization or a tf.lookup table): build the "
+    "savedmodel target, which serves it as it is, or apply the lookup in the client and feed the model its indices"
+)
 
 
 def require_tensorflow(recipe: Recipe):
@@ -157,13 +165,20 @@ class TFSource:
         tf = require_tensorflow(recipe)
         self.recipe = recipe
         self.input_names = [i.name for i in recipe.inputs]
+        self.rewrites: set[str] = set()  # Keras layers the traced function computes as an equivalent (sources/keras_patches.py)
         self.model, self._fn, self._own, self._style = _load(recipe)
         self._model_names, note = _input_order(self.input_names, self._own)
         self.notes = [note] if note else []
         if self._style == "signature":
             self._check_dtypes(self._fn.structured_input_signature[1])
         example = self.example_feed()
-        flat, keys = _flatten(self._invoke([tf.constant(example[n]) for n in self.input_names]), recipe.outputs)
+        try:
+            result = self._invoke([tf.constant(example[n]) for n in self.input_names])
+        except MlpackError:
+            raise
+        except Exception as e:
+            raise model_failure(recipe, e, "the example input") from e
+        flat, keys = _flatten(result, recipe.outputs)
         if recipe.outputs and len(flat) < len(recipe.outputs):
             raise StepError(f"outputs: the recipe names {len(recipe.outputs)} outputs but the model returns {len(flat)}")
         self.output_names = list(recipe.outputs or keys or [f"output_{i}" for i in range(len(flat))])
@@ -221,13 +236,14 @@ class TFSource:
         import tensorflow as tf
 
         def serve(*args):
-            return self.call(*args)
+            with keras_tracing(self.rewrites):
+                return self.call(*args)
 
         return tf.function(serve, input_signature=self.input_signature(), jit_compile=jit_compile, autograph=False)
 
     def example_feed(self) -> dict:
         sizes = {n: d.opt for n, d in self.recipe.dims.items()}
-        return make_feed(self.recipe, sizes, np.random.default_rng(self.recipe.parity.seed + 1))
+        return example_feed(self.recipe, sizes, np.random.default_rng(self.recipe.parity.seed + 1))
 
     def reference_runner(self):
         return TFEagerRunner(self.call, self.input_names, self.output_names)

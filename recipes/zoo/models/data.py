@@ -87,7 +87,28 @@ def tones(rows: int = 128, samples: int = 1024, rate: int = 16000, name: str = "
     return {name: batch[..., None] if channel else batch}
 
 
-GENERATORS = {"sentences": sentences, "photos": photos, "faces": faces, "tones": tones}
+def documents(rows: int = 64, seq: int = 32, vocab: int = 1000, seed: int = 0) -> dict[str, np.ndarray]:
+    """input_ids, bbox [rows, seq, 4], attention_mask: words laid out in lines on a page, their
+    boxes (x0, y0, x1, y1) on LayoutLM's 0..1000 grid with x0 < x1 and y0 < y1, padded at the end."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, vocab, size=(rows, seq))
+    boxes = np.zeros((rows, seq, 4), np.int64)
+    mask = np.zeros((rows, seq), np.int64)
+    for r in range(rows):
+        length = int(rng.integers(seq // 2, seq + 1))
+        x, y = 40, int(rng.integers(20, 200))
+        for t in range(length):
+            width = int(rng.integers(20, 120))
+            if x + width > 960:
+                x, y = 40, y + 30
+            boxes[r, t] = (x, y, x + width, y + 20)
+            x += width + 10
+        mask[r, :length] = 1
+        ids[r, length:] = 0
+    return {"input_ids": ids.astype(np.int64), "bbox": boxes, "attention_mask": mask}
+
+
+GENERATORS = {"sentences": sentences, "photos": photos, "faces": faces, "tones": tones, "documents": documents}
 
 
 def write(path: Path, generator: str, **kwargs) -> Path:

@@ -32,6 +32,8 @@ SIZES = {
     ),
     "qwen2": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128),
     "phi": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, max_position_embeddings=128),
+    "bloom": dict(hidden_size=64, n_layer=2, n_head=4),
+    "mamba": dict(hidden_size=64, num_hidden_layers=2, state_size=8),
     "t5": dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4),
     "bart": dict(
         d_model=64,
@@ -163,3 +165,65 @@ def wav2vec2(seed: int = 0):
                             conv_stride=(5, 4, 4), conv_kernel=(10, 4, 4), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)  # fmt: skip
     torch.manual_seed(seed)
     return Wav2Vec2Model(config).eval()
+
+
+def state_space(arch: str = "mamba", vocab: int = 1000, seed: int = 0):
+    """A selective state-space model (Mamba): input_ids -> last_hidden_state. Without the CUDA
+    kernels transformers runs its reference scan: a Python loop over the sequence."""
+    from transformers import AutoModel
+
+    torch.manual_seed(seed)
+    return AutoModel.from_config(_config(arch, vocab, use_cache=False)).eval()
+
+
+def seq2seq(arch: str = "t5", vocab: int = 1000, seed: int = 0):
+    """A whole encoder-decoder without a cache: input_ids, attention_mask, decoder_input_ids ->
+    logits [batch, target, vocab]; the source and target lengths are two dynamic dims."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    torch.manual_seed(seed)
+    return AutoModelForSeq2SeqLM.from_config(_config(arch, vocab, use_cache=False)).eval()
+
+
+def patchtst(channels: int = 3, context: int = 64, horizon: int = 16, seed: int = 0):
+    """PatchTST forecaster: past_values [batch, context, channels] -> [batch, horizon, channels]
+    (per-series scaling, patching, a channel-independent transformer)."""
+    from transformers import PatchTSTConfig, PatchTSTForPrediction
+
+    config = PatchTSTConfig(num_input_channels=channels, context_length=context, patch_length=8, patch_stride=8, prediction_length=horizon,
+                            d_model=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64)  # fmt: skip
+    torch.manual_seed(seed)
+    return PatchTSTForPrediction(config).eval()
+
+
+def layoutlm(vocab: int = 1000, labels: int = 3, seed: int = 0):
+    """LayoutLM document classifier: input_ids, bbox [batch, seq, 4] (0..1000 page coordinates),
+    attention_mask -> logits."""
+    from transformers import LayoutLMConfig, LayoutLMForSequenceClassification
+
+    config = LayoutLMConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, num_labels=labels)
+    torch.manual_seed(seed)
+    return LayoutLMForSequenceClassification(config).eval()
+
+
+def audio_spectrogram(mels: int = 32, frames: int = 64, labels: int = 5, seed: int = 0):
+    """Audio Spectrogram Transformer: input_values [batch, frames, mels] -> logits."""
+    from transformers import ASTConfig, ASTForAudioClassification
+
+    config = ASTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, num_mel_bins=mels, max_length=frames,
+                       frequency_stride=10, time_stride=10, num_labels=labels)  # fmt: skip
+    torch.manual_seed(seed)
+    return ASTForAudioClassification(config).eval()
+
+
+def detr(labels: int = 5, queries: int = 10, seed: int = 0):
+    """DETR object detector (ResNet backbone from transformers, no timm): pixel_values, pixel_mask
+    -> logits [batch, queries, labels + 1] and pred_boxes [batch, queries, 4] (set prediction)."""
+    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+
+    backbone = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], out_features=["stage2"])
+    config = DetrConfig(use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False, d_model=32, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=queries,
+                        num_labels=labels)  # fmt: skip
+    torch.manual_seed(seed)
+    return DetrForObjectDetection(config).eval()

@@ -7,6 +7,8 @@ attention with rotary positions, scatter-add message passing).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -273,3 +275,180 @@ class GraphConv(nn.Module):
 
 def graph_conv(seed: int = 0, **kwargs):
     return _seeded(GraphConv, seed, **kwargs)
+
+
+class DiffusionUNet(nn.Module):
+    """A DDPM-style denoiser: noisy image [batch, 3, 32, 32] and timestep [batch] int64 -> predicted
+    noise. Sinusoidal timestep embedding added inside each GroupNorm/SiLU residual block,
+    self-attention at the lowest resolution, nearest-neighbour upsampling, skip concatenation."""
+
+    class Res(nn.Module):
+        def __init__(self, cin, cout, tdim):
+            super().__init__()
+            self.n1, self.c1 = nn.GroupNorm(8, cin), nn.Conv2d(cin, cout, 3, padding=1)
+            self.t = nn.Linear(tdim, cout)
+            self.n2, self.c2 = nn.GroupNorm(8, cout), nn.Conv2d(cout, cout, 3, padding=1)
+            self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+        def forward(self, x, t):
+            h = self.c1(F.silu(self.n1(x))) + self.t(t)[:, :, None, None]
+            return self.c2(F.silu(self.n2(h))) + self.skip(x)
+
+    class Attn(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.norm, self.qkv, self.out = nn.GroupNorm(8, c), nn.Conv2d(c, 3 * c, 1), nn.Conv2d(c, c, 1)
+
+        def forward(self, x):
+            b, c, h, w = x.shape
+            q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)
+            a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            return x + self.out(a.transpose(1, 2).reshape(b, c, h, w))
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        w, tdim = width, 4 * width
+        self.width = w
+        self.time = nn.Sequential(nn.Linear(w, tdim), nn.SiLU(), nn.Linear(tdim, tdim))
+        self.inp = nn.Conv2d(3, w, 3, padding=1)
+        self.d1, self.d2 = self.Res(w, w, tdim), self.Res(w, 2 * w, tdim)
+        self.down = nn.Conv2d(w, w, 3, stride=2, padding=1)
+        self.mid, self.attn = self.Res(2 * w, 2 * w, tdim), self.Attn(2 * w)
+        self.u1 = self.Res(3 * w, w, tdim)
+        self.out = nn.Sequential(nn.GroupNorm(8, w), nn.SiLU(), nn.Conv2d(w, 3, 3, padding=1))
+
+    def embed(self, timestep):
+        half = self.width // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=timestep.device, dtype=torch.float32) / half)
+        angles = timestep.float()[:, None] * freqs[None]
+        return self.time(torch.cat([angles.sin(), angles.cos()], dim=-1))
+
+    def forward(self, sample, timestep):
+        t = self.embed(timestep)
+        h1 = self.d1(self.inp(sample), t)
+        h = self.attn(self.mid(self.d2(self.down(h1), t), t))
+        h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+        return self.out(self.u1(torch.cat([h, h1], dim=1), t))
+
+
+def diffusion_unet(seed: int = 0, **kwargs):
+    return _seeded(DiffusionUNet, seed, **kwargs)
+
+
+class SpectrogramClassifier(nn.Module):
+    """Raw audio [batch, samples] -> class logits, the front end inside the model: torch.stft
+    (complex), power, a mel filterbank as a matmul, log, then a small CNN and global pooling."""
+
+    def __init__(self, n_fft: int = 256, hop: int = 128, mels: int = 32, classes: int = 6):
+        super().__init__()
+        self.n_fft, self.hop = n_fft, hop
+        self.register_buffer("window", torch.hann_window(n_fft))
+        # a triangular filterbank over linear frequency bins (the shape of a mel bank, no librosa)
+        bins, centers = n_fft // 2 + 1, torch.linspace(0, n_fft // 2, mels + 2)
+        k = torch.arange(bins, dtype=torch.float32)[:, None]
+        lo, mid, hi = centers[:-2][None], centers[1:-1][None], centers[2:][None]
+        self.register_buffer("fbank", torch.clamp(torch.minimum((k - lo) / (mid - lo), (hi - k) / (hi - mid)), min=0.0))
+        self.cnn = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                                 nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())  # fmt: skip
+        self.head = nn.Linear(32, classes)
+
+    def forward(self, audio):
+        spec = torch.stft(audio, self.n_fft, self.hop, window=self.window, center=True, return_complex=True)
+        power = spec.abs().pow(2).transpose(1, 2)  # [batch, frames, bins]
+        logmel = torch.log(power @ self.fbank + 1e-6).unsqueeze(1)
+        return self.head(self.cnn(logmel).mean(dim=(2, 3)))
+
+
+def spectrogram_classifier(seed: int = 0, **kwargs):
+    return _seeded(SpectrogramClassifier, seed, **kwargs)
+
+
+class PointNet(nn.Module):
+    """A point cloud [batch, points, 3] -> class logits: a learned 3x3 input transform (bmm),
+    shared per-point MLPs (Conv1d k=1), a symmetric max over a dynamic number of points."""
+
+    def __init__(self, classes: int = 8):
+        super().__init__()
+        self.tnet = nn.Sequential(nn.Conv1d(3, 32, 1), nn.ReLU(), nn.Conv1d(32, 64, 1), nn.ReLU())
+        self.tfc = nn.Linear(64, 9)
+        self.mlp = nn.Sequential(nn.Conv1d(3, 32, 1), nn.BatchNorm1d(32), nn.ReLU(), nn.Conv1d(32, 128, 1), nn.BatchNorm1d(128), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, classes))
+
+    def forward(self, points):
+        x = points.transpose(1, 2)  # [batch, 3, points]
+        transform = self.tfc(self.tnet(x).amax(dim=2)).view(-1, 3, 3) + torch.eye(3, device=points.device)
+        x = torch.bmm(transform, x)
+        return self.head(self.mlp(x).amax(dim=2))
+
+
+def pointnet(seed: int = 0, **kwargs):
+    return _seeded(PointNet, seed, **kwargs)
+
+
+class FourierOperator(nn.Module):
+    """A 1-D Fourier neural operator: a field [batch, 1, grid] -> [batch, 1, grid]; each layer
+    multiplies the lowest modes of rfft by complex weights (stored as real pairs) and
+    transforms back with irfft, plus a pointwise conv; the grid size is dynamic."""
+
+    def __init__(self, width: int = 16, modes: int = 8, layers: int = 2):
+        super().__init__()
+        self.modes = modes
+        self.lift, self.proj = nn.Conv1d(1, width, 1), nn.Conv1d(width, 1, 1)
+        self.spectral = nn.ParameterList([nn.Parameter(torch.randn(width, width, modes, 2) / width) for _ in range(layers)])
+        self.local = nn.ModuleList([nn.Conv1d(width, width, 1) for _ in range(layers)])
+
+    def forward(self, field):
+        x, n = self.lift(field), field.shape[-1]
+        for weight, local in zip(self.spectral, self.local):
+            modes = torch.fft.rfft(x)[..., : self.modes]
+            mixed = torch.einsum("bim,iom->bom", modes, torch.view_as_complex(weight))
+            x = F.gelu(torch.fft.irfft(mixed, n=n) + local(x))
+        return self.proj(x)
+
+
+def fourier_operator(seed: int = 0, **kwargs):
+    return _seeded(FourierOperator, seed, **kwargs)
+
+
+class SpatialTransformer(nn.Module):
+    """A spatial transformer classifier: image [batch, 1, 28, 28] -> logits; a localisation net
+    predicts an affine transform, F.affine_grid + F.grid_sample resample the image first."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.loc = nn.Sequential(nn.Conv2d(1, 8, 7), nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(8, 10, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(),
+                                 nn.Linear(10 * 3 * 3, 32), nn.ReLU(), nn.Linear(32, 6))  # fmt: skip
+        nn.init.zeros_(self.loc[-1].weight)  # start at the identity transform, as the tutorial does
+        with torch.no_grad():
+            self.loc[-1].bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0]) + 0.1 * torch.randn(6))
+        self.cnn = nn.Sequential(nn.Conv2d(1, 16, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(16, 32, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(),
+                                 nn.Linear(32 * 4 * 4, classes))  # fmt: skip
+
+    def forward(self, image):
+        theta = self.loc(image).view(-1, 2, 3)
+        grid = F.affine_grid(theta, list(image.shape), align_corners=False)
+        return self.cnn(F.grid_sample(image, grid, align_corners=False))
+
+
+def spatial_transformer(seed: int = 0, **kwargs):
+    return _seeded(SpatialTransformer, seed, **kwargs)
+
+
+class Tagger(nn.Module):
+    """A sequence tagger that returns its decisions as well: token ids [batch, seq] ->
+    per-token tag scores (float), the argmax tag ids (int64) and a per-sequence confidence."""
+
+    def __init__(self, vocab: int = 500, dim: int = 32, tags: int = 7):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.rnn = nn.GRU(dim, dim, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * dim, tags)
+
+    def forward(self, tokens):
+        scores = self.head(self.rnn(self.embed(tokens))[0])
+        probs = scores.softmax(-1)
+        return scores, probs.argmax(-1), probs.amax(-1).mean(-1)
+
+
+def tagger(seed: int = 0, **kwargs):
+    return _seeded(Tagger, seed, **kwargs)

@@ -81,3 +81,35 @@ def attention(seed: int = 0):
     ff = keras.layers.Dense(16)(keras.layers.Dense(32, activation="relu")(x))
     x = keras.layers.LayerNormalization()(x + ff)
     return keras.Model(x_in, keras.layers.Dense(5)(keras.layers.GlobalAveragePooling1D()(x)))
+
+
+def structured(seed: int = 0):
+    """The structured-data tutorial's model: preprocessing inside the model. Numeric columns
+    [batch, 4] through an adapted Normalization, a raw integer code [batch, 1] through an
+    IntegerLookup (a lookup table, out-of-vocabulary ids to index 0) and a one-hot
+    CategoryEncoding, a Rescaling, then Dense layers with Dropout -> a probability."""
+    import numpy as np
+
+    keras = _keras(seed)
+    rng = np.random.default_rng(seed)
+    numeric = keras.Input(shape=(4,), dtype="float32", name="numeric")
+    code = keras.Input(shape=(1,), dtype="int64", name="code")
+    norm = keras.layers.Normalization()
+    norm.adapt(rng.normal(50.0, 20.0, size=(256, 4)).astype("float32"))
+    lookup = keras.layers.IntegerLookup(vocabulary=np.array([3, 7, 11, 19, 42, 101], dtype="int64"), output_mode="one_hot")
+    x = keras.layers.concatenate([norm(numeric), keras.layers.Rescaling(0.5)(lookup(code))])
+    x = keras.layers.Dense(32, activation="relu")(x)
+    x = keras.layers.Dropout(0.3)(x)
+    return keras.Model([numeric, code], keras.layers.Dense(1, activation="sigmoid")(x))
+
+
+def video_gru(seed: int = 0):
+    """Functional: frames [batch, time, 32, 32, 3] -> class logits: a small CNN applied per frame
+    with TimeDistributed, then a GRU over a dynamic number of frames."""
+    keras = _keras(seed)
+    frames = keras.Input(shape=(None, 32, 32, 3), name="frames")
+    cnn = keras.Sequential([keras.layers.Conv2D(8, 3, strides=2, activation="relu"), keras.layers.Conv2D(16, 3, strides=2, activation="relu"),
+                            keras.layers.GlobalAveragePooling2D()])  # fmt: skip
+    x = keras.layers.TimeDistributed(cnn)(frames)
+    x = keras.layers.GRU(32)(x)
+    return keras.Model(frames, keras.layers.Dense(5)(x))
