@@ -101,3 +101,90 @@ def test_int8_conv1d_that_inductor_cannot_compile_is_kept_in_float(tmp_path):
     assert all("could not compile" in k["why"] for k in q["kept_float_for_lowering"])
     assert q["quantized_layers"] == 1 and t["aoti"]["kernels"]["int8"] == 1  # the head is still INT8
     assert "compiling again with them in float" in (tmp_path / "out" / "tcn" / "logs" / "aoti.log").read_text()
+
+
+class Spectrogram(torch.nn.Module):
+    """AST's patch embedding: a [batch, frames, mels] input made one image channel by unsqueeze(1)
+    and transpose(2, 3), so the one-channel conv's input is not contiguous."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Conv2d(1, 16, 16, stride=10)
+
+    def forward(self, frames):
+        return self.proj(frames.unsqueeze(1).transpose(2, 3)).flatten(2).transpose(1, 2) * 2.0
+
+
+@pytest.mark.slow
+def test_a_one_channel_conv_on_a_transposed_input_gets_a_contiguous_copy(tmp_path):
+    """Under a dynamic batch, with freezing, Inductor assumed the conv's output channels-last while
+    oneDNN wrote it contiguous: the package was wrong at every batch size (AST: cosine 0.04)."""
+    import torch._inductor
+    from torch.export import Dim
+
+    from toolchain.kinds.aoti import _contiguous_one_channel_convs
+
+    torch.manual_seed(0)
+    model = Spectrogram().eval()
+    export = lambda: torch.export.export(model, (torch.rand(4, 64, 32),), dynamic_shapes=({0: Dim("batch", min=1, max=8)},), strict=False)  # noqa: E731
+    fixed = export()
+    assert _contiguous_one_channel_convs(fixed) == 1
+    assert _contiguous_one_channel_convs(torch.export.export(torch.nn.Conv2d(1, 2, 3), (torch.rand(1, 1, 8, 8),))) == 0  # contiguous: no copy
+    packages = {}
+    for name, program in (("as exported", export()), ("copied", fixed)):
+        with torch.no_grad():
+            torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / f"{name}.pt2"), inductor_configs={"freezing": True})
+        packages[name] = torch._inductor.aoti_load_package(str(tmp_path / f"{name}.pt2"))
+    with torch.no_grad():
+        for batch in (1, 3, 8):
+            x = torch.rand(batch, 64, 32)
+            want = model(x)
+            assert not torch.allclose(packages["as exported"](x), want, atol=1e-3)  # the torch bug (drop this when torch fixes it)
+            torch.testing.assert_close(packages["copied"](x), want, atol=1e-4, rtol=1e-4)
+
+
+PROJECTION = """\
+import torch
+
+
+class Projection(torch.nn.Module):
+    \"\"\"A Linear over a transposed 3-D activation (channels-first features read as a sequence, a
+    GRU's batch-first head): the matmul-over-an-expanded-input pattern of the INT8 lowering.\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = torch.nn.Linear(16, 8)
+
+    def forward(self, features):
+        return self.proj(torch.relu(features).transpose(1, 2))
+
+
+def build():
+    return Projection().eval()
+"""
+
+
+@pytest.mark.slow
+def test_int8_linear_over_a_transposed_input_compiles_under_dynamic_sizes(tmp_path):
+    """The check for that pattern (torch's Inductor and torchao each register a copy) built
+    torch.Size() from graph nodes under dynamic sizes: every such INT8 compile failed ("torch.Size()
+    takes an iterable of 'int'"): a GRU tagger, Mamba, nn.MultiheadAttention's projections."""
+    import json
+
+    from tests.e2e.conftest import mlpack
+
+    (tmp_path / "projection.py").write_text(PROJECTION)
+    (tmp_path / "r.yaml").write_text(
+        "name: projection\n"
+        "source: {framework: pytorch, factory: projection.py:build}\n"
+        "inputs: [{name: features, dtype: float32, shape: [batch, 16, steps]}]\n"
+        "outputs: [y]\n"
+        "dims: {batch: {min: 1, max: 4}, steps: {min: 2, max: 32}}\n"
+        "targets: [{kind: aoti, precision: int8}]\n"
+        "parity: {samples: 4}\n"
+    )
+    proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    t = json.loads(proc.stdout)["targets"][0]
+    assert t["status"] == "ok" and t["parity"]["passed"] and t["aoti"]["kernels"]["int8"] == 1, t

@@ -22,7 +22,7 @@ from toolchain.kinds.base import EXPORT_SCHEMA, Artifact, BuildContext, Kind, Ru
 from toolchain.machine import cuda_missing
 from toolchain.onnxtools.quantize import QUANTIZATION_SCHEMA
 from toolchain.options import TargetOptions, YamlOff
-from toolchain.parity import calibration_samples, make_feed
+from toolchain.parity import calibration_samples, example_feed
 from toolchain.runners.aoti import AotiRunner
 from toolchain.tensors import Signature, TensorSig
 from toolchain.timing import interleaved
@@ -175,7 +175,7 @@ def _corners(source, device: str, odd: bool = False, opt: bool = False):
         levels |= {"min+1": lambda d: min(d.min + 1, d.max), "max-1": lambda d: max(d.max - 1, d.min)}
     for level, size in levels.items():
         sizes = {n: size(d) for n, d in recipe.dims.items()}
-        feed = make_feed(recipe, sizes, rng)
+        feed = example_feed(recipe, sizes, rng)
         yield level, [torch.from_numpy(feed[n]).to(device).contiguous() for n in source.input_names]
 
 
@@ -270,6 +270,7 @@ def compile_package(source, device: str, path: Path, module=None, configs: dict 
     import torch
     import torch._inductor
 
+    pt2e.symbolic_linear_checks()
     base = dict(configs or {})
     tried: list[dict] = []
     raw: list[str] = []
@@ -284,6 +285,7 @@ def compile_package(source, device: str, path: Path, module=None, configs: dict 
             traceback.print_exc()  # into the target's log
             continue
         program = _without_broken_fallbacks(program)
+        _contiguous_one_channel_convs(program)
         problem = _fails_eagerly(program, source, device)
         if problem:  # a size-oblivious RNN asserts seq != 1: no compile would run at the min
             tried.append({"strategy": label, "stage": "run", "error": f"the exported program {problem}"[:500]})
@@ -448,6 +450,40 @@ def _without_broken_fallbacks(program):
     present = {n.target for g in graphs for n in g.nodes if n.op == "call_function"}
     table = {op: decomposition_table[op] for op in (torch.ops.aten.index_add.default,) if op in present and op in decomposition_table}
     return program.run_decompositions(table) if table else program
+
+
+def _contiguous_one_channel_convs(program) -> int:
+    """Give every convolution whose input has ONE channel and may not be contiguous a contiguous
+    copy of it, in place; returns how many. Under dynamic sizes Inductor picks a one-channel conv's
+    output layout from its input's: contiguous in, contiguous out, else channels-last. A
+    transposed one-channel input (AST's [batch, frames, mels] -> unsqueeze(1).transpose(2, 3)) is
+    laid out channels-last for the conv, which oneDNN, ignoring the size-1 channel's stride, reads
+    as contiguous and answers in contiguous order: the ops after it read the output in the wrong
+    order, and the package is silently wrong at every batch (torch 2.13, with freezing; AST FP32
+    cosine 0.04). A copy of one channel costs next to nothing."""
+    import torch
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    aten = torch.ops.aten
+    convs = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default, aten.conv1d.padding, aten.conv2d.padding,
+             aten.conv3d.padding}  # fmt: skip
+    changed = 0
+    for gm in [m for m in program.graph_module.modules() if isinstance(m, torch.fx.GraphModule)]:
+        for node in [n for n in gm.graph.nodes if n.op == "call_function" and n.target in convs]:
+            x = node.args[0]
+            val = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
+            if not isinstance(val, torch.Tensor) or val.dim() < 3 or not statically_known_true(val.shape[1] == 1):
+                continue
+            if statically_known_true(val.is_contiguous()):
+                continue
+            with gm.graph.inserting_before(node):
+                copy = gm.graph.call_function(aten.clone.default, (x,), {"memory_format": torch.contiguous_format})
+            copy.meta = {**x.meta, "val": val.clone(memory_format=torch.contiguous_format)}
+            node.replace_input_with(x, copy)
+            changed += 1
+        if changed:
+            gm.recompile()
+    return changed
 
 
 def _fails_eagerly(program, source, device: str) -> str | None:

@@ -26,11 +26,76 @@ SENSITIVITY_CANDIDATES = 12  # modules whose one-at-a-time exclusion is measured
 def _torchao():
     try:
         from torchao.quantization.pt2e import quantizer as _  # noqa: F401
+        from torchao.quantization.pt2e.inductor_passes import x86 as passes
+
+        _symbolic_linear_check(passes)  # before the quantizer's import registers torchao's patterns
+        symbolic_linear_checks()
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
     except ImportError as e:
         raise StepError(f"precision: int8 needs torchao, which is not importable here ({e})", hint=INSTALL_HINT) from None
     return prepare_pt2e, convert_pt2e, xiq
+
+
+def symbolic_linear_checks() -> None:
+    """_symbolic_linear_check on torch's own copy of the INT8 patterns, which the first compile
+    with freezing in a process registers: call it before compiling."""
+    from torch._inductor.fx_passes import quantization
+
+    _symbolic_linear_check(quantization)
+
+
+def _symbolic_linear_check(passes) -> None:
+    """The check for the INT8 linear-on-a-3-D-input pattern (a matmul over an expanded,
+    non-contiguous activation: a GRU's batch-first output, Mamba's projections) builds
+    torch.Size() from the pattern's expand sizes, which under dynamic shapes are graph nodes:
+    every such compile failed ("torch.Size() takes an iterable of 'int' (item 0 is 'Node')";
+    torch 2.13's Inductor and torchao 0.18 each register a copy of the pattern). The sizes are
+    replaced, for that check only, by the activation's own sizes where they are provably equal
+    to them; otherwise the pattern is not fused (the matmul stays float)."""
+    import torch
+    from torch.fx import Node
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    original = getattr(passes, "_is_valid_dequant_linear_pattern", None)
+    if original is None or getattr(original, "_mlpack", False):
+        return
+
+    def resolved(size, want):
+        """`size` with each node replaced by `want`'s matching size, or None where one may differ."""
+        out = []
+        for s, w in zip(size, want):
+            v = s.meta.get("val") if isinstance(s, Node) else s
+            if v is None or not statically_known_true(v == w):
+                return None
+            out.append(w)
+        return out if len(out) == len(size) == len(want) else None
+
+    def check(dtype, input_dim_exceeds_two, input_contiguous, *more):
+        inner = original(dtype, input_dim_exceeds_two, input_contiguous, *more)
+
+        def _inner(match):
+            kw = match.kwargs
+            act = kw.get("x").meta.get("val") if isinstance(kw.get("x"), Node) else None
+            act_size, wgt_size = kw.get("act_expand_size"), kw.get("wgt_expand_size")
+            if not any(isinstance(s, Node) for s in [*(act_size or ()), *(wgt_size or ())]):
+                return inner(match)
+            if not isinstance(act, torch.Tensor) or wgt_size is None or len(wgt_size) != 3:
+                return False
+            act_fixed = resolved(act_size, list(act.size()))
+            wgt_first = resolved(wgt_size[:1], [act.size()[0]])
+            if act_fixed is None or wgt_first is None:
+                return False
+            kw["act_expand_size"], kw["wgt_expand_size"] = act_fixed, [*wgt_first, *wgt_size[1:]]
+            try:
+                return inner(match)
+            finally:  # the rewrite that follows builds graph nodes from the original sizes
+                kw["act_expand_size"], kw["wgt_expand_size"] = act_size, wgt_size
+
+        return _inner
+
+    check._mlpack = True
+    passes._is_valid_dequant_linear_pattern = check
 
 
 def _float_only(quantizer):
