@@ -188,3 +188,47 @@ def test_int8_linear_over_a_transposed_input_compiles_under_dynamic_sizes(tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     t = json.loads(proc.stdout)["targets"][0]
     assert t["status"] == "ok" and t["parity"]["passed"] and t["aoti"]["kernels"]["int8"] == 1, t
+
+
+class SpatialReduction(torch.nn.Module):
+    """SegFormer's efficient attention input: overlapping patches (7x7, stride 4), a LayerNorm over
+    tokens, the tokens folded back to a map and reduced by a strided conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Conv2d(3, 16, 7, stride=4, padding=3)
+        self.norm = torch.nn.LayerNorm(16)
+        self.reduce = torch.nn.Conv2d(16, 16, 4, stride=4)
+
+    def forward(self, x):
+        e = self.embed(x)
+        b, c, h, w = e.shape
+        tokens = self.norm(e.flatten(2).transpose(1, 2))
+        return self.reduce(tokens.transpose(1, 2).reshape(b, c, h, w)).flatten(2).mean(-1)
+
+
+@pytest.mark.slow
+def test_a_size_expression_whose_range_analysis_fails_still_compiles(tmp_path):
+    """Under dynamic height and width, Inductor's range analysis of a stride expression raised
+    ("ValueRangeError: Invalid ranges [0:-1]"): every SegFormer AOTI target failed to compile."""
+    import torch._inductor
+    from torch.export import Dim
+
+    from toolchain.torchtools import inductor_patches
+
+    torch.manual_seed(0)
+    model = SpatialReduction().eval()
+    dims = ({0: Dim("batch", min=1, max=4), 2: Dim("height", min=32, max=96), 3: Dim("width", min=32, max=96)},)
+    with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        program = torch.export.export(model, (torch.rand(2, 3, 64, 64),), dynamic_shapes=dims, strict=False)
+    path = str(tmp_path / "reduce.pt2")
+    with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        with pytest.raises(Exception, match=r"Invalid ranges \[0:-1\]"):  # the torch bug (drop this when torch fixes it)
+            torch._inductor.aoti_compile_and_package(program, package_path=path)
+        with inductor_patches.compiling():
+            torch._inductor.aoti_compile_and_package(program, package_path=path)
+    package = torch._inductor.aoti_load_package(path)
+    with torch.no_grad():
+        for shape in ((1, 3, 32, 32), (2, 3, 33, 47), (4, 3, 96, 96)):
+            x = torch.rand(*shape)
+            torch.testing.assert_close(package(x), model(x), atol=1e-5, rtol=1e-4)

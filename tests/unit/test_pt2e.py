@@ -268,3 +268,40 @@ def test_a_model_without_parametrizations_is_not_copied():
         assert count == 1 and isinstance(baked.weight, torch.nn.Parameter) and not baked._forward_pre_hooks
         torch.testing.assert_close(baked(x), want)
         torch.testing.assert_close(old_style(x), want)  # the user's model still works
+
+
+class Attention(torch.nn.Module):
+    """nn.MultiheadAttention (batch first) and a Linear head: the layer computes its own input and
+    output projections with F.linear inside F.multi_head_attention_forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.attn(x, x, x, need_weights=False)[0])
+
+
+def test_an_attention_layers_own_projections_are_quantized_and_addressed_by_its_name():
+    """Neither projection carried the source the quantizer finds linears by, so every
+    nn.TransformerEncoder's attention stayed float in its "INT8" package."""
+    from torch.export import Dim
+
+    from toolchain.torchtools.pt2e import quantized_layers, quantized_modules
+
+    torch.manual_seed(0)
+    model = Attention().eval()
+    x = torch.randn(2, 6, 16)
+    dims = ({0: Dim("batch", min=1, max=4), 1: Dim("seq", min=2, max=16)},)
+    program = torch.export.export(model, (x,), dynamic_shapes=dims, strict=False)
+    calibration = [(torch.randn(2, 6, 16),) for _ in range(4)]
+    q = quantize(program, calibration, dynamic=False, excluded=[])
+    assert quantized_layers(q) == 3  # in_proj, out_proj and the head
+    assert quantized_layers(quantize(program, calibration, dynamic=False, excluded=["attn"])) == 1  # the layer's name excludes both
+    source = type("Source", (), {"module": model})()
+    assert quantized_modules(source) == ["attn", "head"]  # not attn.out_proj: never called as a module
+    with torch.no_grad():
+        for shape in ((1, 2, 16), (4, 16, 16)):
+            y = torch.randn(*shape)
+            assert torch.nn.functional.cosine_similarity(model(y).flatten(), q(y).flatten(), dim=0).item() > 0.99

@@ -26,7 +26,7 @@ from toolchain.parity import calibration_samples, example_feed
 from toolchain.runners.aoti import AotiRunner
 from toolchain.tensors import Signature, TensorSig
 from toolchain.timing import interleaved
-from toolchain.torchtools import package_kernels, pt2e, rewrites
+from toolchain.torchtools import inductor_patches, package_kernels, pt2e, rewrites
 
 MODEL = "model.pt2"
 RUNNER = "aoti"
@@ -270,7 +270,6 @@ def compile_package(source, device: str, path: Path, module=None, configs: dict 
     import torch
     import torch._inductor
 
-    pt2e.symbolic_linear_checks()
     base = dict(configs or {})
     tried: list[dict] = []
     raw: list[str] = []
@@ -298,7 +297,7 @@ def compile_package(source, device: str, path: Path, module=None, configs: dict 
                 # prepacking and the INT8 q/dq -> qlinear/qconv lowerings (PT2E) never run.
                 # Size-oblivious as exported: otherwise Inductor's guard_or_false/true decide shape
                 # branches from the example input, guards a package never checks.
-                with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=oblivious):
+                with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=oblivious), inductor_patches.compiling():
                     torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs or None)
             except Exception as e:
                 tried.append({"strategy": label, "stage": "compile", "inductor_configs": configs, "error": one_line(e)[:500]})

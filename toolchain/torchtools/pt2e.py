@@ -17,6 +17,7 @@ from toolchain.errors import StepError
 from toolchain.judge import margin, summary
 from toolchain.parity import ParityReport, compare
 from toolchain.tensors import to_numpy
+from toolchain.torchtools import inductor_patches
 
 INSTALL_HINT = "pip install torchao  (INT8 AOTInductor uses torchao's PT2E quantizer; `make install` installs it)"
 REPORT_MODULES = 10  # modules listed in the manifest's node_report
@@ -28,74 +29,12 @@ def _torchao():
         from torchao.quantization.pt2e import quantizer as _  # noqa: F401
         from torchao.quantization.pt2e.inductor_passes import x86 as passes
 
-        _symbolic_linear_check(passes)  # before the quantizer's import registers torchao's patterns
-        symbolic_linear_checks()
+        inductor_patches.symbolic_linear_check(passes)  # before the quantizer's import registers torchao's patterns
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
     except ImportError as e:
         raise StepError(f"precision: int8 needs torchao, which is not importable here ({e})", hint=INSTALL_HINT) from None
     return prepare_pt2e, convert_pt2e, xiq
-
-
-def symbolic_linear_checks() -> None:
-    """_symbolic_linear_check on torch's own copy of the INT8 patterns, which the first compile
-    with freezing in a process registers: call it before compiling."""
-    from torch._inductor.fx_passes import quantization
-
-    _symbolic_linear_check(quantization)
-
-
-def _symbolic_linear_check(passes) -> None:
-    """The check for the INT8 linear-on-a-3-D-input pattern (a matmul over an expanded,
-    non-contiguous activation: a GRU's batch-first output, Mamba's projections) builds
-    torch.Size() from the pattern's expand sizes, which under dynamic shapes are graph nodes:
-    every such compile failed ("torch.Size() takes an iterable of 'int' (item 0 is 'Node')";
-    torch 2.13's Inductor and torchao 0.18 each register a copy of the pattern). The sizes are
-    replaced, for that check only, by the activation's own sizes where they are provably equal
-    to them; otherwise the pattern is not fused (the matmul stays float)."""
-    import torch
-    from torch.fx import Node
-    from torch.fx.experimental.symbolic_shapes import statically_known_true
-
-    original = getattr(passes, "_is_valid_dequant_linear_pattern", None)
-    if original is None or getattr(original, "_mlpack", False):
-        return
-
-    def resolved(size, want):
-        """`size` with each node replaced by `want`'s matching size, or None where one may differ."""
-        out = []
-        for s, w in zip(size, want):
-            v = s.meta.get("val") if isinstance(s, Node) else s
-            if v is None or not statically_known_true(v == w):
-                return None
-            out.append(w)
-        return out if len(out) == len(size) == len(want) else None
-
-    def check(dtype, input_dim_exceeds_two, input_contiguous, *more):
-        inner = original(dtype, input_dim_exceeds_two, input_contiguous, *more)
-
-        def _inner(match):
-            kw = match.kwargs
-            act = kw.get("x").meta.get("val") if isinstance(kw.get("x"), Node) else None
-            act_size, wgt_size = kw.get("act_expand_size"), kw.get("wgt_expand_size")
-            if not any(isinstance(s, Node) for s in [*(act_size or ()), *(wgt_size or ())]):
-                return inner(match)
-            if not isinstance(act, torch.Tensor) or wgt_size is None or len(wgt_size) != 3:
-                return False
-            act_fixed = resolved(act_size, list(act.size()))
-            wgt_first = resolved(wgt_size[:1], [act.size()[0]])
-            if act_fixed is None or wgt_first is None:
-                return False
-            kw["act_expand_size"], kw["wgt_expand_size"] = act_fixed, [*wgt_first, *wgt_size[1:]]
-            try:
-                return inner(match)
-            finally:  # the rewrite that follows builds graph nodes from the original sizes
-                kw["act_expand_size"], kw["wgt_expand_size"] = act_size, wgt_size
-
-        return _inner
-
-    check._mlpack = True
-    passes._is_valid_dequant_linear_pattern = check
 
 
 def _float_only(quantizer):
@@ -266,6 +205,27 @@ def relabel_subclassed_modules(gm) -> int:
     return relabelled
 
 
+def label_functional_linears(gm) -> int:
+    """Label as F.linear calls the linears a layer computes inside its own functional code:
+    nn.MultiheadAttention's input and output projections (F.multi_head_attention_forward). The
+    quantizer finds linears by their source (an nn.Linear module or an F.linear call), and these
+    carry neither, so every nn.TransformerEncoder's attention stayed float. Returns how many."""
+    import torch
+
+    labelled = 0
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or n.target != torch.ops.aten.linear.default or n.meta.get("source_fn_stack"):
+            continue
+        torch_fn = (n.meta.get("torch_fn") or ("", ""))[1]
+        stack = n.meta.get("nn_module_stack") or {}
+        innermost = str(list(stack.values())[-1][1]) if stack else ""
+        if torch_fn.endswith(".linear") or innermost.endswith("Linear"):
+            continue  # found by the quantizer already
+        n.meta["source_fn_stack"] = [(n.name, torch.nn.functional.linear)]
+        labelled += 1
+    return labelled
+
+
 def quantize(program, calibration: list[tuple], dynamic: bool, excluded: list[str]):
     """The exported float program as a PT2E-quantized GraphModule (reference q/dq form)."""
     import torch
@@ -283,6 +243,7 @@ def quantize(program, calibration: list[tuple], dynamic: bool, excluded: list[st
     module.recompile()
     untag_shape_arithmetic(module)
     relabel_subclassed_modules(module)
+    label_functional_linears(module)
     split_reused_modules(module)
     prepared = prepare_pt2e(module, quantizer)
     with torch.no_grad():
@@ -378,8 +339,11 @@ def quantized_modules(source) -> list[str]:
     """Names of the source's Linear and Conv modules, as the quantizer's module-name configs address them."""
     import torch
 
-    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
-    return [name for name, m in source.module.named_modules() if isinstance(m, kinds)]
+    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.MultiheadAttention)
+    names = [name for name, m in source.module.named_modules() if isinstance(m, kinds)]
+    # an attention layer's own projections are computed inside it, addressed by the layer's name (label_functional_linears)
+    attention = [n for n, m in source.module.named_modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    return [n for n in names if not any(n.startswith(f"{a}.") for a in attention)]
 
 
 def lowering_hazards(source_module, program) -> dict[str, str]:
