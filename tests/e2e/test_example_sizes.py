@@ -57,3 +57,19 @@ def test_dims_fixed_at_the_example_size_are_exported_again_and_the_example_size_
     aoti = targets["aoti"]
     assert aoti["status"] == "failed" and "opt" in aoti["reason"] and "onnx target" in aoti["hint"], aoti
     assert proc.returncode == 4
+
+
+TRACED = MODEL.replace("if n == 8 else", "if not torch.jit.is_tracing() and n == 8 else")
+
+
+@pytest.mark.slow
+def test_a_fast_path_its_author_skips_when_tracing_exports_as_traced(tmp_path):
+    """transformers' DINOv2 takes its native-size fast path unless torch.jit.is_tracing(): AOTI
+    exports it as traced, so the package takes the general path at every size (resizing the table
+    to its own size is the identity, so it equals eager at n == 8 too: the probes and gate check)."""
+    (tmp_path / "fastpath.py").write_text(TRACED)
+    (tmp_path / "r.yaml").write_text(RECIPE.replace("targets: [{kind: onnx}, {kind: aoti}]", "targets: [{kind: aoti}]"))
+    proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
+    aoti = json.loads(proc.stdout)["targets"][0]
+    assert proc.returncode == 0 and aoti["parity"]["passed"], aoti
+    assert aoti["export"]["strategy"].endswith("as traced (torch.jit.is_tracing() true)"), aoti["export"]

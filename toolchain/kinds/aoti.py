@@ -5,6 +5,7 @@ Triton's pytorch backend (platform torch_aoti) or a Python-backend model.py.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import time
@@ -106,8 +107,6 @@ LOOP_SAFE_CONFIGS = {"pattern_matcher": False, "reorder_for_locality": False}
 
 def _export(source, device: str, oblivious: bool, module=None):
     """torch.export of `module` (default: the source's)."""
-    import contextlib
-
     import torch
 
     dynamic = source.dynamic_shapes()
@@ -134,8 +133,9 @@ def _specialized(e: BaseException) -> bool:
 
 
 def _export_any_size(source, device: str, oblivious: bool, module=None):
-    """(program, note): `_export`, and again with other example sizes when export fixed a dim to
-    the example's size; raises the first error when neither works."""
+    """(program, note): `_export`; when export fixed a dim to the example's size, again on the
+    model's own export path (as traced), then with other example sizes; raises the first error
+    when none works."""
     try:
         return _export(source, device, oblivious, module), None
     except Exception as e:
@@ -143,11 +143,35 @@ def _export_any_size(source, device: str, oblivious: bool, module=None):
             raise
         traceback.print_exc()  # into the target's log
         try:
+            with _as_traced():
+                return _export(source, device, oblivious, module), "as traced (torch.jit.is_tracing() true)"
+        except Exception as traced:
+            if not _specialized(traced):
+                raise e from None
+            traceback.print_exc()
+        try:
             with source.other_example_sizes():
                 return _export(source, device, oblivious, module), f"exported at other example sizes {_other_sizes(source)}"
         except Exception:
             traceback.print_exc()
             raise e from None
+
+
+@contextlib.contextmanager
+def _as_traced():
+    """torch.jit.is_tracing() answers True: models written for export take the path their authors
+    meant for it (transformers' DINOv2 skips interpolating its position embeddings at its native
+    size unless tracing, and torch.export keeps only the branch it saw, asserting the size at run
+    time; as traced it always interpolates, which at the native size is the identity). torch
+    itself only skips checks and warnings on it. The package is still probed and gated."""
+    import torch
+
+    original = torch.jit.is_tracing
+    torch.jit.is_tracing = lambda: True
+    try:
+        yield
+    finally:
+        torch.jit.is_tracing = original
 
 
 def _other_sizes(source) -> dict:
