@@ -134,6 +134,12 @@ def _fold_captured_constants(proto, function, input_names: list[str]) -> None:
 
     concrete = function.get_concrete_function()
     captured = {inner.name: outer for outer, inner in zip(concrete.captured_inputs, concrete.graph.internal_captures) if outer.dtype != tf.resource}
+    used = {x for n in proto.graph.node for x in n.input} | {o.name for o in proto.graph.output}
+    unused = [i.name for i in proto.graph.input if i.name not in input_names and i.name not in used]  # a replaced lookup's table and default
+    if unused:
+        kept = [i for i in proto.graph.input if i.name not in unused]
+        del proto.graph.input[:]
+        proto.graph.input.extend(kept)
     extra = [i for i in proto.graph.input if i.name not in input_names]
     unknown = [i.name for i in extra if i.name not in captured]
     if unknown:
@@ -262,6 +268,40 @@ def _tf2onnx_handlers() -> None:
     _tf2onnx_handlers.done = True
 
 
+def _lookup_tables(concrete) -> dict[str, tuple]:
+    """{op name: (keys, values, default)} for each table lookup in the traced function: Keras
+    IntegerLookup (and tf.lookup tables) hold a hash table the function captures as a resource,
+    which tf2onnx cannot convert. Integer tables are read out here and become ONNX-ML
+    LabelEncoder nodes (_label_encoder); any other table fails naming the fix."""
+    import tensorflow as tf
+
+    outer = {inner.name: value for value, inner in zip(concrete.captured_inputs, concrete.graph.internal_captures)}
+    ops = [op for op in concrete.graph.get_operations() if op.type.startswith("LookupTable")]
+    tables = {}
+    for op in ops:
+        handle = outer.get(op.inputs[0].name) if op.type == "LookupTableFindV2" else None
+        if handle is None or op.inputs[1].dtype != tf.int64 or op.outputs[0].dtype != tf.int64:
+            kinds = ", ".join(sorted({f"{o.type} ({o.inputs[1].dtype.name} -> {o.outputs[0].dtype.name})" for o in ops if o.type == "LookupTableFindV2"}))
+            raise StepError(f"tf2onnx cannot convert the model's lookup table: {kinds or op.type}; mlpack converts int64 -> int64 tables only "
+                            "(Keras IntegerLookup)", hint=LOOKUP_HINT)  # fmt: skip
+        keys, values = tf.raw_ops.LookupTableExportV2(table_handle=handle, Tkeys=tf.int64, Tvalues=tf.int64)
+        default = op.inputs[2]
+        default = outer[default.name].numpy() if default.name in outer else tf.get_static_value(default)
+        tables[op.name] = (keys.numpy().tolist(), values.numpy().tolist(), int(default))
+    return tables
+
+
+def _label_encoder(ctx, node, name, args):
+    """tf2onnx handler: LookupTableFindV2(table, keys, default) -> ai.onnx.ml LabelEncoder(keys)."""
+    keys, values, default = args[0][node.name]
+    node.type, node.domain = "LabelEncoder", "ai.onnx.ml"
+    node.set_attr("keys_int64s", keys)
+    node.set_attr("values_int64s", values)
+    node.set_attr("default_int64", default)
+    ctx.replace_inputs(node, [node.input[1]])
+    return node
+
+
 def _export_tf(source, opset: int, path: Path) -> None:
     """tf2onnx on the same serving function the SavedModel targets save.
 
@@ -274,11 +314,10 @@ def _export_tf(source, opset: int, path: Path) -> None:
 
     _tf2onnx_handlers()
     function = source.serving_function()
-    tables = sorted({op.type for op in function.get_concrete_function().graph.get_operations() if op.type.startswith("LookupTable")})
-    if tables:
-        raise StepError(f"tf2onnx cannot convert the model's lookup table ({', '.join(tables)}): it converts only string<->int64 tables, and "
-                        "none from a traced function", hint=LOOKUP_HINT)  # fmt: skip
-    proto, _ = tf2onnx.convert.from_function(function, input_signature=source.input_signature(), opset=opset)
+    tables = _lookup_tables(function.get_concrete_function())
+    handlers = {"LookupTableFindV2": (_label_encoder, ["LabelEncoder", tables])} if tables else None  # tf2onnx's old API: [onnx op, *args]
+    extra = [onnx.helper.make_opsetid("ai.onnx.ml", 2)] if tables else None
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=source.input_signature(), opset=opset, custom_op_handlers=handlers, extra_opset=extra)
     _fold_captured_constants(proto, function, source.input_names)
     # tf2onnx logs a TF op it cannot convert and leaves it in the graph; fail here, naming it.
     unconverted = sorted({n.op_type for n in proto.graph.node if not onnx.defs.has(n.op_type, n.domain)})
