@@ -501,7 +501,7 @@ def _contiguous_one_channel_convs(program) -> int:
                 continue
             with gm.graph.inserting_before(node):
                 copy = gm.graph.call_function(aten.clone.default, (x,), {"memory_format": torch.contiguous_format})
-            copy.meta = {**x.meta, "val": val.clone(memory_format=torch.contiguous_format)}
+            copy.meta["val"] = val.clone(memory_format=torch.contiguous_format)
             node.replace_input_with(x, copy)
             changed += 1
         if changed:
