@@ -123,3 +123,68 @@ def test_an_output_made_by_an_op_kept_in_fp32_is_still_declared_fp32(tmp_path):
     x = np.random.default_rng(1).standard_normal((2, 3, 8)).astype(np.float32)
     got = _run(tmp_path / "fp16.onnx", {"x": x})
     assert got.dtype == np.float32 and np.allclose(got, _run(src, {"x": x}), atol=0.01)
+
+
+def test_integer_math_done_in_float_stays_fp32(tmp_path):
+    """torch.histc as torch.onnx lowers it (Mixtral's router counts tokens per expert): expert ids
+    cast to float, compared with float bin edges, counted, cast back to int. In FP16 the last edge
+    (3.0000002) became 3.0, every token of expert 3 was dropped, and ONNX Runtime failed further on
+    (rows 5 by 8). The ids' float math, the comparison and its constant stay FP32."""
+    from toolchain.onnxtools.quantize import counting_in_float
+
+    edges = numpy_helper.from_array(np.array([[0.0, 0.75, 1.5, 2.25, np.nextafter(np.float32(3.0), np.float32(4.0))]], np.float32).T, "edges")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["ids"], ["ids_f"], to=T.FLOAT, name="ids_to_float"),
+            helper.make_node("Unsqueeze", ["ids_f", "zero"], ["row"], name="row"),
+            helper.make_node("Less", ["row", "edges"], ["below"], name="below"),  # [bins, tokens]
+            helper.make_node("Cast", ["below"], ["below_f"], to=T.FLOAT, name="below_f"),
+            helper.make_node("ReduceSum", ["below_f", "one"], ["cumulative"], keepdims=0, name="count"),
+            helper.make_node("Cast", ["cumulative"], ["counts"], to=T.INT64, name="to_int"),
+            helper.make_node("Less", ["row", "edges"], ["below2"], name="below2"),  # a second layer's router shares the edges
+            helper.make_node("Cast", ["below2"], ["below2_f"], to=T.FLOAT, name="below2_f"),
+            helper.make_node("ReduceSum", ["below2_f", "one"], ["cumulative2"], keepdims=0, name="count2"),
+            helper.make_node("Cast", ["cumulative2"], ["counts2"], to=T.INT64, name="to_int2"),
+            helper.make_node("MatMul", ["x", "w"], ["y"], name="dense"),  # real activations: still FP16
+        ],
+        "g",
+        [helper.make_tensor_value_info("ids", T.INT64, ["tokens"]), helper.make_tensor_value_info("x", T.FLOAT, ["b", 4])],
+        [helper.make_tensor_value_info(n, T.INT64, [5]) for n in ("counts", "counts2")] + [helper.make_tensor_value_info("y", T.FLOAT, ["b", 4])],
+        [
+            edges,
+            numpy_helper.from_array(np.array([0], np.int64), "zero"),
+            numpy_helper.from_array(np.array([1], np.int64), "one"),
+            numpy_helper.from_array(np.eye(4, dtype=np.float32), "w"),
+        ],  # fmt: skip
+    )
+    src = _save(graph, tmp_path / "histc.onnx")
+    assert counting_in_float(onnx.load(str(src)))[:6] == ["ids_to_float", "row", "below", "below_f", "count", "to_int"]
+    feed = {"ids": np.array([0, 1, 2, 3, 3, 3], np.int64), "x": np.ones((2, 4), np.float32)}
+    assert _run(src, feed).tolist() == [0, 1, 2, 3, 6]  # tokens below each edge
+    record = to_fp16(src, tmp_path / "fp16.onnx")
+    session = ort.InferenceSession(str(tmp_path / "fp16.onnx"), providers=["CPUExecutionProvider"])
+    assert [c.tolist() for c in session.run(["counts", "counts2"], feed)] == [[0, 1, 2, 3, 6]] * 2
+    assert "dense" not in record["nodes_kept_fp32"]
+
+
+def test_a_constant_cast_back_to_fp32_keeps_its_fp32_value():
+    """onnxconverter-common casts a kept-FP32 node's inputs before it decides which constants to
+    keep FP32, so a constant read only by such nodes was still lowered to FP16 and cast back
+    (Mixtral's bin edge 3.0000002 -> 3.0). The cast now reads the original."""
+    from toolchain.onnxtools.quantize import restore_fp32_constants
+
+    edge = np.nextafter(np.float32(3.0), np.float32(4.0))
+    original = numpy_helper.from_array(np.array([edge], np.float32), "edge")
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Cast", ["edge"], ["edge32"], to=T.FLOAT, name="back"), helper.make_node("Less", ["x", "edge32"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", T.FLOAT, [1])],
+            [helper.make_tensor_value_info("y", T.BOOL, [1])],
+            [numpy_helper.from_array(np.array([edge], np.float16), "edge")],
+        )
+    )
+    assert restore_fp32_constants(model, {"edge": original}) == ["back"]
+    assert [t.name for t in model.graph.initializer] == ["edge_fp32"]
+    assert numpy_helper.to_array(model.graph.initializer[0])[0] == edge
+    assert restore_fp32_constants(model, {"edge": original}) == []  # nothing left to restore

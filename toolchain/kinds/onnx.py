@@ -97,14 +97,36 @@ def _cause(e: BaseException) -> str:
     return one_line(e)
 
 
-def _dynamo(source, opset: int, path: Path) -> None:
+def _dynamo(source, opset: int, path: Path, translations: dict | None = None) -> None:
     import torch
 
-    program = torch.onnx.export(source.module, source.example_args(), dynamo=True, opset_version=opset, dynamic_shapes=source.dynamic_shapes(), verbose=False)
+    program = torch.onnx.export(source.module, source.example_args(), dynamo=True, opset_version=opset, dynamic_shapes=source.dynamic_shapes(), verbose=False,
+                                custom_translation_table=translations)  # fmt: skip
     if program is None:
         raise StepError("torch.onnx.export returned no program")
     assign_io_names(program.model, source.input_names, source.output_names)
     program.save(str(path))
+
+
+def _transformers_translations() -> dict:
+    """transformers' own ONNX lowerings of ops torch.onnx has none for (its MoE experts' custom op
+    `transformers::grouped_mm_fallback`, aten.bincount, ...), from the ONNX exporter transformers 5
+    ships; {} when the model's transformers has none."""
+    import sys
+
+    if "transformers" not in sys.modules:  # not a transformers model: nothing to import
+        return {}
+    try:
+        from transformers.exporters.exporter_onnx import _ONNX_TRANSLATION_TABLE
+    except Exception:  # an older transformers, or no onnxscript: the other strategies stand
+        return {}
+    return dict(_ONNX_TRANSLATION_TABLE)
+
+
+def _dynamo_translated(source, opset: int, path: Path) -> None:
+    """The dynamo exporter with transformers' translations: tried only after the plain one found no
+    ONNX function for an op (Mixtral's experts: every ONNX target failed)."""
+    _dynamo(source, opset, path, _transformers_translations())
 
 
 def _torchscript(source, opset: int, path: Path) -> None:
@@ -154,7 +176,8 @@ def _fold_captured_constants(proto, function, input_names: list[str]) -> None:
         print(f"onnx: folded captured constants into initializers: {', '.join(names)}")
 
 
-STRATEGIES = (("dynamo", _dynamo), ("torchscript", _torchscript))  # torch.onnx's own order: the dynamo exporter first
+# torch.onnx's own order: the dynamo exporter first
+STRATEGIES = (("dynamo", _dynamo), (TRANSLATED := "dynamo with transformers' ONNX translations", _dynamo_translated), ("torchscript", _torchscript))
 
 
 def _fixed_dims(path: Path, source) -> list[str]:
@@ -196,6 +219,8 @@ def _fails_at_corners(path: Path, source) -> str | None:
 def _export_torch(source, opset: int, path: Path) -> dict:
     tried = []
     for name, fn in STRATEGIES:
+        if name == TRANSLATED and not (any("No ONNX function found" in t["error"] for t in tried) and _transformers_translations()):
+            continue
         # a model with a fast path for one size (DINOv2 at its config's image size) gets its dims
         # fixed to the example's sizes: the same exporter again at other example sizes
         for other in (False, True):

@@ -55,10 +55,11 @@ def to_fp16(src: Path, dst: Path) -> dict:
 
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP16_BLOCK_LIST))
     source = onnx.load(str(src))
+    originals = {t.name: _copy(t) for t in source.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) and np.prod(t.dims) <= 4096}
     io_types = {v.name: v.type.tensor_type.elem_type for v in [*source.graph.input, *source.graph.output]}
-    guarded = transposes_into_matmul(source.graph)
+    guarded = transposes_into_matmul(source.graph) + counting_in_float(source)
     model = float16.convert_float_to_float16(source, keep_io_types=True, op_block_list=block, node_block_list=guarded)
-    repaired = repair_fp16(model, block) + restore_io_types(model, io_types)
+    repaired = repair_fp16(model, block) + restore_io_types(model, io_types) + restore_fp32_constants(model, originals)
     check_types(model)
     save_model(model, dst)
     kept = sorted({n.op_type for n in model.graph.node if n.op_type in block})
@@ -73,6 +74,86 @@ def transposes_into_matmul(graph) -> list[str]:
     RNN's output head. The FP32 Transpose costs two casts."""
     feeds = {x for n in graph.node if n.op_type in ("MatMul", "Gemm") for x in n.input}
     return [n.name for n in graph.node if n.op_type == "Transpose" and n.name and n.output[0] in feeds]
+
+
+def counting_in_float(model) -> list[str]:
+    """Nodes that compute integers in float, kept in FP32: float math fed only by integers (and small
+    constants) whose result goes back to integers (a Cast to int, a comparison). torch.histc counts
+    tokens per expert this way (Mixtral's router: ids cast to float, binned by float edges, summed,
+    cast back to int): in FP16 the bins shifted, the expert offsets were wrong and ONNX Runtime
+    failed on the next broadcast. FP16 holds integers exactly only up to 2048 anyway."""
+    import onnx
+    from onnx import TensorProto
+
+    floats = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+    graph = model.graph
+    if model.ByteSize() > EXTERNAL_DATA_BYTES:
+        return []  # too large for shape inference in memory; nothing guarded
+    try:
+        types = _declared_types(onnx.shape_inference.infer_shapes(model).graph)
+    except Exception:
+        return []
+    types.update({t.name: t.data_type for t in graph.initializer})
+    small = {t.name for t in graph.initializer if np.prod(t.dims, dtype=np.int64) <= 16}  # scalars, bin edges: not weights
+    whole = {v.name for v in graph.input if types.get(v.name) not in floats} | {t.name for t in graph.initializer if t.data_type not in floats}
+    exact = set(whole) | small  # values that hold integers, or constants that do not break the chain
+    made: dict[str, object] = {}
+    for node in graph.node:  # topological order, as ONNX requires
+        made.update({o: node for o in node.output})
+        ins = [i for i in node.input if i]
+        if node.op_type == "Constant" or (ins and all(i in exact for i in ins)):
+            exact.update(node.output)
+        exact.update(o for o in node.output if o in types and types[o] not in floats)  # integers (TopK's indices) are exact
+    counting = {o for o in exact if types.get(o) in floats and o in made and made[o].op_type != "Constant"}
+    keep: set[str] = set()
+    sinks = [n for n in graph.node if n.op_type not in ("Shape", "Size") and all(types.get(o) not in floats for o in n.output)]
+    ends = [n for n in sinks if n.name and any(i in counting for i in n.input)]
+    keep.update(n.name for n in ends)  # the comparison too: Mixtral's last bin edge is 3.0000002, 3.0 in FP16
+    todo = [i for n in ends for i in n.input if i in counting]
+    while todo:
+        node = made[todo.pop()]
+        if node.name in keep or not node.name:
+            continue
+        keep.add(node.name)
+        todo += [i for i in node.input if i in counting]
+    return [n.name for n in graph.node if n.name and n.name in keep]
+
+
+def _copy(proto):
+    out = type(proto)()
+    out.CopyFrom(proto)  # the converter rewrites the source's initializers in place
+    return out
+
+
+def restore_fp32_constants(model, originals: dict) -> list[str]:
+    """A node kept in FP32 reads a constant the converter lowered to FP16 and casts back
+    (Cast(to=FLOAT) of an FP16 initializer): it gets the original FP32 constant instead. Bin
+    edges such as torch.histc's last one (3.0000002) otherwise round to 3.0 and drop a bin.
+    Returns the casts changed."""
+    from onnx import TensorProto
+
+    inits = {t.name: t for t in model.graph.initializer}
+    changed = []
+    for node in model.graph.node:
+        if node.op_type != "Cast" or not node.input or node.input[0] not in originals:
+            continue
+        lowered = inits.get(node.input[0])
+        if lowered is None or lowered.data_type != TensorProto.FLOAT16 or next(a.i for a in node.attribute if a.name == "to") != TensorProto.FLOAT:
+            continue
+        name = f"{node.input[0]}_fp32"
+        if name not in inits:
+            restored = _copy(originals[node.input[0]])
+            restored.name = name
+            model.graph.initializer.append(restored)
+            inits[name] = restored
+        node.input[0] = name
+        changed.append(node.name or node.output[0])
+    if changed:  # drop the FP16 copies nothing reads any more
+        used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+        kept = [t for t in model.graph.initializer if t.name in used or t.name not in originals]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+    return changed
 
 
 def restore_io_types(model, io_types: dict[str, int]) -> list[str]:
