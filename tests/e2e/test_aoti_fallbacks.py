@@ -232,3 +232,52 @@ def test_a_size_expression_whose_range_analysis_fails_still_compiles(tmp_path):
         for shape in ((1, 3, 32, 32), (2, 3, 33, 47), (4, 3, 96, 96)):
             x = torch.rand(*shape)
             torch.testing.assert_close(package(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+class RelativePositionBias(torch.nn.Module):
+    """BEiT's relative position bias: an index built from constants with in-place writes, looked up
+    in a table, added to attention scores over an INT8 projection."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(12, 2))
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x):  # [batch, 5 tokens, 8]
+        coords = torch.stack(torch.meshgrid(torch.arange(2), torch.arange(2), indexing="ij")).flatten(1)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + 1
+        index = torch.zeros(5, 5, dtype=torch.long)
+        index[1:, 1:] = rel[:, :, 0] * 3 + rel[:, :, 1]
+        index[0, 0:] = 9
+        index[0:, 0] = 10
+        index[0, 0] = 11
+        bias = self.table[index.view(-1)].view(5, 5, 2).permute(2, 0, 1)
+        q = self.proj(x)
+        return ((q @ q.transpose(1, 2))[:, None] + bias).softmax(-1).sum(1)
+
+
+@pytest.mark.slow
+def test_an_int8_select_scatter_of_a_folded_constant_compiles(tmp_path):
+    """Frozen, the scalar written into the index became an ir.Constant that Inductor's
+    select_scatter lowering could not unsqueeze: every BEiT INT8 compile failed."""
+    import torch._inductor
+    from torch.export import Dim
+
+    from toolchain.torchtools import inductor_patches, pt2e
+
+    torch.manual_seed(0)
+    model = RelativePositionBias().eval()
+    x = torch.randn(2, 5, 8)
+    dims = ({0: Dim("batch", min=1, max=4)},)
+    quantized = pt2e.quantize(torch.export.export(model, (x,), dynamic_shapes=dims, strict=False), [(torch.randn(2, 5, 8),) for _ in range(4)], False, [])
+    program = torch.export.export(quantized, (x,), dynamic_shapes=dims, strict=False)
+    path = str(tmp_path / "relpos.pt2")
+    with torch.no_grad():
+        with pytest.raises(Exception, match="'Constant' object has no attribute 'data'"):  # the torch bug (drop this when torch fixes it)
+            torch._inductor.aoti_compile_and_package(program, package_path=path, inductor_configs={"freezing": True})
+        with inductor_patches.compiling():
+            torch._inductor.aoti_compile_and_package(program, package_path=path, inductor_configs={"freezing": True})
+        package = torch._inductor.aoti_load_package(path)
+        for batch in (1, 3):
+            y = torch.randn(batch, 5, 8)
+            torch.testing.assert_close(package(y), quantized(y), atol=1e-4, rtol=1e-4)

@@ -15,8 +15,35 @@ def compiling():
     from torch._inductor.fx_passes import quantization
 
     symbolic_linear_check(quantization)  # torch's copy of the INT8 patterns registers at the first frozen compile
-    with _unbounded_where_ranges_fail():
+    with _unbounded_where_ranges_fail(), _select_scatter_of_a_constant():
         yield
+
+
+@contextlib.contextmanager
+def _select_scatter_of_a_constant():
+    """select_scatter whose source Inductor folded to a scalar `ir.Constant`: its lowering
+    unsqueezes the source as a tensor and failed ("'Constant' object has no attribute 'data'").
+    BEiT's relative position index (`index[0, 0:] = n - 3` on constants) hit it in every INT8
+    compile. The constant is made a 0-d tensor first, as aten.full would."""
+    import torch
+    from torch._inductor import ir, lowering
+
+    key = torch.ops.aten.select_scatter.default
+    original = lowering.lowerings.get(key)
+    if original is None:
+        yield
+        return
+
+    def select_scatter(x, src, dim, index):
+        if isinstance(src, ir.Constant):
+            src = lowering._full(src, x.get_device(), src.get_dtype(), [])
+        return original(x, src, dim, index)
+
+    lowering.lowerings[key] = select_scatter
+    try:
+        yield
+    finally:
+        lowering.lowerings[key] = original
 
 
 @contextlib.contextmanager
