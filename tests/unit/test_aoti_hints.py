@@ -63,3 +63,29 @@ def test_a_run_time_assert_of_the_exported_program_names_the_way_out():
         }
     ]
     assert "onnx target" in _constraint_hint([], tried, _source())
+
+
+LONGFORMER = """\
+Could not guard on data-dependent expression 8*u1 < 16 (unhinted: 8*u1 < s0).  (Size-like symbols: none)
+
+consider using data-dependent friendly APIs such as guard_or_false, guard_or_true and statically_known_true.
+Caused by: (_subclasses/fake_impls.py:832 in _compute_stride)
+
+The following call raised this error:
+  File "/site-packages/transformers/models/longformer/modeling_longformer.py", line 707, in _chunk
+    hidden_states = hidden_states.as_strided(size=chunk_size, stride=chunk_stride)
+"""
+
+
+def test_a_shape_computed_from_data_names_where_and_both_ways_it_can_be():
+    """Longformer chunks its sequence by its attention window with as_strided: GuardOnDataDependentSymNode.
+    No dim is named in the error, and making the sizes static is not always enough (it counts global
+    tokens too), so the hint says where and what each case needs."""
+    tried = [{"stage": "export", "error": "GuardOnDataDependentSymNode: " + LONGFORMER[:120]}]
+    hint = _constraint_hint(["GuardOnDataDependentSymNode: " + LONGFORMER] * 2, tried * 2, _source())
+    assert "(modeling_longformer.py:707 in _chunk)" in hint
+    assert "(of dims.batch, dims.height, dims.width; min == max" in hint and "no export target takes the model" in hint
+    from toolchain.torchtools.export_errors import data_dependent_site, specialized, specialized_dims
+
+    assert data_dependent_site("UserError: Constraints violated (seq)!") is None
+    assert specialized("UserError: Constraints violated (seq)!") and specialized_dims("Constraints violated (height, width)! ...") == ["height", "width"]

@@ -27,7 +27,7 @@ from toolchain.parity import calibration_samples, example_feed
 from toolchain.runners.aoti import AotiRunner
 from toolchain.tensors import Signature, TensorSig
 from toolchain.timing import interleaved
-from toolchain.torchtools import inductor_patches, package_kernels, pt2e, rewrites
+from toolchain.torchtools import export_errors, inductor_patches, package_kernels, pt2e, rewrites
 
 MODEL = "model.pt2"
 RUNNER = "aoti"
@@ -126,12 +126,6 @@ def _export(source, device: str, oblivious: bool, module=None):
                                    prefer_deferred_runtime_asserts_over_guards=True)  # fmt: skip
 
 
-def _specialized(e: BaseException) -> bool:
-    """Whether export failed because it fixed a dynamic dim to the example's size."""
-    text = str(e)
-    return "Constraints violated" in text or "specialized value" in text or "Specializations unexpectedly required" in text
-
-
 def _export_any_size(source, device: str, oblivious: bool, module=None):
     """(program, note): `_export`; when export fixed a dim to the example's size, again on the
     model's own export path (as traced), then with other example sizes; raises the first error
@@ -139,14 +133,14 @@ def _export_any_size(source, device: str, oblivious: bool, module=None):
     try:
         return _export(source, device, oblivious, module), None
     except Exception as e:
-        if not _specialized(e):
+        if not export_errors.specialized(str(e)):
             raise
         traceback.print_exc()  # into the target's log
         try:
             with _as_traced():
                 return _export(source, device, oblivious, module), "as traced (torch.jit.is_tracing() true)"
         except Exception as traced:
-            if not _specialized(traced):
+            if not export_errors.specialized(str(traced)):
                 raise e from None
             traceback.print_exc()
         try:
@@ -275,10 +269,12 @@ def _constraint_hint(errors: list[str], tried: list[dict] = (), source=None) -> 
     if tried and dynamic and all(t.get("stage") == "compile" for t in tried):
         return (f"Inductor could not compile the model over dynamic {', '.join(f'dims.{d}' for d in dynamic)}; the same model often compiles "
                 "with the spatial or sequence dims static for this target (min == max; SegFormer's did), or build the onnx target")  # fmt: skip
+    sites = [export_errors.data_dependent_site(text) for text in errors]
+    if errors and all(sites):
+        return export_errors.data_dependent_hint(sites[0], dynamic)
     for text in errors:
-        m = re.search(r"Constraints violated \(([^)]*)\)", text)
-        if m:
-            dims = [d.strip() for d in m.group(1).split(",")]
+        dims = export_errors.specialized_dims(text)
+        if dims:
             fixes = re.findall(r"^\s*(\w+) = (\d+)\s*$", text, flags=re.M)
             pinned = ", ".join(f"dims.{d}: {{min: {v}, max: {v}}}" for d, v in fixes) or ", ".join(f"dims.{d} static" for d in dims)
             return (f"torch.export cannot keep {', '.join(dims)} dynamic for this model; make {'it' if len(dims) == 1 else 'them'} static for "

@@ -31,7 +31,7 @@ from toolchain.options import TargetOptions, YamlOff
 from toolchain.parity import example_feed
 from toolchain.sources.tensorflow import LOOKUP_HINT
 from toolchain.tensors import onnx_signature
-from toolchain.torchtools import rewrites
+from toolchain.torchtools import export_errors, rewrites
 
 MODEL = "model.onnx"
 RUNNER = "onnxruntime"
@@ -240,13 +240,17 @@ def _export_torch(source, opset: int, path: Path) -> dict:
                 tried.append({"strategy": label, "error": _cause(e)[:500]})
                 print(f"onnx: the {label} exporter failed: {_cause(e)}")  # into the target's log, with the traceback below
                 traceback.print_exc()
-                if fixed or "Constraints violated" in str(e):
+                if fixed or export_errors.specialized(str(e)):
                     continue
                 break
             changed = rewrites.found(source.module)
             return {"strategy": label, "tried": tried} | ({"rewrites": changed} if changed else {})
     hint = "the log has each exporter's traceback; a model the exporters cannot take often builds with the aoti target"
-    if tried and all(_sized(t["error"]) for t in tried):
+    site = next((export_errors.data_dependent_site(t["error"]) for t in tried if export_errors.data_dependent_site(t["error"])), None)
+    if tried and site and all(_sized(t["error"]) or export_errors.data_dependent_site(t["error"]) for t in tried):
+        dynamic = [n for n, d in source.recipe.dims.items() if d.min < d.max]
+        hint = export_errors.data_dependent_hint(site, dynamic)
+    elif tried and all(_sized(t["error"]) for t in tried):
         sizes = source.export_sizes()
         named = {
             n
@@ -266,7 +270,7 @@ def _export_torch(source, opset: int, path: Path) -> dict:
 
 def _sized(error: str) -> bool:
     """An exporter's failure that says it could not keep a dim dynamic."""
-    return any(m in error for m in ("the exported graph fixed", "runs only at the traced sizes", "Constraints violated"))
+    return export_errors.specialized(error) or any(m in error for m in ("the exported graph fixed", "runs only at the traced sizes"))
 
 
 def _tf2onnx_handlers() -> None:
