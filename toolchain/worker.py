@@ -43,34 +43,30 @@ def run_reference(step: dict, root: Path) -> dict:
     recipe = load_recipe(step["recipe"])
     source = load_source(recipe)
     samples = load_feeds(root / "parity" / "samples.npz")
-    reference = []
-    with source.reference_runner() as runner:
-        for i, feed in enumerate(samples):
-            try:
-                reference.append(runner.infer(feed))
-            except MlpackError:
-                raise
-            except Exception as e:
-                sizes = ", ".join(f"{n} {list(a.shape)}" for n, a in feed.items())
-                raise model_failure(recipe, e, f"parity sample {i} ({sizes})") from e
+    reference = _run_samples(source.reference_runner(), samples, lambda what, e: model_failure(recipe, e, what))
     save_feeds(root / "parity" / "reference.npz", reference)
     return {"output_names": source.output_names, "input_names": source.input_names, "notes": source.notes}
 
 
-def _run_artifact(runner, samples: list[dict]) -> list[dict]:
-    """The artifact's outputs on the parity samples; a sample it cannot run fails the step naming it."""
-    with runner:
+def _run_samples(runner, samples: list[dict], failure) -> list[dict]:
+    """The runner's outputs on the parity samples; a sample it cannot run fails the step with
+    `failure(what, error)`, `what` naming the sample and its shapes."""
+    with runner as active:
         outputs = []
         for i, feed in enumerate(samples):
             try:
-                outputs.append(runner.infer(feed))
+                outputs.append(active.infer(feed))
             except MlpackError:
                 raise
             except Exception as e:
                 sizes = ", ".join(f"{n} {list(a.shape)}" for n, a in feed.items())
-                raise StepError(f"the built artifact fails on parity sample {i} ({sizes}): {one_line(e)}",
-                                hint="the log has the runtime's error; an artifact that runs at some sizes only was exported for fixed ones (make those dims static)") from e  # fmt: skip
+                raise failure(f"parity sample {i} ({sizes})", e) from e
         return outputs
+
+
+def _artifact_failure(what: str, e: Exception) -> StepError:
+    return StepError(f"the built artifact fails on {what}: {one_line(e)}",
+                     hint="the log has the runtime's error; an artifact that runs at some sizes only was exported for fixed ones (make those dims static)")  # fmt: skip
 
 
 def run_target(step: dict, root: Path, workdir: Path) -> dict:
@@ -92,7 +88,7 @@ def run_target(step: dict, root: Path, workdir: Path) -> dict:
     runner = artifact.runner.model_copy(update={"path": Path(artifact.runner.path).relative_to(base).as_posix()})
     samples = load_feeds(root / "parity" / "samples.npz")
     reference = load_feeds(root / "parity" / "reference.npz")
-    outputs = _run_artifact(open_runner(runner, base), samples)
+    outputs = _run_samples(open_runner(runner, base), samples, _artifact_failure)
     report = compare(reference, outputs, recipe.tolerance(spec), recipe.parity.scores)
     return {
         "kind": spec.kind,
