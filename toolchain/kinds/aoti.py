@@ -12,6 +12,7 @@ import time
 import traceback
 from pathlib import Path
 from typing import Annotated, Literal
+from unittest import mock
 
 import numpy as np
 from pydantic import model_validator
@@ -160,12 +161,8 @@ def _as_traced():
     itself only skips checks and warnings on it. The package is still probed and gated."""
     import torch
 
-    original = torch.jit.is_tracing
-    torch.jit.is_tracing = lambda: True
-    try:
+    with mock.patch.object(torch.jit, "is_tracing", lambda: True):
         yield
-    finally:
-        torch.jit.is_tracing = original
 
 
 def _other_sizes(source) -> dict:

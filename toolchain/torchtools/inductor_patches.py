@@ -7,6 +7,7 @@ package.
 from __future__ import annotations
 
 import contextlib
+from unittest import mock
 
 
 @contextlib.contextmanager
@@ -39,11 +40,8 @@ def _select_scatter_of_a_constant():
             src = lowering._full(src, x.get_device(), src.get_dtype(), [])
         return original(x, src, dim, index)
 
-    lowering.lowerings[key] = select_scatter
-    try:
+    with mock.patch.dict(lowering.lowerings, {key: select_scatter}):
         yield
-    finally:
-        lowering.lowerings[key] = original
 
 
 @contextlib.contextmanager
@@ -65,11 +63,8 @@ def _unbounded_where_ranges_fail():
         except ValueRangeError:
             return ValueRanges.unknown()
 
-    shapes.bound_sympy = bound_sympy
-    try:
+    with mock.patch.object(shapes, "bound_sympy", bound_sympy):
         yield
-    finally:
-        shapes.bound_sympy = original
 
 
 def symbolic_linear_check(passes) -> None:
