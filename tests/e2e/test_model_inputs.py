@@ -113,3 +113,40 @@ parity: {samples: 4}
     (tmp_path / "r.yaml").write_text(recipe.replace("seq: {min: 2, opt: 6, max: 12}", "seq: {min: 6, max: 6}"))
     proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+MEAN = """\
+import torch
+
+
+class RunningMean(torch.nn.Module):
+    \"\"\"A size turned into a Python number (torchvision's Swin computes its window padding so).\"\"\"
+
+    def forward(self, x):
+        return x.cumsum(1) / float(x.shape[1])
+
+
+def build():
+    return RunningMean()
+"""
+
+
+def test_a_traced_graph_that_computes_other_values_at_other_sizes_fails_the_export(tmp_path):
+    """The TorchScript exporter bakes float(n) in as the example's 6.0: the graph runs at every n
+    and is wrong at all but one. Compared with the model at the dims' min and max during the export,
+    it fails there, naming the dims to make static, instead of as a bare parity failure."""
+    (tmp_path / "mean.py").write_text(MEAN)
+    (tmp_path / "r.yaml").write_text(
+        "name: mean\n"
+        "source: {framework: pytorch, factory: mean.py:build}\n"
+        "inputs: [{name: x, dtype: float32, shape: [batch, n]}]\n"
+        "outputs: [y]\n"
+        "dims: {batch: {min: 1, opt: 2, max: 4}, n: {min: 2, opt: 6, max: 12}}\n"
+        "targets: [{kind: onnx}]\n"
+        "parity: {samples: 4}\n"
+    )
+    proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    t = json.loads(proc.stdout)["targets"][0]
+    assert t["stage"] == "convert" and "right only at the traced sizes: at batch=1, n=2 output y is off by" in t["reason"], t
+    assert "dims.n: {min: 6, max: 6}" in t["hint"], t["hint"]
