@@ -265,3 +265,37 @@ def test_an_integer_lookup_in_the_model_converts_to_onnx_and_xla_says_why_not(tm
     assert [i.name for i in graph.input] == ["numeric", "code"]
     assert "LookupTableFindV2" in targets["xla"]["reason"] and targets["xla"]["hint"].startswith("the model looks values up in a table")
     assert "Traceback" not in proc.stderr
+
+
+GROUPED = '''\
+import keras
+
+
+def build():
+    """ConvNeXt's depthwise 7x7 as Keras writes it (Conv2D with groups == channels), and a two-group conv."""
+    keras.utils.set_random_seed(0)
+    image = keras.Input(shape=(16, 16, 8), name="image")
+    x = keras.layers.Conv2D(8, 7, padding="same", groups=8)(image)
+    x = keras.layers.Conv2D(6, 3, strides=2, groups=2)(x)
+    return keras.Model(image, keras.layers.GlobalAveragePooling2D()(x))
+'''
+
+
+def test_grouped_convolutions_build_without_an_xla_function(tmp_path):
+    """Keras's TensorFlow backend runs a grouped convolution as a jit_compile=True function (TF's CPU
+    kernels have none): the savedmodel target refused the XLA function and tf2onnx left the call
+    unconverted, so Keras ConvNeXt failed every target but xla."""
+    (tmp_path / "grouped.py").write_text(GROUPED)
+    (tmp_path / "r.yaml").write_text(
+        "name: grouped\n"
+        "source: {framework: tensorflow, factory: grouped.py:build}\n"
+        "inputs: [{name: image, dtype: float32, shape: [batch, 16, 16, 8]}]\n"
+        "outputs: [y]\n"
+        "dims: {batch: {min: 1, max: 3}}\n"
+        "targets: [{kind: savedmodel}, {kind: onnx}]\n"
+        "parity: {samples: 3}\n"
+    )
+    proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for t in json.loads(proc.stdout)["targets"]:
+        assert t["parity"]["passed"] and any(r.startswith("keras grouped convolution") for r in t["export"]["rewrites"]), t

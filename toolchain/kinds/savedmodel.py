@@ -58,7 +58,8 @@ def write_savedmodel(source, workdir: Path, jit_compile: bool, check=None) -> Ar
     module = tf.Module()
     module.model = source.trackable()
     path = workdir / SAVED_MODEL
-    tf.saved_model.save(module, str(path), signatures={SIGNATURE: concrete})
+    with source.tracing():  # saving traces the attached Keras model's own functions too
+        tf.saved_model.save(module, str(path), signatures={SIGNATURE: concrete})
     signature = Signature(
         [_tensor_sig(s.name, s) for s in concrete.structured_input_signature[0]],
         [_tensor_sig(n, concrete.structured_outputs[n]) for n in source.output_names],

@@ -236,10 +236,15 @@ class TFSource:
         import tensorflow as tf
 
         def serve(*args):
-            with keras_tracing(self.rewrites):
+            with self.tracing():
                 return self.call(*args)
 
         return tf.function(serve, input_signature=self.input_signature(), jit_compile=jit_compile, autograph=False)
+
+    def tracing(self):
+        """The Keras patches (sources/keras_patches.py) for a trace of the model: the served function's,
+        and the one tf.saved_model.save makes of the attached Keras model."""
+        return keras_tracing(self.rewrites)
 
     def example_feed(self) -> dict:
         sizes = {n: d.opt for n, d in self.recipe.dims.items()}
