@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -111,8 +112,11 @@ def test_unexportable_model_exits_4_with_log(tmp_path):
     assert "log:" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_a_wrong_fallback_export_is_caught_by_the_gate(tmp_path):
-    """A data-dependent shape defeats torch.export; the TorchScript fallback bakes one shape in: the gate says so."""
+def test_a_wrong_fallback_export_is_caught_before_publishing(tmp_path):
+    """A data-dependent shape defeats torch.export; the TorchScript fallback bakes one shape in.
+
+    The traced graph is run at the dims' other corners before it is accepted, so the build fails at
+    convert, names the shape that differs and publishes nothing."""
     recipe = write_recipe(tmp_path, CNN_RECIPE.format(name="small", tol="{atol: 1.0e-4}").replace("cnn.py:build", "dyn.py:build"))
     (tmp_path / "dyn.py").write_text(
         "import torch\n"
@@ -122,12 +126,15 @@ def test_a_wrong_fallback_export_is_caught_by_the_gate(tmp_path):
         "        return image.flatten(1)[:, :n].sum(1, keepdim=True).repeat(1, n)\n"
         "def build(**kw):\n    return M()\n"
     )
-    proc = mlpack("build", str(recipe), "--out", str(tmp_path / "out"), "--json")
-    assert proc.returncode == 3, proc.stderr
+    out = tmp_path / "out"
+    proc = mlpack("build", str(recipe), "--out", str(out), "--json")
+    assert proc.returncode == 4, proc.stderr
     t = json.loads(proc.stdout)["targets"][0]
-    assert (t["status"], t["stage"]) == ("failed", "parity")
-    assert "!= reference" in " ".join(t["parity"]["outputs"]["logits"]["failures"])
-    assert "logits: sample 0: shape" in proc.stderr  # the progress line names the failure, not a bare cosine
+    assert (t["status"], t["stage"]) == ("failed", "convert")
+    assert "torchscript: StepError: the graph is right only at the traced sizes" in t["reason"]
+    assert re.search(r"output logits has shape \[1, \d+\], the model's \[1, \d+\]", t["reason"])
+    assert not (out / "small").exists() and (out / "small.failed").is_dir()
+    assert "Traceback" not in proc.stderr
 
 
 def test_required_cuda_target_without_gpu_exits_4(tmp_path):

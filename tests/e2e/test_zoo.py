@@ -42,3 +42,12 @@ def test_an_export_that_fails_eagerly_is_not_compiled(results):
     (seconds), it goes straight to the next export strategy instead of a compile that cannot work."""
     tried = results["lstm"]["targets"]["aoti"]["export"]["tried"]
     assert tried and all(t["stage"] == "run" and t["error"].startswith("the exported program fails") for t in tried), tried
+
+
+def test_a_transformers_moe_exports_through_transformers_own_onnx_translations(results):
+    """Mixtral's experts call transformers' custom op grouped_mm_fallback, which torch.onnx cannot
+    lower: the dynamo exporter is tried again with the lowerings transformers ships. Its router
+    counts tokens with torch.histc in float, kept FP32 in the FP16 model (ONNX Runtime failed)."""
+    target = results["mixtral"]["targets"]["onnx-fp16"]
+    assert target["export"]["strategy"] == "dynamo with transformers' ONNX translations", target["export"]
+    assert "No ONNX function found" in target["export"]["tried"][0]["error"]

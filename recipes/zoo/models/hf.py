@@ -35,6 +35,26 @@ SIZES = {
     "bloom": dict(hidden_size=64, n_layer=2, n_head=4),
     "mamba": dict(hidden_size=64, num_hidden_layers=2, state_size=8),
     "t5": dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4),
+    "opt": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, ffn_dim=128, max_position_embeddings=128, word_embed_proj_dim=64),
+    "gpt_neox": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, max_position_embeddings=128),
+    "gemma": dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=16, intermediate_size=128, max_position_embeddings=128
+    ),
+    "mixtral": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+    ),
+    "xlnet": dict(d_model=64, n_layer=2, n_head=2, d_inner=128),
+    # sliding-window attention over windows of 8 tokens (inputs are padded to a multiple of 8)
+    "longformer": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, max_position_embeddings=130, attention_window=8),
+    # two blocks: the sequence is pooled to half its length between them
+    "funnel": dict(d_model=64, n_head=2, d_head=32, d_inner=128, block_sizes=[1, 1], num_decoder_layers=1, max_position_embeddings=128),
     "bart": dict(
         d_model=64,
         encoder_layers=2,
@@ -113,12 +133,40 @@ def vision(arch: str = "vit", labels: int = 10, image: int = 32, seed: int = 0):
         "convnext": dict(image_size=image, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1]),
         # any input size: position embeddings interpolated (bicubic) to the patch grid
         "dinov2": dict(image_size=image, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2),
+        # relative position bias per layer, mean-pooled patch tokens
+        "beit": dict(
+            image_size=image, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, use_relative_position_bias=True
+        ),  # fmt: skip
+        # MobileNet blocks and unfold/fold transformer blocks over 2x2 patches; output stride 32
+        "mobilevit": dict(image_size=image, hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 16, 24, 32, 40, 48, 96], num_attention_heads=2),
     }[arch]
     torch.manual_seed(seed)
     config = AutoConfig.for_model(arch, num_labels=labels, **sizes)
     if arch == "deit":  # the auto class maps DeiT to two heads and cannot pick one without `architectures`
         return DeiTForImageClassification(config).eval()
-    return AutoModelForImageClassification.from_config(config).eval()
+    model = AutoModelForImageClassification.from_config(config)
+    if arch == "mobilevit":
+        _unit_batchnorm(model, (8, 3, image, image), seed)
+    return model.eval()
+
+
+def _unit_batchnorm(model: torch.nn.Module, shape: tuple[int, ...], seed: int = 0) -> None:
+    """Batch norms with unit scale and statistics measured on random inputs. transformers initialises
+    MobileViT's batch-norm scales from N(0, 0.02): through its 20-odd conv layers every logit then comes
+    out exactly 0, which no parity check can judge. The weights stay random."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        for m in norms:
+            m.weight.fill_(1.0)
+            m.bias.zero_()
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the steps
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.rand(shape, generator=gen))
+    model.eval()
 
 
 def segformer(labels: int = 5, seed: int = 0):
@@ -227,3 +275,45 @@ def detr(labels: int = 5, queries: int = 10, seed: int = 0):
                         num_labels=labels)  # fmt: skip
     torch.manual_seed(seed)
     return DetrForObjectDetection(config).eval()
+
+
+def whisper(frames: int = 100, mels: int = 80, vocab: int = 1000, seed: int = 0):
+    """The whole Whisper encoder-decoder without a cache (teacher-forced): input_features [batch, mels, frames],
+    decoder_input_ids [batch, target] -> logits [batch, target, vocab]."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    config = WhisperConfig(vocab_size=vocab, num_mel_bins=mels, d_model=64, encoder_layers=2, encoder_attention_heads=2, decoder_layers=2,
+                           decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128, max_source_positions=frames // 2,
+                           max_target_positions=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+                           suppress_tokens=None, begin_suppress_tokens=None, use_cache=False)  # fmt: skip
+    torch.manual_seed(seed)
+    return WhisperForConditionalGeneration(config).eval()
+
+
+def hubert(seed: int = 0):
+    """HuBERT: raw audio [batch, samples] -> last_hidden_state (wav2vec2's conv feature encoder, its own config)."""
+    from transformers import HubertConfig, HubertModel
+
+    config = HubertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, conv_dim=(32, 32, 32),
+                          conv_stride=(5, 4, 4), conv_kernel=(10, 4, 4), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)  # fmt: skip
+    torch.manual_seed(seed)
+    return HubertModel(config).eval()
+
+
+def dpt(image: int = 64, seed: int = 0):
+    """DPT monocular depth (ViT backbone, reassemble + fusion neck): pixel_values [batch, 3, S, S] ->
+    predicted_depth [batch, 2S, 2S]. Square inputs only: with its own ViT, DPT takes the patch grid's side
+    as sqrt(tokens). Its convs are re-drawn He-normal: from N(0, 0.02) the depth comes out near 1e-8."""
+    from transformers import DPTConfig, DPTForDepthEstimation
+
+    config = DPTConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=128, image_size=image, patch_size=8,
+                       backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[16, 32, 64, 64], fusion_hidden_size=32, head_hidden_size=16)  # fmt: skip
+    torch.manual_seed(seed)
+    model = DPTForDepthEstimation(config)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    m.bias.zero_()
+    return model.eval()
