@@ -32,7 +32,37 @@ def _zoo_reason() -> str | None:
     return None if (site / ".installed").is_file() else f"the zoo's packages are not in {site} (make zoo-deps installs them; make test does)"
 
 
+# `make test` runs the suite on two xdist workers. A file is the unit of work (its
+# module-scoped builds are made once); files that share a session-scoped build of the
+# example recipes, and the TensorFlow files (session fixtures of their own, and
+# TensorFlow's memory once), go to one worker together. Not xdist_group markers:
+# --dist loadgroup ignores them under pytest 9 (every test was scheduled alone).
+SHARED = {
+    "tests/e2e/test_bench.py": "example-builds",
+    "tests/e2e/test_serve_check.py": "example-builds",
+    "tests/e2e/test_build_examples.py": "example-builds",
+}
+
+
+def work_unit(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return "tf" if path.startswith("tests/tf/") else SHARED.get(path, path)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
+    # the longest unit first (the zoo's CI subset, ~5 min): started last, it alone outlasted the other worker
+    items.sort(key=lambda item: work_unit(item.nodeid) != "tests/e2e/test_zoo.py")
     reasons = {
         "triton": _triton_reason,
         "gpu": _cuda_reason,

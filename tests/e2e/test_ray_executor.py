@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,12 +76,13 @@ def _free_port(lo: int = 20000) -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster():
     """`ray start --head` and a second `ray start --address`, each in its own process group."""
     port = _free_port(20000 + os.getpid() % 1000)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--block", "--disable-usage-stats"]
-    temp = tmp_path_factory.mktemp("ray")
+    # not under pytest's tmp folder: Ray's socket paths must fit AF_UNIX's 107 bytes (xdist adds popen-gwN/)
+    temp = Path(tempfile.mkdtemp(prefix="ray-"))
     head = subprocess.Popen([str(ray_bin), "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}",
                              '--resources={"accelerator_type:type_a": 1}', *common],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
@@ -102,6 +105,7 @@ def cluster(tmp_path_factory):
                     os.killpg(p.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _nodes(address: str, wait_for: int) -> dict[str, dict]:
