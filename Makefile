@@ -64,11 +64,11 @@ format: install
 	$(BIN)/ruff check --fix toolchain tests scripts recipes
 	$(BIN)/ruff format toolchain tests scripts recipes
 
-# pytest exits 5 when it collects nothing; that is not a failure of the suite.
 # Two xdist workers: a test file is the unit of work, and files sharing a session build
 # go to one worker (tests/conftest.py). PYTEST_WORKERS=0 runs the suite in one process.
 PYTEST_WORKERS ?= 2
 
+# pytest exits 5 when it collects nothing; that is not a failure of the suite.
 test: install triton zoo-deps lint
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
