@@ -99,7 +99,7 @@ parity: {samples: 4, scores: [logits]}
 }
 
 
-def build_model(name: str, out: Path) -> tuple[dict, Path, object]:
+def build_model(name: str, out: Path) -> tuple[object, Path, object]:
     from toolchain import manifest as mf
     from toolchain.build import build
     from toolchain.progress import Progress
@@ -111,19 +111,19 @@ def build_model(name: str, out: Path) -> tuple[dict, Path, object]:
     (work / "recipe.yaml").write_text(MODELS[name]["recipe"] + TARGETS)
     recipe = load_recipe(work / "recipe.yaml")
     published = out / recipe.name
-    if (published / "manifest.json").is_file() and mf.read(published / "manifest.json")["recipe"]["sha256"] == mf.sha256_file(recipe.path):
+    if (published / "manifest.json").is_file() and mf.read(published / "manifest.json").recipe_sha256 == mf.sha256_file(recipe.path):
         return mf.read(published / "manifest.json"), published, recipe
     result = build(recipe, out, progress=Progress())
     if result.exit_code not in (0, 3):
         raise SystemExit(f"the build failed (exit {result.exit_code}); see {result.path}")
-    for t in result.manifest["targets"]:  # a target that missed its budget is reported, not timed
-        if t["status"] != "ok":
-            print(f"{name}: {t['name']} {t['status']}: {t.get('reason')}")
+    for t in result.manifest.targets:  # a target that missed its budget is reported, not timed
+        if not t.ok:
+            print(f"{name}: {t.name} {t.status.value}: {t.reason}")
     return result.manifest, Path(result.path), recipe
 
 
 def feeds(recipe, batch: int, seed: int) -> dict:
-    from toolchain.parity import make_feed
+    from toolchain.samples import make_feed
 
     sizes = {n: d.opt for n, d in recipe.dims.items()} | {"batch": batch}
     return make_feed(recipe, sizes, np.random.default_rng(seed))
@@ -135,7 +135,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return cos(b, a)
 
 
-def measure(name: str, manifest: dict, root: Path, recipe, threads: int, rounds: int) -> list[dict]:
+def measure(name: str, manifest, root: Path, recipe, threads: int, rounds: int) -> list[dict]:
     import torch
 
     from toolchain.runners import open_runner
@@ -145,9 +145,9 @@ def measure(name: str, manifest: dict, root: Path, recipe, threads: int, rounds:
     torch.set_num_threads(threads)
     source = load_source(recipe)
     runners = {"eager fp32": source.reference_runner()}
-    for t in manifest["targets"]:
-        if t["status"] == "ok":
-            runners[t["name"]] = open_runner(t["runner"], root, threads=threads)
+    for t in manifest.targets:
+        if t.ok:
+            runners[t.name] = open_runner(t.runner, root, threads=threads)
     opened = {k: r.__enter__() for k, r in runners.items()}
     check = feeds(recipe, 2, seed=99)
     ref = next(iter(opened["eager fp32"].infer(check).values()))
@@ -159,8 +159,8 @@ def measure(name: str, manifest: dict, root: Path, recipe, threads: int, rounds:
         out = next(iter(r.infer(check).values()))
         rows.append({
             "model": name, "artifact": k, "threads": threads,
-            "latency_ms": lat[k]["median_ms"], "latency_x": lat["eager fp32"]["median_ms"] / lat[k]["median_ms"],
-            "throughput": 8 / (thr[k]["median_ms"] / 1e3), "throughput_x": thr["eager fp32"]["median_ms"] / thr[k]["median_ms"],
+            "latency_ms": lat[k].median_ms, "latency_x": lat["eager fp32"].median_ms / lat[k].median_ms,
+            "throughput": 8 / (thr[k].median_ms / 1e3), "throughput_x": thr["eager fp32"].median_ms / thr[k].median_ms,
             "cosine": cosine(out, ref),
         })  # fmt: skip
     return rows
@@ -195,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['throughput_x']:.2f}x | {r['cosine']:.6f} |")  # fmt: skip
     selections = {}
     for name, (manifest, root) in built.items():
-        sel = manifest.get("selection") or {}
-        selections[name] = sel
-        ranking = ", ".join(f"{r['target']} {r['median_ms']:.2f} ms ({r['vs_eager']:.2f}x)" for r in sel.get("ranking", []))
-        print(f"\n{name}: the build selected {sel.get('winner')} (served by Triton as {sel.get('served_as')!r}); ranking: {ranking}")
+        sel = manifest.selection
+        selections[name] = sel.to_dict() if sel else {}
+        ranking = ", ".join(f"{r.target} {r.median_ms:.2f} ms ({r.vs_eager:.2f}x)" for r in (sel.ranking if sel else []))
+        print(f"\n{name}: the build selected {sel.winner if sel else None} (served by Triton as {sel.served_as if sel else None!r}); ranking: {ranking}")
         print(f"  check it on a server: mlpack serve-check {root}")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "rows": rows, "selection": selections}, indent=1) + "\n")

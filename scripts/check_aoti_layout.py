@@ -38,20 +38,20 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 def main(build_dir: str, target: str) -> int:
     root = Path(build_dir)
     m = read(root / "manifest.json")
-    t = next(x for x in m["targets"] if x["name"] == target)
-    names = [s["name"] for s in t["signature"]["inputs"]]
-    outs = [s["name"] for s in t["signature"]["outputs"]]
+    t = m.target(target)
+    names = [s.name for s in t.signature.inputs]
+    outs = [s.name for s in t.signature.outputs]
     samples, refs = load_feeds(root / "parity/samples.npz"), load_feeds(root / "parity/reference.npz")
     pkg = torch._inductor.aoti_load_package(str(root / target / "model.pt2"))
     raw, safe = [], []
-    with AotiRunner(root / target / "model.pt2", names, outs, t.get("device", "cpu")) as runner:
+    with AotiRunner(root / target / "model.pt2", names, outs, t.device) as runner:
         for feed, ref in zip(samples, refs):
             nc = {k: non_contiguous(v) for k, v in feed.items()}
             with torch.no_grad():
-                got = pkg(*[torch.from_numpy(nc[n]).to(t.get("device", "cpu")) for n in names])
+                got = pkg(*[torch.from_numpy(nc[n]).to(t.device) for n in names])
             raw.append(cosine(got[0].float().cpu().numpy(), ref[outs[0]]))
             safe.append(cosine(runner.infer(nc)[outs[0]], ref[outs[0]]))
-    print(f"{target} ({t.get('device', 'cpu')}): non-contiguous inputs, min cosine to eager over {len(raw)} samples")
+    print(f"{target} ({t.device}): non-contiguous inputs, min cosine to eager over {len(raw)} samples")
     print(f"  fed raw to the package : {min(raw):.6f}")
     print(f"  through AotiRunner     : {min(safe):.6f}")
     return 0 if min(safe) > 0.9999 else 1

@@ -116,14 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     with torch.no_grad():
         times = interleaved(calls, rounds=args.rounds, seconds=0.5, warmup=2)
-    eager = times["eager BERT-base fp32"]["median_ms"]
+    eager = times["eager BERT-base fp32"].median_ms
     flops = linear_flops(args.seq)
     rows = []
     print(f"\nBERT-base, batch 1, sequence {args.seq}, {args.threads} thread(s); linears {flops / 1e9:.1f} GFLOP a call\n")
     print("| what | ms | GFLOP/s (linears) | ceiling vs eager fp32 |")
     print("| --- | --- | --- | --- |")
     for name, t in times.items():
-        ms = t["median_ms"]
+        ms = t.median_ms
         row = {"what": name, "median_ms": round(ms, 2)}
         if name.startswith("72"):
             row |= {"gops": round(flops / ms / 1e6, 1), "ceiling": round(eager / ms, 2)}

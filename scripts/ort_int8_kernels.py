@@ -57,7 +57,7 @@ def graph_forms(recipe, fp32: Path, folder: Path) -> dict[str, Path]:
     calibration split): only the compute-heavy ops quantized (MatMul, Gemm, Conv), and int8
     activations (S8S8, TensorRT's form; ONNX Runtime converts it to u8 on x86)."""
     from toolchain.onnxtools.quantize import COMPUTE_OPS, pre_process, quantize_static_qdq
-    from toolchain.parity import calibration_samples
+    from toolchain.samples import calibration_samples
 
     folder.mkdir(parents=True, exist_ok=True)
     forms = {"onnx-int8-static, MatMul/Gemm/Conv only": folder / "static-compute-ops.onnx", "onnx-int8-static, S8S8": folder / "static-s8s8.onnx"}
@@ -108,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     b1, check = feeds(recipe, 1, seed=1), feeds(recipe, 2, seed=99)
     ref = next(iter(runners["eager fp32"].infer(check).values()))
     lat = interleaved({k: partial(r.infer, b1) for k, r in runners.items()}, rounds=args.rounds, seconds=0.5)
-    eager = lat["eager fp32"]["median_ms"]
+    eager = lat["eager fp32"].median_ms
     for row in rows:
         key = f"{row['artifact']} @ {row['setting']}"
         out = runners[key].infer(check)
-        row |= {"latency_ms": lat[key]["median_ms"], "latency_x": eager / lat[key]["median_ms"], "cosine": cosine(next(iter(out.values())), ref)}
+        row |= {"latency_ms": lat[key].median_ms, "latency_x": eager / lat[key].median_ms, "cosine": cosine(next(iter(out.values())), ref)}
     print(f"\neager fp32 at batch 1, 1 thread: {eager:.2f} ms\n")
     print("| artifact | session setting | integer kernels at load | float compute ops | Q/DQ left | batch 1 ms | vs eager | cosine |\n|" + " --- |" * 8)
     for r in rows:

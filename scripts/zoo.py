@@ -26,6 +26,10 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the checkout's toolchain
+
+from toolchain.records import Manifest, Stage, TargetResult  # noqa: E402
+
 ZOO = ROOT / "recipes" / "zoo"
 # Matrix columns: target names as the zoo recipes use them.
 COLUMNS = ("onnx", "aoti", "onnx-fp16", "onnx-int8", "aoti-bf16", "aoti-int8", "savedmodel", "xla")
@@ -78,30 +82,30 @@ def build(name: str, out: Path, jobs: int, timeout: float, site_on_path: bool = 
         return {"exit": None, "seconds": round(time.perf_counter() - t0, 1), "error": f"build timed out after {timeout:g}s", "targets": {}}
     seconds = round(time.perf_counter() - t0, 1)
     try:
-        manifest = json.loads(proc.stdout)
+        manifest = Manifest.from_dict(json.loads(proc.stdout))
     except ValueError:
         tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-3:]
         return {"exit": proc.returncode, "seconds": seconds, "error": " / ".join(tail) or "no manifest", "targets": {}}
-    return {"exit": proc.returncode, "seconds": seconds, "targets": {t["name"]: summarize(t) for t in manifest["targets"]}}
+    return {"exit": proc.returncode, "seconds": seconds, "targets": {t.name: summarize(t) for t in manifest.targets}}
 
 
-def summarize(t: dict) -> dict:
+def summarize(t: TargetResult) -> dict:
     """One matrix cell: status, figures when built, the reason when not."""
-    cell = {"kind": t["kind"], "status": t["status"], "stage": t.get("stage"), "seconds": t.get("build_seconds")}
-    par = t.get("parity") or {}
-    outs = list((par.get("outputs") or {}).values())
+    cell = {"kind": t.kind, "status": t.status.value, "stage": t.stage.value if t.stage else None, "seconds": t.build_seconds}
+    outs = list(t.parity.outputs.values()) if t.parity else []
     if outs:
-        cell["cosine"] = min(o["cosine"] for o in outs)
-        cell["max_abs_err"] = max(o["max_abs_err"] for o in outs)
-        top1 = [o["top1"] for o in outs if o.get("top1") is not None]
+        cell["cosine"] = min(o.cosine for o in outs)
+        cell["max_abs_err"] = max(o.max_abs_err for o in outs)
+        top1 = [o.top1 for o in outs if o.top1 is not None]
         cell["top1"] = min(top1) if top1 else None
-    for key in ("export", "excluded_nodes"):
-        if t.get(key):
-            cell[key] = t[key] if key != "excluded_nodes" else len(t[key])
-    if t["status"] != "ok":
-        reason = (t.get("reason") or "").strip()
-        if t.get("stage") == "parity":
-            fails = [f"{n}: {'; '.join(o.get('failures', [])[:2])}" for n, o in (par.get("outputs") or {}).items() if not o.get("passed", True)]
+    if t.extra.get("export"):
+        cell["export"] = t.extra["export"]
+    if t.extra.get("excluded_nodes"):
+        cell["excluded_nodes"] = len(t.extra["excluded_nodes"])
+    if not t.ok:
+        reason = (t.reason or "").strip()
+        if t.stage is Stage.PARITY:
+            fails = [f"{n}: {'; '.join(o.failures[:2])}" for n, o in t.parity.outputs.items() if not o.passed]
             reason = "parity: " + " | ".join(fails)
         cell["reason"] = reason.splitlines()[0][:400] if reason else ""
     return cell

@@ -22,27 +22,27 @@ import numpy as np
 from toolchain import manifest as mf
 from toolchain.environment import environment
 from toolchain.errors import UsageError
-from toolchain.parity import example_feed
 from toolchain.progress import Progress
 from toolchain.recipe import load_recipe
+from toolchain.records import Manifest
 from toolchain.runners import open_runner
+from toolchain.samples import example_feed
 from toolchain.serving.check import REQUEST_TIMEOUT, http_client, infer_inputs, open_triton
 from toolchain.serving.standin import parse_config
 from toolchain.sources import load_source
-from toolchain.tensors import Signature
 
 SCHEMA_ID = "mlpack.bench/1"
 CONCURRENCY = (1, 2, 4)
 
 
-def _recipe(manifest: dict, recipe_path: Path | None):
-    path = Path(recipe_path or manifest["recipe"]["path"])
+def _recipe(manifest: Manifest, recipe_path: Path | None):
+    path = Path(recipe_path or manifest.recipe_path)
     if not path.is_file():
         raise UsageError(
             f"the recipe recorded in the manifest, {path}, is not found from {Path.cwd()}",
             "run from the directory the build ran in, or pass --recipe PATH",
         )
-    return load_recipe(path), mf.sha256_file(path) == manifest["recipe"]["sha256"]
+    return load_recipe(path), mf.sha256_file(path) == manifest.recipe_sha256
 
 
 def batch_plan(recipe, requested: list[int]) -> tuple[str | None, list[int], int, list[str]]:
@@ -57,7 +57,7 @@ def batch_plan(recipe, requested: list[int]) -> tuple[str | None, list[int], int
 
 
 def make_feeds(recipe, batch_dim: str | None, batches: list[int], seed: int) -> dict[int, dict]:
-    """One feed per batch size, other named dims at their opt; from the parity rows or generated (parity.example_feed)."""
+    """One feed per batch size, other named dims at their opt; from the parity rows or generated (samples.example_feed)."""
     base = {n: d.opt for n, d in recipe.dims.items()}
     return {b: example_feed(recipe, {**base, **({batch_dim: b} if batch_dim else {})}, np.random.default_rng(seed)) for b in batches}
 
@@ -88,17 +88,17 @@ def _latency(times: list[float]) -> dict:
     return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(ms.mean()), "runs": len(times)}
 
 
-def _runtimes(root: Path, manifest: dict, recipe, threads: int, notes: list[str]):
+def _runtimes(root: Path, manifest: Manifest, recipe, threads: int, notes: list[str]):
     """(name, kind, runner) for the eager source and every built artifact, each opened from its manifest runner spec."""
     source = load_source(recipe)
     yield "eager", "source", source.reference_runner()
-    for t in manifest["targets"]:
-        if t["status"] != "ok":
+    for t in manifest.targets:
+        if not t.ok:
             continue
-        if not t.get("runner"):
-            notes.append(f"{t['name']}: its manifest entry has no runner spec (built by an older mlpack); rebuild it to bench it")
+        if t.runner is None:
+            notes.append(f"{t.name}: its manifest entry has no runner spec (built by an older mlpack); rebuild it to bench it")
             continue
-        yield t["name"], t["kind"], open_runner(t["runner"], root, threads)
+        yield t.name, t.kind, open_runner(t.runner, root, threads)
 
 
 def bench(
@@ -121,7 +121,10 @@ def bench(
     if through_server:
         http_client()  # missing mlpack[serve] fails now, not after minutes of timing
     load = os.getloadavg()  # before our own work adds to it
-    manifest = mf.read(path)
+    try:
+        manifest = mf.read(path)
+    except ValueError as e:
+        raise UsageError(f"{path} is not an mlpack manifest ({e})", "rebuild it with mlpack build") from None
     recipe, same_recipe = _recipe(manifest, recipe_path)
     threads = _set_threads(recipe, threads)
     batch_dim, sizes, lat_b, notes = batch_plan(recipe, batches)
@@ -150,10 +153,10 @@ def bench(
         }
     report = {
         "schema": SCHEMA_ID,
-        "name": manifest["name"],
+        "name": manifest.name,
         "threads": threads,
         "load_average": [round(v, 2) for v in load],
-        "environment": environment(manifest["environment"].get("device", "cpu")),
+        "environment": environment(manifest.device),
         "batch_dim": batch_dim,
         "requested_batches": batches,
         "batches": sizes,
@@ -186,31 +189,30 @@ def _through_server(root, manifest, feed, batch, eager, warmup, iters, seconds, 
     """Requests/s and latency through Triton at a few concurrency levels (loopback, bounded)."""
     from tritonclient.utils import InferenceServerException
 
-    models = [m for m in manifest["serving"].get("models", []) if m["server"] == "triton"]
+    models = manifest.serving.by("triton")
     if not models:
         notes.append("--through-server: this build has no Triton models")
         return []
-    by_target = {t["name"]: t for t in manifest["targets"]}
     out = []
-    with open_triton(root, models, by_target, server, False, root / "logs" / "bench-triton.log", progress) as (srv, served):
+    with open_triton(root, models, manifest, server, False, root / "logs" / "bench-triton.log", progress) as (srv, served):
         for m, s in zip(models, served):
-            refusal = s.skip_reason or srv.load(m["name"])
+            refusal = s.skip_reason or srv.load(m.name)
             if refusal:
-                notes.append(f"--through-server: {m['name']} not measured: {refusal}")
+                notes.append(f"--through-server: {m.name} not measured: {refusal}")
                 continue
-            cfg = parse_config((root / m["path"] / "config.pbtxt").read_text())
-            sig = Signature.from_dict(by_target[m["target"]]["signature"])
-            progress.start(m["name"], f"bench {m['name']} through Triton")
+            cfg = parse_config((root / m.path / "config.pbtxt").read_text())
+            sig = manifest.target(m.target).signature
+            progress.start(m.name, f"bench {m.name} through Triton")
             try:
                 levels = [_concurrency(srv.url, cfg, sig, feed, c, warmup, iters, seconds) for c in CONCURRENCY]
             except (InferenceServerException, threading.BrokenBarrierError) as e:
-                notes.append(f"--through-server: {m['name']} failed a request: {e}")
-                progress.end(m["name"], "failed", str(e))
+                notes.append(f"--through-server: {m.name} failed a request: {e}")
+                progress.end(m.name, "failed", str(e))
                 continue
             for lv in levels:
                 lv["vs_eager"] = lv["requests_per_s"] * batch / eager["throughput"][str(batch)]
-            out.append({"model": m["name"], "target": m["target"], "backend": s.backend, "server_version": srv.version, "batch": batch, "concurrency": levels})
-            progress.end(m["name"], "ok", ", ".join(f"c{lv['concurrency']} {lv['requests_per_s']:.1f} req/s" for lv in levels))
+            out.append({"model": m.name, "target": m.target, "backend": s.backend, "server_version": srv.version, "batch": batch, "concurrency": levels})
+            progress.end(m.name, "ok", ", ".join(f"c{lv['concurrency']} {lv['requests_per_s']:.1f} req/s" for lv in levels))
     return out
 
 

@@ -10,17 +10,26 @@ a hit is verified file by file against the recorded sha256 before it is used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from toolchain import kinds
 from toolchain.environment import tool_versions
-from toolchain.fsutil import clone_file, sha256_file
+from toolchain.fsutil import clean_stale, clone_file, sha256_file
 from toolchain.recipe import Recipe
+from toolchain.records import CacheEntry, FileEntry
+from toolchain.remote import open_remote
+
+F = TypeVar("F")
 
 CACHE_DIR = ".mlpack-cache"
 # Recipe sections every step's result depends on (targets add their own spec).
@@ -70,27 +79,9 @@ def kind_digest(kind) -> str | None:
 
 
 def source_files(recipe: Recipe, out_root: Path | None = None) -> dict[str, str]:
-    """Digests of the files that define the model.
-
-    For a factory: every .py file under the factory's folder (what it can
-    import from the recipe's tree), plus weights, exported programs, data.
-    """
-    src = recipe.source
-    files: dict[str, str] = {}
-    if src.factory:
-        folder = recipe.resolve(src.factory.rsplit(":", 1)[0]).parent
-        # The output may lie in that folder (artifacts/ beside the model code): its
-        # generated model.py files must not change the key of the next build.
-        files |= {f"factory/{k}": v for k, v in _tree_digest(folder, "*.py", out_root).items()}
-    for key in ("exported", "weights", "keras"):
-        rel = getattr(src, key)
-        if rel:
-            files[key] = file_digest(recipe.resolve(rel))
-    if src.savedmodel:
-        files |= {f"savedmodel/{k}": v for k, v in _tree_digest(recipe.resolve(src.savedmodel), "*").items()}
-    if recipe.data:
-        files |= {f"data/{rel}": file_digest(recipe.resolve(rel)) for rel in recipe.data.files()}
-    return files
+    """Digests of the files that define the model (Recipe.files: a factory's folder of .py files, what
+    it can import; weights, exported programs, SavedModels, data), leaving out a build output inside."""
+    return {name: file_digest(p) for f in recipe.files() for name, p in f.named_members(skip=out_root).items()}
 
 
 def source_key(recipe: Recipe, out_root: Path | None = None) -> str:
@@ -131,47 +122,42 @@ def entry_dir(out_root: Path, key: str) -> Path:
     return out_root / CACHE_DIR / key
 
 
-def lookup(out_root: Path, key: str, remote=None) -> dict | None:
-    """The cached result for `key` if every file is present and intact.
+def lookup(out_root: Path, key: str, remote=None) -> CacheEntry | None:
+    """The cached entry for `key` if every file is present and intact.
 
     Local first; on a miss, a remote cache (toolchain.remote) is asked, its
     files verified and installed as a local entry.
     """
-    result = _local(out_root, key)
-    if result is None and remote is not None and remote.try_fetch(key, entry_dir(out_root, key)):
-        result = _local(out_root, key)
-    return result
+    entry = _local(out_root, key)
+    if entry is None and remote is not None and remote.try_fetch(key, entry_dir(out_root, key)):
+        entry = _local(out_root, key)
+    return entry
 
 
-def _local(out_root: Path, key: str) -> dict | None:
-    entry = entry_dir(out_root, key)
+def _local(out_root: Path, key: str) -> CacheEntry | None:
+    folder = entry_dir(out_root, key)
     try:
-        result = json.loads((entry / "result.json").read_text())
-    except (OSError, ValueError):
+        entry = CacheEntry.from_dict(json.loads((folder / "result.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    for f in result.get("files", []):
-        p = entry / "files" / f["path"]
+    for f in entry.files:
+        p = folder / "files" / f.path
         try:
-            if p.stat().st_size != f["bytes"] or sha256_file(p) != f["sha256"]:
+            if p.stat().st_size != f.bytes or sha256_file(p) != f.sha256:
                 raise OSError("hash mismatch")
         except OSError:
-            shutil.rmtree(entry, ignore_errors=True)  # corrupted: never served
+            shutil.rmtree(folder, ignore_errors=True)  # corrupted: never served
             return None
     try:
-        os.utime(entry / "result.json")  # last use, for `mlpack cache prune`
+        os.utime(folder / "result.json")  # last use, for `mlpack cache prune`
     except OSError:
         pass
-    return result
+    return entry
 
 
-def _paths(result: dict) -> list[str]:
-    """Verified artifact files, then the step's logs (kept, not verified)."""
-    return [f["path"] for f in result.get("files", [])] + result.get("aux", [])
-
-
-def restore(out_root: Path, key: str, result: dict, staging: Path) -> None:
+def restore(out_root: Path, key: str, entry: CacheEntry, staging: Path) -> None:
     """Link the cached files into a new build tree at their manifest paths."""
-    for rel in _paths(result):
+    for rel in entry.paths:
         src = entry_dir(out_root, key) / "files" / rel
         if src.is_file():
             dst = staging / rel
@@ -179,22 +165,23 @@ def restore(out_root: Path, key: str, result: dict, staging: Path) -> None:
             clone_file(src, dst)
 
 
-def store(out_root: Path, key: str, result: dict, root: Path, aux: list[str] = (), remote=None) -> None:
-    """Record a successful step: copy its files (and logs) from the published tree; upload it when a remote is set."""
-    entry = entry_dir(out_root, key)
-    tmp = entry.with_name(f".{key}.tmp-{os.getpid()}")
+def store(out_root: Path, key: str, entry: CacheEntry, root: Path, remote=None) -> None:
+    """Record a successful step: copy its files (and the logs that exist) from the build tree `root`;
+    upload it when a remote is set."""
+    folder = entry_dir(out_root, key)
+    tmp = folder.with_name(f".{key}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    result = {**result, "aux": [a for a in aux if (root / a).is_file()]}
-    for rel in _paths(result):
+    entry = replace(entry, aux=[a for a in entry.aux if (root / a).is_file()])
+    for rel in entry.paths:
         dst = tmp / "files" / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         clone_file(root / rel, dst)
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "result.json").write_text(json.dumps(result))
-    shutil.rmtree(entry, ignore_errors=True)
-    os.replace(tmp, entry)
+    (tmp / "result.json").write_text(json.dumps(entry.to_dict()))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
     if remote is not None:
-        remote.try_upload(key, entry)
+        remote.try_upload(key, folder)
 
 
 def upload_missing(out_root: Path, key: str, remote) -> None:
@@ -213,8 +200,67 @@ def cached_file(out_root: Path, parts: dict, dst: Path, produce) -> None:
     hit = lookup(out_root, key)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if hit:
-        clone_file(entry_dir(out_root, key) / "files" / hit["files"][0]["path"], dst)
+        clone_file(entry_dir(out_root, key) / "files" / hit.files[0].path, dst)
         return
     produce(dst)
-    entry = {"files": [{"path": dst.name, "sha256": sha256_file(dst), "bytes": dst.stat().st_size}]}
-    store(out_root, key, entry, dst.parent)
+    store(out_root, key, CacheEntry([FileEntry(dst.name, sha256_file(dst), dst.stat().st_size)]), dst.parent)
+
+
+# ------------------------------------------------------------------ one build's steps
+
+
+@dataclass
+class Outcome(Generic[F]):
+    """A cached step's answer: the entry it produced or restored, or the step's own failure."""
+
+    entry: CacheEntry | None
+    hit: bool = False
+    failure: F | None = None
+
+
+class BuildCache:
+    """The cache as one build uses it: the local store under <out>, a shared one behind it, and
+    whether hits are allowed (--force). Steps run through `step`, from any scheduler thread."""
+
+    def __init__(self, out_root: Path, remote=None, force: bool = False):
+        self.out_root, self.remote, self.force = out_root, remote, force
+        self._remote_lock = threading.Lock()  # one transfer at a time: fsspec clients are not all thread-safe
+        if (out_root / CACHE_DIR).is_dir():
+            clean_stale(out_root / CACHE_DIR, ".*.tmp-*")  # entries a killed build was writing
+
+    @classmethod
+    def open(cls, out_root: Path, url: str | None, force: bool) -> BuildCache:
+        """--cache URL (else MLPACK_CACHE) behind the local cache of `out_root`."""
+        return cls(out_root, open_remote(url), force)
+
+    def step(self, key: str, staging: Path, run: Callable[[], CacheEntry | F], logs: Sequence[str] = ()) -> Outcome[F]:
+        """Look `key` up; on a verified hit restore its files into `staging`. Else `run` the step: a
+        CacheEntry it returns is stored (with `logs`, relative to `staging`) and uploaded; anything else
+        is the step's failure, returned as it is and never cached."""
+        if not self.force:
+            with self._lock_remote():
+                hit = lookup(self.out_root, key, self.remote)
+                if hit is not None:
+                    upload_missing(self.out_root, key, self.remote)
+            if hit is not None:
+                restore(self.out_root, key, hit, staging)
+                return Outcome(hit, hit=True)
+        produced = run()
+        if not isinstance(produced, CacheEntry):
+            return Outcome(None, failure=produced)
+        produced = replace(produced, aux=list(logs))
+        with self._lock_remote():
+            store(self.out_root, key, produced, staging, self.remote)
+        return Outcome(produced)
+
+    def _lock_remote(self):
+        return self._remote_lock if self.remote is not None else contextlib.nullcontext()
+
+    def summary(self) -> str | None:
+        """What the shared cache did in this build, when there is one."""
+        r = self.remote
+        if r is None:
+            return None
+        return f"shared cache {r.url}: {len(r.fetched)} entries fetched, {len(r.uploaded)} uploaded" + (
+            f"; {len(r.errors)} errors, first: {r.errors[0]}" if r.errors else ""
+        )

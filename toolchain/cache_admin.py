@@ -15,6 +15,7 @@ from pathlib import Path
 from toolchain import cache
 from toolchain.errors import UsageError
 from toolchain.options import memory_bytes
+from toolchain.records import CacheEntry
 from toolchain.remote import RemoteCache
 
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -38,11 +39,10 @@ def parse_size(text: str) -> int:
 
 
 def _what(result: dict) -> str:
-    if "selection" in result:
-        return "selection timings"
-    if "name" in result and "kind" in result:
-        return f"{result['name']} ({result['kind']})"
-    return "reference outputs"
+    try:
+        return CacheEntry.from_dict(result).what
+    except (KeyError, TypeError, ValueError):
+        return "reference outputs"
 
 
 def _local_rows(out_root: Path) -> list[dict]:
@@ -64,7 +64,7 @@ def _local_rows(out_root: Path) -> list[dict]:
 
 
 def _remote_rows(remote: RemoteCache) -> list[dict]:
-    return [{"where": "remote", "key": e.key, "what": _what(e.result), "bytes": e.bytes, "time": e.created} for e in remote.entries()]
+    return [{"where": "remote", "key": e.key, "what": e.result.what, "bytes": e.bytes, "time": e.created} for e in remote.entries()]
 
 
 def ls(out_root: Path, remote: RemoteCache | None) -> list[dict]:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import re
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+
+import click
 
 from toolchain import __version__, cache_admin
 from toolchain import manifest as mf
@@ -15,11 +20,11 @@ from toolchain.bench import bench
 from toolchain.build import build
 from toolchain.errors import EXIT_CONVERSION, EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, MlpackError, UsageError
 from toolchain.junit import write_junit
-from toolchain.parity import plan_data
 from toolchain.progress import make_progress
 from toolchain.recipe import load_recipe
+from toolchain.records import Manifest, Selection, Stage, Status, TargetResult
 from toolchain.remote import open_remote
-from toolchain.results import Stage, Status
+from toolchain.samples import plan_data
 from toolchain.serving.check import serve_check
 
 # Top-level modules of the optional extras (pyproject.toml), named when a command needs one.
@@ -48,83 +53,148 @@ def _check_output_file(path: Path, flag: str) -> None:
             return
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # usage errors exit 2 with one line, as the spec says
-        self.print_usage(sys.stderr)
-        print(f"mlpack: error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
+_PATH = click.Path(path_type=Path)  # no existence check here: the commands say what is missing, and how to fix it
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="mlpack", description="Compile models into parity-checked deployable artifacts.")
-    p.add_argument("--version", action="version", version=f"mlpack {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+class _BatchList(click.ParamType):
+    """`--batch 1,8,32`: positive batch sizes."""
 
-    b = sub.add_parser("build", help="build every target of a recipe, gate on parity, publish")
-    b.add_argument("recipe", type=Path)
-    b.add_argument("--serve-check", action="store_true", help="after a successful build, run `mlpack serve-check` on it")
-    b.add_argument("--out", type=Path, default=Path("artifacts"), help="output root (default: artifacts/)")
-    b.add_argument("--target", action="append", metavar="NAME", help="build only this target (repeatable)")
-    b.add_argument("--jobs", type=int, default=None, help="targets built in parallel (default: what cores and memory allow)")
-    b.add_argument("--force", action="store_true", help="rebuild every target, ignoring the cache")
-    b.add_argument("--json", action="store_true", help="print the manifest to stdout")
-    b.add_argument("--junit", type=Path, metavar="FILE", help="write a JUnit XML report, one test case per target")
-    b.add_argument("--executor", metavar="WHERE", help="where steps run: local (default), ray (RAY_ADDRESS or a local cluster), ray://HOST:PORT")
-    b.add_argument("--cache", metavar="URL", help="a shared cache behind the local one: s3://bucket/prefix, gs://..., file:///path (default: $MLPACK_CACHE)")
+    name = "1,8,32"
 
-    v = sub.add_parser("validate", help="check a recipe's schema and files; imports no framework")
-    v.add_argument("recipe", type=Path)
+    def convert(self, value, param, ctx) -> list[int]:
+        if isinstance(value, list):  # click may hand a converted value back (a default, a second pass)
+            return value
+        try:
+            return _batch_list(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
-    i = sub.add_parser("inspect", help="summarise a built artifact directory")
-    i.add_argument("dir", type=Path)
-    i.add_argument("--json", action="store_true")
 
-    s = sub.add_parser("serve-check", help="load a build's repositories in a real server, replay its parity samples, compare")
-    s.add_argument("dir", type=Path)
-    s.add_argument("--target", action="append", metavar="NAME", help="check only this target's models (repeatable)")
-    s.add_argument("--native", action="store_true", help="serve the repository as is (the server has the native backends)")
-    s.add_argument("--server", type=Path, metavar="PATH", help="a tritonserver binary, or an environment holding nvidia-pytriton")
-    s.add_argument("--json", action="store_true", help="print the updated manifest to stdout")
+@dataclass(frozen=True)
+class _Call:
+    """A parsed command line. `main` runs it after parsing, so its errors meet main's handlers, not click's."""
 
-    c = sub.add_parser("cache", help="list, prune or verify the cache of an output root and a shared cache")
-    c.add_argument("action", choices=["ls", "prune", "verify"])
-    c.add_argument("--out", type=Path, default=Path("artifacts"), help="the output root whose .mlpack-cache to use (default: artifacts/)")
-    c.add_argument("--cache", metavar="URL", help="also the shared cache at URL (default: $MLPACK_CACHE)")
-    c.add_argument("--max-size", metavar="SIZE", help="prune: least recently used entries go until each store holds at most SIZE (20GB, 500MiB)")
-    c.add_argument("--older-than", metavar="AGE", help="prune: entries unused for AGE go (30m, 12h, 7d, 2w)")
-    c.add_argument("--dry-run", action="store_true", help="prune: say what would go, remove nothing")
-    c.add_argument("--json", action="store_true", help="print the rows as JSON to stdout")
+    command: str
+    handler: Callable[[SimpleNamespace], int]
+    args: SimpleNamespace
 
-    n = sub.add_parser("bench", help="latency and throughput of each built artifact, against the eager source model")
-    n.add_argument("dir", type=Path)
-    n.add_argument("--batch", type=_batch_list, default=[1, 8, 32], metavar="1,8,32", help="batch sizes, clipped to the recipe's batch dim")
-    n.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
-    n.add_argument("--iters", type=int, default=50, help="timed runs per figure at most (default 50)")
-    n.add_argument("--seconds", type=float, default=5.0, help="time budget per figure (default 5)")
-    n.add_argument("--threads", type=int, help="intra-op threads for every runtime (default: torch's)")
-    n.add_argument("--recipe", type=Path, help="the recipe, when the path in the manifest does not resolve from here")
-    n.add_argument("--through-server", action="store_true", help="also measure through a Triton server (requests/s per concurrency)")
-    n.add_argument("--server", type=Path, metavar="PATH", help="with --through-server: as for serve-check")
-    n.add_argument("--json", action="store_true", help="print bench.json to stdout")
-    return p
+
+def _defer(command: str, handler: Callable[[SimpleNamespace], int], params: dict) -> _Call:
+    if "target" in params:  # click gives () when --target is absent; build and serve-check take None as "every target"
+        params["target"] = list(params["target"]) or None
+    return _Call(command, handler, SimpleNamespace(command=command, **params))
+
+
+@click.group(name="mlpack", context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=False)  # bare `mlpack` exits 2
+@click.version_option(__version__, "--version", prog_name="mlpack", message="%(prog)s %(version)s")
+def _cli() -> None:
+    """Compile models into parity-checked deployable artifacts."""
+
+
+def _command(name: str, summary: str):
+    """A subcommand whose one-line help shows whole in `mlpack --help` (click would cut it at 45 characters)."""
+    return _cli.command(name, help=summary, short_help=summary)
+
+
+@_command("build", "build every target of a recipe, gate on parity, publish")
+@click.argument("recipe", type=_PATH)
+@click.option("--serve-check", is_flag=True, help="after a successful build, run `mlpack serve-check` on it")
+@click.option("--out", type=_PATH, default="artifacts", metavar="DIR", help="output root (default: artifacts/)")
+@click.option("--target", multiple=True, metavar="NAME", help="build only this target (repeatable)")
+@click.option("--jobs", type=int, metavar="N", help="targets built in parallel (default: what cores and memory allow)")
+@click.option("--force", is_flag=True, help="rebuild every target, ignoring the cache")
+@click.option("--json", is_flag=True, help="print the manifest to stdout")
+@click.option("--junit", type=_PATH, metavar="FILE", help="write a JUnit XML report, one test case per target")
+@click.option("--executor", metavar="WHERE", help="where steps run: local (default), ray (RAY_ADDRESS or a local cluster), ray://HOST:PORT")
+@click.option("--cache", metavar="URL", help="a shared cache behind the local one: s3://bucket/prefix, gs://..., file:///path (default: $MLPACK_CACHE)")
+def _build(**params) -> _Call:
+    return _defer("build", cmd_build, params)
+
+
+@_command("validate", "check a recipe's schema and files; imports no framework")
+@click.argument("recipe", type=_PATH)
+def _validate(**params) -> _Call:
+    return _defer("validate", cmd_validate, params)
+
+
+@_command("inspect", "summarise a built artifact directory")
+@click.argument("dir", type=_PATH)
+@click.option("--json", is_flag=True, help="print the manifest to stdout")
+def _inspect(**params) -> _Call:
+    return _defer("inspect", cmd_inspect, params)
+
+
+@_command("serve-check", "load a build's repositories in a real server, replay its parity samples, compare")
+@click.argument("dir", type=_PATH)
+@click.option("--target", multiple=True, metavar="NAME", help="check only this target's models (repeatable)")
+@click.option("--native", is_flag=True, help="serve the repository as is (the server has the native backends)")
+@click.option("--server", type=_PATH, metavar="PATH", help="a tritonserver binary, or an environment holding nvidia-pytriton")
+@click.option("--json", is_flag=True, help="print the updated manifest to stdout")
+def _serve_check_command(**params) -> _Call:
+    return _defer("serve-check", cmd_serve_check, params)
+
+
+@_command("cache", "list, prune or verify the cache of an output root and a shared cache")
+@click.argument("action", type=click.Choice(["ls", "prune", "verify"]))
+@click.option("--out", type=_PATH, default="artifacts", metavar="DIR", help="the output root whose .mlpack-cache to use (default: artifacts/)")
+@click.option("--cache", metavar="URL", help="also the shared cache at URL (default: $MLPACK_CACHE)")
+@click.option("--max-size", metavar="SIZE", help="prune: least recently used entries go until each store holds at most SIZE (20GB, 500MiB)")
+@click.option("--older-than", metavar="AGE", help="prune: entries unused for AGE go (30m, 12h, 7d, 2w)")
+@click.option("--dry-run", is_flag=True, help="prune: say what would go, remove nothing")
+@click.option("--json", is_flag=True, help="print the rows as JSON to stdout")
+def _cache(**params) -> _Call:
+    return _defer("cache", cmd_cache, params)
+
+
+@_command("bench", "latency and throughput of each built artifact, against the eager source model")
+@click.argument("dir", type=_PATH)
+@click.option("--batch", type=_BatchList(), default="1,8,32", help="batch sizes, clipped to the recipe's batch dim")
+@click.option("--warmup", type=int, default=5, metavar="N", help="untimed runs first (default 5)")
+@click.option("--iters", type=int, default=50, metavar="N", help="timed runs per figure at most (default 50)")
+@click.option("--seconds", type=float, default=5.0, metavar="S", help="time budget per figure (default 5)")
+@click.option("--threads", type=int, metavar="N", help="intra-op threads for every runtime (default: torch's)")
+@click.option("--recipe", type=_PATH, metavar="RECIPE", help="the recipe, when the path in the manifest does not resolve from here")
+@click.option("--through-server", is_flag=True, help="also measure through a Triton server (requests/s per concurrency)")
+@click.option("--server", type=_PATH, metavar="PATH", help="with --through-server: as for serve-check")
+@click.option("--json", is_flag=True, help="print bench.json to stdout")
+def _bench(**params) -> _Call:
+    return _defer("bench", cmd_bench, params)
 
 
 def _batch_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+        raise ValueError(f"{text!r} is not a comma-separated list of integers") from None
     if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be positive integers")
+        raise ValueError(f"{text!r}: batch sizes must be positive integers")
     return values
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _parse(argv: list[str] | None) -> _Call | int:
+    """argv -> the command to run, or the exit code when there is none to run (help, version, completion, usage error)."""
     try:
-        commands = {"build": cmd_build, "validate": cmd_validate, "inspect": cmd_inspect, "serve-check": cmd_serve_check, "bench": cmd_bench,
-                    "cache": cmd_cache}  # fmt: skip
-        return commands[args.command](args)
+        return _cli.main(args=argv, prog_name="mlpack", standalone_mode=False)
+    except click.ClickException as e:  # usage errors exit 2 with one line, as the spec says
+        if isinstance(e, click.UsageError) and e.ctx is not None:
+            click.echo(e.ctx.get_usage(), err=True)
+        message = re.sub(r"\s*\n\s*", " ", e.format_message())  # click lists a Choice's values one per line
+        print(f"mlpack: error: {message}", file=sys.stderr)
+        return e.exit_code
+    except click.exceptions.Abort:  # Ctrl-C while parsing
+        print("mlpack: interrupted; the last good output is untouched", file=sys.stderr)
+        return 130
+    except SystemExit as e:  # shell completion ($_MLPACK_COMPLETE) answers, then exits
+        return int(e.code or EXIT_OK)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `mlpack` console script; returns the exit code: 0 ok, 2 usage or recipe, 3 parity, 4 convert, 1 unexpected, 130 interrupted."""
+    call = _parse(argv)
+    if not isinstance(call, _Call):
+        return call
+    try:
+        return call.handler(call.args)
     except MlpackError as e:
         print(f"mlpack: {e.render()}", file=sys.stderr)
         return e.exit_code
@@ -135,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         top = (e.name or "").split(".")[0]
         if top not in EXTRAS:
             raise
-        print(f"mlpack: {args.command} needs {top}, which is not installed\n    fix: pip install 'mlpack[{EXTRAS[top]}]'", file=sys.stderr)
+        print(f"mlpack: {call.command} needs {top}, which is not installed\n    fix: pip install 'mlpack[{EXTRAS[top]}]'", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:  # a bug in mlpack, not the user's input
         if os.environ.get("MLPACK_DEBUG"):
@@ -169,15 +239,15 @@ def cmd_build(args) -> int:
     with make_progress() as progress:
         result = build(recipe, args.out, only=args.target, progress=progress, jobs=args.jobs, force=args.force, cache_url=args.cache, executor=args.executor)
     _print_summary(result)
-    if result.manifest.get("selection") and result.manifest["selection"].get("ranking"):
-        _console(sys.stderr).print(_selection_table(result.manifest["selection"]))
+    if result.manifest.selection and result.manifest.selection.ranking:
+        _console(sys.stderr).print(_selection_table(result.manifest.selection))
     if args.serve_check and result.exit_code == EXIT_OK:
         check = _serve_check(result.path)
         result.manifest, result.exit_code = check.manifest, check.exit_code
     if args.junit:
         write_junit(args.junit, result.manifest, result.path)
     if args.json:
-        print(json.dumps(result.manifest, indent=2))
+        print(json.dumps(result.manifest.to_dict(), indent=2))
     return result.exit_code
 
 
@@ -186,63 +256,63 @@ def cmd_inspect(args) -> int:
     if not path.is_file():
         raise UsageError(f"no manifest.json in {args.dir}", "pass <out>/<name>, the directory a build published")
     try:
-        m = mf.read(path)
+        raw = mf.read_raw(path)
     except ValueError as e:
         raise UsageError(f"{path} is not valid JSON: {e}") from None
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
-    if not isinstance(m, dict) or not str(m.get("schema", "")).startswith("mlpack.manifest/") or not isinstance(m.get("targets"), list):
-        raise UsageError(f"{path} is not an mlpack manifest (no schema 'mlpack.manifest/1' and targets list)",
-                         "pass <out>/<name>, the directory a build published")  # fmt: skip
-    problems = mf.problems(m)
+    if not Manifest.claims(raw):
+        raise UsageError(f"{path} is not an mlpack manifest (no schema 'mlpack.manifest/1')", "pass <out>/<name>, the directory a build published")
+    problems = mf.problems(raw)
     if problems:
         raise UsageError(f"{path} does not match mlpack's manifest schema: {problems[0]}", "rebuild it with mlpack build")
     if args.json:
-        print(json.dumps(m, indent=2))
+        print(json.dumps(raw, indent=2))
         return EXIT_OK
+    try:
+        m = Manifest.from_dict(raw)
+    except ValueError as e:
+        raise UsageError(f"{path}: {e}", "rebuild it with mlpack build") from None
     con = _console(sys.stdout)
-    env = m.get("environment", {})
-    con.print(f"[bold]{m.get('name')}[/] v{m.get('version')} ({m.get('framework')}) built in {m.get('build_seconds', 0):.1f}s")
-    con.print(f"recipe {m['recipe']['path']}  torch {env.get('torch')}  onnxruntime {env.get('onnxruntime')}  device {env.get('device')}")
-    con.print(_table(m["targets"]))
-    if m.get("selection"):
-        con.print(_selection_table(m["selection"]))
-    for model in m.get("serving", {}).get("models", []):
-        con.print(f"{model['server']}: {model['path']}")
+    con.print(f"[bold]{m.name}[/] v{m.version} ({m.framework}) built in {m.build_seconds:.1f}s")
+    con.print(f"recipe {m.recipe_path}  torch {m.tool('torch')}  onnxruntime {m.tool('onnxruntime')}  device {m.device}")
+    con.print(_table(m.targets))
+    if m.selection:
+        con.print(_selection_table(m.selection))
+    for model in m.serving.models:
+        con.print(f"{model.server}: {model.path}")
     return EXIT_OK
 
 
-def _selection_table(sel: dict):
+def _selection_table(sel: Selection):
     from rich.table import Table
 
-    machine = sel.get("machine", {})
-    title = (f"selection: {sel['metric']} at batch {sel.get('batch')}, {sel.get('threads')} thread(s), on {machine.get('model')} "
-             f"({machine.get('cores')} cores; {', '.join(machine.get('features', [])) or 'no AVX-512/AMX'})")  # fmt: skip
+    machine = sel.machine
+    title = (f"selection: {sel.metric} at batch {sel.batch}, {sel.threads} thread(s), on {machine.model} "
+             f"({machine.cores} cores; {', '.join(machine.features) or 'no AVX-512/AMX'})")  # fmt: skip
     t = Table(title=title)
     for col in ("rank", "target", "kind", "median ms", "samples/s", "x eager", "served as"):
         t.add_column(col)
-    for i, r in enumerate(sel.get("ranking", []), 1):
-        served = sel.get("served_as") if r["target"] == sel.get("winner") or (sel.get("served_as") and i == 1) else ""
-        t.add_row(str(i), r["target"], r["kind"], f"{r['median_ms']:.3f}", f"{r['samples_per_s']:.1f}", f"{r['vs_eager']:.2f}", served or "")
-    if sel.get("eager"):
-        t.add_row("-", "eager (source)", "-", f"{sel['eager']['median_ms']:.3f}", f"{sel['eager']['samples_per_s']:.1f}", "1.00", "")
+    for i, r in enumerate(sel.ranking, 1):
+        served = sel.served_as if r.target == sel.winner or (sel.served_as and i == 1) else ""
+        t.add_row(str(i), r.target, r.kind, f"{r.median_ms:.3f}", f"{r.samples_per_s:.1f}", f"{r.vs_eager:.2f}", served or "")
+    if sel.eager:
+        t.add_row("-", "eager (source)", "-", f"{sel.eager.median_ms:.3f}", f"{sel.eager.samples_per_s:.1f}", "1.00", "")
     return t
 
 
-def _table(targets: list[dict]):
+def _table(targets: list[TargetResult]):
     from rich.table import Table
 
     t = Table(title="targets")
     for col in ("target", "kind", "status", "build s", "max abs err", "min cosine", "files / reason"):
         t.add_column(col)
     for r in targets:
-        par = r.get("parity") or {}
-        outs = [o for o in par.get("outputs", {}).values() if o.get("agreement") is None] or list(par.get("outputs", {}).values())
-        abs_err = f"{max(o['max_abs_err'] for o in outs):.2e}" if outs else "-"
-        cos = f"{min(o['cosine'] for o in outs):.6f}" if outs else "-"
-        color = {"ok": "green", "skipped": "yellow"}.get(r["status"], "red")
-        detail = ", ".join(f["path"] for f in r["files"]) if r["status"] == "ok" else (r.get("reason") or "")
-        t.add_row(r["name"], r["kind"], f"[{color}]{r['status']}[/]", f"{r['build_seconds']:.1f}", abs_err, cos, detail)
+        abs_err, cos = r.parity.worst() if r.parity and r.parity.outputs else (None, None)
+        color = {"ok": "green", "skipped": "yellow"}.get(r.status.value, "red")
+        detail = ", ".join(f.path for f in r.files) if r.ok else (r.reason or "")
+        t.add_row(r.name, r.kind, f"[{color}]{r.status.value}[/]", f"{r.build_seconds:.1f}", "-" if abs_err is None else f"{abs_err:.2e}",
+                  "-" if cos is None else f"{cos:.6f}", detail)  # fmt: skip
     return t
 
 
@@ -257,7 +327,7 @@ def _print_summary(result) -> None:
     from rich.table import Table
 
     con = _console(sys.stderr)
-    con.print(_table(result.manifest["targets"]))
+    con.print(_table(result.manifest.targets))
     failing = [(r, name, d) for r in result.targets if r.parity and not r.parity.passed for name, d in r.parity.outputs.items() if not d.passed]
     if failing:
         t = Table(title="parity failures", title_style="bold red")
@@ -268,9 +338,9 @@ def _print_summary(result) -> None:
             top1 = f"{d.top1:.4f}" if d.top1 is not None else f"{d.agreement:.4f} equal" if d.agreement is not None else "-"
             t.add_row(r.name, name, f"{d.max_abs_err:.3e}", f"{d.max_rel_err:.3e}", f"{d.cosine:.6f}", top1, tol, "; ".join(d.failures[:3]))
         con.print(t)
-    for t in result.manifest["targets"]:
-        for w in t.get("warnings", []):
-            con.print(f"[yellow]warning[/] {t['name']}: {w}")
+    for t in result.manifest.targets:
+        for w in t.warnings:
+            con.print(f"[yellow]warning[/] {t.name}: {w}")
     for r in result.targets:
         if r.status is Status.FAILED and r.stage is not Stage.PARITY:
             con.print(
@@ -294,7 +364,7 @@ def _serve_check(root: Path, server: Path | None = None, native: bool = False, t
 def cmd_serve_check(args) -> int:
     result = _serve_check(args.dir, args.server, args.native, args.target)
     if args.json:
-        print(json.dumps(result.manifest, indent=2))
+        print(json.dumps(result.manifest.to_dict(), indent=2))
     return result.exit_code
 
 

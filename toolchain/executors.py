@@ -19,13 +19,16 @@ import subprocess
 import tarfile
 import tempfile
 import threading
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from toolchain import cache
 from toolchain.environment import tool_versions
 from toolchain.errors import UsageError
 from toolchain.options import memory_bytes
 from toolchain.recipe import Recipe
+from toolchain.records import StepSpec
 from toolchain.steps import Children, StepOutcome, run_step
 
 RAY_TIMEOUT_MARGIN_S = 120.0  # beyond the step's own timeout: scheduling, transfers
@@ -44,6 +47,17 @@ def local_gpu_names() -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
+class Executor(Protocol):
+    """Where step processes run."""
+
+    name: str
+
+    def gpu_reason(self, gpu: str) -> str | None: ...
+    def run(self, step: StepSpec, staging: Path, name: str, timeout: float, children: Children, memory: str,
+            recipe: Recipe | None = None, resources: dict | None = None) -> StepOutcome: ...  # fmt: skip
+    def close(self) -> None: ...
+
+
 class LocalExecutor:
     name = "local"
 
@@ -55,7 +69,7 @@ class LocalExecutor:
         have = f"this machine has {', '.join(names)}" if names else "this machine has no NVIDIA GPU"
         return f"needs a {gpu} GPU; {have} (build GPU matrices with --executor ray)"
 
-    def run(self, step: dict, staging: Path, name: str, timeout: float, children: Children, memory: str,
+    def run(self, step: StepSpec, staging: Path, name: str, timeout: float, children: Children, memory: str,
             recipe: Recipe | None = None, resources: dict | None = None) -> StepOutcome:  # fmt: skip
         return run_step(step, staging, name, timeout, children, memory_bytes(memory))
 
@@ -94,39 +108,45 @@ def _unpack(data: bytes, dest: Path) -> None:
 
 def _bundle(recipe: Recipe) -> tuple[bytes, str]:
     """The files a step reads (what the source cache key hashes) and the recipe, under their common folder."""
-    paths = [recipe.path]
-    src = recipe.source
-    if src.factory:
-        folder = recipe.resolve(src.factory.rsplit(":", 1)[0]).parent
-        paths += [p for p in folder.rglob("*.py") if "__pycache__" not in p.parts and not any(x.startswith(".") for x in p.relative_to(folder).parts)]
-    paths += [recipe.resolve(rel) for rel in (src.exported, src.weights, src.keras, src.savedmodel) if rel]
-    if recipe.data:
-        paths += [recipe.resolve(rel) for rel in recipe.data.files()]
+    paths = [recipe.path] + [p for f in recipe.files() for p in f.members()]
     base = Path(os.path.commonpath([str(p if p.is_dir() else p.parent) for p in paths]))
     return _pack(base, sorted({p.relative_to(base).as_posix() for p in paths})), recipe.path.relative_to(base).as_posix()
 
 
-def _ray_step(bundle: bytes, recipe_rel: str, inputs: bytes, step: dict, name: str, timeout: float, memory: str, expect: dict) -> dict:
-    """Runs on a Ray worker: unpack, run the step as a local process, pack what it wrote."""
+@dataclass(frozen=True)
+class Node:
+    """The Ray node a step ran on (recorded as the target's `node`)."""
+
+    id: str
+    ip: str
+    host: str
+
+    def __str__(self) -> str:
+        return f"{self.host} ({self.ip})"
+
+
+def _ray_step(bundle: bytes, recipe_rel: str, inputs: bytes, step: StepSpec, name: str, timeout: float, memory: str,
+              expect: dict) -> tuple[Node, dict, bytes]:  # fmt: skip
+    """Runs on a Ray worker: unpack, run the step as a local process, pack what it wrote.
+    Returns the node, the StepOutcome as a dict, and the files (a tar)."""
     import ray
 
-    node = {"id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(), "host": socket.gethostname()}
+    node = Node(ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), socket.gethostname())
     here = {"code": cache.code_digest(), "tools": tool_versions()}
     if here != expect:
         diff = [k for k in expect["tools"] if expect["tools"][k] != here["tools"].get(k)] or ["mlpack's code"]
-        return {"node": node, "outcome": {"result": None, "log": f"logs/{name}.log", "usage": False, "hint": "install the same versions on every node",
-                                          "reason": f"node {node['host']} ({node['ip']}) runs other versions ({', '.join(diff)}) than the build; "
-                                                    "its artifact would not match the cache key"}, "files": b""}  # fmt: skip
+        why = f"node {node} runs other versions ({', '.join(diff)}) than the build; its artifact would not match the cache key"
+        return node, StepOutcome(None, why, f"logs/{name}.log", "install the same versions on every node").to_dict(step), b""
     work = Path(tempfile.mkdtemp(prefix="mlpack-ray-"))
     try:
         _unpack(bundle, work / "src")
         staging = work / "staging"
         staging.mkdir()
         _unpack(inputs, staging)
-        step = {**step, "recipe": str(work / "src" / recipe_rel), "out_root": str(work / "out")}
+        step = replace(step, recipe=str(work / "src" / recipe_rel), out_root=str(work / "out"))
         out = run_step(step, staging, name, timeout, Children(), memory_bytes(memory))  # a share: of this node's memory
-        rels = ["logs", "parity/reference.npz"] if step["kind"] == "reference" else ["logs", name]
-        return {"node": node, "outcome": {k: getattr(out, k) for k in ("result", "reason", "log", "hint", "usage")}, "files": _pack(staging, rels)}
+        rels = ["logs", "parity/reference.npz"] if step.step == "reference" else ["logs", name]
+        return node, out.to_dict(step), _pack(staging, rels)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -185,11 +205,11 @@ class RayExecutor:
                 self._bundles[key] = (self.ray.put(data), rel)
             return self._bundles[key]
 
-    def run(self, step: dict, staging: Path, name: str, timeout: float, children: Children, memory: str,
+    def run(self, step: StepSpec, staging: Path, name: str, timeout: float, children: Children, memory: str,
             recipe: Recipe | None = None, resources: dict | None = None) -> StepOutcome:  # fmt: skip
         ray = self.ray
         bundle, rel = self._bundle_ref(recipe)
-        inputs = ["parity/samples.npz"] if step["kind"] == "reference" else ["parity"] + [d["dir"] for d in step.get("deps", {}).values()]
+        inputs = ["parity/samples.npz"] if step.step == "reference" else ["parity"] + [d.dir for d in step.deps.values()]
         options = {"max_retries": 1, "retry_exceptions": False, **(resources or {"num_cpus": 1})}
         ref = self._task.options(**options).remote(bundle, rel, _pack(staging, inputs), step, name, timeout, memory, self.expect)
         children.add_stopper(lambda: ray.cancel(ref, force=True))
@@ -205,16 +225,17 @@ class RayExecutor:
             text = f"{type(e).__name__}: {e}"
             log.write_text(text + "\n")
             return StepOutcome(None, f"the step's Ray task failed (retried once): {text.splitlines()[0]}", log.relative_to(staging).as_posix())
-        _unpack(back["files"], staging)
+        node, outcome, files = back
+        _unpack(files, staging)
         step_file = staging / "logs" / f"{name}.step.json"
         if step_file.is_file():  # reproduce.sh re-runs it here, with this build's paths
-            local = json.loads(step_file.read_text())
-            local.update(recipe=step["recipe"], root=str(staging), out_root=step.get("out_root", local.get("out_root")))
-            step_file.write_text(json.dumps(local, indent=2))
-        o = back["outcome"]
-        node = back["node"]
-        reason = o["reason"] if o["result"] is not None or not o["reason"] else f"{o['reason']} (on node {node['host']}, {node['ip']})"
-        return StepOutcome(o["result"], reason, o["log"], o.get("hint"), o.get("usage", False), node=node)
+            remote = StepSpec.from_dict(json.loads(step_file.read_text()))
+            local = replace(remote, recipe=step.recipe, root=str(staging), out_root=step.out_root or remote.out_root)
+            step_file.write_text(json.dumps(local.to_dict(), indent=2))
+        out = StepOutcome.from_dict(outcome, asdict(node))
+        if out.result is None and out.reason:
+            out.reason = f"{out.reason} (on node {node.host}, {node.ip})"
+        return out
 
     def close(self) -> None:
         self.ray.shutdown()

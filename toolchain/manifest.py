@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from importlib.resources import files as package_files
 from pathlib import Path
 
 from toolchain import kinds
+from toolchain.environment import environment
 from toolchain.fsutil import sha256_file
+from toolchain.recipe import Recipe
+from toolchain.records import SCHEMA_ID, FileEntry, Manifest, ParityData, Selection, Serving, Status, TargetResult
 
-SCHEMA_ID = "mlpack.manifest/1"
-
-__all__ = ["SCHEMA_ID", "file_entries", "read", "schema", "sha256_file", "write"]
+__all__ = ["SCHEMA_ID", "file_entries", "read", "read_raw", "schema", "sha256_file", "write"]
 
 
-def file_entries(root: Path, paths: list[Path]) -> list[dict]:
+def file_entries(root: Path, paths: list[Path]) -> list[FileEntry]:
     """sha256 and size of each file, paths relative to the build root."""
-    return [{"path": p.relative_to(root).as_posix(), "sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(paths)]
+    return [FileEntry(p.relative_to(root).as_posix(), sha256_file(p), p.stat().st_size) for p in sorted(paths)]
 
 
 def base_schema() -> dict:
@@ -44,12 +46,32 @@ def schema() -> dict:
     return s
 
 
-def write(path: Path, manifest: dict) -> None:
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+def assemble(recipe: Recipe, results: list[TargetResult], serving: Serving, seconds: float, selection: Selection | None = None) -> Manifest:
+    """The manifest of a build: what each target ended as, the serving repositories, the selection."""
+    try:
+        rel = os.path.relpath(recipe.path)
+        rel = rel if not rel.startswith("..") else str(recipe.path)
+    except ValueError:
+        rel = str(recipe.path)
+    cuda = [r for r in results if r.device == "cuda" and r.status is Status.OK]
+    device = f"cuda ({cuda[0].device_name or 'GPU'})" if cuda else "cpu"
+    parity = ParityData(source="data" if recipe.data else "generated") if any(r.parity for r in results) else None
+    return Manifest(recipe.name, recipe.version, recipe.source.framework, rel, sha256_file(recipe.path), environment(device), results, serving,
+                    seconds, parity, selection)  # fmt: skip
 
 
-def read(path: Path) -> dict:
+def write(path: Path, manifest: Manifest) -> None:
+    path.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
+
+
+def read_raw(path: Path) -> dict:
+    """The JSON as stored (for checking it against the schema)."""
     return json.loads(Path(path).read_text())
+
+
+def read(path: Path) -> Manifest:
+    """A published manifest; ValueError when the file is not one (OSError when it cannot be read)."""
+    return Manifest.from_dict(read_raw(path))
 
 
 def is_mlpack_output(folder: Path) -> bool:
@@ -61,7 +83,7 @@ def is_mlpack_output(folder: Path) -> bool:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(data, dict) and str(data.get("schema", "")).startswith("mlpack.manifest/")
+    return Manifest.claims(data)
 
 
 def problems(manifest: dict) -> list[str]:

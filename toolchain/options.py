@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -74,6 +74,12 @@ class TargetOptions(Strict):
     plus its keys; the recipe's target union is made of those models.
     """
 
+    # A kind's capabilities, declared once: the option naming its precision (None: always full
+    # precision), that option's full-precision value, and the precisions that calibrate on data.
+    precision_option: ClassVar[str | None] = None
+    full_precision: ClassVar[str | None] = "fp32"
+    calibrated_precisions: ClassVar[frozenset[str]] = frozenset({"int8"})
+
     name: Annotated[str, Field(pattern=NAME_RE, max_length=64)] | None = None
     timeout: Annotated[FiniteFloat, Field(gt=0, le=7 * 24 * 3600)] = 1800
     # The step's memory: a size ("8GB", "512MB") or a fraction of this machine's memory ("50%").
@@ -118,9 +124,10 @@ class TargetOptions(Strict):
     @property
     def precision_mode(self) -> str | None:
         """The reduced precision this target builds (a key of the quantized budgets), or None."""
-        return None
+        value = getattr(self, self.precision_option) if self.precision_option else None
+        return None if value == self.full_precision else value
 
     @property
     def calibrates(self) -> bool:
         """Whether the target calibrates on data (static INT8): the data split then keeps rows for it."""
-        return False
+        return self.precision_mode in self.calibrated_precisions

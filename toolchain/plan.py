@@ -5,23 +5,24 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from toolchain import cache
 from toolchain.errors import UsageError
 from toolchain.options import TargetOptions
 from toolchain.recipe import Recipe
-from toolchain.remote import RemoteCache
+from toolchain.records import Machine
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
     recipe: Recipe
     specs: list[TargetOptions]
-    source_key: str
-    keys: dict[str, str]
-    remote: RemoteCache | None = None  # a shared cache behind the local one (--cache / MLPACK_CACHE)
-    executor: Any = None  # where steps run: toolchain.executors (LocalExecutor unless --executor ray)
+    source_key: str  # the reference step: the samples and the source's outputs on them
+    keys: dict[str, str]  # target name -> its step's key
+
+    def selection_key(self, candidates: list[str], machine: Machine) -> str:
+        """The selection's timings: the artifacts timed (by their keys), how, and on which machine type."""
+        return cache.selection_key(self.recipe.select.model_dump(mode="json"), {n: self.keys[n] for n in candidates}, machine.to_dict())
 
 
 def make_plan(recipe: Recipe, only: list[str] | None, out_root: Path | None = None) -> Plan:

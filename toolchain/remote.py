@@ -23,23 +23,14 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.errors import UsageError
 from toolchain.fsutil import sha256_file
+from toolchain.records import CacheEntry, RemoteEntry
 
 ENTRY = "ENTRY.json"
 ORPHAN_AGE_S = 3600.0  # an upload without a pointer this old is abandoned, not in progress
-
-
-@dataclass
-class RemoteEntry:
-    key: str
-    upload: str
-    result: dict
-    created: float
-    bytes: int
 
 
 class RemoteCache:
@@ -84,7 +75,7 @@ class RemoteCache:
     def pointer(self, key: str) -> RemoteEntry | None:
         try:
             data = json.loads(self.fs.cat_file(f"{self._entry(key)}/{ENTRY}"))
-            return RemoteEntry(key, data["upload"], data["result"], float(data["created"]), int(data["bytes"]))
+            return RemoteEntry.from_pointer(key, data)
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError):  # a damaged pointer: treated as absent (and rebuilt)
@@ -99,28 +90,28 @@ class RemoteCache:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             base = f"{self._entry(key)}/{entry.upload}/files"
-            for f in entry.result.get("files", []):
-                local = tmp / "files" / f["path"]
+            for f in entry.result.files:
+                local = tmp / "files" / f.path
                 local.parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    self.fs.get_file(f"{base}/{f['path']}", str(local))
+                    self.fs.get_file(f"{base}/{f.path}", str(local))
                 except FileNotFoundError:  # a partial entry (its pointer outlived a file)
                     self.corrupt.add(key)
                     return False
-                if local.stat().st_size != f["bytes"] or sha256_file(local) != f["sha256"]:
+                if local.stat().st_size != f.bytes or sha256_file(local) != f.sha256:
                     self.corrupt.add(key)
                     return False  # corrupt or partial: ignored, the step rebuilds and its upload replaces it
-            for rel in entry.result.get("aux", []):  # logs: best effort, not verified
+            for rel in entry.result.aux:  # logs: best effort, not verified
                 local = tmp / "files" / rel
                 local.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     self.fs.get_file(f"{base}/{rel}", str(local))
                 except FileNotFoundError:
                     pass
-            if not all((tmp / "files" / f["path"]).is_file() for f in entry.result.get("files", [])):
+            if not all((tmp / "files" / f.path).is_file() for f in entry.result.files):
                 return False
             tmp.mkdir(parents=True, exist_ok=True)
-            (tmp / "result.json").write_text(json.dumps(entry.result))
+            (tmp / "result.json").write_text(json.dumps(entry.result.to_dict()))
             shutil.rmtree(dest, ignore_errors=True)
             os.replace(tmp, dest)
             return True
@@ -137,13 +128,13 @@ class RemoteCache:
         upload = f"{int(time.time())}-{uuid.uuid4().hex[:12]}"
         base = f"{self._entry(key)}/{upload}/files"
         total = 0
-        for rel in [f["path"] for f in result.get("files", [])] + result.get("aux", []):
+        for rel in CacheEntry.from_dict(result).paths:
             src = local_entry / "files" / rel
             if src.is_file():
                 self._mkdirs(f"{base}/{rel}")
                 self.fs.put_file(str(src), f"{base}/{rel}")
                 total += src.stat().st_size
-        pointer = json.dumps({"upload": upload, "result": result, "created": time.time(), "bytes": total})
+        pointer = json.dumps(RemoteEntry(key, upload, CacheEntry.from_dict(result), time.time(), total).pointer())
         staged = f"{self._entry(key)}/.{ENTRY}.{upload}"
         self._mkdirs(staged)
         self.fs.pipe_file(staged, pointer.encode())

@@ -13,22 +13,16 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from toolchain.fsutil import pid_alive, tail
+from toolchain.records import StepOutcome, StepResult, StepSpec
 
 
-@dataclass
-class StepOutcome:
-    """What a step process came back with: its result, or why it has none."""
-
-    result: dict | None
-    reason: str | None
-    log: str  # relative to the build root
-    hint: str | None = None
-    usage: bool = False  # the step found the recipe or a file it names wrong (exit 2)
-    node: dict | None = None  # where it ran, when not on this machine (--executor ray)
+def log_files(name: str) -> list[str]:
+    """A step's log, step file and reproduce script, relative to the build root."""
+    return [f"logs/{name}{suffix}" for suffix in (".log", ".step.json", ".reproduce.sh")]
 
 
 class Children:
@@ -170,20 +164,20 @@ def reap_orphans(staging_prefix: str) -> list[int]:
     return killed
 
 
-def run_step(step: dict, staging: Path, name: str, timeout: float, children: Children, memory: int | None = None) -> StepOutcome:
+def run_step(step: StepSpec, staging: Path, name: str, timeout: float, children: Children, memory: int | None = None) -> StepOutcome:
     """Run one worker step in its own process and session; stop it after `timeout` seconds or
     when its process group holds more than `memory` bytes."""
     logs = staging / "logs"
     logs.mkdir(exist_ok=True)
-    step = {**step, "root": str(staging), "result": f"logs/{name}.result.json"}
-    (logs / f"{name}.step.json").write_text(json.dumps(step, indent=2))
-    write_reproduce(logs / f"{name}.reproduce.sh", f"{name}.step.json", step.get("target"))
+    step = replace(step, root=str(staging), result=f"logs/{name}.result.json")
+    (logs / f"{name}.step.json").write_text(json.dumps(step.to_dict(), indent=2))
+    write_reproduce(logs / f"{name}.reproduce.sh", f"{name}.step.json", step.target)
     log = logs / f"{name}.log"
     rel = log.relative_to(staging).as_posix()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLPACK_PARENT_PID": str(os.getpid()), "MLPACK_STAGING": str(staging)}
     here = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    result_file = staging / step["result"]
+    result_file = staging / step.result
     result_file.unlink(missing_ok=True)
     with open(log, "wb") as f:
         proc = subprocess.Popen(
@@ -217,11 +211,11 @@ def run_step(step: dict, staging: Path, name: str, timeout: float, children: Chi
     if rc != 0:
         return StepOutcome(None, f"{describe_exit(rc)}; log tail:\n{tail(log)}", rel)
     try:
-        result = json.loads(result_file.read_text())
-    except (OSError, ValueError):
+        result = StepResult.from_dict(json.loads(result_file.read_text()), step.step)
+    except (OSError, ValueError, KeyError, TypeError):
         return StepOutcome(
             None, f"the step's process exited without a result (did the model's code call sys.exit() or os._exit()?); log tail:\n{tail(log)}", rel
         )
-    if not result.get("ok"):
-        return StepOutcome(None, result.get("reason", "failed"), rel, result.get("hint"), result.get("error") == "usage")
-    return StepOutcome(result, None, rel)
+    if result.payload is None:
+        return StepOutcome(None, result.reason or "failed", rel, result.hint, result.error == "usage", peak_rss_mb=result.peak_rss_mb)
+    return StepOutcome(result.payload, None, rel, peak_rss_mb=result.peak_rss_mb)

@@ -13,6 +13,8 @@ import statistics
 import time
 from collections.abc import Callable
 
+from toolchain.records import Timing
+
 
 def calls_per_round(fn: Callable[[], object], seconds: float) -> int:
     """How many calls of `fn` fill about `seconds` (at least 1), measured on one call."""
@@ -22,7 +24,7 @@ def calls_per_round(fn: Callable[[], object], seconds: float) -> int:
     return max(1, int(seconds / once))
 
 
-def interleaved(calls: dict[str, Callable[[], object]], rounds: int = 7, seconds: float = 0.2, warmup: int = 3) -> dict[str, dict]:
+def interleaved(calls: dict[str, Callable[[], object]], rounds: int = 7, seconds: float = 0.2, warmup: int = 3) -> dict[str, Timing]:
     """Per callable: median and spread of the seconds per call over `rounds` interleaved rounds.
 
     Each round calls every callable `n` times back to back (n sized to about
@@ -42,16 +44,7 @@ def interleaved(calls: dict[str, Callable[[], object]], rounds: int = 7, seconds
             for _ in range(n[name]):
                 fn()
             per_round[name].append((time.perf_counter() - t0) / n[name])
-    out = {}
-    for name, times in per_round.items():
-        out[name] = {
-            "median_ms": statistics.median(times) * 1e3,
-            "min_ms": min(times) * 1e3,
-            "max_ms": max(times) * 1e3,
-            "rounds": rounds,
-            "calls_per_round": n[name],
-        }
-    return out
+    return {name: Timing(statistics.median(times) * 1e3, min(times) * 1e3, max(times) * 1e3, rounds, n[name]) for name, times in per_round.items()}
 
 
 def load_average() -> float:

@@ -5,12 +5,12 @@ own, so a converter that segfaults, is OOM-killed or hangs fails only its
 target, and the parent (and cache hits) never import torch or tensorflow.
 The step file is also what `reproduce.sh` re-runs.
 
-Step kinds:
+Step types (StepSpec.step):
   reference  load the source, run it eagerly on parity/samples.npz -> reference.npz
   target     load the source, build one target into its workdir, run parity
   select     time the artifacts that passed (and the eager source), interleaved
-Either writes its result as JSON to `result` (paths relative to `root`).
-A failure is data too: {"ok": false, "reason", "hint", "error": "usage" | "step" | "unexpected"}.
+Each writes its StepResult (toolchain.records) as JSON to `result` (relative to `root`);
+a failure is data too: the error ("usage" | "step" | "unexpected"), the reason and a hint.
 """
 
 from __future__ import annotations
@@ -31,21 +31,23 @@ from toolchain import kinds
 from toolchain import manifest as mf
 from toolchain.errors import EXIT_USAGE, MlpackError, StepError, one_line
 from toolchain.feeds import load_feeds, save_feeds
-from toolchain.kinds.base import BuildContext, Dependency
-from toolchain.parity import compare, example_feed, model_failure
+from toolchain.kinds.base import BuildContext
+from toolchain.parity import compare
 from toolchain.recipe import load_recipe
+from toolchain.records import ReferenceOutcome, SelectOutcome, StepResult, StepSpec, TargetOutcome
 from toolchain.runners import open_runner
+from toolchain.samples import example_feed, model_failure
 from toolchain.sources import load_source
 from toolchain.timing import interleaved, load_average
 
 
-def run_reference(step: dict, root: Path) -> dict:
-    recipe = load_recipe(step["recipe"])
+def run_reference(step: StepSpec, root: Path) -> ReferenceOutcome:
+    recipe = load_recipe(step.recipe)
     source = load_source(recipe)
     samples = load_feeds(root / "parity" / "samples.npz")
     reference = _run_samples(source.reference_runner(), samples, lambda what, e: model_failure(recipe, e, what))
     save_feeds(root / "parity" / "reference.npz", reference)
-    return {"output_names": source.output_names, "input_names": source.input_names, "notes": source.notes}
+    return ReferenceOutcome(source.output_names, source.input_names, source.notes)
 
 
 def _run_samples(runner, samples: list[dict], failure) -> list[dict]:
@@ -69,14 +71,13 @@ def _artifact_failure(what: str, e: Exception) -> StepError:
                      hint="the log has the runtime's error; an artifact that runs at some sizes only was exported for fixed ones (make those dims static)")  # fmt: skip
 
 
-def run_target(step: dict, root: Path, workdir: Path) -> dict:
-    recipe = load_recipe(step["recipe"])
-    spec = recipe.target(step["target"])
+def run_target(step: StepSpec, root: Path, workdir: Path) -> TargetOutcome:
+    recipe = load_recipe(step.recipe)
+    spec = recipe.target(step.target)
     kind = kinds.get(spec.kind)
     source = load_source(recipe)
     workdir.mkdir(parents=True, exist_ok=True)
-    deps = {name: Dependency(root / d["dir"], d["files"], d.get("signature"), d.get("runner")) for name, d in step.get("deps", {}).items()}
-    ctx = BuildContext(workdir=workdir, root=root, out_root=Path(step.get("out_root") or root.parent), deps=deps)
+    ctx = BuildContext(workdir=workdir, root=root, out_root=Path(step.out_root or root.parent), deps=step.deps)
     t0 = time.perf_counter()
     artifact = kind.build(source, spec, ctx)
     seconds = time.perf_counter() - t0
@@ -90,25 +91,17 @@ def run_target(step: dict, root: Path, workdir: Path) -> dict:
     reference = load_feeds(root / "parity" / "reference.npz")
     outputs = _run_samples(open_runner(runner, base), samples, _artifact_failure)
     report = compare(reference, outputs, recipe.tolerance(spec), recipe.parity.scores)
-    return {
-        "kind": spec.kind,
-        "build_seconds": seconds,
-        "device": artifact.device,
-        "files": files,
-        "signature": artifact.signature.to_dict(),
-        "runner": runner.model_dump(mode="json"),
-        "parity": report.to_dict(),
-        "extra": {**artifact.extra, **({"device_name": _device_name()} if artifact.device == "cuda" else {})},
-    }
+    extra = {**artifact.extra, **({"device_name": _device_name()} if artifact.device == "cuda" else {})}
+    return TargetOutcome(spec.kind, seconds, artifact.device, files, artifact.signature, runner, report, extra)
 
 
-def run_select(step: dict, root: Path) -> dict:
+def run_select(step: StepSpec, root: Path) -> SelectOutcome:
     """Time every candidate artifact (and the eager source) on one feed, interleaved; figures per name."""
     from functools import partial
 
     import numpy as np
 
-    recipe = load_recipe(step["recipe"])
+    recipe = load_recipe(step.recipe)
     sel = recipe.select
     sizes = {n: d.opt for n, d in recipe.dims.items()}
     first = recipe.inputs[0].shape[0] if recipe.inputs[0].shape else None
@@ -122,13 +115,13 @@ def run_select(step: dict, root: Path) -> dict:
         torch.set_num_threads(sel.threads)
     source = load_source(recipe)
     runners = {"eager": source.reference_runner()}
-    for name, spec in step["candidates"].items():
+    for name, spec in step.candidates.items():
         runners[name] = open_runner(spec, root, threads=sel.threads)
     opened = {name: r.__enter__() for name, r in runners.items()}
     figures = interleaved({name: partial(r.infer, feed) for name, r in opened.items()}, rounds=sel.rounds, seconds=0.2)
     for f in figures.values():
-        f["samples_per_s"] = batch / (f["median_ms"] / 1e3)
-    return {"figures": figures, "batch": batch, "sizes": sizes, "threads": sel.threads, "load_average": round(load_average(), 2)}
+        f.samples_per_s = batch / (f.median_ms / 1e3)
+    return SelectOutcome(figures, batch, sizes, sel.threads, round(load_average(), 2))
 
 
 def _device_name() -> str:
@@ -180,37 +173,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, help="build root (default: the step file's)")
     p.add_argument("--workdir", type=Path, help="where to write the artifact (default: <root>/<target>)")
     args = p.parse_args(argv)
-    step = json.loads(args.step.read_text())
-    root = (args.root or Path(step["root"])).resolve()
+    step = StepSpec.from_dict(json.loads(args.step.read_text()))
+    root = (args.root or Path(step.root)).resolve()
     # A reproduce run (--workdir) reports beside its artifact, not over the build's result.
-    result_path = args.workdir.resolve() / "result.json" if args.workdir else root / step["result"]
+    result_path = args.workdir.resolve() / "result.json" if args.workdir else root / step.result
     if not args.workdir:
         tie_to_build()
     try:
-        if step["kind"] == "reference":
-            result = {"ok": True, **run_reference(step, root)}
-        elif step["kind"] == "select":
-            result = {"ok": True, **run_select(step, root)}
+        if step.step == "reference":
+            result = StepResult(run_reference(step, root))
+        elif step.step == "select":
+            result = StepResult(run_select(step, root))
         else:
-            workdir = (args.workdir or root / step["target"]).resolve()
-            result = {"ok": True, **run_target(step, root, workdir)}
+            result = StepResult(run_target(step, root, (args.workdir or root / step.target).resolve()))
     except MlpackError as e:  # a usage error (the recipe or a file it names) keeps its fix and exits 2
         traceback.print_exc()
-        result = {"ok": False, "error": "usage" if e.exit_code == EXIT_USAGE else "step", "reason": str(e), "hint": getattr(e, "hint", None)}
+        result = StepResult(error="usage" if e.exit_code == EXIT_USAGE else "step", reason=str(e), hint=getattr(e, "hint", None))
     except Exception as e:  # a converter's failure is data for the parent, with the log beside it
         traceback.print_exc()
-        result = {"ok": False, "error": "unexpected", "reason": one_line(e)}
+        result = StepResult(error="unexpected", reason=one_line(e))
     except SystemExit as e:  # the model's own code (a factory, a forward) called sys.exit()
         traceback.print_exc()
-        result = {"ok": False, "error": "step", "reason": f"the model's code called sys.exit({e.code!r}) during the {step['kind']} step",
-                  "hint": "a factory must return the model; remove the sys.exit() call"}  # fmt: skip
+        result = StepResult(error="step", reason=f"the model's code called sys.exit({e.code!r}) during the {step.step} step",
+                            hint="a factory must return the model; remove the sys.exit() call")  # fmt: skip
     # Peak memory of this step (Linux reports KiB): large models must stay near 2x their weights.
-    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     sys.stdout.flush()
     sys.stderr.flush()
     result_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = result_path.with_name(f".{result_path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result))
+    tmp.write_text(json.dumps(result.to_dict()))
     os.replace(tmp, result_path)
     return 0
 

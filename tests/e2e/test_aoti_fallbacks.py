@@ -1,4 +1,4 @@
-"""AOTInductor fallback calls torch 2.13 miscompiles, decomposed before compiling (aoti._without_broken_fallbacks)."""
+"""AOTInductor fallback calls torch 2.13 miscompiles, decomposed before compiling (torchtools/aoti_compile._without_broken_fallbacks)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from toolchain.kinds.aoti import _without_broken_fallbacks  # noqa: E402
+from toolchain.torchtools.aoti_compile import _without_broken_fallbacks  # noqa: E402
 
 
 class ScatterAdd(torch.nn.Module):
@@ -122,7 +122,7 @@ def test_a_one_channel_conv_on_a_transposed_input_gets_a_contiguous_copy(tmp_pat
     import torch._inductor
     from torch.export import Dim
 
-    from toolchain.kinds.aoti import _contiguous_one_channel_convs
+    from toolchain.torchtools.aoti_compile import _contiguous_one_channel_convs
 
     torch.manual_seed(0)
     model = Spectrogram().eval()

@@ -190,8 +190,8 @@ def _corrupt_remote(url: str, env: dict, what: str) -> None:
     """Overwrite the named entry's first file in the remote store (through fsspec, as any client would)."""
     code = (
         "import sys, json; from toolchain.remote import RemoteCache; r = RemoteCache(sys.argv[1]); "
-        "e = next(e for e in r.entries() if e.result.get('name', 'reference') == sys.argv[2]); "
-        "f = e.result['files'][0]['path']; "
+        "e = next(e for e in r.entries() if (e.result.target.name if e.result.target else 'reference') == sys.argv[2]); "
+        "f = e.result.files[0].path; "
         "r.fs.pipe_file(f\"{r._entry(e.key)}/{e.upload}/files/{f}\", b'corrupt')"
     )
     proc = subprocess.run([sys.executable, "-c", code, url, what], env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, cwd=ROOT)

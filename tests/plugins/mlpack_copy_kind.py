@@ -12,10 +12,9 @@ from __future__ import annotations
 import shutil
 from typing import Literal
 
-from toolchain.kinds.base import Artifact, BuildContext, Kind, RunnerSpec, TritonModel
+from toolchain.kinds.base import Artifact, BuildContext, Kind, TritonModel
 from toolchain.kinds.onnx import PYTHON_BACKEND
 from toolchain.options import TargetOptions
-from toolchain.tensors import Signature
 
 
 class CopyTarget(TargetOptions):
@@ -45,11 +44,11 @@ class CopyKind(Kind):
         dep = ctx.deps[spec.of]
         files = []
         for f in dep.files:
-            dst = ctx.workdir / f["path"].rsplit("/", 1)[-1]
-            shutil.copyfile(ctx.root / f["path"], dst)
+            dst = ctx.workdir / f.path.rsplit("/", 1)[-1]
+            shutil.copyfile(ctx.root / f.path, dst)
             files.append(dst)
-        runner = RunnerSpec.model_validate({**dep.runner, "path": str(ctx.workdir / "model.onnx")})
-        return Artifact(files, Signature.from_dict(dep.signature), runner, device=runner.device, extra={"copied_from": spec.of})
+        runner = dep.runner.model_copy(update={"path": str(ctx.workdir / "model.onnx")})
+        return Artifact(files, dep.signature, runner, device=runner.device, extra={"copied_from": spec.of})
 
 
 KIND = CopyKind()

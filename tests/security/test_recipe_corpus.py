@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from toolchain.errors import RecipeError, UsageError
-from toolchain.parity import npz_headers, plan_data, samples_for
 from toolchain.plan import make_plan
 from toolchain.recipe import DTYPE_BYTES, parse_recipe
+from toolchain.samples import npz_headers, plan_data, samples_for
 
 FULL = {
     "name": "corpus",
@@ -59,6 +59,8 @@ FULL = {
 }
 
 NEST = 200
+# The eight bad `shape` entries (each was two lines of pydantic's union branches).
+BAD_SHAPE_ENTRIES = {"true": True, "fraction": 1.5, "negative": -3, "nested": [[2]], "dash": "bat-ch", "digit-first": "1b", "non-ascii": "bätch", "zero": 0}
 PALETTE = {
     "null": None,
     "true": True,
@@ -203,6 +205,11 @@ def _cases() -> list[tuple[str, str]]:
         "data-empty": lambda d: d.__setitem__("data", {"path": "empty.npz"}),
         "data-object": lambda d: d.__setitem__("data", {"path": "object.npz"}),
         "data-overlap": lambda d: d.__setitem__("data", {"parity": {"path": "d.npz", "rows": [0, 10]}, "calibration": {"path": "d.npz", "rows": [5, 20]}}),
+        **{f"shape-{label}": (lambda v: lambda d: d["inputs"][0]["shape"].__setitem__(1, v))(value) for label, value in BAD_SHAPE_ENTRIES.items()},
+        "preferred-above-max": lambda d: d["serve"]["triton"]["dynamic_batching"].__setitem__("preferred_batch_size", [4, 64]),
+        "preferred-zero": lambda d: d["serve"]["triton"]["dynamic_batching"].__setitem__("preferred_batch_size", [0, 4]),
+        "gpu-instances-cpu-package": lambda d: d["serve"]["triton"].update(instance_group={"kind": "gpu"}, targets=["onnx", "aoti-bf16"]),
+        "cpu-instances-tensorrt": lambda d: (d["targets"].append({"kind": "tensorrt"}), d["serve"]["triton"].__setitem__("targets", ["tensorrt"])),
     }.items():
         doc = copy.deepcopy(FULL)
         edit(doc)
@@ -288,6 +295,39 @@ def test_a_refusal_names_the_key_and_line(root):
         parse_recipe(dict(CASES)["edit:seed-negative"], root / "r.yaml")
     (problem,) = e.value.problems
     assert problem.key == "parity.seed" and problem.line and "greater than or equal to 0" in problem.message
+
+
+SHAPE_ENTRY = "is not a size (an integer >= 1) or a dim name ([A-Za-z_][A-Za-z0-9_]*, declared under dims)"
+# Each is refused with exactly one problem: (key path, words the message holds, words the fix holds).
+ACTIONABLE = {
+    "edit:shape-true": ("inputs[0].shape[1]", f"true {SHAPE_ENTRY}", "use a size such as 4, or one of the dims declared: batch, seq"),
+    "edit:shape-fraction": ("inputs[0].shape[1]", f"1.5 {SHAPE_ENTRY}", "use a size such as 4, or one of the dims declared: batch, seq"),
+    "edit:shape-negative": ("inputs[0].shape[1]", f"-3 {SHAPE_ENTRY}", "a size is at least 1"),
+    "edit:shape-nested": ("inputs[0].shape[1]", f"[[2]] {SHAPE_ENTRY}", "a shape is a flat list"),
+    "edit:shape-dash": ("inputs[0].shape[1]", f"'bat-ch' {SHAPE_ENTRY}", "did you mean 'batch'?"),
+    "edit:shape-digit-first": ("inputs[0].shape[1]", f"'1b' {SHAPE_ENTRY}", "not starting with a digit; use one of the dims declared: batch, seq"),
+    "edit:shape-non-ascii": ("inputs[0].shape[1]", f"'bätch' {SHAPE_ENTRY}", "did you mean 'batch'?"),
+    "edit:shape-zero": ("inputs[0].shape[1]", f"0 {SHAPE_ENTRY}", "a size is at least 1"),
+    "edit:preferred-above-max": ("serve.triton.dynamic_batching.preferred_batch_size[1]", "preferred batch size 64 exceeds max_batch_size (8)",
+                                 "lower it to at most 8"),
+    "edit:preferred-zero": ("serve.triton.dynamic_batching.preferred_batch_size[0]", "greater than or equal to 1", None),
+    "edit:batching-without-batch": ("serve.triton.dynamic_batching", "dynamic_batching needs max_batch_size > 0", "set serve.triton.max_batch_size"),
+    "edit:gpu-instances-cpu-package": ("serve.triton.instance_group.kind", "kind: gpu puts 'aoti-bf16' on GPU instances, but its aoti artifact runs on the CPU only",
+                                       "use kind: auto"),
+    "edit:cpu-instances-tensorrt": ("serve.triton.instance_group.kind", "kind: cpu puts 'tensorrt' on CPU instances, but its tensorrt artifact runs on a GPU only",
+                                    "use kind: auto"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(ACTIONABLE))
+def test_a_bad_shape_entry_or_triton_setting_is_one_actionable_line(case, root):
+    key, message, fix = ACTIONABLE[case]
+    with pytest.raises(RecipeError) as e:
+        parse_recipe(dict(CASES)[case], root / "r.yaml")
+    (problem,) = e.value.problems
+    assert problem.key == key and problem.line and message in problem.message and "\n" not in problem.message
+    assert (fix is None and problem.hint is None) or (fix in problem.hint and "\n" not in problem.hint)
+    assert "constrained-" not in e.value.render()
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -1,12 +1,13 @@
-"""The fixes an AOTI build failure over dynamic dims prints (toolchain/kinds/aoti.py)."""
+"""The fixes an AOTI build failure over dynamic dims prints (toolchain/torchtools/aoti_compile.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
 
-from toolchain.kinds.aoti import _constraint_hint
 from toolchain.recipe import parse_recipe
+from toolchain.records import Attempt
+from toolchain.torchtools.aoti_compile import constraint_hint
 
 RECIPE = """\
 name: net
@@ -26,10 +27,17 @@ def _source():
     return SimpleNamespace(recipe=parse_recipe(RECIPE, Path("recipe.yaml"), check_files=False))
 
 
+def _hint(exports: list[str], tried: list[dict]):
+    """The hint for export failures with these messages followed by these other attempts."""
+    attempts = [Attempt("non-strict", "export", e.splitlines()[0][:500], detail=e) for e in exports]
+    attempts += [Attempt(t.get("strategy", "non-strict"), t.get("stage"), t["error"]) for t in tried]
+    return constraint_hint(attempts, _source())
+
+
 def test_an_export_solver_crash_names_the_dims_it_tied():
     # GoogLeNet (MaxPool2d ceil_mode after strided convs), torch 2.13: export's constraint printer asserts
     error = "AssertionError: Expected op to be '==', got < for (-2) + 2*(((1/2)*height) // 4) < (1/4)*height"
-    hint = _constraint_hint([error], [], _source())
+    hint = _hint([error], [])
     assert "dims.height static" in hint and "dims.width" not in hint and "dims.batch" not in hint and "onnx" in hint
 
 
@@ -37,20 +45,20 @@ def test_a_package_that_computes_other_values_names_the_dynamic_dims():
     tried = [
         {"strategy": "non-strict", "stage": "values", "error": "at every dim's min+1 the package computes other values than the model (output 0: cosine 0.97)"}
     ]
-    hint = _constraint_hint([], tried, _source())
+    hint = _hint([], tried)
     assert "dims.batch, dims.height, dims.width static" in hint and "example sizes" in hint
 
 
 def test_no_hint_for_an_unrelated_failure():
-    assert _constraint_hint(["RuntimeError: something else"], [{"error": "boom"}], _source()) is None
+    assert _hint(["RuntimeError: something else"], [{"error": "boom"}]) is None
     # a package that raised at the min is not one Inductor specialised: no "make it static" advice
     raised = [{"strategy": "non-strict", "stage": "run", "error": "at every dim's min: RuntimeError: Expected Ne(s4, 1) to be True"}]
-    assert _constraint_hint([], raised, _source()) is None
+    assert _hint([], raised) is None
 
 
 def test_a_compile_failure_over_dynamic_dims_suggests_static_dims_or_onnx():
     tried = [{"strategy": s, "stage": "compile", "error": "InductorError: LoweringException: ValueRangeError: Invalid ranges [0:-1]"} for s in ("a", "b")]
-    hint = _constraint_hint([], tried, _source())
+    hint = _hint([], tried)
     assert "dims.batch, dims.height, dims.width" in hint and "min == max" in hint and "onnx" in hint
 
 
@@ -62,7 +70,7 @@ def test_a_run_time_assert_of_the_exported_program_names_the_way_out():
             "error": "the exported program fails at every dim's opt: RuntimeError: Runtime assertion failed for expression Ne(s0, 8)",
         }
     ]
-    assert "onnx target" in _constraint_hint([], tried, _source())
+    assert "onnx target" in _hint([], tried)
 
 
 LONGFORMER = """\
@@ -81,8 +89,7 @@ def test_a_shape_computed_from_data_names_where_and_both_ways_it_can_be():
     """Longformer chunks its sequence by its attention window with as_strided: GuardOnDataDependentSymNode.
     No dim is named in the error, and making the sizes static is not always enough (it counts global
     tokens too), so the hint says where and what each case needs."""
-    tried = [{"stage": "export", "error": "GuardOnDataDependentSymNode: " + LONGFORMER[:120]}]
-    hint = _constraint_hint(["GuardOnDataDependentSymNode: " + LONGFORMER] * 2, tried * 2, _source())
+    hint = _hint(["GuardOnDataDependentSymNode: " + LONGFORMER] * 2, [])
     assert "(modeling_longformer.py:707 in _chunk)" in hint
     assert "(of dims.batch, dims.height, dims.width; min == max" in hint and "no export target takes the model" in hint
     from toolchain.torchtools.export_errors import data_dependent_site, specialized, specialized_dims

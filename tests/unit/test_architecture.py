@@ -21,7 +21,8 @@ HEAVY = {"torch", "tensorflow", "onnx", "onnxruntime", "tensorrt", "keras", "tf2
 # Strings equal to a kind's name that do not mean the kind, each with why.
 NOT_THE_KIND = {
     ("toolchain/kinds/onnx.py", "tensorrt"): "ONNX Runtime's TensorRT execution accelerator, named in a Triton config",
-    ("toolchain/recipe.py", "savedmodel"): "source.savedmodel, the recipe key for a SavedModel *source*",
+    ("toolchain/recipe/schema.py", "savedmodel"): "source.savedmodel, the recipe key for a SavedModel *source*",
+    ("toolchain/recipe/rules.py", "savedmodel"): "source.savedmodel, the recipe key for a SavedModel *source*",
 }
 
 
@@ -148,3 +149,41 @@ def test_every_builtin_kind_is_an_entry_point_in_pyproject():
     declared = {line.split("=")[0].strip() for line in section.strip().splitlines() if "=" in line and not line.startswith("#")}
     builtin = {k for k, v in kinds.kinds().items() if type(v).__module__.startswith("toolchain.")}
     assert declared == builtin
+
+
+# Keys of a manifest, a target's entry, a cache entry or a worker's result: read through toolchain.records only.
+RECORD_KEYS = {"targets", "serving", "selection", "parity_data", "environment", "recipe", "status", "stage", "parity", "files", "runner",
+               "signature", "cache", "outputs", "tolerance", "ranking", "winner", "served_as", "machine", "models", "ok", "result", "payload",
+               "step", "deps", "candidates", "figures", "peak_rss_mb", "build_seconds", "aux", "sha256", "tried", "strategy"}  # fmt: skip
+
+
+# Dicts with such keys that are not records, each with why.
+NOT_A_RECORD = {
+    ("toolchain/recipe/loading.py", "targets"): "the recipe's parsed YAML, read to place its errors",
+    ("toolchain/tensors.py", "outputs"): "Signature.from_dict, the tensor signature's own reader",
+}
+
+
+def _record_reads(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        key = None
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str):
+            key = node.slice.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" and node.args:
+            first = node.args[0]
+            key = first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else None
+        if key in RECORD_KEYS and (path.relative_to(ROOT).as_posix(), key) not in NOT_A_RECORD:
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} [{key!r}]")
+    return found
+
+
+def test_only_the_records_read_manifests_and_step_results_by_key():
+    """Readers use attributes (manifest.target("onnx").parity.passed), never m["targets"]."""
+    found = [hit for mod, path in modules().items() if not mod.startswith("toolchain.records") for hit in _record_reads(path)]
+    assert found == [], "manifest / step-result dicts read by key outside toolchain.records: " + ", ".join(found)
+
+
+def test_no_toolchain_module_is_over_600_lines():
+    long = {str(p.relative_to(ROOT)): n for p in modules().values() if (n := len(p.read_text().splitlines())) > 600}
+    assert long == {}

@@ -1,4 +1,4 @@
-"""ONNX FP16 conversion (onnxtools/quantize.to_fp16) on graphs whose shape broke it in users'
+"""ONNX FP16 conversion (onnxtools/fp16.to_fp16) on graphs whose shape broke it in users'
 models: a recurrent layer's while loop (Keras LSTM/GRU through tf2onnx), a batch-first RNN's
 Transpose into its output head (ONNX Runtime crashed), an output made by an op kept in FP32."""
 
@@ -15,7 +15,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto as T  # noqa: E402
 from onnx import helper, numpy_helper  # noqa: E402
 
-from toolchain.onnxtools.quantize import to_fp16  # noqa: E402
+from toolchain.onnxtools.fp16 import to_fp16  # noqa: E402
 
 
 def _save(graph, path):
@@ -130,7 +130,7 @@ def test_integer_math_done_in_float_stays_fp32(tmp_path):
     cast to float, compared with float bin edges, counted, cast back to int. In FP16 the last edge
     (3.0000002) became 3.0, every token of expert 3 was dropped, and ONNX Runtime failed further on
     (rows 5 by 8). The ids' float math, the comparison and its constant stay FP32."""
-    from toolchain.onnxtools.quantize import counting_in_float
+    from toolchain.onnxtools.fp16 import counting_in_float
 
     edges = numpy_helper.from_array(np.array([[0.0, 0.75, 1.5, 2.25, np.nextafter(np.float32(3.0), np.float32(4.0))]], np.float32).T, "edges")
     graph = helper.make_graph(
@@ -171,7 +171,7 @@ def test_a_constant_cast_back_to_fp32_keeps_its_fp32_value():
     """onnxconverter-common casts a kept-FP32 node's inputs before it decides which constants to
     keep FP32, so a constant read only by such nodes was still lowered to FP16 and cast back
     (Mixtral's bin edge 3.0000002 -> 3.0). The cast now reads the original."""
-    from toolchain.onnxtools.quantize import restore_fp32_constants
+    from toolchain.onnxtools.fp16 import restore_fp32_constants
 
     edge = np.nextafter(np.float32(3.0), np.float32(4.0))
     original = numpy_helper.from_array(np.array([edge], np.float32), "edge")

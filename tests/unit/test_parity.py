@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from toolchain.errors import UsageError
-from toolchain.parity import RANDOM_CALIBRATION_WARNING, calibration_samples, compare, generate_samples, load_samples, plan_data, samples_for
+from toolchain.parity import compare
 from toolchain.recipe import DataSpec, Recipe, Tolerance
+from toolchain.samples import RANDOM_CALIBRATION_WARNING, calibration_samples, generate_samples, load_samples, plan_data, samples_for
 
 
 def recipe(inputs: list[dict], dims: dict | None = None, **parity) -> Recipe:

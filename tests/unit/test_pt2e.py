@@ -99,9 +99,9 @@ def test_fallback_keeps_a_role_in_float_when_no_single_module_is_enough():
     role = cos([f"blocks.{i}.down" for i in range(4)])
     assert role > single, (role, single)
     floor = (role + single) / 2
-    _, record = search(program, calib, samples, reference, Tolerance(cosine=floor), (), ["y"], candidates, "auto", time.monotonic() + 300)
-    assert record["passed"] and record["chosen"]["why"] == "every blocks.*.down in float", record["attempts"]
-    assert sorted(record["modules_in_float"]) == [f"blocks.{i}.down" for i in range(4)]
+    found = search(program, calib, samples, reference, Tolerance(cosine=floor), (), ["y"], candidates, "auto", time.monotonic() + 300)
+    assert found.report.passed and found.record["chosen"]["why"] == "every blocks.*.down in float", found.record["attempts"]
+    assert sorted(found.modules_in_float) == [f"blocks.{i}.down" for i in range(4)]
 
 
 class SamePadConv(torch.nn.Conv2d):
@@ -166,7 +166,7 @@ def test_int8_package_of_a_one_channel_conv_with_a_dynamic_batch_matches_eager(t
     calib = [(torch.randn(8, 1, 64, 1),) for _ in range(4)]
     with torch.no_grad():
         reference = [{"y": model(x).numpy()}]
-    q, record = search(
+    found = search(
         program,
         calib,
         [(x,)],
@@ -179,7 +179,8 @@ def test_int8_package_of_a_one_channel_conv_with_a_dynamic_batch_matches_eager(t
         time.monotonic() + 300,
         hazards=lowering_hazards(model, program),
     )
-    assert record["kept_float_for_lowering"][0]["module"] == "front" and record["modules_in_float"] == ["front"]
+    q = found.module
+    assert found.record["kept_float_for_lowering"][0]["module"] == "front" and found.modules_in_float == ["front"]
     assert sum("dequantize_per_channel" in str(n.target) for n in q.graph.nodes) == 1  # the body conv is still INT8
     with torch.no_grad():
         torch._inductor.aoti_compile_and_package(

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from toolchain.errors import EXIT_USAGE, RecipeError, UsageError
-from toolchain.recipe import load_recipe, parse_recipe
+from toolchain.recipe import load_recipe, parse_recipe, triton_model_name
+from toolchain.serving import triton
 
 # A valid minimal recipe; line numbers below refer to this text (after edits).
 BASE = """\
@@ -57,6 +58,7 @@ def problems(text: str, root: Path) -> list[tuple]:
 
 
 REL = "paths are relative to the recipe's folder ({root})"
+SHAPE_ENTRY = "a size (an integer >= 1) or a dim name ([A-Za-z_][A-Za-z0-9_]*, declared under dims)"
 
 # (edits, [(key, line, message, hint), ...]); "{root}" is the recipe's folder.
 ERRORS = {
@@ -249,6 +251,85 @@ ERRORS = {
     "onnx_tensorrt with the python backend": (
         [(APPEND, "serve:\n  triton:\n    backend: python\n    onnx_tensorrt: fp16\n")],
         [("serve.triton", 15, "onnx_tensorrt applies to Triton's onnxruntime backend; it needs backend: native", None)],
+    ),
+    "shape entry that is neither a size nor a dim name": (
+        [("[batch, 4]", "[batch, bat-ch]")],
+        [("inputs[0].shape[1]", 8, f"'bat-ch' is not {SHAPE_ENTRY}", "did you mean 'batch'?")],
+    ),
+    "shape size 0": (
+        [("[batch, 4]", "[batch, 0]")],
+        [("inputs[0].shape[1]", 8, f"0 is not {SHAPE_ENTRY}", "a size is at least 1; a size that varies is one of the dims declared: batch")],
+    ),
+    "dynamic dim close to a declared one": (
+        [("[batch, 4]", "[btach, 4]")],
+        [
+            (
+                "inputs[0].shape[0]",
+                8,
+                "dynamic dimension 'btach' has no entry under dims",
+                "did you mean 'batch'? or add `dims: {btach: {min: 1, opt: 8, max: 64}}`",
+            )
+        ],
+    ),
+    "preferred batch size above max_batch_size": (
+        [(APPEND, "serve:\n  triton:\n    max_batch_size: 4\n    dynamic_batching: {preferred_batch_size: [2, 8]}\n")],
+        [
+            (
+                "serve.triton.dynamic_batching.preferred_batch_size[1]",
+                17,
+                "preferred batch size 8 exceeds max_batch_size (4); Triton refuses to load such a config",
+                "lower it to at most 4, or raise serve.triton.max_batch_size to 8",
+            )
+        ],
+    ),
+    "dynamic_batching with max_batch_size 0": (
+        [(APPEND, "serve:\n  triton:\n    dynamic_batching: {max_queue_delay_microseconds: 100}\n")],
+        [
+            (
+                "serve.triton.dynamic_batching",
+                16,
+                "dynamic_batching needs max_batch_size > 0 (Triton batches nothing at 0)",
+                "set serve.triton.max_batch_size, or remove dynamic_batching",
+            )
+        ],
+    ),
+    "GPU instances for a CPU AOTI package": (
+        [(APPEND, "serve:\n  triton:\n    instance_group: {kind: gpu}\n    targets: [onnx, aoti]\n")],
+        [
+            (
+                "serve.triton.instance_group.kind",
+                16,
+                "kind: gpu puts 'aoti' on GPU instances, but its aoti artifact runs on the CPU only (device: cpu)",
+                "use kind: auto (each model on the device its artifact needs) or cpu, or leave 'aoti' out of serve.triton.targets",
+            )
+        ],
+    ),
+    "CPU instances for a TensorRT plan": (
+        [("kind: aoti", "kind: tensorrt"), (APPEND, "serve:\n  triton:\n    instance_group: {kind: cpu}\n    targets: [onnx, tensorrt]\n")],
+        [
+            (
+                "serve.triton.instance_group.kind",
+                16,
+                "kind: cpu puts 'tensorrt' on CPU instances, but its tensorrt artifact runs on a GPU only",
+                "use kind: auto (each model on the device its artifact needs) or gpu, or leave 'tensorrt' out of serve.triton.targets",
+            )
+        ],
+    ),
+    "version_policy neither a name nor a mapping": (
+        [(APPEND, "serve:\n  triton:\n    version_policy: [1]\n")],
+        [("serve.triton.version_policy", 16, "[1] is not allowed", "use 'latest' or 'all', or a mapping")],
+    ),
+    "data.parity neither a path nor a mapping": (
+        [(APPEND, "data:\n  parity: 5\n")],
+        [("data.parity", 15, "5 is not allowed", "use a string, or a mapping")],
+    ),
+    "data.parity mapping without a path": (
+        [(APPEND, "data:\n  parity: {rows: [0, 4]}\n")],
+        [("data.parity.path", 15, "required key is missing", None)],
+    ),
+    "exported path with a NUL byte": (
+        [("  factory: m.py:build", '  exported: "m\\0.pt2"')],
+        [("source.exported", 4, "not a usable path: embedded null byte", REL)],
     ),
     "invalid YAML": (
         [("dtype: float32", "dtype: float32: x")],
@@ -515,3 +596,88 @@ def test_gpu_matrix_mistakes(root, targets, message):
     text = BASE.replace("  - kind: onnx\n  - kind: aoti\n", targets)
     found = problems(text, root)
     assert any(message in m for _, _, m, _ in found), found
+
+
+def test_cli_validate_names_a_bad_shape_entry_and_a_preferred_size_triton_refuses(root):
+    (root / "shape.yaml").write_text(edit(("[batch, 4]", "[batch, 1.5]")))
+    (root / "batching.yaml").write_text(edit((APPEND, "serve:\n  triton:\n    max_batch_size: 4\n    dynamic_batching: {preferred_batch_size: [2, 8]}\n")))
+    for name, line in (
+        ("shape.yaml", f"shape.yaml:8: inputs[0].shape[1]: 1.5 is not {SHAPE_ENTRY}\n    fix: use a size such as 4, or one of the dims declared: batch\n"),
+        ("batching.yaml", "batching.yaml:17: serve.triton.dynamic_batching.preferred_batch_size[1]: preferred batch size 8 exceeds max_batch_size (4)"),
+    ):
+        p = _validate(root / name)
+        out = p.stdout + p.stderr
+        assert p.returncode == 2, out
+        assert "(1 problem)" in out and line in out and "constrained-" not in out
+
+
+def test_instance_kind_is_not_checked_for_the_python_backend(root):
+    # model.py loads the artifact on its own device whatever the instance kind.
+    r = parse_recipe(edit((APPEND, "serve:\n  triton:\n    backend: python\n    instance_group: {kind: gpu}\n    targets: [aoti]\n")), root / "r.yaml")
+    assert r.serve.triton.instance_group.kind == "gpu"
+
+
+# ------------------------------------------------------- the files of a source
+
+
+def _write(root: Path, *rels: str) -> None:
+    for rel in rels:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x\n")
+
+
+def test_a_factory_is_every_py_file_of_its_folder(root):
+    _write(root, "models/net.py", "models/sub/layers.py", "models/.hidden.py", "models/notes.txt", "models/__pycache__/net.py",
+           "models/.venv/lib.py", "models/artifacts/tiny/model.py", "w.safetensors")  # fmt: skip
+    (root / "models/net.py").write_text("def build(): ...\n")
+    text = edit(("m.py:build", "models/net.py:build\n  weights: w.safetensors"))
+    r = parse_recipe(text, root / "r.yaml", check_files=False)
+    factory, weights = r.source.files(r.root)
+    assert (factory.key, factory.rel, factory.path, factory.is_dir, factory.tree) == (
+        "factory",
+        "models/net.py",
+        root / "models/net.py",
+        False,
+        root / "models",
+    )
+    assert factory.members() == [root / f"models/{p}" for p in (".hidden.py", "artifacts/tiny/model.py", "net.py", "sub/layers.py")]
+    # A build output inside the folder is left out (its generated model.py files change with every build).
+    assert factory.named_members(skip=root / "models/artifacts") == {
+        "factory/.hidden.py": root / "models/.hidden.py",
+        "factory/net.py": root / "models/net.py",
+        "factory/sub/layers.py": root / "models/sub/layers.py",
+    }
+    assert (weights.key, weights.tree, weights.members(), weights.named_members()) == (
+        "weights",
+        None,
+        [root / "w.safetensors"],
+        {"weights": root / "w.safetensors"},
+    )
+    assert r.files() == [factory, weights]
+
+
+def test_skip_prunes_only_inside_the_folder(root):
+    _write(root, "out/models/net.py")
+    r = parse_recipe(edit(("m.py:build", "out/models/net.py:build")), root / "r.yaml", check_files=False)
+    (factory,) = r.source.files(r.root)
+    assert factory.members(skip=root / "out") == factory.members(skip=root / "out/models") == [root / "out/models/net.py"]
+
+
+def test_a_savedmodel_is_every_file_of_its_folder_and_data_files_follow(root):
+    _write(root, "saved/saved_model.pb", "saved/variables/variables.index", "saved/.git/HEAD", "saved/__pycache__/x.pyc", "d.npz", "c.npz")
+    text = edit(("framework: pytorch", "framework: tensorflow"), ("  factory: m.py:build", "  savedmodel: saved"), ("kind: aoti", "kind: savedmodel"),
+                (APPEND, "data:\n  parity: d.npz\n  calibration: {path: c.npz, rows: [0, 4]}\n"))  # fmt: skip
+    r = parse_recipe(text, root / "r.yaml", check_files=False)
+    saved, calibration, parity = r.files()
+    assert (saved.key, saved.path, saved.is_dir, saved.tree) == ("savedmodel", root / "saved", True, root / "saved")
+    assert saved.named_members() == {
+        "savedmodel/saved_model.pb": root / "saved/saved_model.pb",
+        "savedmodel/variables/variables.index": root / "saved/variables/variables.index",
+    }
+    assert [(f.key, f.rel, f.path) for f in (calibration, parity)] == [("data", "c.npz", root / "c.npz"), ("data", "d.npz", root / "d.npz")]
+    assert {**calibration.named_members(), **parity.named_members()} == {"data/c.npz": root / "c.npz", "data/d.npz": root / "d.npz"}
+
+
+def test_one_triton_model_name():
+    assert triton.triton_model_name is triton_model_name
+    assert triton_model_name("res-net", "onnx-int8") == "res_net_onnx_int8"

@@ -1,4 +1,4 @@
-"""Scheduling order with dependencies; the step runner is replaced by a recorder
+"""Scheduling order with dependencies; building a target (Run.target) is replaced by a recorder
 (the real steps are exercised end to end in tests/e2e/test_build_engine.py)."""
 
 from __future__ import annotations
@@ -6,16 +6,13 @@ from __future__ import annotations
 import threading
 import time
 import types
-from pathlib import Path
 
 import pytest
 
 from toolchain import build as b
-from toolchain.parity import ParityReport
 from toolchain.plan import Plan
-from toolchain.progress import Progress
 from toolchain.recipe import parse_recipe
-from toolchain.results import Stage, Status, TargetResult
+from toolchain.records import ParityReport, Stage, Status, TargetResult
 from toolchain.steps import Children
 
 RECIPE = """\
@@ -41,7 +38,7 @@ def run(plan, monkeypatch, outcome: dict[str, bool], jobs: int):
     kind = types.SimpleNamespace(requires=lambda spec, recipe: ["base"] if spec.target_name == "int8" else [])
     monkeypatch.setattr(b.kinds, "get", lambda name: kind)
 
-    def fake_step(plan, spec, staging, out_root, children, deps):
+    def fake_target(spec, deps):
         with lock:
             events.append(("start", spec.target_name, tuple(deps)))
         time.sleep(0.05)
@@ -52,9 +49,10 @@ def run(plan, monkeypatch, outcome: dict[str, bool], jobs: int):
         res.parity = ParityReport(True, 1, {}, {}) if ok else None
         return res
 
-    monkeypatch.setattr(b, "_target_step", fake_step)
+    # the build in progress, as the scheduler sees it: its plan, how a target is built, the reference's state
+    run = types.SimpleNamespace(plan=plan, target=fake_target, reference=types.SimpleNamespace(failed=None), children=Children())
     results: dict = {}
-    b.Scheduler(plan, plan.specs, Path("/nonexistent"), Path("/nonexistent"), Progress(open("/dev/null", "w")), jobs, Children(), results).run()
+    b.Scheduler(run, jobs, results).run()
     return events, results
 
 

@@ -10,6 +10,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from toolchain.recipe import TritonServe
+from toolchain.records import Manifest, ServedModel, Serving
 from toolchain.serving import tfserving_check as tfs
 from toolchain.serving.standin import native_backend, standin_config
 from toolchain.serving.triton import render_config
@@ -68,11 +69,12 @@ def test_models_config_and_version_policies(tmp_path):
 
 
 def test_tfserving_skips_with_the_reason(tmp_path, monkeypatch):
-    manifest = {"serving": {"triton": None, "tfserving": None, "models": []}, "targets": []}
+    manifest = Manifest("tiny", 1, "tensorflow", "r.yaml", "0" * 64, {}, [])
     assert tfs.check_tfserving(tmp_path, manifest, [], [], [], None) == ([], "this build has no tfserving section (serve.tfserving not in the recipe)")
-    model = {"server": "tfserving", "name": "tiny", "target": "xla", "path": "tfserving/tiny"}
+    model = ServedModel("tfserving", "tiny", "xla", "tfserving/tiny")
     monkeypatch.setattr(tfs.importlib.util, "find_spec", lambda name: None)
-    checks, skip = tfs.check_tfserving(tmp_path, {**manifest, "serving": {"tfserving": "tfserving", "models": [model]}}, [model], [], [], None)
+    manifest.serving = Serving(None, "tfserving", [model])
+    checks, skip = tfs.check_tfserving(tmp_path, manifest, [model], [], [], None)
     assert skip is None and len(checks) == 1
     d = checks[0].to_dict()
     assert (d["status"], d["backend"]) == ("skipped", "tensorflow (no tensorflow_model_server here)")

@@ -14,13 +14,12 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import TYPE_CHECKING, ClassVar
 
 from toolchain.feeds import load_feeds
 from toolchain.machine import gpu_identity
 from toolchain.options import TargetOptions
+from toolchain.records import Dependency, RunnerSpec
 from toolchain.tensors import Signature
 
 if TYPE_CHECKING:  # annotations only
@@ -40,23 +39,6 @@ EXPORT_SCHEMA: dict = {
 }
 
 
-class RunnerSpec(BaseModel):
-    """How to load an artifact: saved in the manifest so any tool can run it.
-
-    `runner` is a name registered by a kind (never an import path read from a
-    file); `path` is relative to the build root once published.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    runner: str
-    path: str
-    inputs: list[str]
-    outputs: list[str]
-    device: str = "cpu"
-    options: dict[str, Any] = Field(default_factory=dict)
-
-
 @dataclass
 class Artifact:
     """What a target built: its files, its I/O signature, and how to run it."""
@@ -69,23 +51,13 @@ class Artifact:
 
 
 @dataclass
-class Dependency:
-    """A target this one requires, already built and passed: where its artifact lies."""
-
-    dir: Path
-    files: list[dict]
-    signature: dict | None
-    runner: dict | None
-
-
-@dataclass
 class BuildContext:
     """Where a build step writes and what it may read."""
 
     workdir: Path  # the artifact goes here
     root: Path  # the build's root: parity/ lies under it
     out_root: Path  # <out>: state that outlives one build (TensorRT timing caches)
-    deps: dict[str, Dependency] = field(default_factory=dict)
+    deps: dict[str, Dependency] = field(default_factory=dict)  # file paths relative to `root`
 
     def parity_data(self) -> tuple[list[dict], list[dict]]:
         """The parity samples and the source's outputs on them, saved before any target ran."""

@@ -12,23 +12,26 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
-import traceback
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, StrictInt, model_validator
 from pydantic_core import PydanticCustomError
 
-from toolchain.errors import StepError, one_line
+from toolchain.capture import CaptureFailed, Strategy, climb
+from toolchain.corners import check_corners
+from toolchain.errors import StepError
 from toolchain.kinds.base import EXPORT_SCHEMA, Artifact, BuildContext, Kind, RunnerSpec, TritonModel
 from toolchain.machine import cuda_missing
 from toolchain.onnxtools import quantize
 from toolchain.onnxtools.files import check, save_ir
+from toolchain.onnxtools.fp16 import to_fp16
 from toolchain.onnxtools.names import assign_io_names
 from toolchain.onnxtools.optimize import OPTIMIZATION_SCHEMA, optimize
-from toolchain.onnxtools.quantize import QUANTIZATION_SCHEMA
 from toolchain.options import TargetOptions, YamlOff
-from toolchain.parity import example_feed
+from toolchain.records import Attempt
+from toolchain.search import QUANTIZATION_SCHEMA
 from toolchain.sources.tensorflow import LOOKUP_HINT
 from toolchain.tensors import onnx_signature
 from toolchain.torchtools import export_errors, rewrites
@@ -40,6 +43,7 @@ TORCHSCRIPT_MAX_OPSET = 20  # the TorchScript exporter's newest opset
 
 class OnnxTarget(TargetOptions):
     kind: Literal["onnx"]
+    precision_option = "quantize"  # unset: FP32
     opset: Annotated[StrictInt, Field(ge=7, le=23)] = 18
     quantize: Literal["int8", "int8-dynamic", "fp16"] | None = None
     calibration: Literal["minmax", "entropy", "percentile"] | None = None
@@ -54,14 +58,6 @@ class OnnxTarget(TargetOptions):
         if self.fallback == "auto" and self.quantize not in ("int8", "int8-dynamic"):
             raise PydanticCustomError("fallback_int8", "fallback: auto applies to quantize: int8 or int8-dynamic only", {})
         return self
-
-    @property
-    def precision_mode(self) -> str | None:
-        return self.quantize
-
-    @property
-    def calibrates(self) -> bool:
-        return self.quantize == "int8"
 
 
 # The Python backend's loader (see serving/model_py.txt): ONNX Runtime, CUDA first on GPU instances.
@@ -88,13 +84,6 @@ def export(source, opset: int, path: Path) -> dict:
     record = _export_tf(source, opset, path) if source.framework == "tensorflow" else _export_torch(source, opset, path)
     check(path)  # an invalid graph stops here, named, before any later step loads it
     return record
-
-
-def _cause(e: BaseException) -> str:
-    """The innermost cause's first line: torch.onnx wraps the real error in a generic one."""
-    while e.__cause__ is not None:
-        e = e.__cause__
-    return one_line(e)
 
 
 def _dynamo(source, opset: int, path: Path, translations: dict | None = None) -> None:
@@ -177,7 +166,8 @@ def _fold_captured_constants(proto, function, input_names: list[str]) -> None:
 
 
 # torch.onnx's own order: the dynamo exporter first
-STRATEGIES = (("dynamo", _dynamo), (TRANSLATED := "dynamo with transformers' ONNX translations", _dynamo_translated), ("torchscript", _torchscript))
+EXPORTERS = (("dynamo", _dynamo), (TRANSLATED := "dynamo with transformers' ONNX translations", _dynamo_translated), ("torchscript", _torchscript))
+OTHER_SIZES = ", other example sizes"
 
 
 def _fixed_dims(path: Path, source) -> list[str]:
@@ -201,94 +191,68 @@ def _fails_at_corners(path: Path, source) -> str | None:
     example's size, and sizes computed in Python (torchvision Swin's window padding) are baked
     in, while the graph's inputs stay dynamic. ONNX Runtime then fails at other sizes, or runs
     and computes other values; both are found here against the source model, not in the gate."""
-    import numpy as np
     import onnxruntime as ort
 
     if all(d.min == d.max for d in source.recipe.dims.values()):
         return None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    rng = np.random.default_rng(source.recipe.parity.seed + 2)
     with source.reference_runner() as reference:
-        for level in ("min", "max"):
-            sizes = {n: getattr(d, level) for n, d in source.recipe.dims.items()}
-            at = ", ".join(f"{n}={v}" for n, v in sizes.items() if source.recipe.dims[n].min < source.recipe.dims[n].max)
-            feed = example_feed(source.recipe, sizes, rng)
-            try:
-                got = dict(zip(names, session.run(None, feed)))
-            except Exception as e:
-                return f"the graph runs only at the traced sizes: at {at} ONNX Runtime fails ({one_line(e)[:200]})"
-            for name, want in reference.infer(feed).items():
-                off = _off(np.asarray(want), got.get(name))
-                if off:
-                    return f"the graph is right only at the traced sizes: at {at} output {name} {off}"
-    return None
+        miss = check_corners(source.recipe, ("min", "max"), lambda feed: dict(zip(names, session.run(None, feed))), reference.infer)
+    if miss is None:
+        return None
+    if miss.stage == "run":
+        return f"the graph runs only at the traced sizes: at {miss.at} ONNX Runtime fails ({miss.raised[:200]})"
+    return f"the graph is right only at the traced sizes: at {miss.at} output {miss.output} {miss.how}"
 
 
-def _off(want, got) -> str | None:
-    """How an FP32 export's output differs from the source model's beyond float noise, or None."""
-    import numpy as np
+def _export_strategies(source, opset: int, path: Path):
+    """The capture ladder: each exporter, and again at other example sizes when it fixed a dim (a model
+    with a fast path for one size, DINOv2 at its config's image size, gets its dims fixed to the example's)."""
+    for name, fn in EXPORTERS:
 
-    if got is None or got.shape != want.shape:
-        return f"has shape {None if got is None else list(got.shape)}, the model's {list(want.shape)}"
-    if want.dtype.kind not in "f":
-        return None if np.array_equal(got, want) else "differs from the model's"
-    ok = np.isfinite(want)
-    scale = max(1.0, float(np.abs(want[ok]).max())) if ok.any() else 1.0
-    err = float(np.abs(got[ok].astype(np.float64) - want[ok]).max()) if ok.any() else 0.0
-    return f"is off by {err:.3g} (largest |value| {scale:.3g})" if err > 1e-3 * scale else None
+        def attempt(fn=fn, name=name, other: bool = False) -> None:
+            with rewrites.exporting(source.module), source.other_example_sizes() if other else contextlib.nullcontext():
+                fn(source, opset, path)
+            fixed = _fixed_dims(path, source)
+            if fixed:
+                raise StepError(f"the exported graph fixed {', '.join(fixed)}: the example's sizes")
+            traced = _fails_at_corners(path, source) if name == "torchscript" else None
+            if traced:
+                raise StepError(traced)
+
+        when = (lambda tried: any("No ONNX function found" in t.error for t in tried) and bool(_transformers_translations())) if name == TRANSLATED else None
+        yield Strategy(name, attempt, when, sized=lambda e: _sized(str(e)))
+        yield Strategy(name + OTHER_SIZES, partial(attempt, other=True), lambda tried, name=name: tried[-1].strategy == name and tried[-1].sized)
 
 
 def _export_torch(source, opset: int, path: Path) -> dict:
-    tried = []
-    for name, fn in STRATEGIES:
-        if name == TRANSLATED and not (any("No ONNX function found" in t["error"] for t in tried) and _transformers_translations()):
-            continue
-        # a model with a fast path for one size (DINOv2 at its config's image size) gets its dims
-        # fixed to the example's sizes: the same exporter again at other example sizes
-        for other in (False, True):
-            label = f"{name}, other example sizes" if other else name
-            fixed: list[str] = []
-            try:
-                with rewrites.exporting(source.module), source.other_example_sizes() if other else contextlib.nullcontext():
-                    fn(source, opset, path)
-                fixed = _fixed_dims(path, source)
-                if fixed:
-                    raise StepError(f"the exported graph fixed {', '.join(fixed)}: the example's sizes")
-                traced = _fails_at_corners(path, source) if name == "torchscript" else None
-                if traced:
-                    fixed = [traced]
-                    raise StepError(traced)
-            except Exception as e:
-                tried.append({"strategy": label, "error": _cause(e)[:500]})
-                print(f"onnx: the {label} exporter failed: {_cause(e)}")  # into the target's log, with the traceback below
-                traceback.print_exc()
-                if fixed or export_errors.specialized(str(e)):
-                    continue
-                break
-            changed = rewrites.found(source.module)
-            return {"strategy": label, "tried": tried} | ({"rewrites": changed} if changed else {})
+    try:
+        captured = climb(_export_strategies(source, opset, path), "onnx")
+    except CaptureFailed as e:
+        raise StepError("torch.onnx.export failed with every strategy: " + "; ".join(f"{t.strategy}: {t.error}" for t in e.tried),
+                        hint=_export_hint(source, e.tried)) from None  # fmt: skip
+    changed = rewrites.found(source.module)
+    return {"strategy": captured.strategy, "tried": [t.to_dict() for t in captured.tried]} | ({"rewrites": changed} if changed else {})
+
+
+def _export_hint(source, tried: list[Attempt]) -> str:
     hint = "the log has each exporter's traceback; a model the exporters cannot take often builds with the aoti target"
-    site = next((export_errors.data_dependent_site(t["error"]) for t in tried if export_errors.data_dependent_site(t["error"])), None)
-    if tried and site and all(_sized(t["error"]) or export_errors.data_dependent_site(t["error"]) for t in tried):
+    site = next((export_errors.data_dependent_site(t.error) for t in tried if export_errors.data_dependent_site(t.error)), None)
+    if tried and site and all(_sized(t.error) or export_errors.data_dependent_site(t.error) for t in tried):
         dynamic = [n for n, d in source.recipe.dims.items() if d.min < d.max]
-        hint = export_errors.data_dependent_hint(site, dynamic)
-    elif tried and all(_sized(t["error"]) for t in tried):
+        return export_errors.data_dependent_hint(site, dynamic)
+    if tried and all(_sized(t.error) for t in tried):
         sizes = source.export_sizes()
         named = {
-            n
-            for t in tried
-            for m in re.findall(r"\(([\w-]+)\) = \d+|Constraints violated \(([^)]*)\)", t["error"])
-            for part in m
-            for n in part.split(", ")
-            if n
+            n for t in tried for m in re.findall(r"\(([\w-]+)\) = \d+|Constraints violated \(([^)]*)\)", t.error) for part in m for n in part.split(", ") if n
         }
         dynamic = ", ".join(
             f"dims.{n}: {{min: {sizes[n]}, max: {sizes[n]}}}" for n, d in source.recipe.dims.items() if d.min < d.max and (n in named or not named)
         )
-        hint = (f"the model's computation depends on the value of a dynamic dim (a Python loop over it, or a branch on it), which no exporter "
+        return (f"the model's computation depends on the value of a dynamic dim (a Python loop over it, or a branch on it), which no exporter "
                 f"keeps symbolic: make the dims static ({dynamic}) and pad or cut inputs to those sizes")  # fmt: skip
-    raise StepError("torch.onnx.export failed with every strategy: " + "; ".join(f"{t['strategy']}: {t['error']}" for t in tried), hint=hint)
+    return hint
 
 
 def _sized(error: str) -> bool:
@@ -403,7 +367,7 @@ def _convert(source, spec: OnnxTarget, scratch: Path, dst: Path, ctx: BuildConte
         fields["optimization"] = optimize(source, current, optimized, spec.device)
         current = optimized
     if spec.quantize == "fp16":
-        fields["quantization"] = quantize.to_fp16(current, dst)
+        fields["quantization"] = to_fp16(current, dst)
     elif spec.quantize:
         fields.update(quantize.to_int8(source, spec, current, dst, scratch, ctx))
     check(dst)

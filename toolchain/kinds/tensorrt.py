@@ -27,9 +27,9 @@ from toolchain.kinds.base import Artifact, BuildContext, Kind, RunnerSpec, Trito
 from toolchain.kinds.onnx import export
 from toolchain.machine import cuda_missing, gpu_identity
 from toolchain.onnxtools import quantize
-from toolchain.onnxtools.quantize import QUANTIZATION_SCHEMA
 from toolchain.options import TargetOptions
-from toolchain.parity import calibration_samples
+from toolchain.samples import calibration_samples
+from toolchain.search import QUANTIZATION_SCHEMA
 from toolchain.tensors import onnx_signature
 
 if TYPE_CHECKING:  # annotations only
@@ -42,6 +42,7 @@ RUNNER = "tensorrt"
 
 class TensorRTTarget(TargetOptions):
     kind: Literal["tensorrt"]
+    precision_option = "precision"
     precision: Literal["fp32", "fp16", "int8"] = "fp16"
     calibration: Literal["minmax", "entropy", "percentile"] | None = Field(None, description="int8: how the QDQ ONNX is calibrated (default minmax)")
 
@@ -54,14 +55,6 @@ class TensorRTTarget(TargetOptions):
     @property
     def target_device(self) -> str:
         return "cuda"
-
-    @property
-    def precision_mode(self) -> str | None:
-        return None if self.precision == "fp32" else self.precision
-
-    @property
-    def calibrates(self) -> bool:
-        return self.precision == "int8"
 
 
 def profile_shapes(recipe: Recipe) -> dict[str, tuple[list[int], list[int], list[int]]]:

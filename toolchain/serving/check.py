@@ -19,29 +19,31 @@ import numpy as np
 from toolchain import manifest as mf
 from toolchain.errors import UsageError, one_line
 from toolchain.feeds import load_feeds
-from toolchain.parity import compare
+from toolchain.parity import judge_again
 from toolchain.progress import Progress
-from toolchain.recipe import Tolerance
+from toolchain.records import Manifest, ParityData, ServedModel, TargetResult
 from toolchain.serving.results import CheckStatus, ModelCheck, ServeCheckResult
 from toolchain.serving.server import TritonServer, find_triton
 from toolchain.serving.standin import Served, native_backend, parse_config, prepare
 from toolchain.serving.tfserving_check import check_tfserving
 from toolchain.serving.triton import check_config_against_signature
-from toolchain.tensors import Signature
 
 REQUEST_TIMEOUT = 120.0  # seconds per request; a model that takes longer is refused
 
 
-def read_build(root: Path) -> tuple[dict, list[dict], list[dict]]:
+def read_build(root: Path) -> tuple[Manifest, list[dict], list[dict]]:
     """(manifest, parity samples, reference outputs) of a published build."""
     path = root / "manifest.json"
     if not path.is_file():
         raise UsageError(f"no manifest.json in {root}", "pass <out>/<name>, the directory a build published")
-    manifest = mf.read(path)
-    data = manifest.get("parity_data") or {}
     try:
-        samples = load_feeds(root / data.get("samples", "parity/samples.npz"))
-        reference = load_feeds(root / data.get("reference", "parity/reference.npz"))
+        manifest = mf.read(path)
+    except ValueError as e:
+        raise UsageError(f"{path} is not an mlpack manifest ({e})", "rebuild it with mlpack build") from None
+    data = manifest.parity_data or ParityData()
+    try:
+        samples = load_feeds(root / data.samples)
+        reference = load_feeds(root / data.reference)
     except OSError as e:
         raise UsageError(f"{root}: the build's parity samples are missing ({e})", "rebuild it with mlpack build") from None
     return manifest, samples, reference
@@ -66,21 +68,21 @@ def serve_check(
     """Check every served model of the build at `root`; updates its manifest."""
     progress = progress or Progress()
     manifest, samples, reference = read_build(root)
-    if any(m["server"] == "triton" for m in manifest["serving"].get("models", [])):
+    if manifest.serving.by("triton"):
         http_client()  # before a server starts
-    by_target = {t["name"]: t for t in manifest["targets"]}
+    names = [t.name for t in manifest.targets]
     if targets:
-        unknown = [t for t in targets if t not in by_target]
+        unknown = [t for t in targets if t not in names]
         if unknown:
-            raise UsageError(f"--target {', '.join(unknown)}: not in {root / 'manifest.json'}", f"targets are: {', '.join(by_target)}")
-    models = [m for m in manifest["serving"].get("models", []) if not targets or m["target"] in targets]
+            raise UsageError(f"--target {', '.join(unknown)}: not in {root / 'manifest.json'}", f"targets are: {', '.join(names)}")
+    models = [m for m in manifest.serving.models if not targets or m.target in targets]
     result = ServeCheckResult(root, [], {})
-    triton_models = [m for m in models if m["server"] == "triton"]
+    triton_models = [m for m in models if m.server == "triton"]
     if triton_models:
-        _check_triton(result, triton_models, by_target, samples, reference, server, native, progress)
+        _check_triton(result, triton_models, manifest, samples, reference, server, native, progress)
     else:
         result.skipped["triton"] = "this build has no Triton models (no serve.triton section, or none of its targets built)"
-    tf_checks, tf_skip = check_tfserving(root, manifest, [m for m in models if m["server"] == "tfserving"], samples, reference, progress)
+    tf_checks, tf_skip = check_tfserving(root, manifest, [m for m in models if m.server == "tfserving"], samples, reference, progress)
     result.models += tf_checks
     if tf_skip:
         result.skipped["tfserving"] = tf_skip
@@ -89,7 +91,7 @@ def serve_check(
 
 
 @contextlib.contextmanager
-def open_triton(root: Path, models: list[dict], by_target: dict, server: Path | None, native: bool, log: Path, progress: Progress):
+def open_triton(root: Path, models: list[ServedModel], manifest: Manifest, server: Path | None, native: bool, log: Path, progress: Progress):
     """A started Triton serving the build's models (stand-ins where a backend is missing).
 
     Yields (server, one Served per model); the server is stopped and the
@@ -101,11 +103,11 @@ def open_triton(root: Path, models: list[dict], by_target: dict, server: Path | 
     try:
         if native:
             repo = root / "triton"
-            served = [Served(m["name"], nb, nb) for m in models for nb in [native_backend((root / m["path"] / "config.pbtxt").read_text())]]
+            served = [Served(m.name, nb, nb) for m in models for nb in [native_backend((root / m.path / "config.pbtxt").read_text())]]
         else:
             repo = work / "repository"
             repo.mkdir()
-            served = prepare(models, root, repo, install.available_backends(), by_target)
+            served = prepare(models, root, repo, install.available_backends(), manifest)
         progress.start("triton", f"starting tritonserver ({install.origin})")
         with TritonServer(install, repo, work, log) as srv:
             progress.end("triton", "ok", f"Triton {srv.version} ready in {srv.start_seconds:.1f}s on {srv.url}")
@@ -114,43 +116,43 @@ def open_triton(root: Path, models: list[dict], by_target: dict, server: Path | 
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _check_triton(result, models, by_target, samples, reference, server, native, progress) -> None:
+def _check_triton(result, models: list[ServedModel], manifest: Manifest, samples, reference, server, native, progress) -> None:
     root = result.root
     log = root / "logs" / "serve-check-triton.log"
-    with open_triton(root, models, by_target, server, native, log, progress) as (srv, served):
+    with open_triton(root, models, manifest, server, native, log, progress) as (srv, served):
         result.server_version, result.start_seconds = srv.version, srv.start_seconds
         for m, s in zip(models, served):
-            check = _check_model(srv, m, s, by_target[m["target"]], samples, reference, root, progress)
+            check = _check_model(srv, m, s, manifest.target(m.target), samples, reference, root, progress)
             check.log = log.relative_to(root).as_posix()
             result.models.append(check)
 
 
-def _check_model(srv, m: dict, s, target: dict, samples, reference, root: Path, progress) -> ModelCheck:
-    check = ModelCheck(m["target"], "triton", m["name"], s.backend, s.native_backend, server_version=srv.version)
+def _check_model(srv, m: ServedModel, s, target: TargetResult, samples, reference, root: Path, progress) -> ModelCheck:
+    check = ModelCheck(m.target, "triton", m.name, s.backend, s.native_backend, server_version=srv.version)
     if s.skip_reason:
         check.reason = s.skip_reason
-        progress.note(f"triton: {m['name']}: skipped - {s.skip_reason}")
+        progress.note(f"triton: {m.name}: skipped - {s.skip_reason}")
         return check
-    text = (root / m["path"] / "config.pbtxt").read_text()
-    sig = Signature.from_dict(target["signature"])
+    text = (root / m.path / "config.pbtxt").read_text()
+    sig = target.signature
     if s.backend != s.native_backend:  # served by a stand-in: check what the native backend enforces
-        check.native_check = check_config_against_signature(text, sig, target["kind"])
-    progress.start(m["name"], f"{m['name']}: loading ({s.backend})")
+        check.native_check = check_config_against_signature(text, sig, target.kind)
+    progress.start(m.name, f"{m.name}: loading ({s.backend})")
     t0 = time.perf_counter()
-    refusal = srv.load(m["name"])
+    refusal = srv.load(m.name)
     check.load_seconds = time.perf_counter() - t0
     if refusal:
-        check.status, check.reason = CheckStatus.REFUSED, f"Triton refused to load {m['name']}: {refusal}"
-        progress.end(m["name"], "refused", refusal)
+        check.status, check.reason = CheckStatus.REFUSED, f"Triton refused to load {m.name}: {refusal}"
+        progress.end(m.name, "refused", refusal)
         return check
     t0 = time.perf_counter()
     outputs, error, check.requests = replay(srv.url, parse_config(text), sig, samples)
     check.infer_seconds = time.perf_counter() - t0
     if error:
-        check.status, check.reason = CheckStatus.REFUSED, f"Triton refused a request to {m['name']}: {error}"
-        progress.end(m["name"], "refused", error)
+        check.status, check.reason = CheckStatus.REFUSED, f"Triton refused a request to {m.name}: {error}"
+        progress.end(m.name, "refused", error)
         return check
-    check.parity = compare(reference, outputs, Tolerance(**target["parity"]["tolerance"]), target["parity"].get("scores", []))
+    check.parity = judge_again(target.parity, reference, outputs)
     abs_err, cos = check.parity.worst()
     if check.native_check:  # a config the native backend refuses explains any mismatch too
         check.status = CheckStatus.REFUSED
@@ -159,7 +161,7 @@ def _check_model(srv, m: dict, s, target: dict, samples, reference, root: Path, 
         check.status, check.reason = CheckStatus.MISMATCH, "served outputs differ from the source model beyond the build's tolerance"
     else:
         check.status = CheckStatus.OK
-    progress.end(m["name"], check.status.value, f"{check.requests} requests, max_abs_err {abs_err:.2e}, cosine {cos:.6f}")
+    progress.end(m.name, check.status.value, f"{check.requests} requests, max_abs_err {abs_err:.2e}, cosine {cos:.6f}")
     return check
 
 
@@ -211,11 +213,10 @@ def infer_inputs(cfg, sig, feed: dict) -> list:
     return inputs
 
 
-def _record(root: Path, manifest: dict, checks: list[ModelCheck]) -> dict:
+def _record(root: Path, manifest: Manifest, checks: list[ModelCheck]) -> Manifest:
     """Add serving_check.<server> to each checked target; replace the manifest atomically."""
-    by_target = {t["name"]: t for t in manifest["targets"]}
     for c in checks:
-        by_target[c.target].setdefault("serving_check", {})[c.server] = c.to_dict()
+        manifest.target(c.target).record_serving_check(c.server, c.to_dict())
     path = root / "manifest.json"
     tmp = path.with_name(f".manifest.json.{os.getpid()}.tmp")
     mf.write(tmp, manifest)

@@ -7,7 +7,7 @@ from enum import Enum
 from pathlib import Path
 
 from toolchain.errors import EXIT_CONVERSION, EXIT_OK, EXIT_PARITY
-from toolchain.parity import ParityReport
+from toolchain.records import ParityReport
 
 
 class CheckStatus(str, Enum):

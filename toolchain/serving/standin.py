@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain import kinds
+from toolchain.records import Manifest, ServedModel
 from toolchain.serving import protos
 from toolchain.serving.triton import render_model_py
 
@@ -48,27 +49,22 @@ def standin_config(config_text: str) -> str:
     return protos.to_text(cfg, [f"# mlpack serve-check: Python backend standing in for {native_backend(config_text)}"])
 
 
-def prepare(models: list[dict], root: Path, out: Path, available: set[str], targets: dict[str, dict]) -> list[Served]:
-    """Fill repository `out` with the build's Triton models; one Served per model.
-
-    models: the manifest's serving.models entries; targets: its target entries by name.
-    """
+def prepare(models: list[ServedModel], root: Path, out: Path, available: set[str], manifest: Manifest) -> list[Served]:
+    """Fill repository `out` with the build's Triton models (the manifest's serving.models); one Served per model."""
     served = []
     for m in models:
-        src = root / m["path"]
+        src = root / m.path
         text = (src / "config.pbtxt").read_text()
         nb = native_backend(text)
-        dst = out / m["name"]
+        dst = out / m.name
         if nb in available:
             dst.symlink_to(src.resolve(), target_is_directory=True)
-            served.append(Served(m["name"], nb, nb))
+            served.append(Served(m.name, nb, nb))
             continue
-        target = targets.get(m["target"], {})
-        kind = kinds.kinds().get(target.get("kind", ""))
+        target = manifest.target(m.target)
+        kind = kinds.kinds().get(target.kind)
         if kind is None or kind.triton is None or kind.triton.python_backend is None:
-            served.append(
-                Served(m["name"], nb, "-", f"backend '{nb}' is not in this server and mlpack has no Python stand-in for {target.get('kind')} artifacts")
-            )
+            served.append(Served(m.name, nb, "-", f"backend '{nb}' is not in this server and mlpack has no Python stand-in for {target.kind} artifacts"))
             continue
         dst.mkdir()
         (dst / "config.pbtxt").write_text(standin_config(text))
@@ -76,6 +72,6 @@ def prepare(models: list[dict], root: Path, out: Path, available: set[str], targ
             (dst / vdir.name).mkdir()
             for f in vdir.iterdir():
                 (dst / vdir.name / f.name).symlink_to(f.resolve())
-            (dst / vdir.name / "model.py").write_text(render_model_py(kind.name, target.get("device", "cpu")))
-        served.append(Served(m["name"], nb, f"python (stands in for {nb})"))
+            (dst / vdir.name / "model.py").write_text(render_model_py(kind.name, target.device))
+        served.append(Served(m.name, nb, f"python (stands in for {nb})"))
     return served

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from toolchain import kinds
-from toolchain.parity import compare
+from toolchain.parity import judge_again
 from toolchain.progress import Progress
-from toolchain.recipe import Tolerance
+from toolchain.records import Manifest, ServedModel, TargetResult
 from toolchain.serving import protos
 from toolchain.serving.results import CheckStatus, ModelCheck
 from toolchain.serving.tfserving import SIGNATURE, WARMUP
@@ -28,30 +28,29 @@ from toolchain.serving.tfserving import SIGNATURE, WARMUP
 LOADER = "tensorflow (no tensorflow_model_server here)"
 
 
-def check_tfserving(root: Path, manifest: dict, models: list[dict], samples, reference, progress: Progress):
+def check_tfserving(root: Path, manifest: Manifest, models: list[ServedModel], samples, reference, progress: Progress):
     """(one ModelCheck per served target, why nothing was checked or None)."""
     if not models:
-        if manifest["serving"].get("tfserving") or (root / "tfserving").is_dir():
+        if manifest.serving.tfserving or (root / "tfserving").is_dir():
             return [], "the manifest lists no TF Serving models for the tfserving/ directory"
         return [], "this build has no tfserving section (serve.tfserving not in the recipe)"
     if importlib.util.find_spec("tensorflow") is None:
         why = "tensorflow is not installed (pip install 'mlpack[tensorflow]'); the TF Serving layout was not loaded"
-        return [ModelCheck(m["target"], "tfserving", m["name"], LOADER, status=CheckStatus.SKIPPED, reason=why) for m in models], None
+        return [ModelCheck(m.target, "tfserving", m.name, LOADER, status=CheckStatus.SKIPPED, reason=why) for m in models], None
     config_path = root / "tfserving" / "models.config"
     try:
         configs = {c.name: c for c in model_configs(config_path.read_text())}
     except (OSError, ValueError) as e:  # text_format.ParseError is a ValueError
-        return [ModelCheck(m["target"], "tfserving", m["name"], LOADER, status=CheckStatus.REFUSED, reason=f"{config_path}: {e}") for m in models], None
-    by_target = {t["name"]: t for t in manifest["targets"]}
+        return [ModelCheck(m.target, "tfserving", m.name, LOADER, status=CheckStatus.REFUSED, reason=f"{config_path}: {e}") for m in models], None
     checks = []
     for m in models:
-        check = ModelCheck(m["target"], "tfserving", m["name"], LOADER, server_version=_tf_version())
-        progress.start(m["name"], f"tfserving {m['name']}: loading SavedModel versions")
-        if m["name"] not in configs:
-            check.status, check.reason = CheckStatus.REFUSED, f"models.config has no config named {m['name']!r} (has {sorted(configs)})"
+        check = ModelCheck(m.target, "tfserving", m.name, LOADER, server_version=_tf_version())
+        progress.start(m.name, f"tfserving {m.name}: loading SavedModel versions")
+        if m.name not in configs:
+            check.status, check.reason = CheckStatus.REFUSED, f"models.config has no config named {m.name!r} (has {sorted(configs)})"
         else:
-            _check_versions(check, root / m["path"], configs[m["name"]], by_target[m["target"]], samples, reference)
-        progress.end(m["name"], check.status.value, check.reason or f"{check.requests} requests")
+            _check_versions(check, root / m.path, configs[m.name], manifest.target(m.target), samples, reference)
+        progress.end(m.name, check.status.value, check.reason or f"{check.requests} requests")
         checks.append(check)
     return checks, None
 
@@ -62,13 +61,12 @@ def _tf_version() -> str:
     return version("tensorflow")
 
 
-def _check_versions(check: ModelCheck, model_dir: Path, config, target: dict, samples, reference) -> None:
+def _check_versions(check: ModelCheck, model_dir: Path, config, target: TargetResult, samples, reference) -> None:
     versions = served_versions(model_dir, config)
     if not versions:
         check.status, check.reason = CheckStatus.REFUSED, f"no version directory under {model_dir} matches the model_version_policy"
         return
-    tol = Tolerance(**target["parity"]["tolerance"])
-    served = kinds.kinds().get(target["kind"])
+    served = kinds.kinds().get(target.kind)
     signature = served.tfserving.signature if served and served.tfserving else SIGNATURE
     for v in versions:
         t0 = time.perf_counter()
@@ -83,7 +81,7 @@ def _check_versions(check: ModelCheck, model_dir: Path, config, target: dict, sa
         names = list(reference[0]) if reference else []
         if len(names) == 1 and outputs and len(outputs[0]) == 1:  # TF names a lone output itself
             outputs = [{names[0]: next(iter(o.values()))} for o in outputs]
-        check.parity = compare(reference, outputs, tol, target["parity"].get("scores", []))
+        check.parity = judge_again(target.parity, reference, outputs)
         if not check.parity.passed:
             check.status, check.reason = CheckStatus.MISMATCH, f"version {v}: outputs differ from the source model beyond the build's tolerance"
             return

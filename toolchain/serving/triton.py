@@ -15,16 +15,11 @@ from pathlib import Path
 from toolchain import kinds
 from toolchain.fsutil import link_or_copy
 from toolchain.kinds.base import Kind, TritonModel
-from toolchain.recipe import TritonServe
+from toolchain.recipe import TritonServe, triton_model_name  # noqa: F401  (build.py imports the model name from here)
 from toolchain.serving import protos
 from toolchain.tensors import TRITON_DTYPE, Signature, TensorSig
 
 TEMPLATE = Path(__file__).with_name("model_py.txt")
-
-
-def triton_model_name(recipe_name: str, target_name: str) -> str:
-    """Served model name; '-' becomes '_' as the output layout fixes."""
-    return f"{recipe_name}_{target_name}".replace("-", "_")
 
 
 def _kind(kind: str) -> tuple[Kind, TritonModel]:

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from toolchain.errors import MlpackError, StepError, UsageError
-from toolchain.parity import example_feed, model_failure
 from toolchain.recipe import Recipe
 from toolchain.runners.torch_eager import TorchEagerRunner
+from toolchain.samples import example_feed, model_failure
 from toolchain.sources.factory import import_factory
 from toolchain.torchtools.safe_load import load_exported
 

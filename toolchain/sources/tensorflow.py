@@ -12,9 +12,9 @@ import inspect
 import numpy as np
 
 from toolchain.errors import MlpackError, StepError, UsageError
-from toolchain.parity import example_feed, model_failure
 from toolchain.recipe import Recipe
 from toolchain.runners.tf import TFEagerRunner
+from toolchain.samples import example_feed, model_failure
 from toolchain.sources.factory import import_factory
 from toolchain.sources.keras_patches import tracing as keras_tracing
 from toolchain.tensors import NUMPY_DTYPE

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import zipfile
 from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 _CALL = re.compile(r"\baoti_torch_cpu_(\w+?)\(|\b(cpp_fused_\w+?)_\d+\(")
@@ -25,7 +26,24 @@ CLASSES = (
 )
 
 
-def summarize(path: Path) -> dict | None:
+@dataclass(frozen=True)
+class Kernels:
+    """GEMM/conv call sites by class (the manifest's aoti.kernels)."""
+
+    int8: int
+    onednn_float: int
+    aten_float: int
+    weight_dequant_per_call: int
+
+    @property
+    def float(self) -> int:
+        return self.onednn_float + self.aten_float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(path: Path) -> Kernels | None:
     """Call sites of GEMM/conv extern kernels by class, and how many of Inductor's fused kernels
     dequantize weights on every call (`weight_dequant_per_call`); None when the package ships
     no wrapper source."""
@@ -47,4 +65,4 @@ def summarize(path: Path) -> dict | None:
                 calls[label] += 1
                 break
     dequant = sum("dequantize_per_channel" in k for k in fused)
-    return {label: calls.get(label, 0) for label, _ in CLASSES} | {"weight_dequant_per_call": dequant}
+    return Kernels(*(calls.get(label, 0) for label, _ in CLASSES), weight_dequant_per_call=dequant)

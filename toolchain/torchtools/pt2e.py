@@ -11,11 +11,12 @@ Inductor's freezing, which lowers q/dq pairs to oneDNN INT8 kernels).
 from __future__ import annotations
 
 import re
-import time
+from dataclasses import dataclass
 
 from toolchain.errors import StepError
-from toolchain.judge import margin, summary
-from toolchain.parity import ParityReport, compare
+from toolchain.parity import compare
+from toolchain.records import ParityReport
+from toolchain.search import PrecisionSearch
 from toolchain.tensors import to_numpy
 from toolchain.torchtools import inductor_patches
 
@@ -402,36 +403,59 @@ def unquantizable_modules(source_module) -> str:
     return ", ".join(f"{n} {k}" for k, n in counts.items())
 
 
-class Search:
-    """Quantize, judge in eager mode against the budget, keep the best configuration.
+@dataclass(frozen=True)
+class Pt2eConfig:
+    """One quantization tried by the search: dynamic or static activations, the modules kept in float."""
 
-    `forced`: modules every configuration keeps in float (lowering_hazards).
-    """
+    dynamic: bool
+    excluded: tuple[str, ...]
+    why: str
 
-    def __init__(self, program, calibration, samples, reference, tol, scores, output_names, deadline: float, forced: list[str] = ()):
-        self.program, self.calibration, self.samples, self.reference = program, calibration, samples, reference
-        self.tol, self.scores, self.output_names, self.deadline = tol, scores, output_names, deadline
-        self.forced = list(forced)
-        self.attempts: list[dict] = []
-        self.best: tuple[float, dict, ParityReport, object] | None = None
+    def to_dict(self) -> dict:
+        return {"why": self.why, "activations": "dynamic" if self.dynamic else "static", "excluded": len(self.excluded)}
 
-    @property
-    def passed(self) -> bool:
-        return self.best is not None and self.best[2].passed
 
-    def out_of_time(self) -> bool:
-        return time.monotonic() > self.deadline
+@dataclass
+class Pt2eJob:
+    """What one PT2E search quantizes and judges (eagerly, in q/dq form). `forced`: modules every
+    configuration keeps in float (lowering_hazards)."""
 
-    def run(self, dynamic: bool, excluded: list[str], why: str) -> tuple[float, ParityReport, object]:
-        excluded = self.forced + [e for e in excluded if e not in self.forced]
-        module = quantize(self.program, self.calibration, dynamic, excluded)
-        report = compare(self.reference, _run(module, self.samples, self.output_names), self.tol, self.scores)
-        score = margin(report)
-        config = {"why": why, "activations": "dynamic" if dynamic else "static", "excluded": len(excluded), "modules_in_float": list(excluded)}
-        self.attempts.append({k: v for k, v in config.items() if k != "modules_in_float"} | summary(report))
-        if self.best is None or (report.passed, score) > (self.best[2].passed, self.best[0]):
-            self.best = (score, config, report, module)
-        return score, report, module
+    program: object
+    calibration: list[tuple]
+    samples: list[tuple]
+    reference: list[dict]
+    tol: object
+    scores: list[str]
+    output_names: list[str]
+    forced: list[str]
+
+    def config(self, dynamic: bool, excluded: list[str], why: str) -> Pt2eConfig:
+        return Pt2eConfig(dynamic, tuple(self.forced + [e for e in excluded if e not in self.forced]), why)
+
+    def evaluate(self, config: Pt2eConfig) -> tuple[ParityReport, object]:
+        module = quantize(self.program, self.calibration, config.dynamic, list(config.excluded))
+        return compare(self.reference, _run(module, self.samples, self.output_names), self.tol, self.scores), module
+
+
+class Search(PrecisionSearch[Pt2eConfig, object]):
+    """The precision search over PT2E configurations of one program."""
+
+    def __init__(self, job: Pt2eJob, deadline: float):
+        super().__init__(job.evaluate, Pt2eConfig.to_dict, deadline)
+        self.job = job
+
+    def try_(self, dynamic: bool, excluded: list[str], why: str):
+        return self.run(self.job.config(dynamic, excluded, why))
+
+
+@dataclass
+class Pt2eOutcome:
+    """What the search chose: the module to compile, the `quantization` record, and the chosen configuration's verdict."""
+
+    module: object
+    record: dict
+    modules_in_float: list[str]
+    report: ParityReport  # the chosen configuration, judged in eager (q/dq) form
 
 
 def search(
@@ -446,15 +470,16 @@ def search(
     fallback: str,
     deadline: float,
     hazards: dict[str, str] | None = None,
-) -> tuple[object, dict]:
+) -> Pt2eOutcome:
     """The quantized module to compile and the manifest's `quantization` record.
 
     hazards: {module: why} kept in float in every configuration (lowering_hazards).
     """
     hazards = hazards or {}
-    s = Search(program, calibration, samples, reference, tol, scores, output_names, deadline, forced=list(hazards))
+    s = Search(Pt2eJob(program, calibration, samples, reference, tol, scores, output_names, list(hazards)), deadline)
     candidates = [c for c in candidates if c not in hazards]
-    _, report, module = s.run(False, [], "plain")
+    first = s.try_(False, [], "plain")
+    report, module = first.report, first.artifact
     node_report = None
     if not report.passed:
         try:
@@ -464,21 +489,21 @@ def search(
             node_report = []
         if fallback == "auto":
             _fallback(s, candidates, node_report)
-    score, config, report, module = s.best
+    config, report, module = s.best.config, s.best.report, s.best.artifact
     record = {
         "mode": "int8",
         "format": "PT2E (torchao X86InductorQuantizer), lowered by Inductor freezing",
-        "activations": f"uint8 {config['activations']} per tensor",
+        "activations": f"uint8 {'dynamic' if config.dynamic else 'static'} per tensor",
         "weights": "int8 symmetric per channel",
         "fallback": fallback,
-        "chosen": {k: v for k, v in config.items() if k != "modules_in_float"},
+        "chosen": config.to_dict(),
         "attempts": s.attempts,
         "node_report": node_report,
         "quantized_layers": quantized_layers(module),
     }
     if hazards:
         record["kept_float_for_lowering"] = [{"module": m, "why": why} for m, why in hazards.items()]
-    return module, record | {"modules_in_float": config["modules_in_float"], "passed": report.passed, "report": report}
+    return Pt2eOutcome(module, record, list(config.excluded), report)
 
 
 def quantized_layers(module) -> int:
@@ -504,9 +529,9 @@ def _fallback(s: Search, candidates: list[str], node_report: list[dict]) -> None
     module-by-module probing would need every layer probed for."""
     if s.out_of_time():
         return
-    s.run(True, [], "dynamic activations")
-    dynamic = s.best[1]["activations"] == "dynamic"
-    base, _, _ = s.run(dynamic, [], "baseline for the module ranking") if s.best[1]["excluded"] else (s.best[0], None, None)
+    s.try_(True, [], "dynamic activations")
+    dynamic = s.best.config.dynamic
+    base = s.try_(dynamic, [], "baseline for the module ranking").score if s.best.config.excluded else s.best.score
     cap = max(1, len(candidates) // 2)
     _by_role(s, dynamic, base, roles(candidates), cap)
     if s.passed or s.out_of_time():
@@ -520,7 +545,7 @@ def _by_role(s: Search, dynamic: bool, base: float, groups: dict[str, list[str]]
         if s.passed or s.out_of_time():
             return
         if len(names) <= cap:
-            score, _, _ = s.run(dynamic, names, f"every {role} in float")
+            score = s.try_(dynamic, names, f"every {role} in float").score
             gains.append((score - base, role))
     ranked = [r for gain, r in sorted(gains, key=lambda g: -g[0]) if gain > 0]
     kept: list[str] = []
@@ -529,7 +554,7 @@ def _by_role(s: Search, dynamic: bool, base: float, groups: dict[str, list[str]]
             return
         kept += groups[role]
         if i:  # the first role alone was run above
-            s.run(dynamic, list(kept), f"the {i + 1} most helpful roles in float")
+            s.try_(dynamic, list(kept), f"the {i + 1} most helpful roles in float")
 
 
 def _by_module(s: Search, dynamic: bool, base: float, candidates: list[str], node_report: list[dict], cap: int) -> None:
@@ -538,12 +563,12 @@ def _by_module(s: Search, dynamic: bool, base: float, candidates: list[str], nod
     for name in worst[:SENSITIVITY_CANDIDATES]:
         if s.passed or s.out_of_time():
             return
-        score, _, _ = s.run(dynamic, [name], f"{name} in float")
+        score = s.try_(dynamic, [name], f"{name} in float").score
         gains.append((score - base, name))
     ranked = [n for _, n in sorted(gains, key=lambda g: -g[0])] + [n for n in worst if n not in {g[1] for g in gains}]
     k = 2
     while not s.passed and not s.out_of_time() and k <= min(cap, len(ranked)):
-        s.run(dynamic, ranked[:k], f"{k} most helpful modules in float")
+        s.try_(dynamic, ranked[:k], f"{k} most helpful modules in float")
         if k == min(cap, len(ranked)):
             break
         k = min(k * 2, cap, len(ranked))

@@ -1,0 +1,130 @@
+"""What a target ended as: its status, the stage it stopped at, and the parity gate's report
+(per-output diffs; the rule that judged them is RULE, applied by toolchain.parity.compare)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from enum import Enum
+
+from toolchain.errors import EXIT_PARITY, EXIT_USAGE
+
+
+class Status(str, Enum):
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class Stage(str, Enum):
+    """Where a target stopped. An ok target has none."""
+
+    RECIPE = "recipe"  # the recipe or a file it names is wrong (found while building): exit 2
+    SOURCE = "source"  # loading or running the source model failed
+    DEPENDENCY = "dependency"  # a target it is built from failed or was not built
+    UNAVAILABLE = "unavailable"  # this machine cannot build or run it (skipped unless required)
+    CONVERT = "convert"  # building the artifact, or loading it to check it, failed
+    PARITY = "parity"  # it built, but its outputs differ from the source's beyond tolerance: exit 3
+    SERVING = "serving"  # it passed, but a serving repository cannot hold it
+
+
+# A failure at any stage but these two is a failure to convert (exit 4).
+STAGE_EXIT = {Stage.RECIPE: EXIT_USAGE, Stage.PARITY: EXIT_PARITY}
+
+RULE = (
+    "an output passes when |artifact - reference| <= atol*scale + rtol*|reference| for every value, where scale is "
+    "max(1, the largest |reference| value of that output in that sample) (where atol or rtol is set), "
+    "its cosine to the reference (all samples, finite values) is at least the cosine floor, it has no non-finite value "
+    "where the reference is finite, and, for outputs listed in parity.scores, the argmax over the last axis agrees on at "
+    "least the top1 floor of the rows whose reference margin between the top two scores exceeds twice the artifact's typical "
+    "row error (the median over rows of each row's largest error; closer rows are near-ties and are not counted); "
+    "an integer or bool output (ids, argmax decisions, masks) is judged by agreement instead of atol, rtol and cosine: "
+    "the share of its values equal to the reference is at least the top1 floor, or 1 where the budget has none"
+)
+
+
+@dataclass
+class OutputDiff:
+    max_abs_err: float = 0.0
+    max_rel_err: float = 0.0
+    cosine: float = 1.0
+    top1: float | None = None  # only for outputs listed in parity.scores
+    top1_rows: int | None = None  # rows whose top-1 was decided (the margin beat the noise)
+    top1_ties: int = 0  # near-ties: rows not counted
+    agreement: float | None = None  # integer/bool outputs only: the share of values equal to the reference
+    nonfinite: int = 0  # non-finite values in the artifact where the reference is finite
+    atol_scale: float = 1.0  # the largest factor atol was scaled by: max(1, max |reference|) of a sample
+    compared: int = 0  # values compared: same shape, finite in the reference
+    passed: bool = True
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OutputDiff:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@dataclass
+class ParityReport:
+    passed: bool
+    samples: int
+    tolerance: dict
+    outputs: dict[str, OutputDiff]
+    scores: list[str] = field(default_factory=list)  # outputs judged as class scores (top-1)
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "samples": self.samples,
+            "tolerance": self.tolerance,
+            "scores": self.scores,
+            "rule": RULE,
+            "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ParityReport:
+        outputs = {k: OutputDiff.from_dict(o) for k, o in d["outputs"].items()}
+        return cls(d["passed"], d["samples"], d["tolerance"], outputs, d.get("scores", []))
+
+    def first_failure(self) -> str | None:
+        if not self.outputs:
+            return "no parity samples were compared"
+        return next((f"{name}: {d.failures[0]}" for name, d in self.outputs.items() if d.failures), None)
+
+    def worst(self) -> tuple[float, float]:
+        """(largest max_abs_err, smallest cosine) across outputs."""
+        if not self.outputs:
+            return 0.0, 1.0
+        graded = self.graded()
+        return max(d.max_abs_err for d in graded), min(d.cosine for d in graded)
+
+    def graded(self) -> list[OutputDiff]:
+        """The outputs judged by error and cosine (integer outputs are judged by agreement), else all."""
+        return [d for d in self.outputs.values() if d.agreement is None] or list(self.outputs.values())
+
+    def margin(self) -> float:
+        """How far the worst output is from its floors (>= 0 passes them): what a precision search maximises."""
+        tol = self.tolerance
+        margins = []
+        for d in self.outputs.values():
+            if d.agreement is not None:  # an integer output: judged by agreement only (parity.compare)
+                margins.append(d.agreement - tol.get("top1", 1.0))
+            elif "cosine" in tol:
+                margins.append(d.cosine - tol["cosine"])
+            if "top1" in tol and d.top1 is not None:
+                margins.append(d.top1 - tol["top1"])
+            if d.nonfinite:
+                margins.append(-1.0)
+        return min(margins, default=0.0 if self.passed else -1.0)
+
+    @property
+    def worst_cosine(self) -> float:
+        """The smallest cosine among outputs judged by cosine (1.0 when there is none)."""
+        return min((d.cosine for d in self.outputs.values() if d.agreement is None), default=1.0)
+
+    def summary(self) -> dict:
+        """The figures an attempt records: passed, worst cosine, worst top-1."""
+        top1 = [d.top1 for d in self.outputs.values() if d.top1 is not None]
+        return {"passed": self.passed, "cosine": self.worst_cosine, "top1": min(top1) if top1 else None}

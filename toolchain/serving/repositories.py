@@ -1,0 +1,78 @@
+"""The serving repositories of one build: a Triton model per served target that passed (the
+selection's winner under the model's plain name) and the TF Serving tree, written into the
+build's staging folder. A target a repository cannot hold fails at the serving stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from toolchain import cache, kinds
+from toolchain.feeds import load_feeds
+from toolchain.progress import Progress
+from toolchain.recipe import Recipe
+from toolchain.records import Selection, ServedModel, Serving, Stage, Status, TargetResult
+from toolchain.serving.tfserving import write_tfserving, write_warmup
+from toolchain.serving.triton import triton_model_name, write_triton_model
+
+
+def write_repositories(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress, selection: Selection | None) -> Serving:
+    serving = Serving()
+    if recipe.serve.triton and recipe.serve.triton.targets:
+        _write_triton(recipe, results, staging, progress, serving, selection)
+    if recipe.serve.tfserving and recipe.serve.tfserving.targets:
+        _write_tfserving(recipe, results, staging, progress, serving)
+    return serving
+
+
+def _servable(tname: str, results: list[TargetResult], server: str, progress: Progress) -> TargetResult | None:
+    """The result of a target that built and passed, else None (noted when it exists)."""
+    res = next((r for r in results if r.name == tname), None)
+    if res is not None and res.status is not Status.OK:
+        progress.note(f"{server}: no model for '{tname}' ({res.status.value})")
+        return None
+    return res
+
+
+def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress, serving: Serving, selection: Selection | None) -> None:
+    tri = recipe.serve.triton
+    # The fastest artifact that Triton serves takes the model's plain name; the others stay <name>_<target>.
+    ranked = [r.target for r in selection.ranking] if selection else []
+    fastest = next((t for t in ranked if t in tri.targets), None)
+    for tname in tri.targets:
+        res = _servable(tname, results, "triton", progress)
+        if res is None:
+            continue
+        model = recipe.name if tname == fastest else triton_model_name(recipe.name, tname)
+        try:
+            model_dir = write_triton_model(staging / "triton", model, recipe.version, res.kind, staging / tname, res.signature, tri, res.device)
+        except (ValueError, FileNotFoundError) as e:
+            res.fail(Stage.SERVING, f"triton: {e}")
+            continue
+        serving.triton = "triton"
+        serving.models.append(ServedModel("triton", model, tname, model_dir.relative_to(staging).as_posix()))
+        if tname == fastest:
+            selection.served_as = model
+            progress.note(f"triton: {model} serves {tname}, the fastest artifact ({selection.metric}, measured here)")
+        note = kinds.get(res.kind).triton_note(tri.backend)
+        if note:
+            progress.note(f"triton: {model}: {note}")
+
+
+def _write_tfserving(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress, serving: Serving) -> None:
+    served = [(t, res.kind, staging / t) for t in recipe.serve.tfserving.targets if (res := _servable(t, results, "tfserving", progress))]
+    if not served:
+        return
+    samples_file = staging / "parity" / "samples.npz"
+    samples = load_feeds(samples_file)
+
+    def warmup(path: Path, model: str) -> None:  # from the cache when the samples are unchanged
+        parts = {"warmup": model, "samples": cache.file_digest(samples_file)}
+        cache.cached_file(staging.parent, parts, path, lambda p: write_warmup(p, model, samples))
+
+    # base_path in models.config is absolute: where the repository lies once published.
+    final = staging.parent.resolve() / recipe.name / "tfserving"
+    for name, target, path in write_tfserving(staging / "tfserving", final, recipe, served, samples, warmup):
+        serving.models.append(ServedModel("tfserving", name, target, path.relative_to(staging).as_posix()))
+    serving.tfserving = "tfserving"
+    progress.note(f"tfserving: start the server with the command line in {final / 'README.md'}")
