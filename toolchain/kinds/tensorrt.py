@@ -24,9 +24,9 @@ from pydantic_core import PydanticCustomError
 
 from toolchain.errors import StepError
 from toolchain.kinds.base import Artifact, BuildContext, Kind, RunnerSpec, TritonModel
-from toolchain.kinds.onnx import export
 from toolchain.machine import cuda_missing, gpu_identity
 from toolchain.onnxtools import quantize
+from toolchain.onnxtools.export import export
 from toolchain.options import TargetOptions
 from toolchain.samples import calibration_samples
 from toolchain.search import QUANTIZATION_SCHEMA
