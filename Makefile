@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
+ORT_GENAI ?= onnxruntime-genai==0.18.0
 # A real Triton server for `mlpack serve-check` and the tests: tritonserver 2.51
 # and its Python backend from the nvidia-pytriton wheel, in an environment of
 # its own that the backend's stub runs models in. The stub needs numpy<2 (with
@@ -19,7 +20,10 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev,serve,tensorflow,distributed]" "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev,serve,tensorflow,distributed,generate]" "$(TORCH)"
+	# ONNX Runtime GenAI (the genai kind): --no-deps because it requires the CPU
+	# onnxruntime wheel, which would shadow onnxruntime-gpu's identical module.
+	$(BIN)/pip install -q --no-deps "$(ORT_GENAI)"
 	touch $@
 
 install: $(BIN)/.installed

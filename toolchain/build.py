@@ -26,6 +26,7 @@ from toolchain.errors import EXIT_OK, UsageError
 from toolchain.executors import Executor, open_executor, resources_for
 from toolchain.feeds import save_feeds
 from toolchain.fsutil import clean_stale, publish
+from toolchain.generation import GENERATION_FILE
 from toolchain.lock import build_lock
 from toolchain.machine import cpu_identity
 from toolchain.options import memory_bytes
@@ -208,13 +209,15 @@ class Run:
         o = out.result
         res.build_seconds, res.device, res.files, res.signature, res.runner, res.parity = o.build_seconds, o.device, o.files, o.signature, o.runner, o.parity
         res.extra = {**o.extra, "peak_rss_mb": out.peak_rss_mb, **node}
-        if res.parity.passed:
+        res.generation = o.generation
+        if res.parity.passed and (o.generation is None or o.generation.passed):
             res.status = Status.OK
         else:
-            res.fail(Stage.PARITY, "parity failed")
+            res.fail(Stage.PARITY, "parity failed" if not res.parity.passed else f"generation parity failed: {o.generation.failures[0]}")
         abs_err, cos = res.parity.worst()
-        why = res.parity.first_failure() if not res.parity.passed else None
-        self.progress.end(name, res.status.value, f"max_abs_err {abs_err:.2e}, cosine {cos:.6f}" + (f" - {why}" if why else ""))
+        why = res.parity.first_failure() if not res.parity.passed else (res.reason if not res.ok else None)
+        tokens = f", greedy tokens {o.generation.token_match:.4f} as the source's" if o.generation else ""
+        self.progress.end(name, res.status.value, f"max_abs_err {abs_err:.2e}, cosine {cos:.6f}{tokens}" + (f" - {why}" if why else ""))
         return res
 
     def select(self, results: list[TargetResult]) -> Selection | None:
@@ -294,7 +297,8 @@ class Reference:
             for note in out.result.notes:
                 progress.note(f"source: {note}")
             parity = run.staging / "parity"
-            return CacheEntry(mf.file_entries(run.staging, [parity / "samples.npz", parity / "reference.npz"]))
+            made = [parity / "samples.npz", parity / "reference.npz"] + ([run.staging / GENERATION_FILE] if recipe.generates else [])
+            return CacheEntry(mf.file_entries(run.staging, made))
 
         out = run.cache.step(run.plan.source_key, run.staging, produce, log_files("reference"))
         if out.hit and not all_hits:

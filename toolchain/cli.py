@@ -226,6 +226,10 @@ def cmd_validate(args) -> int:
             lines.append("  calibration: no rows left for it: an int8 target will fail; name data.calibration or add rows")
     else:
         lines.append(f"  parity: {r.parity.samples} samples generated from `inputs` (seed {r.parity.seed})")
+    if r.generates:
+        d, g = r.decoder, r.generation
+        lines.append(f"  text-generation: {d.model_type or 'decoder'}, {d.layers} layers, cache {d.kv_heads} kv heads x {d.head_dim}, context {g.max_length}, "
+                     f"batch up to {g.max_batch}; judged on {len(g.prompts)} prompts x {g.max_new_tokens} greedy tokens against transformers' generate")  # fmt: skip
     print("\n".join(lines), file=sys.stderr)
     return EXIT_OK
 
@@ -337,6 +341,17 @@ def _print_summary(result) -> None:
             tol = ", ".join(f"{k}={v:g}" for k, v in r.parity.tolerance.items())
             top1 = f"{d.top1:.4f}" if d.top1 is not None else f"{d.agreement:.4f} equal" if d.agreement is not None else "-"
             t.add_row(r.name, name, f"{d.max_abs_err:.3e}", f"{d.max_rel_err:.3e}", f"{d.cosine:.6f}", top1, tol, "; ".join(d.failures[:3]))
+        con.print(t)
+    missed = [r for r in result.targets if r.generation is not None and not r.generation.passed]
+    if missed:
+        t = Table(title="generation failures (teacher-forced on the source's greedy tokens)", title_style="bold red")
+        for col in ("target", "tokens as the source's", "floor", "first divergence", "min step cosine", "why"):
+            t.add_column(col)
+        for r in missed:
+            g = r.generation
+            first = g.divergences[0] if g.divergences else None
+            where = f"prompt {first.prompt} step {first.step}: {first.got} for {first.expected} (margin {first.margin:.3g})" if first else "-"
+            t.add_row(r.name, f"{g.token_match:.4f}", f"{g.floor:g}", where, f"{min(g.step_cosine, default=1.0):.6f}", "; ".join(g.failures[:2]))
         con.print(t)
     for t in result.manifest.targets:
         for w in t.warnings:

@@ -57,7 +57,7 @@ def assemble(recipe: Recipe, results: list[TargetResult], serving: Serving, seco
     device = f"cuda ({cuda[0].device_name or 'GPU'})" if cuda else "cpu"
     parity = ParityData(source="data" if recipe.data else "generated") if any(r.parity for r in results) else None
     return Manifest(recipe.name, recipe.version, recipe.source.framework, rel, sha256_file(recipe.path), environment(device), results, serving,
-                    seconds, parity, selection)  # fmt: skip
+                    seconds, parity, selection, task=recipe.task)  # fmt: skip
 
 
 def write(path: Path, manifest: Manifest) -> None:

@@ -34,6 +34,8 @@ def dim_draws(recipe: Recipe, n: int, rng: np.random.Generator) -> list[dict[str
 
 def make_feed(recipe: Recipe, sizes: dict[str, int], rng: np.random.Generator) -> Feed:
     """One seeded random feed with the given size for each named dim."""
+    if recipe.generates:
+        return decoder_feed(recipe, sizes, rng)
     feed = {}
     for spec in recipe.inputs:
         shape = tuple(sizes[d] if isinstance(d, str) else d for d in spec.shape)
@@ -47,6 +49,26 @@ def make_feed(recipe: Recipe, sizes: dict[str, int], rng: np.random.Generator) -
             lo, hi = spec.range or DEFAULT_RANGE["uint8" if dt == "uint8" else "int"]
             arr = rng.integers(int(lo), int(hi), size=shape).astype(dt)
         feed[spec.name] = arr
+    return feed
+
+
+def decoder_feed(recipe: Recipe, sizes: dict[str, int], rng: np.random.Generator) -> Feed:
+    """One call of a decoder with its cache: `seq` new tokens after `past` cached ones (0: the prefill),
+    the mask over all of them and positions continuing the past, as a generation loop feeds it. The
+    new tokens are at most what the context leaves after the past (max_length - past): at every dim's
+    max that is one token decoded at the full cache; the past's keys and values are random."""
+    longest = recipe.generation.max_length
+    batch, past = sizes["batch"], sizes["past"]
+    seq = max(recipe.dims["seq"].min, min(sizes["seq"], longest - past))  # a prefill program takes 2 tokens or more
+    past = min(past, longest - seq)
+    shape = recipe.decoder
+    feed = {
+        "input_ids": rng.integers(0, shape.vocab, size=(batch, seq)).astype(np.int64),
+        "attention_mask": np.ones((batch, past + seq), np.int64),
+        "position_ids": np.ascontiguousarray(np.broadcast_to(np.arange(past, past + seq, dtype=np.int64), (batch, seq))),
+    }
+    for name in shape.past_names():
+        feed[name] = rng.uniform(-1.0, 1.0, size=(batch, shape.kv_heads, past, shape.head_dim)).astype(np.float32)
     return feed
 
 

@@ -99,3 +99,27 @@ def savedmodel_problem(path: Path) -> str | None:
     if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
         return None
     return f"{path} has no saved_model.pb: not a SavedModel folder"
+
+
+def transformers_problem(path: Path) -> str | None:
+    """A save_pretrained folder mlpack loads without running code: a config.json naming no custom code, safetensors weights."""
+    config = path / "config.json"
+    try:
+        cfg = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return f"{path} has no readable config.json: not a save_pretrained folder"
+    if isinstance(cfg, dict) and cfg.get("auto_map"):
+        return f"{config} names custom code (auto_map): mlpack does not run code from a model folder"
+    if not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.glob("*.bin"))
+        return f"{path} has no .safetensors weights" + (f" (only {', '.join(pickled)}, which unpickling would run)" if pickled else "")
+    return None
+
+
+def tokenizer_problem(path: Path) -> str | None:
+    """A tokenizer.json (the `tokenizers` library's format: JSON, no code)."""
+    try:
+        tok = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return f"{path} is not a tokenizer.json (JSON)"
+    return None if isinstance(tok, dict) and isinstance(tok.get("model"), dict) else f"{path} has no tokenizer model: not a tokenizer.json"

@@ -31,6 +31,7 @@ from toolchain import kinds
 from toolchain import manifest as mf
 from toolchain.errors import EXIT_USAGE, MlpackError, StepError, one_line
 from toolchain.feeds import load_feeds, save_feeds
+from toolchain.generation import GENERATION_FILE, CacheLayout, Decoder, judge, load_references, package_tokenizer, save_references
 from toolchain.kinds.base import BuildContext
 from toolchain.parity import compare
 from toolchain.recipe import load_recipe
@@ -38,6 +39,7 @@ from toolchain.records import ReferenceOutcome, SelectOutcome, StepResult, StepS
 from toolchain.runners import open_runner
 from toolchain.samples import example_feed, model_failure
 from toolchain.sources import load_source
+from toolchain.sources.decoder import encode_prompts
 from toolchain.timing import interleaved, load_average
 
 
@@ -47,7 +49,12 @@ def run_reference(step: StepSpec, root: Path) -> ReferenceOutcome:
     samples = load_feeds(root / "parity" / "samples.npz")
     reference = _run_samples(source.reference_runner(), samples, lambda what, e: model_failure(recipe, e, what))
     save_feeds(root / "parity" / "reference.npz", reference)
-    return ReferenceOutcome(source.output_names, source.input_names, source.notes)
+    notes = list(source.notes)
+    if recipe.generates:  # the source's own greedy generation with its cache, what every artifact is judged against
+        refs = source.generate(encode_prompts(recipe), recipe.generation.max_new_tokens)
+        save_references(root / GENERATION_FILE, refs)
+        notes.append(f"generation: {len(refs)} prompts, {sum(len(r.tokens) for r in refs)} greedy tokens from transformers' generate with its cache")
+    return ReferenceOutcome(source.output_names, source.input_names, notes)
 
 
 def _run_samples(runner, samples: list[dict], failure) -> list[dict]:
@@ -81,6 +88,8 @@ def run_target(step: StepSpec, root: Path, workdir: Path) -> TargetOutcome:
     t0 = time.perf_counter()
     artifact = kind.build(source, spec, ctx)
     seconds = time.perf_counter() - t0
+    if recipe.generates:  # a generator ships with its tokenizer, beside every artifact
+        artifact.files = [*artifact.files, *package_tokenizer(recipe, workdir)]
     del source  # free the source model's weights before loading the artifact
     gc.collect()
     # Paths in the manifest are relative to the build root (a reproduce run's: the workdir's parent).
@@ -91,8 +100,28 @@ def run_target(step: StepSpec, root: Path, workdir: Path) -> TargetOutcome:
     reference = load_feeds(root / "parity" / "reference.npz")
     outputs = _run_samples(open_runner(runner, base), samples, _artifact_failure)
     report = compare(reference, outputs, recipe.tolerance(spec), recipe.parity.scores)
+    generation = _judge_generation(kind, artifact, recipe, spec, runner, base, root) if recipe.generates else None
     extra = {**artifact.extra, **({"device_name": _device_name()} if artifact.device == "cuda" else {})}
-    return TargetOutcome(spec.kind, seconds, artifact.device, files, artifact.signature, runner, report, extra)
+    return TargetOutcome(spec.kind, seconds, artifact.device, files, artifact.signature, runner, report, extra, generation)
+
+
+def _judge_generation(kind, artifact, recipe, spec, runner, base: Path, root: Path):
+    """The generator judged token by token against the source's greedy generation: through the kind's own
+    generator where it has one (ORT GenAI), else mlpack's loop over the artifact's runner."""
+    refs = load_references(root / GENERATION_FILE)
+    own = kind.generation_logits(artifact, recipe, refs)
+    if own is not None:
+        logits, how, problems = own
+    else:
+        with open_runner(runner, base) as active:
+            decoder = Decoder(active, CacheLayout.of(recipe))
+            logits = [decoder.teacher_forced(r.prompt, r.tokens) for r in refs]
+        how, problems = f"the {runner.runner} runner in mlpack's generation loop (teacher-forced on the source's tokens)", []
+    report = judge(refs, logits, recipe.tolerance(spec), how)
+    if problems:
+        report.failures += problems
+        report.passed = False
+    return report
 
 
 def run_select(step: StepSpec, root: Path) -> SelectOutcome:

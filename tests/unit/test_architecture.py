@@ -161,6 +161,7 @@ RECORD_KEYS = {"targets", "serving", "selection", "parity_data", "environment", 
 NOT_A_RECORD = {
     ("toolchain/recipe/loading.py", "targets"): "the recipe's parsed YAML, read to place its errors",
     ("toolchain/tensors.py", "outputs"): "Signature.from_dict, the tensor signature's own reader",
+    ("toolchain/recipe/decoder.py", "outputs"): "the generator recipe's parsed YAML, given the outputs derived from its config",
 }
 
 

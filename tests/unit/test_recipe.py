@@ -68,7 +68,14 @@ ERRORS = {
     ),
     "top-level unknown, no close match": (
         [(APPEND, "zzz: 1\n")],
-        [("zzz", 14, "unknown key 'zzz'", "remove it; known keys: data, dims, inputs, name, outputs, parity, select, serve, source, targets, version")],
+        [
+            (
+                "zzz",
+                14,
+                "unknown key 'zzz'",
+                "remove it; known keys: data, dims, generation, inputs, name, outputs, parity, select, serve, source, targets, task, tokenizer, version",
+            )
+        ],
     ),
     "source.factroy": (
         [("factory:", "factroy:")],
@@ -92,7 +99,7 @@ ERRORS = {
     ),
     "unknown target kind, far": (
         [("kind: aoti", "kind: zzz")],
-        [("targets[1].kind", 13, "unknown kind 'zzz'", "kind is one of: onnx, aoti, xla, savedmodel, tensorrt")],
+        [("targets[1].kind", 13, "unknown kind 'zzz'", "kind is one of: onnx, aoti, xla, savedmodel, tensorrt, genai")],
     ),
     "missing name": (
         [("name: tiny\n", "")],
@@ -167,7 +174,7 @@ ERRORS = {
     ),
     "two sources": (
         [("  factory: m.py:build", "  factory: m.py:build\n  exported: m.pt2")],
-        [("source", 2, "give exactly one of factory, exported, savedmodel, keras (got factory, exported)", None)],
+        [("source", 2, "give exactly one of factory, exported, savedmodel, keras, transformers (got factory, exported)", None)],
     ),
     "weights without factory": (
         [("  factory: m.py:build", "  exported: m.pt2\n  weights: w.safetensors")],
@@ -384,7 +391,7 @@ def test_defaults(root):
     assert r.targets[0].opset == 18 and r.targets[0].timeout == 1800
     assert (r.dims["batch"].min, r.dims["batch"].opt, r.dims["batch"].max) == (1, 2, 8)
     assert (r.parity.samples, r.parity.seed) == (16, 0)
-    assert r.parity.tolerance_for("onnx").model_dump() == {"atol": 1e-4, "rtol": 1e-3, "cosine": None, "top1": None}
+    assert r.parity.tolerance_for("onnx").model_dump() == {"atol": 1e-4, "rtol": 1e-3, "cosine": None, "top1": None, "tokens": None}
     assert r.serve.triton is None and r.serve.tfserving is None and r.data is None
     assert r.root == root and r.resolve("m.py") == root / "m.py"
 
@@ -405,18 +412,24 @@ def test_named_target_and_lookup(root):
 def test_tolerance_for_merges_key_by_key(root):
     parity = "parity:\n  default: {atol: 1.0e-5, cosine: 0.99}\n  per_target:\n    onnx: {rtol: 0.01, top1: 0.9}\n"
     r = parse_recipe(edit((APPEND, parity)), root / "r.yaml")
-    assert r.parity.tolerance_for("onnx").model_dump() == {"atol": 1e-5, "rtol": 0.01, "cosine": 0.99, "top1": 0.9}
+    assert r.parity.tolerance_for("onnx").model_dump() == {"atol": 1e-5, "rtol": 0.01, "cosine": 0.99, "top1": 0.9, "tokens": None}
     # No override: the default, with the documented rtol filled in.
-    assert r.parity.tolerance_for("aoti").model_dump() == {"atol": 1e-5, "rtol": 1e-3, "cosine": 0.99, "top1": None}
+    assert r.parity.tolerance_for("aoti").model_dump() == {"atol": 1e-5, "rtol": 1e-3, "cosine": 0.99, "top1": None, "tokens": None}
 
 
 def test_quantized_targets_get_their_own_budget(root):
     parity = "parity:\n  default: {atol: 1.0e-5, cosine: 0.9}\n  per_target:\n    q: {cosine: 0.995}\n"
     r = parse_recipe(edit(("kind: aoti", "kind: onnx\n    name: q\n    quantize: int8"), (APPEND, parity)), root / "r.yaml")
     # parity.default (an FP32 budget) does not apply; per_target still overrides key by key.
-    assert r.parity.tolerance_for("q", r.target("q").precision_mode).model_dump() == {"atol": None, "rtol": None, "cosine": 0.995, "top1": 0.95}
-    assert r.parity.tolerance_for("onnx", r.target("onnx").precision_mode).model_dump() == {"atol": 1e-5, "rtol": 1e-3, "cosine": 0.9, "top1": None}
-    assert r.parity.tolerance_for("x", "fp16").model_dump() == {"atol": None, "rtol": None, "cosine": 0.999, "top1": 0.99}
+    assert r.parity.tolerance_for("q", r.target("q").precision_mode).model_dump() == {"atol": None, "rtol": None, "cosine": 0.995, "top1": 0.95, "tokens": None}
+    assert r.parity.tolerance_for("onnx", r.target("onnx").precision_mode).model_dump() == {
+        "atol": 1e-5,
+        "rtol": 1e-3,
+        "cosine": 0.9,
+        "top1": None,
+        "tokens": None,
+    }
+    assert r.parity.tolerance_for("x", "fp16").model_dump() == {"atol": None, "rtol": None, "cosine": 0.999, "top1": 0.99, "tokens": None}
 
 
 @pytest.mark.parametrize(
@@ -533,7 +546,7 @@ def test_spec_example_validates_without_tf_only_targets(spec_root):
     assert [t.target_name for t in r.targets] == ["aoti", "onnx", "onnx-int8", "tensorrt"]
     assert r.source.kwargs == {"depth": 50} and r.outputs == ["logits"]
     assert r.serve.triton.max_batch_size == 64 and r.serve.triton.targets == ["onnx", "onnx-int8", "aoti"]
-    assert r.parity.tolerance_for("onnx-int8").model_dump() == {"atol": 1e-4, "rtol": 1e-3, "cosine": 0.995, "top1": 0.98}
+    assert r.parity.tolerance_for("onnx-int8").model_dump() == {"atol": 1e-4, "rtol": 1e-3, "cosine": 0.995, "top1": 0.98, "tokens": None}
 
 
 # ------------------------------------------------------------------- CLI

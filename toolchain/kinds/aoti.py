@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 from toolchain.kinds.base import EXPORT_SCHEMA, Artifact, BuildContext, Kind, RunnerSpec, TritonModel
 from toolchain.machine import cuda_missing
 from toolchain.options import TargetOptions, YamlOff
+from toolchain.records import ExportRecord
 from toolchain.search import QUANTIZATION_SCHEMA
 from toolchain.tensors import Signature, TensorSig
 from toolchain.torchtools import aoti_precision, package_kernels
@@ -20,6 +21,8 @@ from toolchain.torchtools.aoti_compile import compile_package
 
 MODEL = "model.pt2"
 RUNNER = "aoti"
+DECODER_RUNNER = "aoti-decoder"  # text-generation: a prefill and a decode package, one call each by its shape
+PHASES = ("prefill", "decode")
 MIN_TRITON = "26.03"  # the first Triton release whose pytorch backend serves .pt2 packages
 
 
@@ -101,9 +104,10 @@ class AotiKind(Kind):
     order = 20
     summary = "torch.export + AOTInductor .pt2 package"
     options = AotiTarget
+    tasks = frozenset({"predict", "text-generation"})
     frameworks = frozenset({"pytorch"})
     tools = ("torch",)
-    runners = {RUNNER: "toolchain.runners.aoti:AotiRunner"}
+    runners = {RUNNER: "toolchain.runners.aoti:AotiRunner", DECODER_RUNNER: "toolchain.runners.aoti:AotiDecoderRunner"}
     # torch_aoti (beta) addresses tensors by position and has no batching.
     triton = TritonModel(platform="torch_aoti", backend="pytorch", artifact=MODEL, positional=True, batching=False, python_backend=PYTHON_BACKEND)
     manifest_fields = {
@@ -116,7 +120,15 @@ class AotiKind(Kind):
     def skip_reason(self, spec: AotiTarget) -> str | None:
         return cuda_missing() if spec.device == "cuda" else None
 
+    def check(self, spec: AotiTarget, recipe) -> list:
+        if recipe.generates and spec.precision != "fp32":
+            return [(("precision",), f"a decoder with its cache builds in fp32 here; precision {spec.precision} is not built for text-generation yet",
+                     "set precision: fp32 (weight-only int8/int4 and bf16 decoders are planned)")]  # fmt: skip
+        return []
+
     def build(self, source, spec: AotiTarget, ctx: BuildContext) -> Artifact:
+        if source.recipe.generates:
+            return self._build_decoder(source, spec, ctx)
         path = ctx.workdir / MODEL
         extra: dict = {}
         choice = None
@@ -140,20 +152,36 @@ class AotiKind(Kind):
             if choice is not None:
                 extra["warnings"] += aoti_precision.int8_kernel_warnings(choice, kernels, source.module)
         extra["aoti"] = aoti
+        return Artifact(
+            files=[path],
+            signature=self._signature(program, source),
+            runner=RunnerSpec(runner=RUNNER, path=str(path), inputs=source.input_names, outputs=source.output_names, device=spec.device),
+            device=spec.device,
+            extra={"export": record.to_dict(), **extra},
+        )
+
+    @staticmethod
+    def _signature(program, source) -> Signature:
+        """The exported program's user inputs and outputs, named as the recipe names them."""
         placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
         out_node = next(n for n in program.graph.nodes if n.op == "output")
         user_out = out_node.args[0][-len(source.output_names) :] if source.output_names else []
-        signature = Signature(
+        return Signature(
             [_sig(n.meta["val"], name) for n, name in zip(placeholders, source.input_names)],
             [_sig(n.meta["val"], name) for n, name in zip(user_out, source.output_names)],
         )
-        return Artifact(
-            files=[path],
-            signature=signature,
-            runner=RunnerSpec(runner=RUNNER, path=str(path), inputs=source.input_names, outputs=source.output_names, device=spec.device),
-            device=spec.device,
-            extra={"export": record, **extra},
-        )
+
+    def _build_decoder(self, source, spec: AotiTarget, ctx: BuildContext) -> Artifact:
+        """A prefill and a decode package, each through the shared compile ladder over its phase's dims."""
+        frozen = spec.freezing != "off"
+        built = {p: compile_package(source.for_phase(p), spec.device, ctx.workdir / f"{p}.pt2", configs={"freezing": frozen}) for p in PHASES}
+        source.module.to("cpu")
+        program = built["prefill"][0]
+        export = ExportRecord.of_phases({p: rec for p, (_, rec) in built.items()}).to_dict()
+        aoti = {"precision": "fp32", "freezing": frozen, "packages": {p: f"{p}.pt2" for p in PHASES}}
+        runner = RunnerSpec(runner=DECODER_RUNNER, path=str(ctx.workdir), inputs=source.input_names, outputs=source.output_names, device=spec.device)
+        files = [ctx.workdir / f"{p}.pt2" for p in PHASES]
+        return Artifact(files, self._signature(program, source), runner, device=spec.device, extra={"export": export, "aoti": aoti})
 
     def triton_instance_kind(self, device: str) -> str:
         return "KIND_GPU" if device == "cuda" else "KIND_CPU"  # a CPU package cannot run on a GPU

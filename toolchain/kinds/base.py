@@ -103,6 +103,7 @@ class Kind:
     summary: ClassVar[str] = ""  # one line for `mlpack validate` and the docs
     fp32_tolerance: ClassVar[dict] = {"atol": 1e-4, "rtol": 1e-3}  # parity's default when the recipe sets none
     order: ClassVar[int] = 1000  # where it is listed among kinds (then by name); entry points come unordered
+    tasks: ClassVar[frozenset[str]] = frozenset({"predict"})  # recipe tasks it builds for; text-generation: a decoder with its KV cache
 
     def skip_reason(self, spec: TargetOptions) -> str | None:
         """Why this machine cannot build or run the target, or None."""
@@ -138,6 +139,12 @@ class Kind:
 
     def triton_note(self, backend: str) -> str | None:
         """A note the build prints when it serves this kind (limits of the backend)."""
+        return None
+
+    def generation_logits(self, artifact: Artifact, recipe: Recipe, refs: list) -> tuple[list, str, list[str]] | None:
+        """text-generation: the artifact's teacher-forced logits per reference (toolchain.generation.Reference), what
+        produced them, and problems found on the way, when the kind drives its own generator; None: mlpack's loop
+        over the artifact's runner (toolchain.generation.Decoder)."""
         return None
 
     def fingerprint_files(self) -> list[Path]:

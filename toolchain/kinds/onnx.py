@@ -70,7 +70,7 @@ def load(path, device, on_gpu, device_id, input_names, output_names):
 def _convert(source, spec: OnnxTarget, scratch: Path, dst: Path, ctx: BuildContext) -> dict:
     """Export, then optimize and/or change precision; returns the manifest fields."""
     current = scratch / MODEL
-    fields: dict = {"export": export(source, spec.opset, current)}
+    fields: dict = {"export": export(source, spec.opset, current).to_dict()}
     if spec.optimize:
         optimized = scratch / "optimized.onnx" if spec.quantize else dst
         fields["optimization"] = optimize(source, current, optimized, spec.device)
@@ -88,6 +88,7 @@ class OnnxKind(Kind):
     order = 10
     summary = "ONNX model (FP32, FP16 or INT8) run by ONNX Runtime"
     options = OnnxTarget
+    tasks = frozenset({"predict", "text-generation"})
     frameworks = frozenset({"pytorch", "tensorflow"})
     tools = ("onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "onnxconverter-common", "tf2onnx")
     runners = {RUNNER: "toolchain.runners.onnxruntime:OnnxRuntimeRunner"}
@@ -119,7 +120,7 @@ class OnnxKind(Kind):
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
         else:
-            fields = {"export": export(source, spec.opset, path)}
+            fields = {"export": export(source, spec.opset, path).to_dict()}
         return Artifact(
             files=sorted(p for p in ctx.workdir.iterdir() if p.is_file()),
             signature=onnx_signature(path),

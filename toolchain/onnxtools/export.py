@@ -16,14 +16,14 @@ from toolchain.corners import check_corners
 from toolchain.errors import StepError
 from toolchain.onnxtools.files import check, save_ir
 from toolchain.onnxtools.names import assign_io_names
-from toolchain.records import Attempt
+from toolchain.records import Attempt, ExportRecord
 from toolchain.sources.tensorflow import LOOKUP_HINT
 from toolchain.torchtools import export_errors, rewrites
 
 TORCHSCRIPT_MAX_OPSET = 20  # the TorchScript exporter's newest opset
 
 
-def export(source, opset: int, path: Path) -> dict:
+def export(source, opset: int, path: Path) -> ExportRecord:
     """The FP32 export every ONNX-based target starts from: torch.onnx for PyTorch
     sources (dynamo, then TorchScript), tf2onnx for TensorFlow; both end in the same
     runner. Returns the manifest's `export` record: which strategy produced it."""
@@ -172,14 +172,13 @@ def _export_strategies(source, opset: int, path: Path):
         yield Strategy(name + OTHER_SIZES, partial(attempt, other=True), lambda tried, name=name: tried[-1].strategy == name and tried[-1].sized)
 
 
-def _export_torch(source, opset: int, path: Path) -> dict:
+def _export_torch(source, opset: int, path: Path) -> ExportRecord:
     try:
         captured = climb(_export_strategies(source, opset, path), "ONNX export")
     except CaptureFailed as e:
         raise StepError("torch.onnx.export failed with every strategy: " + "; ".join(f"{t.strategy}: {t.error}" for t in e.tried),
                         hint=_export_hint(source, e.tried)) from None  # fmt: skip
-    changed = rewrites.found(source.module)
-    return {"strategy": captured.strategy, "tried": [t.to_dict() for t in captured.tried]} | ({"rewrites": changed} if changed else {})
+    return ExportRecord(captured.strategy, captured.tried, rewrites=rewrites.found(source.module))
 
 
 def _export_hint(source, tried: list[Attempt]) -> str:
@@ -264,7 +263,7 @@ def _label_encoder(ctx, node, name, args):
     return node
 
 
-def _export_tf(source, opset: int, path: Path) -> None:
+def _export_tf(source, opset: int, path: Path) -> ExportRecord:
     """tf2onnx on the same serving function the SavedModel targets save.
 
     tf2onnx names outputs by the function's dict keys but sorts them, and calls
@@ -301,4 +300,4 @@ def _export_tf(source, opset: int, path: Path) -> None:
             if isinstance(want, str):
                 dim.dim_param = want
     onnx.save(proto, str(path))
-    return {"strategy": "tf2onnx", "tried": []} | ({"rewrites": sorted(source.rewrites)} if source.rewrites else {})
+    return ExportRecord("tf2onnx", rewrites=sorted(source.rewrites))

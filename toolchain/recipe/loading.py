@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from toolchain import kinds
 from toolchain.errors import Problem, RecipeError, UsageError
 from toolchain.options import GPU_TYPE_RE, NAME_RE
+from toolchain.recipe.decoder import derive, past_from_zero
 from toolchain.recipe.rules import _check_files, _cross_check, _expand_matrix
 from toolchain.recipe.schema import Recipe, yaml_text
 
@@ -297,6 +298,15 @@ def parse_recipe(text: str, path: Path, check_files: bool = True) -> Recipe:
         raise RecipeError(
             path, [Problem("", "a recipe is a YAML mapping (name:, source:, inputs:, targets: ...)", 1, "see the complete example in docs/recipe.md")]
         )
+    generates = data.get("task") == "text-generation"
+    if not generates and "task" not in data and "generation" in data and "inputs" not in data:
+        return_line = _line_of(root, ("generation",))
+        raise RecipeError(path, [Problem("task", "a recipe with a generation section and no inputs is a generator, but says no task", return_line,
+                                         "add `task: text-generation` (its inputs, outputs and dims then come from the model's config)")])  # fmt: skip
+    if generates:  # the decoder's inputs, outputs and dims, from its config
+        derived = derive(data, path.resolve().parent)
+        if derived:
+            raise RecipeError(path, [Problem(_key_path(loc), msg, _line_of(root, loc), hint) for loc, msg, hint in derived])
     dims = data.get("dims")
     declared = [k for k in dims if isinstance(k, str)] if isinstance(dims, dict) else []
     try:
@@ -305,6 +315,8 @@ def parse_recipe(text: str, path: Path, check_files: bool = True) -> Recipe:
         probs = _union_problems(e.errors(include_url=False), data, root)
         raise RecipeError(path, _dedupe(_framework_first(probs, data, root))) from None
     recipe._path = path.resolve()
+    if generates:
+        past_from_zero(recipe)
     found = _cross_check(recipe) + (_check_files(recipe) if check_files else [])
     found = found or _expand_matrix(recipe)
     if found:

@@ -28,10 +28,15 @@ def _cross_check(r: Recipe) -> Found:
         seen.add(n)
         kind = kinds.get(t.kind)
         if r.source.framework not in kind.frameworks:
-            ok = ", ".join(sorted(kinds.frameworks().get(r.source.framework, [])))
+            ok = ", ".join(sorted(k for k in kinds.frameworks().get(r.source.framework, []) if r.task in kinds.get(k).tasks))
             out.append((("targets", i, "kind"), f"'{t.kind}' does not build from a {r.source.framework} source", f"use one of: {ok}"))
+        elif r.task not in kind.tasks:
+            ok = ", ".join(k.name for k in kinds.kinds().values() if r.task in k.tasks and r.source.framework in k.frameworks)
+            what = "a decoder with its cache" if r.generates else "a model that answers in one call"
+            out.append((("targets", i, "kind"), f"'{t.kind}' does not build {what} (task: {r.task})", f"use one of: {ok}"))
         else:
             out += [(("targets", i, *loc), msg, hint) for loc, msg, hint in kind.check(t, r)]
+    out += _task_checks(r)
     in_names = [s.name for s in r.inputs]
     for i, spec in enumerate(r.inputs):
         if all(not isinstance(d, str) or d in r.dims for d in spec.shape):
@@ -78,6 +83,37 @@ def _cross_check(r: Recipe) -> Found:
     if r.serve.tfserving:
         out += _tfserving_checks(r, names)
     return out
+
+
+def _task_checks(r: Recipe) -> Found:
+    """text-generation needs a PyTorch decoder, prompts and a tokenizer; the other task has no generation section."""
+    if not r.generates:
+        if r.generation is not None or r.tokenizer is not None:
+            key = "generation" if r.generation is not None else "tokenizer"
+            return [((key,), f"{key} applies to task: text-generation", "add `task: text-generation`, or remove it")]
+        if r.source.transformers:
+            return [
+                (
+                    ("source", "transformers"),
+                    "a transformers folder is a source for task: text-generation",
+                    "add `task: text-generation`, or use source.factory",
+                )
+            ]
+        return []
+    if r.source.framework != "pytorch":
+        return [(("source", "framework"), "text-generation builds PyTorch decoders", "use framework: pytorch")]
+    if r.generation is None:
+        return [(("generation",), "text-generation needs a generation section: the prompts its greedy tokens are judged on",
+                 "add `generation: {prompts: [...], max_new_tokens: 16}`")]  # fmt: skip
+    if r.source.factory and not r.generation.config:
+        return [(("generation", "config"), "a factory's decoder needs its config.json for the cache layout", "give generation.config")]
+    if r.tokenizer_file() is None:
+        return [(("tokenizer",), "text-generation needs a tokenizer to encode the prompts", "give tokenizer: a tokenizer.json, or the folder holding one")]
+    vocab = r.decoder.vocab
+    bad = [(j, e) for j, e in enumerate(r.generation.eos or []) if e >= vocab]
+    if bad:
+        return [(("generation", "eos", bad[0][0]), f"token id {bad[0][1]} is outside the model's vocabulary of {vocab}", f"use ids below {vocab}")]
+    return []
 
 
 def _triton_checks(r: Recipe, names: list[str]) -> Found:
@@ -263,6 +299,9 @@ def _check_files(r: Recipe) -> Found:
             if value is not None:
                 rel = value if isinstance(value, str) else value.path
                 checks.append((("data", key) if isinstance(value, str) else ("data", key, "path"), SourceFile("data", rel, r.root / rel, is_dir=False)))
+    if r.generates and r.tokenizer_file() is not None:
+        tok = r.tokenizer_file()
+        checks.append((("tokenizer",) if r.tokenizer else ("source", "transformers"), SourceFile("tokenizer", str(tok), tok, is_dir=False)))
     out: Found = []
     for loc, f in checks:
         try:
@@ -292,6 +331,12 @@ def _content_problem(r: Recipe, key: str, p: Path) -> tuple[str | None, str | No
         return sniff.keras_problem(p), "save it with model.save('model.keras')"
     if key == "savedmodel":
         return sniff.savedmodel_problem(p), "point at the folder tf.saved_model.save() wrote"
+    if key == "transformers":
+        return sniff.transformers_problem(
+            p
+        ), "save it with model.save_pretrained(folder) (safetensors, no custom code); for code of your own, use source.factory"
+    if key == "tokenizer":
+        return sniff.tokenizer_problem(p), "point at the tokenizer.json tokenizer.save_pretrained(folder) wrote, or at that folder"
     return sniff.zip_problem(p, ".npz file"), "save samples with numpy.savez(path, **{input_name: array})"
 
 

@@ -5,6 +5,7 @@ Imports no ML framework; the target union is built from the kind registry on fir
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import re
@@ -29,6 +30,7 @@ from pydantic_core import PydanticCustomError
 
 from toolchain import kinds
 from toolchain.options import NAME_RE, Strict, TargetOptions, YamlOff
+from toolchain.recipe.decoder import DecoderShape, config_path, read_config
 
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool", "uint8")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 4, "int64": 8, "int32": 4, "bool": 1, "uint8": 1}
@@ -37,7 +39,8 @@ MAX_SAMPLE_BYTES = 2 << 30  # one parity sample of one input, at every dim's max
 INT_BOUNDS = {"int64": (-(2**63), 2**63), "int32": (-(2**31), 2**31), "uint8": (0, 256)}
 TENSOR_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_.:-]*$"
 DIM_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
-SOURCE_KEYS = ("factory", "exported", "savedmodel", "keras", "weights")  # the keys under `source` that name files
+SOURCE_KEYS = ("factory", "exported", "savedmodel", "keras", "transformers", "weights")  # the keys under `source` that name files
+FOLDER_KEYS = ("savedmodel", "transformers")  # of those, the ones that name a folder
 
 
 def triton_model_name(recipe_name: str, target_name: str) -> str:
@@ -149,6 +152,7 @@ class Source(Strict):
     exported: str | None = Field(None, description="torch.export.save() .pt2 file")
     savedmodel: str | None = None
     keras: str | None = None
+    transformers: str | None = Field(None, description="a transformers save_pretrained folder (config.json, *.safetensors); no code runs from it")
     weights: str | None = Field(None, description=".safetensors or a state_dict .pt/.pth")
     signature: str | None = Field(None, description="SavedModel signature (default serving_default)")
     allow_pickle: StrictBool = Field(
@@ -164,14 +168,14 @@ class Source(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> Source:
-        given = [k for k in ("factory", "exported", "savedmodel", "keras") if getattr(self, k)]
+        given = [k for k in ("factory", "exported", "savedmodel", "keras", "transformers") if getattr(self, k)]
         if len(given) != 1:
             raise PydanticCustomError(
                 "source_count",
-                "give exactly one of factory, exported, savedmodel, keras (got {got})",
+                "give exactly one of factory, exported, savedmodel, keras, transformers (got {got})",
                 {"got": ", ".join(given) or "none"},
             )
-        allowed = {"pytorch": {"factory", "exported"}, "tensorflow": {"factory", "savedmodel", "keras"}}
+        allowed = {"pytorch": {"factory", "exported", "transformers"}, "tensorflow": {"factory", "savedmodel", "keras"}}
         if given[0] not in allowed[self.framework]:
             raise PydanticCustomError(
                 "source_framework",
@@ -195,7 +199,7 @@ class Source(Strict):
             value = getattr(self, key)
             if value:
                 rel = value.rsplit(":", 1)[0] if key == "factory" else value
-                out.append(SourceFile(key, rel, _resolved(root, rel), is_dir=key == "savedmodel"))
+                out.append(SourceFile(key, rel, _resolved(root, rel), is_dir=key in FOLDER_KEYS))
         return out
 
 
@@ -299,6 +303,8 @@ class Tolerance(Strict):
     rtol: Annotated[FiniteFloat, Field(ge=0)] | None = None
     cosine: Annotated[FiniteFloat, Field(ge=-1, le=1)] | None = None
     top1: Annotated[FiniteFloat, Field(ge=0, le=1)] | None = None
+    # text-generation: the share of next tokens (the artifact's greedy choice given the reference's context) equal to the reference's
+    tokens: Annotated[FiniteFloat, Field(ge=0, le=1)] | None = None
 
 
 # Reduced precision cannot meet elementwise bounds meant for FP32, so these
@@ -333,7 +339,7 @@ class Parity(Strict):
         if precision in QUANTIZED_TOLERANCE:
             base = {"atol": None, "rtol": None, **QUANTIZED_TOLERANCE[precision]}
         else:
-            base = self.default.model_dump() if self.default is not None else {"atol": None, "rtol": None, "cosine": None, "top1": None}
+            base = self.default.model_dump() if self.default is not None else {"atol": None, "rtol": None, "cosine": None, "top1": None, "tokens": None}
             base["atol"] = fp32["atol"] if base["atol"] is None else base["atol"]
             base["rtol"] = fp32["rtol"] if base["rtol"] is None else base["rtol"]
         over = self.per_target.get(target)
@@ -424,13 +430,28 @@ class Select(Strict):
     rounds: Annotated[StrictInt, Field(ge=3, le=101)] = 7
 
 
+class Generation(Strict):
+    """task: text-generation: how the decoder is exported (context, batch) and judged (prompts, greedy tokens)."""
+
+    prompts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, description="texts, tokenized by the recipe's tokenizer")
+    max_new_tokens: Annotated[StrictInt, Field(ge=1, le=4096)] = 16
+    max_length: Annotated[StrictInt, Field(ge=2, le=1 << 20)] = Field(128, description="the context the artifacts take: prompt and new tokens")
+    max_batch: Annotated[StrictInt, Field(ge=1, le=1024)] = 8
+    eos: list[Annotated[StrictInt, Field(ge=0)]] | None = Field(None, description="token ids that end a generation (default: the config's eos_token_id)")
+    config: str | None = Field(None, description="the decoder's config.json, for a factory source (a transformers folder has its own)")
+
+
 class Recipe(Strict):
     # The target union comes from the kind registry: built on first use, not at import.
     model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
 
     name: Annotated[str, Field(pattern=NAME_RE, max_length=64)]
     version: Annotated[StrictInt, Field(ge=1, le=2**31 - 1)] = 1
+    # predict: one call in, tensors out (the default); text-generation: a decoder with its KV cache (recipe/decoder.py)
+    task: Literal["predict", "text-generation"] = "predict"
     source: Source
+    tokenizer: str | None = Field(None, description="tokenizer.json, or a folder holding one (default: source.transformers's)")
+    generation: Generation | None = None
     inputs: list[InputSpec] = Field(min_length=1)
     outputs: list[Annotated[str, Field(pattern=TENSOR_NAME_RE)]] | None = None
     dims: dict[Annotated[str, Field(pattern=DIM_NAME_RE)], DimSpec] = Field(default_factory=dict)
@@ -442,6 +463,7 @@ class Recipe(Strict):
 
     # Set by load_recipe: where relative paths resolve from. Not a recipe key.
     _path: Path | None = None
+    _decoder: DecoderShape | None = None
 
     @property
     def path(self) -> Path:
@@ -456,9 +478,38 @@ class Recipe(Strict):
         return (self.root / rel).resolve()
 
     def files(self) -> list[SourceFile]:
-        """Every file and folder the model is made from: the source's, then the data files."""
+        """Every file and folder the model is made from: the source's, the tokenizer and decoder config, then the data files."""
         data = [SourceFile("data", rel, _resolved(self.root, rel), is_dir=False) for rel in self.data.files()] if self.data else []
-        return self.source.files(self.root) + data
+        extra = []
+        if self.tokenizer:
+            path = _resolved(self.root, self.tokenizer)
+            extra.append(SourceFile("tokenizer", self.tokenizer, path, is_dir=path.is_dir()))
+        if self.generation and self.generation.config:
+            extra.append(SourceFile("config", self.generation.config, _resolved(self.root, self.generation.config), is_dir=False))
+        return self.source.files(self.root) + extra + data
+
+    @property
+    def generates(self) -> bool:
+        """A decoder exported with its cache, judged by greedy generation (task: text-generation)."""
+        return self.task == "text-generation"
+
+    @property
+    def decoder(self) -> DecoderShape:
+        """The decoder's cache layout and token ids, from its config.json (text-generation only)."""
+        if self._decoder is None:
+            _, path = config_path(self.model_dump(include={"source", "generation"}), self.root)
+            shape = read_config(path)
+            self._decoder = dataclasses.replace(shape, eos=tuple(self.generation.eos)) if self.generation and self.generation.eos else shape
+        return self._decoder
+
+    def tokenizer_file(self) -> Path | None:
+        """The tokenizer.json generation prompts are encoded with: `tokenizer` (a file, or a folder holding one), else the
+        transformers folder's; None when there is none."""
+        given = self.tokenizer or self.source.transformers
+        if given is None:
+            return None
+        path = self.resolve(given)
+        return path / "tokenizer.json" if path.is_dir() else path
 
     def tolerance(self, spec: TargetOptions) -> Tolerance:
         """What the parity gate holds this target to (its kind's FP32 default unless the recipe says otherwise)."""

@@ -28,6 +28,7 @@ from toolchain.records.results import (
 from toolchain.records.steps import (
     Attempt,
     Dependency,
+    ExportRecord,
     FileEntry,
     Payload,
     ReferenceOutcome,
@@ -40,7 +41,7 @@ from toolchain.records.steps import (
     TargetOutcome,
     Timing,
 )
-from toolchain.records.verdicts import RULE, STAGE_EXIT, OutputDiff, ParityReport, Stage, Status
+from toolchain.records.verdicts import RULE, STAGE_EXIT, Divergence, GenerationReport, OutputDiff, ParityReport, Stage, Status
 
 __all__ = [
     "Attempt",
@@ -48,7 +49,10 @@ __all__ = [
     "CacheEntry",
     "CacheRef",
     "Dependency",
+    "Divergence",
+    "ExportRecord",
     "FileEntry",
+    "GenerationReport",
     "Machine",
     "Manifest",
     "OutputDiff",

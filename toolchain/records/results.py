@@ -8,7 +8,7 @@ from pathlib import Path
 
 from toolchain.errors import EXIT_CONVERSION, EXIT_OK, EXIT_PARITY, EXIT_USAGE
 from toolchain.records.steps import Dependency, FileEntry, RunnerSpec, _files, _runner, _signature
-from toolchain.records.verdicts import STAGE_EXIT, ParityReport, Stage, Status
+from toolchain.records.verdicts import STAGE_EXIT, GenerationReport, ParityReport, Stage, Status
 from toolchain.tensors import Signature
 
 SCHEMA_ID = "mlpack.manifest/1"
@@ -47,8 +47,10 @@ class TargetResult:
     log: str | None = None
     cache: CacheRef | None = None
     extra: dict = field(default_factory=dict)  # fields a kind adds to its manifest entry, and serve-check's
+    generation: GenerationReport | None = None  # text-generation: the generator judged token by token
 
-    FIELDS = ("name", "kind", "status", "stage", "reason", "hint", "build_seconds", "device", "log", "files", "signature", "runner", "parity", "cache")
+    FIELDS = ("name", "kind", "status", "stage", "reason", "hint", "build_seconds", "device", "log", "files", "signature", "runner", "parity", "cache",
+              "generation")  # fmt: skip
 
     @classmethod
     def failed(cls, name: str, kind: str, stage: Stage, reason: str, **kw) -> TargetResult:
@@ -96,6 +98,7 @@ class TargetResult:
             "runner": self.runner.model_dump(mode="json") if self.runner else None,
             "parity": self.parity.to_dict() if self.parity else None,
             "cache": self.cache.to_dict() if self.cache else None,
+            **({"generation": self.generation.to_dict()} if self.generation else {}),
             **self.extra,
         }
 
@@ -117,6 +120,7 @@ class TargetResult:
             d.get("log"),
             _cache(d.get("cache")),
             {k: v for k, v in d.items() if k not in cls.FIELDS},
+            GenerationReport.from_dict(d["generation"]) if d.get("generation") else None,
         )
 
 
@@ -358,6 +362,7 @@ class Manifest:
     parity_data: ParityData | None = None
     selection: Selection | None = None
     schema: str = SCHEMA_ID
+    task: str = "predict"  # text-generation: a decoder with its cache, judged by generation too
 
     @staticmethod
     def claims(data: object) -> bool:
@@ -384,6 +389,7 @@ class Manifest:
             "name": self.name,
             "version": self.version,
             "framework": self.framework,
+            **({"task": self.task} if self.task != "predict" else {}),
             "recipe": {"path": self.recipe_path, "sha256": self.recipe_sha256},
             "environment": self.environment,
             "build_seconds": round(self.build_seconds, 3),
@@ -410,6 +416,7 @@ class Manifest:
                 ParityData(**d["parity_data"]) if d.get("parity_data") else None,
                 Selection.from_dict(d["selection"]) if d.get("selection") else None,
                 d.get("schema", SCHEMA_ID),
+                d.get("task", "predict"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"not an mlpack manifest: {type(e).__name__}: {e}") from None

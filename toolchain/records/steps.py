@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from toolchain.records.verdicts import ParityReport
+from toolchain.records.verdicts import GenerationReport, ParityReport
 from toolchain.tensors import Signature
 
 # ------------------------------------------------------------------ artifacts
@@ -70,6 +70,30 @@ class Attempt:
         if self.inductor_configs is not None:
             out["inductor_configs"] = self.inductor_configs
         return out | ({"error": self.error} if self.error is not None else {})
+
+
+@dataclass
+class ExportRecord:
+    """How an artifact was captured (the manifest's `export`): the strategy that produced it, what failed before it."""
+
+    strategy: str
+    tried: list[Attempt] = field(default_factory=list)
+    inductor_configs: dict | None = None  # AOTInductor: the compile options that produced it
+    rewrites: list[str] = field(default_factory=list)  # layers exported as an equivalent (torchtools/rewrites.py)
+    phases: dict[str, ExportRecord] = field(default_factory=dict)  # one record per program (a decoder's prefill and decode)
+
+    @classmethod
+    def of_phases(cls, phases: dict[str, ExportRecord]) -> ExportRecord:
+        return cls("; ".join(f"{p}: {r.strategy}" for p, r in phases.items()), [t for r in phases.values() for t in r.tried], phases=phases)
+
+    def to_dict(self) -> dict:
+        out: dict = {"strategy": self.strategy}
+        if self.inductor_configs is not None:
+            out["inductor_configs"] = self.inductor_configs
+        out["tried"] = [t.to_dict() for t in self.tried]
+        if self.rewrites:
+            out["rewrites"] = self.rewrites
+        return out | ({"phases": {p: r.to_dict() for p, r in self.phases.items()}} if self.phases else {})
 
 
 @dataclass
@@ -166,6 +190,7 @@ class TargetOutcome:
     runner: RunnerSpec
     parity: ParityReport
     extra: dict = field(default_factory=dict)  # the kind's manifest fields
+    generation: GenerationReport | None = None  # text-generation: judged token by token
 
 
 @dataclass
@@ -231,6 +256,7 @@ def _payload_dict(p: Payload) -> dict:
             "runner": p.runner.model_dump(mode="json"),
             "parity": p.parity.to_dict(),
             "extra": p.extra,
+            "generation": p.generation.to_dict() if p.generation else None,
         }
     figures = {n: {f.name: getattr(t, f.name) for f in fields(t)} for n, t in p.figures.items()}
     return {"figures": figures, "batch": p.batch, "sizes": p.sizes, "threads": p.threads, "load_average": p.load_average}
@@ -241,7 +267,8 @@ def _payload(d: dict, step: StepType) -> Payload:
         return ReferenceOutcome(d["output_names"], d["input_names"], d.get("notes", []))
     if step == "target":
         return TargetOutcome(d["kind"], d["build_seconds"], d["device"], _files(d["files"]), Signature.from_dict(d["signature"]),
-                             RunnerSpec.model_validate(d["runner"]), ParityReport.from_dict(d["parity"]), d.get("extra", {}))  # fmt: skip
+                             RunnerSpec.model_validate(d["runner"]), ParityReport.from_dict(d["parity"]), d.get("extra", {}),
+                             GenerationReport.from_dict(d["generation"]) if d.get("generation") else None)  # fmt: skip
     return SelectOutcome({n: Timing(**f) for n, f in d["figures"].items()}, d["batch"], d["sizes"], d["threads"], d["load_average"])
 
 

@@ -128,3 +128,52 @@ class ParityReport:
         """The figures an attempt records: passed, worst cosine, worst top-1."""
         top1 = [d.top1 for d in self.outputs.values() if d.top1 is not None]
         return {"passed": self.passed, "cosine": self.worst_cosine, "top1": min(top1) if top1 else None}
+
+
+@dataclass
+class Divergence:
+    """Where a generator first chose another token than the source, for one prompt."""
+
+    prompt: int
+    step: int
+    expected: int
+    got: int
+    margin: float  # the source's own gap between its top two logits there (a near-tie flips on noise)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class GenerationReport:
+    """A generator judged token by token (toolchain.generation.judge): greedy choices in the source's context, and logits."""
+
+    passed: bool
+    prompts: int
+    steps: int  # next tokens compared, over all prompts
+    token_match: float  # the share of them the artifact chose as the source did
+    floor: float
+    divergences: list[Divergence]
+    step_cosine: list[float]  # per step, the smallest logit cosine over the prompts
+    logits: ParityReport
+    how: str  # what ran the loop: the artifact's runner with mlpack's loop, or the runtime's own generator
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "prompts": self.prompts,
+            "steps": self.steps,
+            "token_match": self.token_match,
+            "floor": self.floor,
+            "divergences": [d.to_dict() for d in self.divergences],
+            "step_cosine": self.step_cosine,
+            "logits": self.logits.to_dict(),
+            "how": self.how,
+            "failures": self.failures,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GenerationReport:
+        return cls(d["passed"], d["prompts"], d["steps"], d["token_match"], d["floor"], [Divergence(**x) for x in d["divergences"]],
+                   list(d["step_cosine"]), ParityReport.from_dict(d["logits"]), d.get("how", ""), list(d.get("failures", [])))  # fmt: skip

@@ -10,13 +10,15 @@ import importlib.util
 
 from toolchain.errors import UsageError
 from toolchain.recipe import Recipe
-from toolchain.sources import pytorch, tensorflow
+from toolchain.sources import decoder, pytorch, tensorflow
 
 FRAMEWORKS = {"pytorch": pytorch.TorchSource, "tensorflow": tensorflow.TFSource}
 
 
 def load_source(recipe: Recipe):
     """The recipe's source model (in a worker: this imports the framework)."""
+    if recipe.generates:
+        return decoder.DecoderSource(recipe)
     return FRAMEWORKS[recipe.source.framework](recipe)
 
 

@@ -15,7 +15,7 @@ from unittest import mock
 from toolchain.capture import AttemptFailed, CaptureFailed, Strategy, climb
 from toolchain.corners import check_corners
 from toolchain.errors import StepError, one_line
-from toolchain.records import Attempt
+from toolchain.records import Attempt, ExportRecord
 from toolchain.samples import Feed
 from toolchain.tensors import to_numpy
 from toolchain.torchtools import export_errors, inductor_patches, rewrites
@@ -227,7 +227,7 @@ class CompileFailed(StepError):
         self.tried = tried
 
 
-def compile_package(source, device: str, path: Path, module=None, configs: dict | None = None) -> tuple[object, dict]:
+def compile_package(source, device: str, path: Path, module=None, configs: dict | None = None) -> tuple[object, ExportRecord]:
     """Export and compile, trying EXPORTS in order; (exported program, the manifest's `export` record).
 
     module: what to export (default: the source's); configs: Inductor options every compile uses (freezing).
@@ -238,10 +238,7 @@ def compile_package(source, device: str, path: Path, module=None, configs: dict 
     except CaptureFailed as e:
         raise CompileFailed(e.tried, source) from None
     program, label, run_configs = captured.value
-    changed = rewrites.found(source.module)
-    return program, {"strategy": label, "inductor_configs": run_configs, "tried": [t.to_dict() for t in captured.tried]} | (
-        {"rewrites": changed} if changed else {}
-    )
+    return program, ExportRecord(label, captured.tried, run_configs, rewrites.found(source.module))
 
 
 def runnable_export(source, module=None):

@@ -1,0 +1,111 @@
+"""task: text-generation end to end: recipes/tiny-llama.yaml built as a user builds it, then its artifacts used as a
+server would use them: the ONNX and AOTInductor decoders driven with their caches, the ONNX Runtime GenAI folder
+generating from text with its own tokenizer."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import ROOT, build_recipe, mlpack
+from toolchain.generation import CacheLayout, Decoder, load_references
+from toolchain.manifest import schema
+from toolchain.recipe import load_recipe
+from toolchain.runners import open_runner
+
+TARGETS = ("onnx", "aoti", "genai")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return build_recipe(tmp_path_factory, "tiny-llama.yaml", "tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def refs(built):
+    return load_references(built.root / "parity" / "generation.npz")
+
+
+def test_every_target_generates_the_source_tokens(built, refs):
+    m = built.manifest
+    jsonschema.validate(m, schema())
+    assert m["task"] == "text-generation"
+    assert len(refs) == 3 and all(len(r.tokens) == 16 for r in refs)
+    assert len({t for r in refs for t in r.tokens}) > 8  # varied tokens: a decoder that repeats one token proves little
+    for name in TARGETS:
+        t = built.target(name)
+        g = t["generation"]
+        assert t["status"] == "ok" and g["passed"] and g["token_match"] == 1.0 and g["steps"] == 48, (name, g)
+        assert g["logits"]["passed"] and min(g["step_cosine"]) > 0.9999
+        assert (built.root / name / "tokenizer.json").is_file()  # a generator ships with its tokenizer
+    assert "onnxruntime_genai's own generator" in built.target("genai")["generation"]["how"]
+    assert built.target("genai")["genai"]["greedy_tokens_equal"] is True
+    assert sorted(f["path"] for f in built.target("aoti")["files"])[:2] == ["aoti/decode.pt2", "aoti/prefill.pt2"]
+
+
+@pytest.mark.parametrize("name", ["onnx", "aoti"])
+def test_decoder_artifact_runs_batched_with_its_cache(built, refs, name):
+    """The artifact alone, as a server runs it: greedy decoding reproduces the source's tokens, and a batch of two
+    equal rows gives the batch-of-one logits (batch, new tokens and past length are all dynamic)."""
+    recipe = load_recipe(ROOT / "recipes" / "tiny-llama.yaml")
+    runner = open_runner(built.target(name)["runner"], built.root)
+    with runner as active:
+        decoder = Decoder(active, CacheLayout.of(recipe))
+        for ref in refs:
+            assert decoder.greedy(ref.prompt, len(ref.tokens)) == ref.tokens
+        prompt = refs[1].prompt
+        decoder.start(1)
+        one = [decoder.step(np.asarray([prompt]))[0, -1]] + [decoder.step(np.asarray([[t]]))[0, -1] for t in refs[1].tokens[:3]]
+        decoder.start(2)
+        two = [decoder.step(np.asarray([prompt, prompt]))[:, -1]] + [decoder.step(np.asarray([[t], [t]]))[:, -1] for t in refs[1].tokens[:3]]
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(b[0], a, atol=1e-4)
+        np.testing.assert_allclose(b[1], a, atol=1e-4)
+
+
+def test_genai_folder_generates_text_from_text(built, refs):
+    """What an ORT GenAI user does with the folder: its tokenizer, its generator, text in and text out."""
+    import onnxruntime_genai as og
+
+    recipe = load_recipe(ROOT / "recipes" / "tiny-llama.yaml")
+    model = og.Model(str(built.root / "genai"))
+    tokenizer = og.Tokenizer(model)
+    for prompt, ref in zip(recipe.generation.prompts, refs):
+        ids = tokenizer.encode(prompt)
+        assert list(ids) == ref.prompt
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(ids) + len(ref.tokens), do_sample=False)
+        gen = og.Generator(model, params)
+        gen.append_tokens(ids)
+        while not gen.is_done():
+            gen.generate_next_token()
+        tokens = list(gen.get_sequence(0))[len(ids) :]
+        assert tokens == ref.tokens
+        assert tokenizer.decode(np.asarray(tokens, np.int32)) == tokenizer.decode(np.asarray(ref.tokens, np.int32))
+
+
+def test_rebuild_is_all_cache_hits(built):
+    proc = mlpack("build", "recipes/tiny-llama.yaml", "--out", str(built.root.parent), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads(proc.stdout)
+    assert all(t["cache"]["hit"] for t in m["targets"]), [t["cache"] for t in m["targets"]]
+    assert [t["generation"]["token_match"] for t in m["targets"]] == [1.0, 1.0, 1.0]
+
+
+def test_strict_logits_fail_the_build_with_the_generation_verdict(tmp_path):
+    text = (ROOT / "recipes" / "tiny-llama.yaml").read_text()
+    text = text.replace("transformers: models/tiny-llama", f"transformers: {ROOT / 'recipes/models/tiny-llama'}")
+    text = text.replace("  - kind: aoti\n    device: cpu\n", "").replace("  - kind: genai\n    of: onnx\n", "")
+    text = text.replace("default: {atol: 1.0e-4, rtol: 1.0e-3}", "default: {atol: 0.0, rtol: 0.0}")
+    (tmp_path / "r.yaml").write_text(text)
+    proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    t = json.loads((tmp_path / "out" / "tiny-llama.failed" / "manifest.json").read_text())["targets"][0]
+    g = t["generation"]
+    assert t["status"] == "failed" and not g["passed"] and g["token_match"] == 1.0
+    assert g["failures"][0].startswith("logits: ")
+    assert not (tmp_path / "out" / "tiny-llama").exists()

@@ -1,0 +1,155 @@
+"""The one generation loop: a decoder artifact (any runner: ONNX Runtime, AOTInductor, the eager
+source) driven with its KV cache as explicit tensors, and the gate for a generator.
+
+The loop feeds what the artifact's signature names (recipe/decoder.py): the new tokens, the mask over
+past and new, their positions, and the past keys and values; it keeps what the artifact returns as
+`present` for the next call. The parity step runs it teacher-forced on the reference's tokens, so
+every step is judged in the reference's context: the artifact's greedy choice at each step (does it
+pick the reference's next token?) and its logits (against the reference's, by `parity.compare`).
+Where every greedy choice agrees, free-running greedy decoding reproduces the reference's tokens
+exactly. Pure numpy: the runners import their runtimes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from toolchain.parity import compare
+from toolchain.recipe import Recipe, Tolerance
+from toolchain.records import Divergence, GenerationReport
+
+GENERATION_FILE = "parity/generation.npz"  # the reference's prompts, greedy tokens and per-step logits
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")  # copied when beside the tokenizer.json
+
+
+def package_tokenizer(recipe: Recipe, folder: Path) -> list[Path]:
+    """Copy the recipe's tokenizer into an artifact's folder (a server or client needs it to send text); the copies."""
+    given = recipe.tokenizer_file()
+    copies = []
+    for name in TOKENIZER_FILES:
+        src = given if name == "tokenizer.json" else given.parent / name
+        if src.is_file() and not (folder / name).exists():
+            shutil.copyfile(src, folder / name)
+            copies.append(folder / name)
+    return copies
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """Names and shapes of a decoder artifact's cache tensors."""
+
+    past: list[str]
+    present: list[str]
+    kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def of(cls, recipe: Recipe) -> CacheLayout:
+        d = recipe.decoder
+        return cls(d.past_names(), d.present_names(), d.kv_heads, d.head_dim)
+
+    def empty(self, batch: int) -> dict[str, np.ndarray]:
+        return {n: np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32) for n in self.past}
+
+
+class Decoder:
+    """An opened runner (feed dict -> output dict) called one step at a time, its cache carried between calls."""
+
+    def __init__(self, runner, layout: CacheLayout):
+        self.runner, self.layout = runner, layout
+
+    def start(self, batch: int = 1) -> None:
+        self.past, self.length = self.layout.empty(batch), 0
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        """Feed `ids` [batch, new] after the cached tokens; the logits of every new position [batch, new, vocab]."""
+        batch, new = ids.shape
+        feed = {
+            "input_ids": np.ascontiguousarray(ids, dtype=np.int64),
+            "attention_mask": np.ones((batch, self.length + new), np.int64),
+            "position_ids": np.ascontiguousarray(np.broadcast_to(np.arange(self.length, self.length + new, dtype=np.int64), (batch, new))),
+            **self.past,
+        }
+        out = self.runner.infer(feed)
+        self.past = {p: np.ascontiguousarray(out[q]) for p, q in zip(self.layout.past, self.layout.present)}
+        self.length += new
+        return np.asarray(out["logits"])
+
+    def teacher_forced(self, prompt: list[int], continuation: list[int]) -> np.ndarray:
+        """The logits [len(continuation), vocab] that predict each token of `continuation`, given the prompt and the
+        continuation's tokens before it: a prefill of the prompt, then one decode step per token."""
+        self.start()
+        rows = [self.step(np.asarray([prompt]))[0, -1]]
+        for token in continuation[:-1]:
+            rows.append(self.step(np.asarray([[token]]))[0, -1])
+        return np.stack(rows).astype(np.float32)
+
+    def greedy(self, prompt: list[int], max_new: int, eos: tuple[int, ...] = ()) -> list[int]:
+        """Free-running greedy decoding: up to `max_new` tokens, stopping after an end-of-sequence token."""
+        self.start()
+        logits = self.step(np.asarray([prompt]))[0, -1]
+        tokens: list[int] = []
+        while True:
+            tokens.append(int(np.argmax(logits)))
+            if len(tokens) >= max_new or tokens[-1] in eos:
+                return tokens
+            logits = self.step(np.asarray([[tokens[-1]]]))[0, -1]
+
+
+@dataclass
+class Reference:
+    """The source's greedy generation for one prompt: its tokens and the logits that chose them."""
+
+    prompt: list[int]
+    tokens: list[int]
+    logits: np.ndarray  # [len(tokens), vocab]
+
+
+def save_references(path, refs: list[Reference]) -> None:
+    arrays = {}
+    for i, r in enumerate(refs):
+        arrays |= {f"prompt_{i}": np.asarray(r.prompt, np.int64), f"tokens_{i}": np.asarray(r.tokens, np.int64), f"logits_{i}": r.logits.astype(np.float32)}
+    np.savez(path, **arrays)
+
+
+def load_references(path) -> list[Reference]:
+    with np.load(path, allow_pickle=False) as data:
+        n = sum(1 for k in data.files if k.startswith("prompt_"))
+        return [Reference(data[f"prompt_{i}"].tolist(), data[f"tokens_{i}"].tolist(), data[f"logits_{i}"]) for i in range(n)]
+
+
+def judge(refs: list[Reference], logits: list[np.ndarray], tol: Tolerance, how: str) -> GenerationReport:
+    """The generator's verdict: per step, whether the artifact's greedy choice is the reference's token (floor
+    `tol.tokens`, default every token) and its logits against the reference's (`tol`'s atol/rtol/cosine)."""
+    floor = 1.0 if tol.tokens is None else tol.tokens
+    agree = total = 0
+    divergences = []
+    steps = max((len(r.tokens) for r in refs), default=0)
+    cosines = [1.0] * steps
+    for i, (ref, got) in enumerate(zip(refs, logits)):
+        picks = got.argmax(axis=-1)
+        for step, (want, pick) in enumerate(zip(ref.tokens, picks.tolist())):
+            total += 1
+            agree += want == pick
+            if want != pick and not any(d.prompt == i for d in divergences):
+                top2 = np.sort(ref.logits[step])[-2:]
+                divergences.append(Divergence(i, step, int(want), int(pick), float(top2[1] - top2[0])))
+        for step in range(min(len(got), len(ref.logits))):
+            a, b = ref.logits[step].astype(np.float64), got[step].astype(np.float64)
+            cosines[step] = min(cosines[step], float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)))
+    report = compare([{"logits": r.logits} for r in refs], [{"logits": g} for g in logits], tol)
+    rate = agree / total if total else 0.0
+    failures = []
+    if not total:
+        failures.append("no tokens compared: the reference generated none")
+    if rate < floor:
+        first = divergences[0] if divergences else None
+        where = f"; prompt {first.prompt} first differs at step {first.step}: {first.got} where the source chose {first.expected}" if first else ""
+        failures.append(f"token agreement {rate:.4f} < floor {floor:g} ({total - agree} of {total} next tokens differ{where})")
+    if not report.passed:
+        failures.append(f"logits: {report.first_failure()}")
+    return GenerationReport(not failures, len(refs), total, rate, floor, divergences, [round(c, 6) for c in cosines], report, how, failures)

@@ -1,0 +1,156 @@
+"""genai: an ONNX Runtime GenAI model folder (the decoder's ONNX with its cache, genai_config.json
+and the tokenizer), built from the recipe's ONNX decoder target and judged by generating through
+`onnxruntime_genai` itself: its own generator, cache and search, teacher-forced on the source's
+tokens (every greedy choice and its logits), then free-running greedy against the source's tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Literal
+
+import numpy as np
+
+from toolchain import kinds
+from toolchain.errors import StepError
+from toolchain.generation import Reference, package_tokenizer
+from toolchain.kinds.base import Artifact, BuildContext, Kind
+from toolchain.options import TargetOptions
+from toolchain.tensors import onnx_signature
+
+CONFIG = "genai_config.json"
+MODEL = "model.onnx"
+ONNX_RUNNER = "onnxruntime"  # the decoder's ONNX in the folder is also run by ONNX Runtime for the tensor gate
+INSTALL_HINT = "pip install --no-deps onnxruntime-genai==0.18.0 (`make install` does)"
+
+
+class GenaiTarget(TargetOptions):
+    kind: Literal["genai"]
+    of: str  # the recipe's ONNX decoder target whose model the folder holds
+
+
+def genai_config(recipe) -> dict:
+    """genai_config.json for the decoder: its cache layout under the names mlpack exports, greedy search."""
+    d, gen = recipe.decoder, recipe.generation
+    eos = list(d.eos) or [d.vocab - 1]
+    return {
+        "model": {
+            "bos_token_id": d.bos if d.bos is not None else eos[0],
+            "context_length": gen.max_length,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": MODEL,
+                "head_size": d.head_dim,
+                "hidden_size": d.hidden,
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "attention_mask": "attention_mask",
+                    "position_ids": "position_ids",
+                    "past_key_names": "past_key_values.%d.key",
+                    "past_value_names": "past_key_values.%d.value",
+                },
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"},
+                "num_attention_heads": d.heads,
+                "num_hidden_layers": d.layers,
+                "num_key_value_heads": d.kv_heads,
+            },
+            "eos_token_id": eos if len(eos) > 1 else eos[0],
+            "pad_token_id": d.pad if d.pad is not None else eos[0],
+            "type": d.model_type,
+            "vocab_size": d.vocab,
+        },
+        "search": {
+            "do_sample": False,
+            "max_length": gen.max_length,
+            "min_length": 0,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "past_present_share_buffer": False,
+            "repetition_penalty": 1.0,
+            "temperature": 1.0,
+            "top_k": 1,
+            "top_p": 1.0,
+        },  # fmt: skip
+    }
+
+
+def _og():
+    try:
+        import onnxruntime_genai as og
+    except ImportError as e:
+        raise StepError(f"the genai target needs onnxruntime_genai, which is not importable here ({e})", hint=INSTALL_HINT) from None
+    return og
+
+
+class GenaiKind(Kind):
+    name = "genai"
+    order = 60
+    summary = "ONNX Runtime GenAI model folder (decoder with cache, genai_config.json, tokenizer)"
+    options = GenaiTarget
+    frameworks = frozenset({"pytorch"})
+    tasks = frozenset({"text-generation"})
+    tools = ("onnxruntime-genai", "tokenizers")
+    manifest_fields = {"genai": {"type": "object", "required": ["config", "greedy_tokens_equal"]}}
+
+    def check(self, spec: GenaiTarget, recipe) -> list:
+        names = [t.target_name for t in recipe.targets]
+        if spec.of not in names:
+            return [(("of",), f"no target is named '{spec.of}'", f"name the ONNX decoder target it packages; targets are: {', '.join(names)}")]
+        of = recipe.target(spec.of)
+        if ONNX_RUNNER not in kinds.get(of.kind).runners or getattr(of, "quantize", None) == "fp16":
+            return [(("of",), f"'{spec.of}' is not an FP32 or INT8 ONNX decoder target", "name an onnx target of this recipe")]
+        return []
+
+    def requires(self, spec: GenaiTarget, recipe) -> list[str]:
+        return [spec.of]
+
+    def skip_reason(self, spec: GenaiTarget) -> str | None:
+        import importlib.util
+
+        return None if importlib.util.find_spec("onnxruntime_genai") else f"onnxruntime_genai is not installed here ({INSTALL_HINT})"
+
+    def build(self, source, spec: GenaiTarget, ctx: BuildContext) -> Artifact:
+        dep = ctx.deps[spec.of]
+        recipe = source.recipe
+        for f in dep.files:  # the model and its external data, side by side as ORT expects
+            shutil.copyfile(ctx.root / f.path, ctx.workdir / f.path.rsplit("/", 1)[-1])
+        (ctx.workdir / CONFIG).write_text(json.dumps(genai_config(recipe), indent=2) + "\n")
+        package_tokenizer(recipe, ctx.workdir)  # ORT GenAI loads it from the folder
+        _og().Model(str(ctx.workdir))  # ORT GenAI must load the folder, or the build says why
+        path = ctx.workdir / MODEL
+        runner = dep.runner.model_copy(update={"path": str(path)})
+        files = sorted(p for p in ctx.workdir.iterdir() if p.is_file())
+        return Artifact(files, onnx_signature(path), runner, extra={"genai": {"config": CONFIG, "of": spec.of, "greedy_tokens_equal": None}})
+
+    def generation_logits(self, artifact: Artifact, recipe, refs: list[Reference]) -> tuple[list[np.ndarray], str, list[str]]:
+        """ORT GenAI's own generator: teacher-forced logits (append_tokens, get_logits), then free-running greedy tokens."""
+        og = _og()
+        folder = str(artifact.files[0].parent)
+        model = og.Model(folder)
+        logits, problems = [], []
+        for i, ref in enumerate(refs):
+            params = og.GeneratorParams(model)
+            params.set_search_options(max_length=len(ref.prompt) + len(ref.tokens), do_sample=False)
+            gen = og.Generator(model, params)
+            gen.append_tokens(np.asarray(ref.prompt, np.int32))
+            rows = [np.asarray(gen.get_logits(), np.float32).reshape(-1)]
+            for token in ref.tokens[:-1]:
+                gen.append_tokens(np.asarray([token], np.int32))
+                rows.append(np.asarray(gen.get_logits(), np.float32).reshape(-1))
+            logits.append(np.stack(rows))
+            params = og.GeneratorParams(model)
+            params.set_search_options(max_length=len(ref.prompt) + len(ref.tokens), do_sample=False)
+            gen = og.Generator(model, params)
+            gen.append_tokens(np.asarray(ref.prompt, np.int32))
+            tokens = []
+            while not gen.is_done() and len(tokens) < len(ref.tokens):
+                gen.generate_next_token()
+                tokens.append(int(gen.get_next_tokens()[0]))
+            if tokens != ref.tokens:
+                problems.append(f"prompt {i}: onnxruntime_genai's greedy search generated {tokens}, the source {ref.tokens}")
+        artifact.extra["genai"]["greedy_tokens_equal"] = not problems
+        return logits, "onnxruntime_genai's own generator (teacher-forced logits, then free-running greedy)", problems
+
+
+KIND = GenaiKind()

@@ -1,0 +1,153 @@
+"""A transformers causal LM as a decoder with its KV cache as explicit tensors (task: text-generation).
+
+The source is a save_pretrained folder (loaded with safetensors only and no remote code: nothing
+in it runs) or a factory returning the model. Exporters see one module whose positional inputs
+are the recipe's derived inputs (recipe/decoder.py) and whose outputs are the logits and the
+present keys and values; the cache inside is transformers' own DynamicCache, so the same code
+path as `generate` runs. The reference generation is `generate` itself, greedy, with its cache.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from toolchain.errors import StepError
+from toolchain.generation import Reference
+from toolchain.recipe import DimSpec, Recipe
+from toolchain.runners.torch_eager import TorchEagerRunner
+from toolchain.sources.factory import import_factory
+from toolchain.sources.pytorch import TorchSource, output_names
+
+
+def load_causal_lm(recipe: Recipe):
+    """The recipe's decoder as an eval-mode transformers model, in float32."""
+    import torch
+
+    src = recipe.source
+    if src.transformers:
+        from transformers import AutoModelForCausalLM
+
+        folder = recipe.resolve(src.transformers)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, trust_remote_code=False, use_safetensors=True,
+                                                         dtype=torch.float32)  # fmt: skip
+        except Exception as e:
+            raise StepError(f"source.transformers: transformers cannot load {folder}: {type(e).__name__}: {e}",
+                            hint="a save_pretrained folder of a causal LM transformers knows (no custom code), with safetensors weights") from e  # fmt: skip
+    else:
+        try:
+            model = import_factory(recipe)(**src.kwargs)
+        except StepError:
+            raise
+        except Exception as e:
+            raise StepError(f"source.factory: {src.factory}(**{src.kwargs}) raised {type(e).__name__}: {e}") from e
+    if not hasattr(model, "generate") or not hasattr(model, "config"):
+        raise StepError(f"the source is a {type(model).__name__}, not a transformers causal LM (no generate/config)",
+                        hint="return a transformers model (AutoModelForCausalLM and the like) from the factory")  # fmt: skip
+    return model.float().eval()
+
+
+def with_cache(model, recipe: Recipe):
+    """The decoder as one module: (input_ids, attention_mask, position_ids, past keys and values...) ->
+    (logits, present keys and values...), one named parameter per input (exporters match dynamic shapes by position)."""
+    import torch
+    from transformers import DynamicCache
+
+    layers = recipe.decoder.layers
+    config = model.config
+
+    class WithCache(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def call(self, input_ids, attention_mask, position_ids, past: tuple):
+            # The mask covers the cached tokens and the new ones: a fact export needs to keep the mask's length symbolic.
+            torch._check(attention_mask.shape[1] == past[0].shape[2] + input_ids.shape[1])
+            cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(layers)], config=config)
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache, use_cache=True)
+            present = out.past_key_values
+            return (out.logits, *[t for layer in present.layers for t in (layer.keys, layer.values)])
+
+    params = ", ".join(f"x{i}" for i in range(3 + 2 * layers))
+    scope: dict = {}
+    exec(f"def forward(self, {params}):\n    x = ({params},)\n    return self.call(x[0], x[1], x[2], x[3:])\n", scope)
+    WithCache.forward = scope["forward"]
+    wrapped = WithCache(model)
+    wrapped.training = False
+    return wrapped
+
+
+class DecoderSource(TorchSource):
+    """TorchSource for a decoder: the same exporters, examples and runners, on the with-cache module."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.notes: list[str] = []
+        self.causal_lm = load_causal_lm(recipe)
+        self.module = with_cache(self.causal_lm, recipe)
+        self.input_names = [i.name for i in recipe.inputs]
+        self.output_names = output_names(recipe, 1 + 2 * recipe.decoder.layers)
+
+    def reference_runner(self):
+        return TorchEagerRunner(self.module, self.input_names, self.output_names)
+
+    phase: str | None = None  # prefill | decode, for a compiler that needs one program per phase (toolchain.kinds.aoti)
+
+    def for_phase(self, phase: str) -> DecoderSource:
+        """This source seen by one of two programs: `decode` takes one new token (seq fixed at 1), `prefill` two or
+        more. transformers' attention takes one path for a single query token and another for several, and a
+        program keeps the path it was exported on."""
+        view = copy.copy(self)
+        seq = self.recipe.dims["seq"]
+        seq = DimSpec.model_construct(min=1, opt=1, max=1) if phase == "decode" else seq.model_copy(update={"min": 2, "opt": max(2, seq.opt)})
+        view.recipe = self.recipe.model_copy(update={"dims": {**self.recipe.dims, "seq": seq}})
+        view.phase = phase
+        return view
+
+    def dynamic_shapes(self) -> tuple:
+        """The attention mask's length is the past's plus the new tokens' (the module says so): export derives it,
+        or is told it (one new token: past + 1)."""
+        from torch.export import Dim
+
+        shapes = list(super().dynamic_shapes())
+        past = shapes[self.input_names.index("past_key_values.0.key")][2]
+        batch = {0: shapes[0][0]} if shapes[0] and 0 in shapes[0] else {}
+        shapes[self.input_names.index("attention_mask")] = batch | {1: past + 1 if self.phase == "decode" else Dim.AUTO}
+        return tuple(shapes)
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[Reference]:
+        """transformers' own greedy `generate` with its cache: each prompt's tokens and the logits that chose them."""
+        import torch
+
+        refs = []
+        eos = list(self.recipe.decoder.eos) or None
+        with torch.no_grad():
+            for prompt in prompts:
+                ids = torch.tensor([prompt])
+                out = self.causal_lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                                              num_beams=1, use_cache=True, output_logits=True, return_dict_in_generate=True,
+                                              eos_token_id=eos, pad_token_id=eos[0] if eos else None)  # fmt: skip
+                tokens = out.sequences[0, len(prompt) :].tolist()
+                logits = torch.stack([step[0] for step in out.logits]).float().numpy()
+                refs.append(Reference(prompt, tokens, np.ascontiguousarray(logits[: len(tokens)])))
+        return refs
+
+
+def encode_prompts(recipe: Recipe) -> list[list[int]]:
+    """The generation prompts as token ids, by the recipe's tokenizer.json (the `tokenizers` library: no code runs)."""
+    from tokenizers import Tokenizer
+
+    path = recipe.tokenizer_file()
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:
+        raise StepError(f"tokenizer: cannot load {path}: {type(e).__name__}: {e}") from e
+    ids = [tok.encode(p).ids for p in recipe.generation.prompts]
+    long = [i for i, p in enumerate(ids) if len(p) + recipe.generation.max_new_tokens > recipe.generation.max_length]
+    if long:
+        raise StepError(f"generation.prompts[{long[0]}] is {len(ids[long[0]])} tokens: with max_new_tokens it passes max_length "
+                        f"({recipe.generation.max_length})", hint="raise generation.max_length, or shorten the prompt")  # fmt: skip
+    return ids
