@@ -26,7 +26,7 @@ from toolchain.errors import EXIT_OK, UsageError
 from toolchain.executors import Executor, open_executor, resources_for
 from toolchain.feeds import save_feeds
 from toolchain.fsutil import clean_stale, publish
-from toolchain.generation import GENERATION_FILE
+from toolchain.generation import GENERATION_FILE, TEXT_FILE
 from toolchain.lock import build_lock
 from toolchain.machine import cpu_identity
 from toolchain.options import memory_bytes
@@ -217,6 +217,8 @@ class Run:
         abs_err, cos = res.parity.worst()
         why = res.parity.first_failure() if not res.parity.passed else (res.reason if not res.ok else None)
         tokens = f", greedy tokens {o.generation.token_match:.4f} as the source's" if o.generation else ""
+        ppl = o.generation.perplexity if o.generation else None
+        tokens += f", perplexity {ppl.delta:+.2%}" if ppl is not None and ppl.delta is not None else ""
         self.progress.end(name, res.status.value, f"max_abs_err {abs_err:.2e}, cosine {cos:.6f}{tokens}" + (f" - {why}" if why else ""))
         return res
 
@@ -297,7 +299,7 @@ class Reference:
             for note in out.result.notes:
                 progress.note(f"source: {note}")
             parity = run.staging / "parity"
-            made = [parity / "samples.npz", parity / "reference.npz"] + ([run.staging / GENERATION_FILE] if recipe.generates else [])
+            made = [parity / "samples.npz", parity / "reference.npz"] + ([run.staging / GENERATION_FILE, run.staging / TEXT_FILE] if recipe.generates else [])
             return CacheEntry(mf.file_entries(run.staging, made))
 
         out = run.cache.step(run.plan.source_key, run.staging, produce, log_files("reference"))

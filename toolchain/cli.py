@@ -345,13 +345,15 @@ def _print_summary(result) -> None:
     missed = [r for r in result.targets if r.generation is not None and not r.generation.passed]
     if missed:
         t = Table(title="generation failures (teacher-forced on the source's greedy tokens)", title_style="bold red")
-        for col in ("target", "tokens as the source's", "floor", "first divergence", "min step cosine", "why"):
+        for col in ("target", "tokens as the source's", "floor", "first divergence", "min step cosine", "perplexity", "why"):
             t.add_column(col)
         for r in missed:
             g = r.generation
             first = g.divergences[0] if g.divergences else None
             where = f"prompt {first.prompt} step {first.step}: {first.got} for {first.expected} (margin {first.margin:.3g})" if first else "-"
-            t.add_row(r.name, f"{g.token_match:.4f}", f"{g.floor:g}", where, f"{min(g.step_cosine, default=1.0):.6f}", "; ".join(g.failures[:2]))
+            p = g.perplexity
+            ppl = "-" if p is None else "not finite" if p.delta is None else f"{p.delta:+.2%}" + (f" (≤ +{p.budget:.0%})" if p.budget is not None else "")
+            t.add_row(r.name, f"{g.token_match:.4f}", f"{g.floor:g}", where, f"{min(g.step_cosine, default=1.0):.6f}", ppl, "; ".join(g.failures[:3]))
         con.print(t)
     for t in result.manifest.targets:
         for w in t.warnings:

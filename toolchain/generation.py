@@ -20,9 +20,11 @@ import numpy as np
 
 from toolchain.parity import compare
 from toolchain.recipe import Recipe, Tolerance
-from toolchain.records import Divergence, GenerationReport
+from toolchain.records import Divergence, GenerationReport, Perplexity
 
 GENERATION_FILE = "parity/generation.npz"  # the reference's prompts, greedy tokens and per-step logits
+TEXT_FILE = "parity/text.npz"  # the perplexity sample: its token chunks and the source's per-token loss
+TEXT_CHUNKS = 16  # chunks of generation.max_length tokens read from generation.text, at most
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")  # copied when beside the tokenizer.json
 
 
@@ -122,7 +124,69 @@ def load_references(path) -> list[Reference]:
         return [Reference(data[f"prompt_{i}"].tolist(), data[f"tokens_{i}"].tolist(), data[f"logits_{i}"]) for i in range(n)]
 
 
-def judge(refs: list[Reference], logits: list[np.ndarray], tol: Tolerance, how: str) -> GenerationReport:
+@dataclass
+class TextSample:
+    """The perplexity sample (generation.text, or the prompts) in chunks, and the source's loss on each token after the first."""
+
+    chunks: list[list[int]]
+    nll: list[np.ndarray]
+
+    @property
+    def perplexity(self) -> float:
+        return perplexity(self.nll)
+
+
+def chunk_text(ids: list[int], max_length: int) -> list[list[int]]:
+    """Token ids cut into chunks an artifact takes in one prefill (at least 2 tokens: one is predicted)."""
+    chunks = [ids[i : i + max_length] for i in range(0, len(ids), max_length)][:TEXT_CHUNKS]
+    return [c for c in chunks if len(c) >= 2]
+
+
+def token_nll(logits: np.ndarray, tokens: list[int]) -> np.ndarray:
+    """Per token after the first, its negative log-likelihood under `logits` [len(tokens), vocab] (position i predicts i+1)."""
+    x = logits[:-1].astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    logp = x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return -logp[np.arange(len(tokens) - 1), tokens[1:]]
+
+
+def perplexity(nll: list[np.ndarray]) -> float:
+    flat = np.concatenate(nll) if nll else np.zeros(0)
+    return float(np.exp(flat.mean())) if flat.size else float("nan")
+
+
+def artifact_nll(decoder: Decoder, chunks: list[list[int]]) -> list[np.ndarray]:
+    """The artifact's loss on each chunk: one prefill per chunk, from an empty cache."""
+    out = []
+    for chunk in chunks:
+        decoder.start()
+        out.append(token_nll(decoder.step(np.asarray([chunk]))[0], chunk))
+    return out
+
+
+def save_text_sample(path, sample: TextSample) -> None:
+    arrays = {}
+    for i, (c, n) in enumerate(zip(sample.chunks, sample.nll)):
+        arrays |= {f"chunk_{i}": np.asarray(c, np.int64), f"nll_{i}": n.astype(np.float64)}
+    np.savez(path, **arrays)
+
+
+def load_text_sample(path) -> TextSample:
+    with np.load(path, allow_pickle=False) as data:
+        n = sum(1 for k in data.files if k.startswith("chunk_"))
+        return TextSample([data[f"chunk_{i}"].tolist() for i in range(n)], [data[f"nll_{i}"] for i in range(n)])
+
+
+def perplexity_check(sample: TextSample, nll: list[np.ndarray], budget: float | None) -> Perplexity:
+    """The artifact's perplexity on the sample against the source's; `budget` is the largest relative rise allowed."""
+    src, art, tokens = sample.perplexity, perplexity(nll), sum(len(c) - 1 for c in sample.chunks)
+    if not (np.isfinite(art) and np.isfinite(src)):  # non-finite logits: no perplexity to report (JSON has no inf)
+        return Perplexity(round(src, 6) if np.isfinite(src) else None, None, None, budget, tokens, False)
+    delta = art / src - 1.0
+    return Perplexity(round(src, 6), round(art, 6), round(delta, 6), budget, tokens, budget is None or delta <= budget)
+
+
+def judge(refs: list[Reference], logits: list[np.ndarray], tol: Tolerance, how: str, ppl: Perplexity | None = None) -> GenerationReport:
     """The generator's verdict: per step, whether the artifact's greedy choice is the reference's token (floor
     `tol.tokens`, default every token) and its logits against the reference's (`tol`'s atol/rtol/cosine)."""
     floor = 1.0 if tol.tokens is None else tol.tokens
@@ -152,4 +216,10 @@ def judge(refs: list[Reference], logits: list[np.ndarray], tol: Tolerance, how: 
         failures.append(f"token agreement {rate:.4f} < floor {floor:g} ({total - agree} of {total} next tokens differ{where})")
     if not report.passed:
         failures.append(f"logits: {report.first_failure()}")
-    return GenerationReport(not failures, len(refs), total, rate, floor, divergences, [round(c, 6) for c in cosines], report, how, failures)
+    if ppl is not None and not ppl.passed:
+        if ppl.delta is None:
+            failures.append(f"perplexity: not finite on the text sample ({ppl.tokens} tokens)")
+        else:
+            failures.append(f"perplexity {ppl.artifact:.4g} is {ppl.delta:+.2%} from the source's {ppl.source:.4g} on {ppl.tokens} tokens "
+                            f"(budget +{ppl.budget:.2%})")  # fmt: skip
+    return GenerationReport(not failures, len(refs), total, rate, floor, divergences, [round(c, 6) for c in cosines], report, how, failures, ppl)

@@ -62,7 +62,19 @@ QUANTIZATION_SCHEMA: dict = {
     "type": "object",
     "required": ["mode"],
     "properties": {
-        "mode": {"enum": ["fp16", "int8", "int8-dynamic"]},
+        "mode": {"enum": ["fp16", "int8", "int8-dynamic", "int4", "int8-weight"]},
+        "weights": {  # ONNX weight-only (onnxtools/weights.py)
+            "type": "object",
+            "required": ["bits", "block_size", "symmetric", "quantized", "kept_float", "layers"],
+            "properties": {
+                "bits": {"enum": [4, 8]},
+                "block_size": {"type": "integer"},
+                "symmetric": {"type": "boolean"},
+                "quantized": {"type": "integer", "minimum": 0},
+                "kept_float": {"type": "array", "items": {"type": "string"}},
+                "layers": {"type": "array", "items": {"type": "object", "required": ["module", "node", "shape", "error"]}},
+            },
+        },
         "fallback": {"enum": ["off", "auto"]},
         "format": {"type": "string"},
         "nodes_kept_fp32": {"type": "array", "items": {"type": "string"}},  # fp16: Transposes into a MatMul (transposes_into_matmul)

@@ -123,3 +123,20 @@ def tokenizer_problem(path: Path) -> str | None:
     except (OSError, ValueError):
         return f"{path} is not a tokenizer.json (JSON)"
     return None if isinstance(tok, dict) and isinstance(tok.get("model"), dict) else f"{path} has no tokenizer model: not a tokenizer.json"
+
+
+TEXT_MAX_BYTES = 64 << 20  # a perplexity sample is read whole
+
+
+def text_problem(path: Path) -> str | None:
+    """A plain UTF-8 text file of bounded size."""
+    try:
+        size = path.stat().st_size
+        if size > TEXT_MAX_BYTES:
+            return f"{path} is {size >> 20} MiB: a text sample is at most {TEXT_MAX_BYTES >> 20} MiB"
+        path.read_bytes().decode("utf-8")
+    except OSError as e:
+        return f"cannot read {path}: {e}"
+    except UnicodeDecodeError as e:
+        return f"{path} is not UTF-8 text (byte {e.start})"
+    return None

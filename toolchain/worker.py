@@ -31,7 +31,20 @@ from toolchain import kinds
 from toolchain import manifest as mf
 from toolchain.errors import EXIT_USAGE, MlpackError, StepError, one_line
 from toolchain.feeds import load_feeds, save_feeds
-from toolchain.generation import GENERATION_FILE, CacheLayout, Decoder, judge, load_references, package_tokenizer, save_references
+from toolchain.generation import (
+    GENERATION_FILE,
+    TEXT_FILE,
+    CacheLayout,
+    Decoder,
+    artifact_nll,
+    judge,
+    load_references,
+    load_text_sample,
+    package_tokenizer,
+    perplexity_check,
+    save_references,
+    save_text_sample,
+)
 from toolchain.kinds.base import BuildContext
 from toolchain.parity import compare
 from toolchain.recipe import load_recipe
@@ -39,7 +52,7 @@ from toolchain.records import ReferenceOutcome, SelectOutcome, StepResult, StepS
 from toolchain.runners import open_runner
 from toolchain.samples import example_feed, model_failure
 from toolchain.sources import load_source
-from toolchain.sources.decoder import encode_prompts
+from toolchain.sources.decoder import encode_prompts, text_chunks
 from toolchain.timing import interleaved, load_average
 
 
@@ -53,7 +66,10 @@ def run_reference(step: StepSpec, root: Path) -> ReferenceOutcome:
     if recipe.generates:  # the source's own greedy generation with its cache, what every artifact is judged against
         refs = source.generate(encode_prompts(recipe), recipe.generation.max_new_tokens)
         save_references(root / GENERATION_FILE, refs)
-        notes.append(f"generation: {len(refs)} prompts, {sum(len(r.tokens) for r in refs)} greedy tokens from transformers' generate with its cache")
+        sample = source.text_sample(text_chunks(recipe))
+        save_text_sample(root / TEXT_FILE, sample)
+        notes.append(f"generation: {len(refs)} prompts, {sum(len(r.tokens) for r in refs)} greedy tokens from transformers' generate with its cache; "
+                     f"perplexity {sample.perplexity:.4g} on {sum(len(c) - 1 for c in sample.chunks)} tokens of text")  # fmt: skip
     return ReferenceOutcome(source.output_names, source.input_names, notes)
 
 
@@ -108,16 +124,19 @@ def run_target(step: StepSpec, root: Path, workdir: Path) -> TargetOutcome:
 def _judge_generation(kind, artifact, recipe, spec, runner, base: Path, root: Path):
     """The generator judged token by token against the source's greedy generation: through the kind's own
     generator where it has one (ORT GenAI), else mlpack's loop over the artifact's runner."""
-    refs = load_references(root / GENERATION_FILE)
+    refs, sample = load_references(root / GENERATION_FILE), load_text_sample(root / TEXT_FILE)
     own = kind.generation_logits(artifact, recipe, refs)
+    with open_runner(runner, base) as active:
+        decoder = Decoder(active, CacheLayout.of(recipe))
+        if own is None:
+            logits = [decoder.teacher_forced(r.prompt, r.tokens) for r in refs]
+        nll = artifact_nll(decoder, sample.chunks)  # the runner's: a kind's own generator gives no loss (ORT GenAI: its model.onnx)
     if own is not None:
         logits, how, problems = own
     else:
-        with open_runner(runner, base) as active:
-            decoder = Decoder(active, CacheLayout.of(recipe))
-            logits = [decoder.teacher_forced(r.prompt, r.tokens) for r in refs]
         how, problems = f"the {runner.runner} runner in mlpack's generation loop (teacher-forced on the source's tokens)", []
-    report = judge(refs, logits, recipe.tolerance(spec), how)
+    tol = recipe.tolerance(spec)
+    report = judge(refs, logits, tol, how, perplexity_check(sample, nll, tol.perplexity))
     if problems:
         report.failures += problems
         report.passed = False

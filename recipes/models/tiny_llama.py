@@ -1,9 +1,15 @@
-"""A tiny random-weight Llama and its BPE tokenizer, written as a save_pretrained folder.
+"""A tiny Llama and its BPE tokenizer, written as a save_pretrained folder, trained for a minute on
+English text so that quantization is judged on weights with structure (random weights lose far more
+to INT4 than trained ones, and say nothing about real models).
 
-recipes/models/tiny-llama/ was made by `python recipes/models/tiny_llama.py recipes/models/tiny-llama`.
-Grouped-query attention (2 query heads, 1 KV head) and head_dim 32, the smallest vLLM's CPU
-attention takes. Weights are drawn with std 0.2 (transformers' default 0.02 makes a tiny random
-decoder repeat one token under greedy decoding); no download, nothing but transformers and tokenizers.
+recipes/models/tiny-llama/ was made by
+`python recipes/models/tiny_llama.py recipes/models/tiny-llama .zoo/site/timm/data/_info/imagenet_synset_to_definition.txt`
+(WordNet's glosses of the ImageNet classes, from timm, which `make zoo-deps` installs): the tokenizer and
+the model learn from all but the last 200 glosses, which are kept as `sample.txt`, the recipe's text sample
+for perplexity. Grouped-query attention (2 query heads, 1 KV head) and head_dim 32, the smallest vLLM's
+CPU attention takes. No download, nothing but torch, transformers and tokenizers. Without a corpus it
+writes the untrained model (weights drawn with std 0.2: transformers' 0.02 makes a tiny random decoder
+repeat one token under greedy decoding).
 """
 
 from __future__ import annotations
@@ -17,7 +23,38 @@ The server streams text; the client sends text and gets answers, not tensors.
 Once upon a time a small model learned to count: one two three four five six seven eight nine ten."""
 
 
-def make(folder: str | Path, vocab: int = 300, seed: int = 0) -> Path:
+HELD_OUT = 200  # glosses kept out of training: the perplexity sample
+
+
+def _glosses(corpus: Path) -> list[str]:
+    return [line.split("\t", 1)[1].strip() for line in corpus.read_text(encoding="utf-8").splitlines() if "\t" in line]
+
+
+def train(model, tok, texts: list[str], steps: int = 1500, seq: int = 64, batch: int = 32, seed: int = 0) -> float:
+    """Next-token training on the texts joined by the end-of-sequence token; the last step's loss."""
+    import torch
+
+    ids = []
+    for t in texts:
+        ids += tok.encode(t).ids + [2]
+    data = torch.tensor(ids)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    model.train()
+    for _ in range(steps):
+        start = torch.randint(0, len(data) - seq - 1, (batch,), generator=gen)
+        x = torch.stack([data[s : s + seq] for s in start.tolist()])
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    return float(loss)
+
+
+def make(folder: str | Path, corpus: str | Path | None = None, vocab: int = 300, seed: int = 0) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -27,7 +64,9 @@ def make(folder: str | Path, vocab: int = 300, seed: int = 0) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([TEXT] * 4, trainer)
+    texts = _glosses(Path(corpus)) if corpus else []
+    training, held_out = texts[:-HELD_OUT], texts[-HELD_OUT:]
+    tok.train_from_iterator(training or [TEXT] * 4, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     torch.manual_seed(seed)
     config = LlamaConfig(
@@ -46,11 +85,18 @@ def make(folder: str | Path, vocab: int = 300, seed: int = 0) -> Path:
         tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config).eval()
+    if training:
+        torch.manual_seed(seed)
+        config.initializer_range = 0.02
+        model = LlamaForCausalLM(config)
+        print(f"trained on {len(training)} glosses: loss {train(model, tok, training, seed=seed):.3f}")
     model.generation_config.pad_token_id = 2
     model.save_pretrained(folder, safe_serialization=True)
     fast.save_pretrained(folder)
+    if held_out:
+        (folder / "sample.txt").write_text("\n".join(held_out) + "\n", encoding="utf-8")
     return folder
 
 
 if __name__ == "__main__":
-    print(make(sys.argv[1] if len(sys.argv) > 1 else "tiny-llama"))
+    print(make(sys.argv[1] if len(sys.argv) > 1 else "tiny-llama", sys.argv[2] if len(sys.argv) > 2 else None))

@@ -146,3 +146,68 @@ def test_references_round_trip(tmp_path):
     save_references(tmp_path / "g.npz", refs)
     back = load_references(tmp_path / "g.npz")
     assert back[0].prompt == refs[0].prompt and back[0].tokens == refs[0].tokens and np.array_equal(back[0].logits, refs[0].logits)
+
+
+def test_perplexity_of_uniform_logits_is_the_vocabulary():
+    from toolchain.generation import perplexity, token_nll
+
+    nll = token_nll(np.zeros((5, 40), np.float32), [1, 2, 3, 4, 5])
+    assert nll.shape == (4,) and perplexity([nll]) == pytest.approx(40.0)
+    sharp = np.full((3, 10), -20.0)
+    sharp[[0, 1], [7, 8]] = 20.0  # predicts 7 then 8 with near certainty
+    assert perplexity([token_nll(sharp, [0, 7, 8])]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_perplexity_budget_passes_fails_and_survives_non_finite_logits():
+    from toolchain.generation import TextSample, perplexity_check
+
+    sample = TextSample([[1, 2, 3]], [np.log(np.full(2, 10.0))])  # the source: perplexity 10
+    ok = perplexity_check(sample, [np.log(np.full(2, 10.4))], 0.05)
+    bad = perplexity_check(sample, [np.log(np.full(2, 12.0))], 0.05)
+    assert ok.passed and ok.delta == pytest.approx(0.04) and ok.tokens == 2
+    assert not bad.passed and bad.delta == pytest.approx(0.2)
+    assert perplexity_check(sample, [np.log(np.full(2, 12.0))], None).passed  # no budget: reported, not judged
+    nan = perplexity_check(sample, [np.array([np.nan, 1.0])], 0.05)
+    assert not nan.passed and nan.artifact is None and nan.delta is None
+    refs = [Reference([1], [3, 4], np.eye(6, dtype=np.float32)[[3, 4]])]
+    report = judge(refs, [refs[0].logits], Tolerance(cosine=0.99), "t", bad)
+    assert not report.passed and report.failures == ["perplexity 12 is +20.00% from the source's 10 on 2 tokens (budget +5.00%)"]
+    assert "perplexity" in report.to_dict() and type(report).from_dict(report.to_dict()).perplexity == bad
+
+
+def test_text_is_cut_into_chunks_of_the_context():
+    from toolchain.generation import chunk_text
+
+    assert chunk_text(list(range(10)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert chunk_text(list(range(9)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # a last chunk of one token predicts nothing
+
+
+def test_weight_only_options_and_budgets(root):
+    text = RECIPE.replace("  - kind: onnx\n", "  - kind: onnx\n  - kind: onnx\n    name: q4\n    quantize: int4\n    fallback: auto\n"
+                          "    weights: {block_size: 64, keep_float: ['lm_head', 'model.layers.0.*']}\n")  # fmt: skip
+    r = parse_recipe(text, root / "r.yaml")
+    spec = r.target("q4")
+    assert (spec.weights.block_size, spec.weights.symmetric, spec.weights.keep_float) == (64, True, ["lm_head", "model.layers.0.*"])
+    tol = r.parity.tolerance_for("q4", spec.precision_mode)
+    assert (tol.tokens, tol.perplexity, tol.atol) == (0.9, 0.1, None)
+    assert r.parity.tolerance_for("onnx").perplexity is None  # FP32: every greedy token, no perplexity budget
+    bad = RECIPE.replace("  - kind: onnx\n", "  - kind: onnx\n    weights: {block_size: 32}\n")
+    assert problems(bad, root)[0][1].startswith("weights: applies to quantize: int4 or int8-weight only")
+    odd = text.replace("block_size: 64", "block_size: 40")
+    assert problems(odd, root)[0][0] == "targets[1].weights.block_size"
+
+
+def test_blockwise_error_shrinks_with_bits():
+    from toolchain.onnxtools.weights import _quantization_error
+
+    w = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+    e4, e8 = _quantization_error(w, 4, 32), _quantization_error(w, 8, 32)
+    assert 0 < e8 < e4 < 0.2 and e8 < 0.01
+    assert _quantization_error(np.zeros((32, 4), np.float32), 4, 32) == 0.0
+
+
+def test_a_text_sample_that_is_not_text_is_refused(root):
+    (root / "t.txt").write_bytes(b"\xff\xfe\x00bad")
+    text = RECIPE.replace("  max_batch: 2\n", "  max_batch: 2\n  text: t.txt\n")
+    assert problems(text, root) == [("generation.text", f"{root / 't.txt'} is not UTF-8 text (byte 0)",
+                                     "point at a plain UTF-8 text file (the sample perplexity is measured on)")]  # fmt: skip

@@ -241,7 +241,7 @@ ERRORS = {
     ),
     "fallback on fp16": (
         [("kind: aoti", "kind: onnx\n    name: h\n    quantize: fp16\n    fallback: auto")],
-        [("targets[1]", 13, "fallback: auto applies to quantize: int8 or int8-dynamic only", None)],
+        [("targets[1]", 13, "fallback: auto applies to quantize: int8, int8-dynamic, int4 or int8-weight only", None)],
     ),
     "calibration without int8": (
         [("kind: aoti", "kind: onnx\n    name: h\n    calibration: entropy")],
@@ -252,8 +252,8 @@ ERRORS = {
         [("targets[1]", 13, "calibration applies to precision: int8 only", None)],
     ),
     "unknown quantize mode": (
-        [("kind: aoti", "kind: onnx\n    name: h\n    quantize: int4")],
-        [("targets[1].quantize", 15, "'int4' is not allowed", "use 'int8', 'int8-dynamic' or 'fp16'")],
+        [("kind: aoti", "kind: onnx\n    name: h\n    quantize: int2")],
+        [("targets[1].quantize", 15, "'int2' is not allowed", "use 'int8', 'int8-dynamic', 'fp16', 'int4' or 'int8-weight'")],
     ),
     "onnx_tensorrt with the python backend": (
         [(APPEND, "serve:\n  triton:\n    backend: python\n    onnx_tensorrt: fp16\n")],
@@ -391,7 +391,7 @@ def test_defaults(root):
     assert r.targets[0].opset == 18 and r.targets[0].timeout == 1800
     assert (r.dims["batch"].min, r.dims["batch"].opt, r.dims["batch"].max) == (1, 2, 8)
     assert (r.parity.samples, r.parity.seed) == (16, 0)
-    assert r.parity.tolerance_for("onnx").model_dump() == {"atol": 1e-4, "rtol": 1e-3, "cosine": None, "top1": None, "tokens": None}
+    assert r.parity.tolerance_for("onnx").model_dump() == {"atol": 1e-4, "rtol": 1e-3, "cosine": None, "top1": None, "tokens": None, "perplexity": None}
     assert r.serve.triton is None and r.serve.tfserving is None and r.data is None
     assert r.root == root and r.resolve("m.py") == root / "m.py"
 
@@ -412,24 +412,25 @@ def test_named_target_and_lookup(root):
 def test_tolerance_for_merges_key_by_key(root):
     parity = "parity:\n  default: {atol: 1.0e-5, cosine: 0.99}\n  per_target:\n    onnx: {rtol: 0.01, top1: 0.9}\n"
     r = parse_recipe(edit((APPEND, parity)), root / "r.yaml")
-    assert r.parity.tolerance_for("onnx").model_dump() == {"atol": 1e-5, "rtol": 0.01, "cosine": 0.99, "top1": 0.9, "tokens": None}
+    assert r.parity.tolerance_for("onnx").model_dump() == {"atol": 1e-5, "rtol": 0.01, "cosine": 0.99, "top1": 0.9, "tokens": None, "perplexity": None}
     # No override: the default, with the documented rtol filled in.
-    assert r.parity.tolerance_for("aoti").model_dump() == {"atol": 1e-5, "rtol": 1e-3, "cosine": 0.99, "top1": None, "tokens": None}
+    assert r.parity.tolerance_for("aoti").model_dump() == {"atol": 1e-5, "rtol": 1e-3, "cosine": 0.99, "top1": None, "tokens": None, "perplexity": None}
 
 
 def test_quantized_targets_get_their_own_budget(root):
     parity = "parity:\n  default: {atol: 1.0e-5, cosine: 0.9}\n  per_target:\n    q: {cosine: 0.995}\n"
     r = parse_recipe(edit(("kind: aoti", "kind: onnx\n    name: q\n    quantize: int8"), (APPEND, parity)), root / "r.yaml")
     # parity.default (an FP32 budget) does not apply; per_target still overrides key by key.
-    assert r.parity.tolerance_for("q", r.target("q").precision_mode).model_dump() == {"atol": None, "rtol": None, "cosine": 0.995, "top1": 0.95, "tokens": None}
+    assert r.parity.tolerance_for("q", r.target("q").precision_mode).model_dump() == {"atol": None, "rtol": None, "cosine": 0.995, "top1": 0.95, "tokens": None, "perplexity": None}
     assert r.parity.tolerance_for("onnx", r.target("onnx").precision_mode).model_dump() == {
         "atol": 1e-5,
         "rtol": 1e-3,
         "cosine": 0.9,
         "top1": None,
         "tokens": None,
+        "perplexity": None,
     }
-    assert r.parity.tolerance_for("x", "fp16").model_dump() == {"atol": None, "rtol": None, "cosine": 0.999, "top1": 0.99, "tokens": None}
+    assert r.parity.tolerance_for("x", "fp16").model_dump() == {"atol": None, "rtol": None, "cosine": 0.999, "top1": 0.99, "tokens": None, "perplexity": None}
 
 
 @pytest.mark.parametrize(
@@ -546,7 +547,7 @@ def test_spec_example_validates_without_tf_only_targets(spec_root):
     assert [t.target_name for t in r.targets] == ["aoti", "onnx", "onnx-int8", "tensorrt"]
     assert r.source.kwargs == {"depth": 50} and r.outputs == ["logits"]
     assert r.serve.triton.max_batch_size == 64 and r.serve.triton.targets == ["onnx", "onnx-int8", "aoti"]
-    assert r.parity.tolerance_for("onnx-int8").model_dump() == {"atol": 1e-4, "rtol": 1e-3, "cosine": 0.995, "top1": 0.98, "tokens": None}
+    assert r.parity.tolerance_for("onnx-int8").model_dump() == {"atol": 1e-4, "rtol": 1e-3, "cosine": 0.995, "top1": 0.98, "tokens": None, "perplexity": None}
 
 
 # ------------------------------------------------------------------- CLI

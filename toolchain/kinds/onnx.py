@@ -23,6 +23,7 @@ from toolchain.onnxtools.export import export
 from toolchain.onnxtools.files import check
 from toolchain.onnxtools.fp16 import to_fp16
 from toolchain.onnxtools.optimize import OPTIMIZATION_SCHEMA, optimize
+from toolchain.onnxtools.weights import WEIGHT_BITS, WeightOnly, to_weight_only
 from toolchain.options import TargetOptions, YamlOff
 from toolchain.search import QUANTIZATION_SCHEMA
 from toolchain.tensors import onnx_signature
@@ -35,7 +36,9 @@ class OnnxTarget(TargetOptions):
     kind: Literal["onnx"]
     precision_option = "quantize"  # unset: FP32
     opset: Annotated[StrictInt, Field(ge=7, le=23)] = 18
-    quantize: Literal["int8", "int8-dynamic", "fp16"] | None = None
+    # int4, int8-weight: weight-only (MatMulNBits), activations stay float (toolchain/onnxtools/weights.py)
+    quantize: Literal["int8", "int8-dynamic", "fp16", "int4", "int8-weight"] | None = None
+    weights: WeightOnly | None = None
     calibration: Literal["minmax", "entropy", "percentile"] | None = None
     fallback: Annotated[Literal["off", "auto"], YamlOff] = "off"
     optimize: bool = False
@@ -45,8 +48,10 @@ class OnnxTarget(TargetOptions):
     def _calibration_int8(self) -> OnnxTarget:
         if self.calibration and self.quantize != "int8":
             raise PydanticCustomError("calibration_int8", "calibration applies to quantize: int8 only", {})
-        if self.fallback == "auto" and self.quantize not in ("int8", "int8-dynamic"):
-            raise PydanticCustomError("fallback_int8", "fallback: auto applies to quantize: int8 or int8-dynamic only", {})
+        if self.fallback == "auto" and self.quantize in (None, "fp16"):
+            raise PydanticCustomError("fallback_int8", "fallback: auto applies to quantize: int8, int8-dynamic, int4 or int8-weight only", {})
+        if self.weights is not None and self.quantize not in WEIGHT_BITS:
+            raise PydanticCustomError("weights_only", "weights: applies to quantize: int4 or int8-weight only (weight-only quantization)", {})
         return self
 
 
@@ -77,6 +82,8 @@ def _convert(source, spec: OnnxTarget, scratch: Path, dst: Path, ctx: BuildConte
         current = optimized
     if spec.quantize == "fp16":
         fields["quantization"] = to_fp16(current, dst)
+    elif spec.quantize in WEIGHT_BITS:
+        fields.update(to_weight_only(source, spec, current, dst, ctx))
     elif spec.quantize:
         fields.update(quantize.to_int8(source, spec, current, dst, scratch, ctx))
     check(dst)
@@ -86,7 +93,7 @@ def _convert(source, spec: OnnxTarget, scratch: Path, dst: Path, ctx: BuildConte
 class OnnxKind(Kind):
     name = "onnx"
     order = 10
-    summary = "ONNX model (FP32, FP16 or INT8) run by ONNX Runtime"
+    summary = "ONNX model (FP32, FP16, INT8, or INT4/INT8 weight-only) run by ONNX Runtime"
     options = OnnxTarget
     tasks = frozenset({"predict", "text-generation"})
     frameworks = frozenset({"pytorch", "tensorflow"})

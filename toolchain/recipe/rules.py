@@ -302,6 +302,8 @@ def _check_files(r: Recipe) -> Found:
     if r.generates and r.tokenizer_file() is not None:
         tok = r.tokenizer_file()
         checks.append((("tokenizer",) if r.tokenizer else ("source", "transformers"), SourceFile("tokenizer", str(tok), tok, is_dir=False)))
+    if r.generation is not None and r.generation.text:
+        checks.append((("generation", "text"), SourceFile("text", r.generation.text, r.resolve(r.generation.text), is_dir=False)))
     out: Found = []
     for loc, f in checks:
         try:
@@ -337,6 +339,8 @@ def _content_problem(r: Recipe, key: str, p: Path) -> tuple[str | None, str | No
         ), "save it with model.save_pretrained(folder) (safetensors, no custom code); for code of your own, use source.factory"
     if key == "tokenizer":
         return sniff.tokenizer_problem(p), "point at the tokenizer.json tokenizer.save_pretrained(folder) wrote, or at that folder"
+    if key == "text":
+        return sniff.text_problem(p), "point at a plain UTF-8 text file (the sample perplexity is measured on)"
     return sniff.zip_problem(p, ".npz file"), "save samples with numpy.savez(path, **{input_name: array})"
 
 

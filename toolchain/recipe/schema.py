@@ -305,6 +305,8 @@ class Tolerance(Strict):
     top1: Annotated[FiniteFloat, Field(ge=0, le=1)] | None = None
     # text-generation: the share of next tokens (the artifact's greedy choice given the reference's context) equal to the reference's
     tokens: Annotated[FiniteFloat, Field(ge=0, le=1)] | None = None
+    # text-generation: the largest relative rise of perplexity on the text sample (0.05: at most 5% above the source's)
+    perplexity: Annotated[FiniteFloat, Field(ge=0)] | None = None
 
 
 # Reduced precision cannot meet elementwise bounds meant for FP32, so these
@@ -316,6 +318,9 @@ QUANTIZED_TOLERANCE: dict[str, dict[str, float]] = {
     "bf16": {"cosine": 0.999, "top1": 0.99},
     "int8": {"cosine": 0.99, "top1": 0.95},
     "int8-dynamic": {"cosine": 0.99, "top1": 0.95},
+    # Weight-only (MatMulNBits): a generator is judged by its greedy tokens and its perplexity; see docs/precision.md
+    "int8-weight": {"cosine": 0.999, "top1": 0.99, "tokens": 0.98, "perplexity": 0.02},
+    "int4": {"cosine": 0.98, "top1": 0.9, "tokens": 0.9, "perplexity": 0.1},
 }
 
 
@@ -339,7 +344,7 @@ class Parity(Strict):
         if precision in QUANTIZED_TOLERANCE:
             base = {"atol": None, "rtol": None, **QUANTIZED_TOLERANCE[precision]}
         else:
-            base = self.default.model_dump() if self.default is not None else {"atol": None, "rtol": None, "cosine": None, "top1": None, "tokens": None}
+            base = self.default.model_dump() if self.default is not None else dict.fromkeys(Tolerance.model_fields)
             base["atol"] = fp32["atol"] if base["atol"] is None else base["atol"]
             base["rtol"] = fp32["rtol"] if base["rtol"] is None else base["rtol"]
         over = self.per_target.get(target)
@@ -438,6 +443,7 @@ class Generation(Strict):
     max_length: Annotated[StrictInt, Field(ge=2, le=1 << 20)] = Field(128, description="the context the artifacts take: prompt and new tokens")
     max_batch: Annotated[StrictInt, Field(ge=1, le=1024)] = 8
     eos: list[Annotated[StrictInt, Field(ge=0)]] | None = Field(None, description="token ids that end a generation (default: the config's eos_token_id)")
+    text: str | None = Field(None, description="a UTF-8 text file the perplexity is measured on (default: the prompts)")
     config: str | None = Field(None, description="the decoder's config.json, for a factory source (a transformers folder has its own)")
 
 
@@ -486,6 +492,8 @@ class Recipe(Strict):
             extra.append(SourceFile("tokenizer", self.tokenizer, path, is_dir=path.is_dir()))
         if self.generation and self.generation.config:
             extra.append(SourceFile("config", self.generation.config, _resolved(self.root, self.generation.config), is_dir=False))
+        if self.generation and self.generation.text:
+            extra.append(SourceFile("text", self.generation.text, _resolved(self.root, self.generation.text), is_dir=False))
         return self.source.files(self.root) + extra + data
 
     @property

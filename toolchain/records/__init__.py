@@ -41,7 +41,7 @@ from toolchain.records.steps import (
     TargetOutcome,
     Timing,
 )
-from toolchain.records.verdicts import RULE, STAGE_EXIT, Divergence, GenerationReport, OutputDiff, ParityReport, Stage, Status
+from toolchain.records.verdicts import RULE, STAGE_EXIT, Divergence, GenerationReport, OutputDiff, ParityReport, Perplexity, Stage, Status
 
 __all__ = [
     "Attempt",
@@ -53,6 +53,7 @@ __all__ = [
     "ExportRecord",
     "FileEntry",
     "GenerationReport",
+    "Perplexity",
     "Machine",
     "Manifest",
     "OutputDiff",

@@ -145,6 +145,21 @@ class Divergence:
 
 
 @dataclass
+class Perplexity:
+    """A generator's perplexity on the text sample against the source's (toolchain.generation.perplexity_check)."""
+
+    source: float | None
+    artifact: float | None  # None: not finite
+    delta: float | None  # artifact / source - 1
+    budget: float | None  # the largest delta allowed (parity.*.perplexity); None: reported, not judged
+    tokens: int  # tokens predicted
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
 class GenerationReport:
     """A generator judged token by token (toolchain.generation.judge): greedy choices in the source's context, and logits."""
 
@@ -158,9 +173,11 @@ class GenerationReport:
     logits: ParityReport
     how: str  # what ran the loop: the artifact's runner with mlpack's loop, or the runtime's own generator
     failures: list[str] = field(default_factory=list)
+    perplexity: Perplexity | None = None
 
     def to_dict(self) -> dict:
         return {
+            "perplexity": self.perplexity.to_dict() if self.perplexity else None,
             "passed": self.passed,
             "prompts": self.prompts,
             "steps": self.steps,
@@ -176,4 +193,5 @@ class GenerationReport:
     @classmethod
     def from_dict(cls, d: dict) -> GenerationReport:
         return cls(d["passed"], d["prompts"], d["steps"], d["token_match"], d["floor"], [Divergence(**x) for x in d["divergences"]],
-                   list(d["step_cosine"]), ParityReport.from_dict(d["logits"]), d.get("how", ""), list(d.get("failures", [])))  # fmt: skip
+                   list(d["step_cosine"]), ParityReport.from_dict(d["logits"]), d.get("how", ""), list(d.get("failures", [])),
+                   Perplexity(**d["perplexity"]) if d.get("perplexity") else None)  # fmt: skip

@@ -14,7 +14,7 @@ import copy
 import numpy as np
 
 from toolchain.errors import StepError
-from toolchain.generation import Reference
+from toolchain.generation import Reference, TextSample, chunk_text, token_nll
 from toolchain.recipe import DimSpec, Recipe
 from toolchain.runners.torch_eager import TorchEagerRunner
 from toolchain.sources.factory import import_factory
@@ -135,16 +135,45 @@ class DecoderSource(TorchSource):
                 refs.append(Reference(prompt, tokens, np.ascontiguousarray(logits[: len(tokens)])))
         return refs
 
+    def text_sample(self, chunks: list[list[int]]) -> TextSample:
+        """The source's loss on every token of the perplexity sample after each chunk's first, one forward per chunk."""
+        import torch
 
-def encode_prompts(recipe: Recipe) -> list[list[int]]:
-    """The generation prompts as token ids, by the recipe's tokenizer.json (the `tokenizers` library: no code runs)."""
+        with torch.no_grad():
+            nll = [token_nll(self.causal_lm(torch.tensor([c])).logits[0].float().numpy(), c) for c in chunks]
+        return TextSample(chunks, nll)
+
+
+def _tokenizer(recipe: Recipe):
+    """The recipe's tokenizer.json, by the `tokenizers` library: a JSON description, no code runs."""
     from tokenizers import Tokenizer
 
     path = recipe.tokenizer_file()
     try:
-        tok = Tokenizer.from_file(str(path))
+        return Tokenizer.from_file(str(path))
     except Exception as e:
         raise StepError(f"tokenizer: cannot load {path}: {type(e).__name__}: {e}") from e
+
+
+def text_chunks(recipe: Recipe) -> list[list[int]]:
+    """The perplexity sample as token chunks: generation.text cut into max_length pieces, else each prompt."""
+    tok, gen = _tokenizer(recipe), recipe.generation
+    if gen.text:
+        path = recipe.resolve(gen.text)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise StepError(f"generation.text: cannot read {path} as UTF-8 text: {e}", hint="point at a plain text file") from e
+        chunks = chunk_text(tok.encode(text).ids, gen.max_length)
+        if not chunks:
+            raise StepError(f"generation.text: {path} has fewer than 2 tokens", hint="give a paragraph or more of text")
+        return chunks
+    return [ids for ids in (tok.encode(p).ids for p in gen.prompts) if len(ids) >= 2]
+
+
+def encode_prompts(recipe: Recipe) -> list[list[int]]:
+    """The generation prompts as token ids, by the recipe's tokenizer.json."""
+    tok = _tokenizer(recipe)
     ids = [tok.encode(p).ids for p in recipe.generation.prompts]
     long = [i for i, p in enumerate(ids) if len(p) + recipe.generation.max_new_tokens > recipe.generation.max_length]
     if long:
