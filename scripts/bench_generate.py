@@ -44,16 +44,16 @@ from toolchain.timing import interleaved  # noqa: E402
 EAGER = "transformers generate"
 
 
-def runtimes(build: Path, threads: int):
-    """name -> (opened runtime or None, a function (ids [batch, prompt], new) -> None), the recipe."""
-    man = mf.read(build)
-    recipe = load_recipe(build / "recipe.yaml")
+def runtimes(build: Path, threads: int, only: str | None = None):
+    """name -> a function (ids [batch, prompt], new) -> None over an opened runtime, and the recipe; `only`: that one alone."""
+    man = mf.read(build / "manifest.json")
+    recipe = load_recipe(Path(man.recipe_path))  # recorded relative to where the build ran: run from there
     import torch
 
     from toolchain.sources.decoder import load_causal_lm
 
     torch.set_num_threads(threads)
-    lm = load_causal_lm(recipe)
+    lm = load_causal_lm(recipe) if only in (None, EAGER) else None
 
     def eager(ids: np.ndarray, new: int) -> None:
         t = torch.from_numpy(ids)
@@ -61,10 +61,10 @@ def runtimes(build: Path, threads: int):
             lm.generate(t, attention_mask=torch.ones_like(t), max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=True,
                         pad_token_id=0)  # fmt: skip
 
-    out = {EAGER: eager}
+    out = {EAGER: eager} if lm is not None else {}
     layout = CacheLayout.of(recipe)
     for t in man.targets:
-        if t.status != "ok":
+        if t.status != "ok" or only not in (None, t.name):
             continue
         if t.kind == "genai":
             out[t.name] = _genai(build / t.name, threads)
@@ -125,10 +125,8 @@ def main() -> int:
     ap.add_argument("--ids", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.peak_of:  # a child of peak_rss(): one runtime, one generation
-        fns, _ = runtimes(a.build, a.threads)
-        keep = fns[a.peak_of]
-        del fns
-        keep(np.load(a.ids), a.new)
+        fns, _ = runtimes(a.build, a.threads, only=a.peak_of)
+        fns[a.peak_of](np.load(a.ids), a.new)
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         return 0
     fns, recipe = runtimes(a.build, a.threads)

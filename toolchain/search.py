@@ -70,6 +70,7 @@ QUANTIZATION_SCHEMA: dict = {
                 "bits": {"enum": [4, 8]},
                 "block_size": {"type": "integer"},
                 "symmetric": {"type": "boolean"},
+                "compute": {"enum": ["int8", "float"]},
                 "quantized": {"type": "integer", "minimum": 0},
                 "kept_float": {"type": "array", "items": {"type": "string"}},
                 "layers": {"type": "array", "items": {"type": "object", "required": ["module", "node", "shape", "error"]}},

@@ -137,6 +137,8 @@ def _judge_generation(kind, artifact, recipe, spec, runner, base: Path, root: Pa
         how, problems = f"the {runner.runner} runner in mlpack's generation loop (teacher-forced on the source's tokens)", []
     tol = recipe.tolerance(spec)
     report = judge(refs, logits, tol, how, perplexity_check(sample, nll, tol.perplexity))
+    if problems and report.floor < 1.0:  # a generator not held to every token may also free-run to other tokens
+        problems = []
     if problems:
         report.failures += problems
         report.passed = False

@@ -54,7 +54,12 @@ def train(model, tok, texts: list[str], steps: int = 1500, seq: int = 64, batch:
     return float(loss)
 
 
-def make(folder: str | Path, corpus: str | Path | None = None, vocab: int = 300, seed: int = 0) -> Path:
+# The model scripts/bench_generate.py times (`python recipes/models/tiny_llama.py DIR --small`): 8 layers, hidden 512,
+# about 30M parameters, random weights (speed does not depend on them).
+SMALL = {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 64}
+
+
+def make(folder: str | Path, corpus: str | Path | None = None, vocab: int = 300, seed: int = 0, **size) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -69,14 +74,10 @@ def make(folder: str | Path, corpus: str | Path | None = None, vocab: int = 300,
     tok.train_from_iterator(training or [TEXT] * 4, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     torch.manual_seed(seed)
+    shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32}
     config = LlamaConfig(
         vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
+        **(shape | size),
         max_position_embeddings=256,
         initializer_range=0.2,
         bos_token_id=1,
@@ -99,4 +100,7 @@ def make(folder: str | Path, corpus: str | Path | None = None, vocab: int = 300,
 
 
 if __name__ == "__main__":
-    print(make(sys.argv[1] if len(sys.argv) > 1 else "tiny-llama", sys.argv[2] if len(sys.argv) > 2 else None))
+    if "--small" in sys.argv:
+        print(make(sys.argv[1], vocab=2000, **SMALL))
+    else:
+        print(make(sys.argv[1] if len(sys.argv) > 1 else "tiny-llama", sys.argv[2] if len(sys.argv) > 2 else None))
