@@ -29,7 +29,7 @@ VOCAB = 300  # the tokenizer's
 FAMILIES: dict[str, dict] = {
     "gpt2": {},
     "llama": {},
-    "mistral": {},
+    "mistral": dict(sliding_window=8),  # shorter than prompt + new tokens: the window is exercised
     "qwen2": {},
     "qwen3": dict(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=128, max_position_embeddings=128
@@ -45,7 +45,7 @@ FAMILIES: dict[str, dict] = {
         head_dim=16,
         intermediate_size=128,
         max_position_embeddings=128,
-        sliding_window=16,
+        sliding_window=8,
         attn_logit_softcapping=50.0,
         final_logit_softcapping=30.0,
     ),  # fmt: skip
@@ -57,7 +57,7 @@ FAMILIES: dict[str, dict] = {
         head_dim=16,
         intermediate_size=128,
         max_position_embeddings=128,
-        sliding_window=16,
+        sliding_window=8,
     ),  # fmt: skip
     "opt": {},
     "bloom": {},
@@ -73,7 +73,7 @@ def make_model(family: str, folder: Path, seed: int = 0) -> None:
     from hf import SIZES  # the zoo's sizes
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    size = FAMILIES[family] or SIZES[family]
+    size = SIZES.get(family, {}) | FAMILIES[family]
     config = AutoConfig.for_model(family, vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=2, initializer_range=0.2,
                                   tie_word_embeddings=False, **size)  # fmt: skip
     torch.manual_seed(seed)

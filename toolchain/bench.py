@@ -22,6 +22,7 @@ import numpy as np
 from toolchain import manifest as mf
 from toolchain.environment import environment
 from toolchain.errors import UsageError
+from toolchain.genbench import bench_generate
 from toolchain.progress import Progress
 from toolchain.recipe import load_recipe
 from toolchain.records import Manifest
@@ -112,6 +113,8 @@ def bench(
     through_server: bool = False,
     server: Path | None = None,
     progress: Progress | None = None,
+    prompt_tokens: int = 32,
+    new_tokens: int = 32,
 ) -> dict:
     """Measure every runtime of the build at `root`; writes bench.json and bench.png there."""
     progress = progress or Progress()
@@ -127,12 +130,19 @@ def bench(
         raise UsageError(f"{path} is not an mlpack manifest ({e})", "rebuild it with mlpack build") from None
     recipe, same_recipe = _recipe(manifest, recipe_path)
     threads = _set_threads(recipe, threads)
-    batch_dim, sizes, lat_b, notes = batch_plan(recipe, batches)
+    notes: list[str] = []
     if load[0] >= 1.0:
         # Measured on a shared 2-vCPU VM: one busy neighbour made 2-thread eager BERT 150x slower.
         notes.append(f"the machine was busy when the bench started (load average {load[0]:.2f} on {os.cpu_count()} CPUs): figures include contention")
     if not same_recipe:
         notes.append(f"{recipe.path} changed since the build (sha256 differs): the eager baseline may not be the built model")
+    if recipe.generates:  # a generator is timed by the token: first token, prefill and decode rates, memory
+        report = bench_generate(root, manifest, recipe, batches, threads, prompt_tokens, new_tokens, notes, progress)
+        report["load_average"] = [round(v, 2) for v in load]
+        (root / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+        return report
+    batch_dim, sizes, lat_b, plan_notes = batch_plan(recipe, batches)
+    notes = plan_notes + notes
     feeds = make_feeds(recipe, batch_dim, sorted({*sizes, lat_b}), recipe.parity.seed)
     results = []
     for name, kind, runner in _runtimes(root, manifest, recipe, threads, notes):

@@ -156,6 +156,8 @@ def _cache(**params) -> _Call:
 @click.option("--recipe", type=_PATH, metavar="RECIPE", help="the recipe, when the path in the manifest does not resolve from here")
 @click.option("--through-server", is_flag=True, help="also measure through a Triton server (requests/s per concurrency)")
 @click.option("--server", type=_PATH, metavar="PATH", help="with --through-server: as for serve-check")
+@click.option("--prompt-tokens", type=click.IntRange(1), default=32, metavar="N", help="a generator's prompt length (default 32)")
+@click.option("--new-tokens", type=click.IntRange(1), default=32, metavar="N", help="tokens a generator makes per prompt (default 32)")
 @click.option("--json", is_flag=True, help="print bench.json to stdout")
 def _bench(**params) -> _Call:
     return _defer("bench", cmd_bench, params)
@@ -463,11 +465,34 @@ def cmd_bench(args) -> int:
             through_server=args.through_server,
             server=args.server,
             progress=progress,
+            prompt_tokens=args.prompt_tokens,
+            new_tokens=args.new_tokens,
         )
-    _print_bench(report, args.dir, sys.stderr if args.json else sys.stdout)  # stdout stays pure JSON with --json
+    printer = _print_bench_generate if report.get("task") == "text-generation" else _print_bench
+    printer(report, args.dir, sys.stderr if args.json else sys.stdout)  # stdout stays pure JSON with --json
     if args.json:
         print(json.dumps(report, indent=2))
     return EXIT_OK
+
+
+def _print_bench_generate(report: dict, root: Path, stream) -> None:
+    from rich.table import Table
+
+    con = _console(stream)
+    title = f"bench {report['name']}: {report['prompt_tokens']}-token prompt, {report['new_tokens']} new tokens, {report['threads']} threads"
+    t = Table(title=title + " (x = ratio to transformers' generate)")
+    for col in ("runtime", "batch", "TTFT ms", "prefill tok/s", "decode tok/s", f"peak MB (b{report['peak_memory_mb']['batch']})"):
+        t.add_column(col, justify="right")
+    for r in report["runtimes"]:
+        decode = f"{r['decode_tokens_per_s']:.1f} ({r['vs_eager']['decode']:.2f}x)" if r["decode_tokens_per_s"] else "-"
+        peak = report["peak_memory_mb"].get(r["name"])
+        t.add_row(r["name"], str(r["batch"]), f"{r['ttft_ms']:.2f} ({r['vs_eager']['ttft']:.2f}x)", f"{r['prefill_tokens_per_s']:.0f}", decode,
+                  f"{peak:.0f}" if peak is not None else "-")  # fmt: skip
+    con.print(t)
+    con.print(f"CPU: {report['cpu']}")
+    for note in report.get("notes", []):
+        con.print(f"[yellow]note[/]: {note}")
+    con.print(f"wrote {root / 'bench.json'}")
 
 
 def _print_bench(report: dict, root: Path, stream) -> None:

@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 from functools import cache
+from pathlib import Path
 
 # CPU features that decide which reduced precision is fast here (and so which artifact wins).
 CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "avx_vnni")
@@ -54,3 +55,17 @@ def cpu_identity() -> dict:
         "features": [f for f in CPU_FEATURES if f in flags],
         "gpu": gpu_identity(),
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set in MB: VmHWM, which exec resets. ru_maxrss keeps the forking parent's peak
+    across exec, so a step or a bench child would report at least its parent's memory."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # no /proc: an upper bound

@@ -19,7 +19,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import signal
 import sys
 import threading
@@ -46,6 +45,7 @@ from toolchain.generation import (
     save_text_sample,
 )
 from toolchain.kinds.base import BuildContext
+from toolchain.machine import peak_rss_mb
 from toolchain.parity import compare
 from toolchain.recipe import load_recipe
 from toolchain.records import ReferenceOutcome, SelectOutcome, StepResult, StepSpec, TargetOutcome
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         result = StepResult(error="step", reason=f"the model's code called sys.exit({e.code!r}) during the {step.step} step",
                             hint="a factory must return the model; remove the sys.exit() call")  # fmt: skip
     # Peak memory of this step (Linux reports KiB): large models must stay near 2x their weights.
-    result.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result.peak_rss_mb = peak_rss_mb()
     sys.stdout.flush()
     sys.stderr.flush()
     result_path.parent.mkdir(parents=True, exist_ok=True)

@@ -158,3 +158,41 @@ def test_strict_logits_fail_the_build_with_the_generation_verdict(tmp_path):
     assert t["status"] == "failed" and not g["passed"] and g["token_match"] == 1.0
     assert g["failures"][0].startswith("logits: ")
     assert not (tmp_path / "out" / "tiny-llama").exists()
+
+
+def test_bench_times_a_generator_by_the_token(built):
+    """`mlpack bench` on a generator: TTFT, prefill and decode tokens/s of every artifact and of transformers' generate,
+    and each runtime's peak memory measured in a process of its own (no figure is judged here: scripts and docs do)."""
+    proc = mlpack("bench", str(built.root), "--threads", "1", "--batch", "1,64", "--prompt-tokens", "4", "--new-tokens", "4", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["schema"] == "mlpack.bench-generate/1" and report["batches"] == [1] and report["prompt_tokens"] == 4
+    assert any("max_batch" in n for n in report["notes"])  # 64 is above the recipe's generation.max_batch
+    names = [r["name"] for r in report["runtimes"]]
+    assert names == ["eager", *(t["name"] for t in built.manifest["targets"] if t["status"] == "ok")]
+    for r in report["runtimes"]:
+        assert r["ttft_ms"] > 0 and r["prefill_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0, r
+    peaks = report["peak_memory_mb"]
+    assert all(peaks[n] is not None and peaks[n] > 20 for n in names), peaks
+    assert peaks["eager"] > peaks["onnx"]  # torch and transformers against ONNX Runtime alone: each child loads one runtime
+    assert (built.root / "bench.json").is_file()
+
+
+def test_sliding_window_decoder_reproduces_generate_past_its_window(tmp_path):
+    """Mistral with an 8-token window, 17 tokens generated: transformers' cache drops keys past the window (a present
+    shorter than past + new, which export cannot keep symbolic); mlpack keeps them and the mask applies the window."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("decoder_families", ROOT / "scripts" / "decoder_families.py")
+    families = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(families)
+    (tmp_path / "model").mkdir()
+    families.make_model("mistral", tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["sliding_window"] == 8
+    (tmp_path / "r.yaml").write_text(families.RECIPE.format(slug="mistral", targets=families.TARGETS["onnx"]))
+    proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    t = json.loads(proc.stdout)["targets"][0]
+    refs = load_references(tmp_path / "out" / "gen-mistral" / "parity" / "generation.npz")
+    assert all(len(r.prompt) + len(r.tokens) > 8 for r in refs)
+    assert t["status"] == "ok" and t["generation"]["token_match"] == 1.0 and t["generation"]["steps"] == sum(len(r.tokens) for r in refs)

@@ -211,3 +211,15 @@ def test_a_text_sample_that_is_not_text_is_refused(root):
     text = RECIPE.replace("  max_batch: 2\n", "  max_batch: 2\n  text: t.txt\n")
     assert problems(text, root) == [("generation.text", f"{root / 't.txt'} is not UTF-8 text (byte 0)",
                                      "point at a plain UTF-8 text file (the sample perplexity is measured on)")]  # fmt: skip
+
+
+def test_genai_config_names_the_cache_as_exported_and_a_type_ort_genai_reads_it_with(root):
+    from toolchain.kinds.genai import genai_config
+
+    c = genai_config(parse_recipe(RECIPE, root / "r.yaml"))["model"]
+    assert c["type"] == "llama" and c["decoder"]["num_key_value_heads"] == 1 and c["decoder"]["head_size"] == 32
+    assert c["decoder"]["inputs"]["past_key_names"] == "past_key_values.%d.key" and c["decoder"]["outputs"]["present_value_names"] == "present.%d.value"
+    cfg = json.loads((root / "model" / "config.json").read_text())
+    (root / "model" / "config.json").write_text(json.dumps(cfg | {"model_type": "gpt2"}))
+    # ORT GenAI's gpt2 type expects one combined past per layer: the generic decoder type reads mlpack's names
+    assert genai_config(parse_recipe(RECIPE, root / "r.yaml"))["model"]["type"] == "decoder"

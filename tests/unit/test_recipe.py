@@ -421,7 +421,14 @@ def test_quantized_targets_get_their_own_budget(root):
     parity = "parity:\n  default: {atol: 1.0e-5, cosine: 0.9}\n  per_target:\n    q: {cosine: 0.995}\n"
     r = parse_recipe(edit(("kind: aoti", "kind: onnx\n    name: q\n    quantize: int8"), (APPEND, parity)), root / "r.yaml")
     # parity.default (an FP32 budget) does not apply; per_target still overrides key by key.
-    assert r.parity.tolerance_for("q", r.target("q").precision_mode).model_dump() == {"atol": None, "rtol": None, "cosine": 0.995, "top1": 0.95, "tokens": None, "perplexity": None}
+    assert r.parity.tolerance_for("q", r.target("q").precision_mode).model_dump() == {
+        "atol": None,
+        "rtol": None,
+        "cosine": 0.995,
+        "top1": 0.95,
+        "tokens": None,
+        "perplexity": None,
+    }
     assert r.parity.tolerance_for("onnx", r.target("onnx").precision_mode).model_dump() == {
         "atol": 1e-5,
         "rtol": 1e-3,

@@ -147,6 +147,11 @@ class Kind:
         over the artifact's runner (toolchain.generation.Decoder)."""
         return None
 
+    def generator(self, folder: Path):
+        """text-generation: a function (prompt ids [batch, prompt], new tokens) -> None that generates with the artifact's
+        own runtime loop, for `mlpack bench`; None: mlpack's loop over the artifact's runner."""
+        return None
+
     def fingerprint_files(self) -> list[Path]:
         """Source files whose change must invalidate what this kind built (its module)."""
         return [Path(inspect.getsourcefile(type(self)) or "")]

@@ -23,6 +23,10 @@ CONFIG = "genai_config.json"
 MODEL = "model.onnx"
 ONNX_RUNNER = "onnxruntime"  # the decoder's ONNX in the folder is also run by ONNX Runtime for the tensor gate
 INSTALL_HINT = "pip install --no-deps onnxruntime-genai==0.18.0 (`make install` does)"
+# ORT GenAI's decoder-only model types that read the cache as past_key_values.<i>.key/.value, as mlpack exports it.
+# Its other types keep a layout of their own (gpt2: one combined past per layer) or are unknown to it (phi, opt, bloom):
+# those run as its generic "decoder" type, which takes the same names (the architecture itself is inside the ONNX).
+GENAI_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "granite", "olmo", "nemotron", "smollm3"})
 
 
 class GenaiTarget(TargetOptions):
@@ -57,7 +61,7 @@ def genai_config(recipe) -> dict:
             },
             "eos_token_id": eos if len(eos) > 1 else eos[0],
             "pad_token_id": d.pad if d.pad is not None else eos[0],
-            "type": d.model_type,
+            "type": d.model_type if d.model_type in GENAI_TYPES else "decoder",
             "vocab_size": d.vocab,
         },
         "search": {
@@ -151,6 +155,21 @@ class GenaiKind(Kind):
                 problems.append(f"prompt {i}: onnxruntime_genai's greedy search generated {tokens}, the source {ref.tokens}")
         artifact.extra["genai"]["greedy_tokens_equal"] = not problems
         return logits, "onnxruntime_genai's own generator (teacher-forced logits, then free-running greedy)", problems
+
+    def generator(self, folder):
+        """ORT GenAI's own loop: its generator, cache and greedy search over the folder."""
+        og = _og()
+        model = og.Model(str(folder))
+
+        def generate(ids: np.ndarray, new: int) -> None:
+            params = og.GeneratorParams(model)
+            params.set_search_options(max_length=ids.shape[1] + new, min_length=ids.shape[1] + new, do_sample=False, batch_size=ids.shape[0])
+            gen = og.Generator(model, params)
+            gen.append_tokens(ids.astype(np.int32))
+            for _ in range(new - 1):
+                gen.generate_next_token()
+
+        return generate
 
 
 KIND = GenaiKind()

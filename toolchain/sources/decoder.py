@@ -56,7 +56,6 @@ def with_cache(model, recipe: Recipe):
     from transformers import DynamicCache
 
     layers = recipe.decoder.layers
-    config = model.config
 
     class WithCache(torch.nn.Module):
         def __init__(self, inner):
@@ -66,7 +65,9 @@ def with_cache(model, recipe: Recipe):
         def call(self, input_ids, attention_mask, position_ids, past: tuple):
             # The mask covers the cached tokens and the new ones: a fact export needs to keep the mask's length symbolic.
             torch._check(attention_mask.shape[1] == past[0].shape[2] + input_ids.shape[1])
-            cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(layers)], config=config)
+            # Full layers, not the config's sliding ones: a sliding layer drops tokens past its window, so `present` would be
+            # shorter than past + new by an amount export cannot keep symbolic. The model's mask applies the window instead.
+            cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(layers)])
             out = self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache, use_cache=True)
             present = out.past_key_values
             return (out.logits, *[t for layer in present.layers for t in (layer.keys, layer.values)])
