@@ -31,7 +31,8 @@ from toolchain.progress import Progress
 from toolchain.recipe import Recipe, load_recipe
 from toolchain.records import Manifest
 from toolchain.runners import open_runner
-from toolchain.sources.decoder import load_causal_lm
+from toolchain.runners.torch_eager import TorchEagerRunner
+from toolchain.sources.decoder import is_transformers_lm, load_causal_lm, step_function
 from toolchain.timing import interleaved
 
 SCHEMA_ID = "mlpack.bench-generate/1"
@@ -54,15 +55,7 @@ def runtimes(root: Path, manifest: Manifest, recipe: Recipe, threads: int, only:
         if own is not None:
             out[t.name] = own
             continue
-        decoder = Decoder(open_runner(t.runner, root, threads=threads).__enter__(), layout)
-
-        def loop(ids: np.ndarray, new: int, decoder: Decoder = decoder) -> None:
-            decoder.start(ids.shape[0])
-            logits = decoder.step(ids)[:, -1]
-            for _ in range(new - 1):
-                logits = decoder.step(logits.argmax(-1)[:, None])[:, -1]
-
-        out[t.name] = loop
+        out[t.name] = _loop(Decoder(open_runner(t.runner, root, threads=threads).__enter__(), layout))
     return out
 
 
@@ -71,6 +64,9 @@ def _eager(recipe: Recipe, threads: int) -> Generate:
 
     torch.set_num_threads(threads)
     lm = load_causal_lm(recipe)
+    if not is_transformers_lm(lm):  # a step function: mlpack's loop over it, eagerly
+        runner = TorchEagerRunner(step_function(lm, recipe), [i.name for i in recipe.inputs], recipe.outputs)
+        return _loop(Decoder(runner.__enter__(), CacheLayout.of(recipe)))
 
     def generate(ids: np.ndarray, new: int) -> None:
         t = torch.from_numpy(ids)
@@ -78,6 +74,18 @@ def _eager(recipe: Recipe, threads: int) -> Generate:
             lm.generate(t, attention_mask=torch.ones_like(t), max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=True, pad_token_id=0)
 
     return generate
+
+
+def _loop(decoder: Decoder) -> Generate:
+    """Greedy generation through mlpack's loop: a prefill, then one step per new token."""
+
+    def loop(ids: np.ndarray, new: int) -> None:
+        decoder.start(ids.shape[0])
+        logits = decoder.step(ids)[:, -1]
+        for _ in range(new - 1):
+            logits = decoder.step(logits.argmax(-1)[:, None])[:, -1]
+
+    return loop
 
 
 def _peak_rss_mb(root: Path, recipe: Path, name: str, threads: int, ids: np.ndarray, new: int) -> float | None:

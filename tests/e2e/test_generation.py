@@ -181,11 +181,7 @@ def test_bench_times_a_generator_by_the_token(built):
 def test_sliding_window_decoder_reproduces_generate_past_its_window(tmp_path):
     """Mistral with an 8-token window, 17 tokens generated: transformers' cache drops keys past the window (a present
     shorter than past + new, which export cannot keep symbolic); mlpack keeps them and the mask applies the window."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("decoder_families", ROOT / "scripts" / "decoder_families.py")
-    families = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(families)
+    families = load_module("decoder_families", ROOT / "scripts" / "decoder_families.py")
     (tmp_path / "model").mkdir()
     families.make_model("mistral", tmp_path / "model")
     assert json.loads((tmp_path / "model" / "config.json").read_text())["sliding_window"] == 8
@@ -196,3 +192,39 @@ def test_sliding_window_decoder_reproduces_generate_past_its_window(tmp_path):
     refs = load_references(tmp_path / "out" / "gen-mistral" / "parity" / "generation.npz")
     assert all(len(r.prompt) + len(r.tokens) > 8 for r in refs)
     assert t["status"] == "ok" and t["generation"]["token_match"] == 1.0 and t["generation"]["steps"] == sum(len(r.tokens) for r in refs)
+
+
+def test_own_step_function_decoder_builds_and_generates(tmp_path):
+    """A decoder written as a step function with explicit cache tensors (recipes/own-decoder.yaml): its reference is
+    mlpack's greedy loop over the module with its cache, which must equal greedy decoding without any cache (the whole
+    sequence each step); the ONNX export and the ORT GenAI folder (its generic decoder type) reproduce every token."""
+    import torch
+
+    proc = mlpack("build", "recipes/own-decoder.yaml", "--out", str(tmp_path), "--target", "onnx", "--target", "genai", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads(proc.stdout)
+    refs = load_references(tmp_path / "own-decoder" / "parity" / "generation.npz")
+    spec = load_module("own_decoder", ROOT / "recipes" / "models" / "own_decoder.py")
+    model = spec.build()
+    empty = [torch.zeros(1, 2, 0, 16) for _ in range(4)]
+    for ref in refs:
+        ids = list(ref.prompt)
+        with torch.no_grad():
+            for _ in ref.tokens:
+                n = len(ids)
+                logits = model(torch.tensor([ids]), torch.ones(1, n, dtype=torch.long), torch.arange(n)[None], *empty)[0]
+                ids.append(int(logits[0, -1].argmax()))
+        assert ids[len(ref.prompt) :] == ref.tokens
+    assert len({t for r in refs for t in r.tokens}) > 8
+    for t in m["targets"]:
+        assert t["status"] == "ok" and t["generation"]["token_match"] == 1.0, t["name"]
+    assert json.loads((tmp_path / "own-decoder" / "genai" / "genai_config.json").read_text())["model"]["type"] == "decoder"
+
+
+def load_module(name: str, path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

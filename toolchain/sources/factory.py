@@ -33,3 +33,14 @@ def import_factory(recipe: Recipe):
     if not hasattr(module, func):
         raise StepError(f"source.factory: {path} defines no '{func}'")
     return getattr(module, func)
+
+
+def call_factory(recipe: Recipe):
+    """What `source.factory` returns when called with `source.kwargs`; its failure as a StepError naming the call."""
+    src = recipe.source
+    try:
+        return import_factory(recipe)(**src.kwargs)
+    except StepError:
+        raise
+    except Exception as e:
+        raise StepError(f"source.factory: {src.factory}(**{src.kwargs}) raised {type(e).__name__}: {e}") from e

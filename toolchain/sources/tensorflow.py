@@ -15,7 +15,7 @@ from toolchain.errors import MlpackError, StepError, UsageError
 from toolchain.recipe import Recipe
 from toolchain.runners.tf import TFEagerRunner
 from toolchain.samples import example_feed, model_failure
-from toolchain.sources.factory import import_factory
+from toolchain.sources.factory import call_factory
 from toolchain.sources.keras_patches import tracing as keras_tracing
 from toolchain.tensors import NUMPY_DTYPE
 
@@ -86,12 +86,7 @@ def _load(recipe: Recipe):
         except Exception as e:
             raise StepError(f"source.keras: keras.saving.load_model({path}) failed: {type(e).__name__}: {e}") from e
     else:
-        try:
-            model = import_factory(recipe)(**src.kwargs)
-        except StepError:
-            raise
-        except Exception as e:
-            raise StepError(f"source.factory: {src.factory}(**{src.kwargs}) raised {type(e).__name__}: {e}") from e
+        model = call_factory(recipe)
     return _callable(model, src.factory or src.keras)
 
 
