@@ -63,7 +63,7 @@ QUANTIZATION_SCHEMA: dict = {
     "required": ["mode"],
     "properties": {
         "mode": {"enum": ["fp16", "int8", "int8-dynamic", "int4", "int8-weight"]},
-        "weights": {  # ONNX weight-only (onnxtools/weights.py)
+        "weight_only": {  # ONNX weight-only (onnxtools/weights.py); INT8's `weights` is a description string
             "type": "object",
             "required": ["bits", "block_size", "symmetric", "quantized", "kept_float", "layers"],
             "properties": {

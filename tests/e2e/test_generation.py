@@ -105,9 +105,10 @@ def test_weight_only_targets_meet_their_budgets(built, name, bits, budget):
     import onnx
 
     t = built.target(name)
+    jsonschema.validate(built.manifest, schema())
     q, g = t["quantization"], t["generation"]
     assert t["status"] == "ok" and g["passed"] and q["mode"] == name.removeprefix("onnx-").replace("int8w", "int8-weight")
-    assert (q["weights"]["bits"], q["weights"]["block_size"], q["weights"]["kept_float"], q["weights"]["quantized"]) == (bits, 32, ["lm_head"], 14)
+    assert (q["weight_only"]["bits"], q["weight_only"]["block_size"], q["weight_only"]["kept_float"], q["weight_only"]["quantized"]) == (bits, 32, ["lm_head"], 14)
     assert g["perplexity"]["budget"] == budget and g["perplexity"]["delta"] <= budget and g["token_match"] >= g["floor"]
     graph = onnx.load(str(built.root / name / "model.onnx"), load_external_data=False).graph
     ops = [n.op_type for n in graph.node]
@@ -135,8 +136,8 @@ parity:
     t = json.loads((tmp_path / "out" / "q4.failed" / "manifest.json").read_text())["targets"][0]
     attempts = t["quantization"]["attempts"]
     assert [a["excluded"] for a in attempts] == [1, 2, 3, 5, 9] and not any(a["passed"] for a in attempts)
-    worst = t["quantization"]["weights"]["layers"][0]["module"]
-    assert worst.startswith("model.layers.") and worst in t["quantization"]["weights"]["kept_float"]
+    worst = t["quantization"]["weight_only"]["layers"][0]["module"]
+    assert worst.startswith("model.layers.") and worst in t["quantization"]["weight_only"]["kept_float"]
     warning = next(w for w in t["warnings"] if "misses its budget" in w)
     assert "the quantized layers that lose the most: model.layers." in warning and "weights.keep_float" in warning
     assert not (tmp_path / "out" / "q4").exists()

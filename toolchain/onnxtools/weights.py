@@ -202,7 +202,7 @@ def to_weight_only(source, spec, src: Path, dst: Path, ctx) -> dict:
         "mode": spec.quantize,
         "fallback": spec.fallback,
         "format": "MatMulNBits (weight-only, onnxruntime contrib op)",
-        "weights": {
+        "weight_only": {
             "bits": bits,
             "block_size": opts.block_size,
             "symmetric": opts.symmetric,
