@@ -108,7 +108,12 @@ def test_weight_only_targets_meet_their_budgets(built, name, bits, budget):
     jsonschema.validate(built.manifest, schema())
     q, g = t["quantization"], t["generation"]
     assert t["status"] == "ok" and g["passed"] and q["mode"] == name.removeprefix("onnx-").replace("int8w", "int8-weight")
-    assert (q["weight_only"]["bits"], q["weight_only"]["block_size"], q["weight_only"]["kept_float"], q["weight_only"]["quantized"]) == (bits, 32, ["lm_head"], 14)
+    assert (q["weight_only"]["bits"], q["weight_only"]["block_size"], q["weight_only"]["kept_float"], q["weight_only"]["quantized"]) == (
+        bits,
+        32,
+        ["lm_head"],
+        14,
+    )
     assert g["perplexity"]["budget"] == budget and g["perplexity"]["delta"] <= budget and g["token_match"] >= g["floor"]
     graph = onnx.load(str(built.root / name / "model.onnx"), load_external_data=False).graph
     ops = [n.op_type for n in graph.node]
