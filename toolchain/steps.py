@@ -77,6 +77,18 @@ def describe_exit(rc: int) -> str:
     return f"the step's process exited with status {rc}"
 
 
+def crash_frames(log: Path, frames: int = 4) -> str | None:
+    """Where a step that died by a signal was, from the faulthandler dump in its log (the
+    crashing thread's innermost frames: aoti_load_package, say), or None without one."""
+    lines = tail(log, 400).splitlines()
+    start = next((i for i in range(len(lines) - 1, -1, -1) if lines[i].startswith("Fatal Python error")), None)
+    if start is None:
+        return None
+    current = next((i for i in range(start, len(lines)) if lines[i].startswith("Current thread")), None)
+    where = [ln.strip() for ln in lines[current + 1 : current + 1 + frames]] if current is not None else []
+    return "\n".join([lines[start].strip(), *(f"  {w}" for w in where if w.startswith("File"))])
+
+
 def write_reproduce(path: Path, step_file: str, target: str | None) -> None:
     """A script that re-runs just this step, into a scratch directory.
 
@@ -174,7 +186,7 @@ def run_step(step: StepSpec, staging: Path, name: str, timeout: float, children:
     write_reproduce(logs / f"{name}.reproduce.sh", f"{name}.step.json", step.target)
     log = logs / f"{name}.log"
     rel = log.relative_to(staging).as_posix()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLPACK_PARENT_PID": str(os.getpid()), "MLPACK_STAGING": str(staging)}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", "MLPACK_PARENT_PID": str(os.getpid()), "MLPACK_STAGING": str(staging)}
     here = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     result_file = staging / step.result
@@ -209,7 +221,8 @@ def run_step(step: StepSpec, staging: Path, name: str, timeout: float, children:
             kill_group(proc)  # whatever the step started and left behind (compilers, pools) goes with it
             children.discard(proc)
     if rc != 0:
-        return StepOutcome(None, f"{describe_exit(rc)}; log tail:\n{tail(log)}", rel)
+        crash = crash_frames(log) if rc < 0 else None  # a native crash: the Python frames it happened under
+        return StepOutcome(None, f"{describe_exit(rc)}; " + (f"where:\n{crash}" if crash else f"log tail:\n{tail(log)}"), rel)
     try:
         result = StepResult.from_dict(json.loads(result_file.read_text()), step.step)
     except (OSError, ValueError, KeyError, TypeError):

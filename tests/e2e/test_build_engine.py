@@ -201,6 +201,7 @@ def test_crashing_converter_fails_only_its_target(tmp_path):
     by = {t["name"]: t for t in m["targets"]}
     assert by["onnx"]["status"] == "ok"
     assert by["onnx-b"]["status"] == "failed" and "SIGSEGV" in by["onnx-b"]["reason"]
+    assert "in forward" in by["onnx-b"]["reason"]  # faulthandler's frames: where in the model it died
     log = tmp_path / "out" / "mlp.failed" / by["onnx-b"]["log"]
     assert log.is_file() and str(log) in proc.stderr
     assert (tmp_path / "out" / "mlp.failed" / "logs" / "onnx-b.reproduce.sh").is_file()
