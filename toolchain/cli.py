@@ -296,8 +296,11 @@ def _selection_table(sel: Selection):
     machine = sel.machine
     title = (f"selection: {sel.metric} at batch {sel.batch}, {sel.threads} thread(s), on {machine.model} "
              f"({machine.cores} cores; {', '.join(machine.features) or 'no AVX-512/AMX'})")  # fmt: skip
+    generator = "new_tokens" in (sel.shape or {})  # a generator: timed by whole greedy generations
+    if generator:
+        title += f"; a greedy generation of {sel.shape['new_tokens']} tokens after a {sel.shape['prompt_tokens']}-token prompt"
     t = Table(title=title)
-    for col in ("rank", "target", "kind", "median ms", "samples/s", "x eager", "served as"):
+    for col in ("rank", "target", "kind", "ms per generation" if generator else "median ms", "tokens/s" if generator else "samples/s", "x eager", "served as"):
         t.add_column(col)
     for i, r in enumerate(sel.ranking, 1):
         served = sel.served_as if r.target == sel.winner or (sel.served_as and i == 1) else ""

@@ -29,7 +29,7 @@ from toolchain.generation import CacheLayout, Decoder
 from toolchain.machine import cpu_identity, peak_rss_mb
 from toolchain.progress import Progress
 from toolchain.recipe import Recipe, load_recipe
-from toolchain.records import Manifest
+from toolchain.records import Manifest, RunnerSpec
 from toolchain.runners import open_runner
 from toolchain.runners.torch_eager import TorchEagerRunner
 from toolchain.sources.decoder import is_transformers_lm, load_causal_lm, step_function
@@ -46,20 +46,24 @@ def runtimes(root: Path, manifest: Manifest, recipe: Recipe, threads: int, only:
     """name -> a generation over an opened runtime: the eager source first, then every target that passed."""
     out: dict[str, Generate] = {}
     if only in (None, EAGER):
-        out[EAGER] = _eager(recipe, threads)
-    layout = CacheLayout.of(recipe)
+        out[EAGER] = eager_generate(recipe, threads)
     for t in manifest.targets:
-        if t.status != "ok" or only not in (None, t.name):
-            continue
-        own = kinds.get(t.kind).generator(root / t.name)  # a runtime with its own generator (ORT GenAI) runs its own loop
-        if own is not None:
-            out[t.name] = own
-            continue
-        out[t.name] = _loop(Decoder(open_runner(t.runner, root, threads=threads).__enter__(), layout))
+        if t.status == "ok" and only in (None, t.name):
+            out[t.name] = artifact_generate(t.kind, t.runner, root, recipe, threads)
     return out
 
 
-def _eager(recipe: Recipe, threads: int) -> Generate:
+def artifact_generate(kind: str, runner: RunnerSpec, root: Path, recipe: Recipe, threads: int) -> Generate:
+    """Generation through one artifact: its kind's own generator where it has one (ORT GenAI: the folder its runner's
+    model sits in), else mlpack's loop over its runner."""
+    path = Path(runner.path) if Path(runner.path).is_absolute() else root / runner.path
+    own = kinds.get(kind).generator(path.parent, threads)
+    if own is not None:
+        return own
+    return _loop(Decoder(open_runner(runner, root, threads=threads).__enter__(), CacheLayout.of(recipe)))
+
+
+def eager_generate(recipe: Recipe, threads: int) -> Generate:
     import torch
 
     torch.set_num_threads(threads)

@@ -30,6 +30,7 @@ from toolchain import kinds
 from toolchain import manifest as mf
 from toolchain.errors import EXIT_USAGE, MlpackError, StepError, one_line
 from toolchain.feeds import load_feeds, save_feeds
+from toolchain.genbench import artifact_generate, eager_generate
 from toolchain.generation import (
     GENERATION_FILE,
     TEXT_FILE,
@@ -145,6 +146,28 @@ def _judge_generation(kind, artifact, recipe, spec, runner, base: Path, root: Pa
     return report
 
 
+def _select_generator(step: StepSpec, root: Path, recipe) -> SelectOutcome:
+    """A generator is timed by what it is for: whole greedy generations (a seeded prompt, then generation.max_new_tokens
+    tokens), each artifact through its own loop and cache, the source through transformers' generate with its cache.
+    A figure's samples/s is generated tokens/s."""
+    from functools import partial
+
+    import numpy as np
+
+    sel, gen = recipe.select, recipe.generation
+    batch = min(sel.batch or 1, gen.max_batch)
+    new = gen.max_new_tokens
+    prompt = max(1, min(32, gen.max_length - new))
+    ids = np.random.default_rng(recipe.parity.seed + 3).integers(0, recipe.decoder.vocab, size=(batch, prompt)).astype(np.int64)
+    fns = {"eager": eager_generate(recipe, sel.threads)}
+    for name, spec in step.candidates.items():
+        fns[name] = artifact_generate(recipe.target(name).kind, spec, root, recipe, sel.threads)
+    figures = interleaved({name: partial(fn, ids, new) for name, fn in fns.items()}, rounds=sel.rounds, seconds=0.2)
+    for f in figures.values():
+        f.samples_per_s = batch * new / (f.median_ms / 1e3)
+    return SelectOutcome(figures, batch, {"batch": batch, "prompt_tokens": prompt, "new_tokens": new}, sel.threads, round(load_average(), 2))
+
+
 def run_select(step: StepSpec, root: Path) -> SelectOutcome:
     """Time every candidate artifact (and the eager source) on one feed, interleaved; figures per name."""
     from functools import partial
@@ -152,6 +175,8 @@ def run_select(step: StepSpec, root: Path) -> SelectOutcome:
     import numpy as np
 
     recipe = load_recipe(step.recipe)
+    if recipe.generates:
+        return _select_generator(step, root, recipe)
     sel = recipe.select
     sizes = {n: d.opt for n, d in recipe.dims.items()}
     first = recipe.inputs[0].shape[0] if recipe.inputs[0].shape else None

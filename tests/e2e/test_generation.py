@@ -16,7 +16,7 @@ from toolchain.manifest import schema
 from toolchain.recipe import load_recipe
 from toolchain.runners import open_runner
 
-TARGETS = ("onnx", "aoti", "genai")
+TARGETS = ("onnx", "aoti", "genai", "genai-builder")
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,11 @@ def test_every_target_generates_the_source_tokens(built, refs):
         assert g["perplexity"]["tokens"] > 900 and abs(g["perplexity"]["delta"]) < 1e-4  # the held-out text sample
         assert g["logits"]["passed"] and min(g["step_cosine"]) > 0.9999
         assert (built.root / name / "tokenizer.json").is_file()  # a generator ships with its tokenizer
-    assert "onnxruntime_genai's own generator" in built.target("genai")["generation"]["how"]
-    assert built.target("genai")["genai"]["greedy_tokens_equal"] is True
+    for name in ("genai", "genai-builder"):
+        assert "onnxruntime_genai's own generator" in built.target(name)["generation"]["how"]
+        assert built.target(name)["genai"]["greedy_tokens_equal"] is True
+    assert built.target("genai")["genai"]["strategy"] == "mlpack-export"
+    assert built.target("genai-builder")["genai"]["strategy"] == "ort-genai-builder"
     assert sorted(f["path"] for f in built.target("aoti")["files"])[:2] == ["aoti/decode.pt2", "aoti/prefill.pt2"]
 
 
@@ -95,7 +98,7 @@ def test_rebuild_is_all_cache_hits(built):
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads(proc.stdout)
     assert all(t["cache"]["hit"] for t in m["targets"]), [t["cache"] for t in m["targets"]]
-    assert [t["generation"]["token_match"] for t in m["targets"] if t["name"] in TARGETS] == [1.0, 1.0, 1.0]
+    assert [t["generation"]["token_match"] for t in m["targets"] if t["name"] in TARGETS] == [1.0] * len(TARGETS)
 
 
 @pytest.mark.parametrize("name,bits,budget", [("onnx-int4", 4, 0.1), ("onnx-int8w", 8, 0.02)])
@@ -119,6 +122,44 @@ def test_weight_only_targets_meet_their_budgets(built, name, bits, budget):
     ops = [n.op_type for n in graph.node]
     assert ops.count("MatMulNBits") == 14 and ops.count("MatMul") == 1 + 2 * 2  # lm_head, and two attention products per layer
     assert (built.root / name / "model.onnx").stat().st_size < (built.root / "onnx" / "model.onnx").stat().st_size
+
+
+def test_builder_strategy_int4_meets_the_int4_budget(built):
+    """ORT GenAI's model builder at INT4: its own graph (GroupQueryAttention, MatMulNBits), held to the same int4
+    budgets as mlpack's onnx-int4 and recorded as the builder's work."""
+    import onnx
+
+    t = built.target("genai-builder-int4")
+    g, rec = t["generation"], t["genai"]
+    assert t["status"] == "ok" and g["passed"] and g["floor"] == 0.9 and g["token_match"] >= 0.9, g
+    assert g["perplexity"]["budget"] == 0.1 and g["perplexity"]["delta"] <= 0.1
+    assert rec["strategy"] == "ort-genai-builder" and rec["builder"]["precision"] == "int4" and rec["builder"]["block_size"] == 32
+    graph = onnx.load(str(built.root / "genai-builder-int4" / "model.onnx"), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    assert "GroupQueryAttention" in ops and ops.count("MatMulNBits") >= 8
+    assert [n.name for n in graph.node if n.op_type == "MatMul"] == ["/lm_head/MatMul"]  # keep_float's default
+
+
+def test_builder_strategy_names_an_architecture_it_does_not_know(tmp_path):
+    """A GPT-2 folder: the builder has no GPT-2 path. The target fails naming the builder's words and the way out."""
+    import shutil
+
+    import transformers
+
+    folder = tmp_path / "gpt2"
+    config = transformers.GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    shutil.copy(ROOT / "recipes" / "models" / "tiny-llama" / "tokenizer.json", folder)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: g\nversion: 1\ntask: text-generation\nsource: {framework: pytorch, transformers: gpt2}\n"
+        "generation: {prompts: ['a small dog'], max_new_tokens: 4, max_length: 32}\ntargets:\n  - {kind: genai, builder: fp32}\n"
+    )
+    proc = mlpack("build", str(recipe), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    t = json.loads(proc.stdout)["targets"][0]
+    assert t["status"] == "failed" and "model builder failed on gpt2 (gpt2)" in t["reason"] and "not currently supported" in t["reason"]
+    assert "`of:` an onnx target" in t["hint"] and "Traceback" not in proc.stderr
 
 
 def test_weight_only_miss_keeps_layers_float_then_names_them(tmp_path):
@@ -164,6 +205,25 @@ def test_strict_logits_fail_the_build_with_the_generation_verdict(tmp_path):
     assert t["status"] == "failed" and not g["passed"] and g["token_match"] == 1.0
     assert g["failures"][0].startswith("logits: ")
     assert not (tmp_path / "out" / "tiny-llama").exists()
+
+
+def test_select_ranks_generators_by_whole_generations(built, tmp_path):
+    """`select:` on a generator times greedy generations through each artifact's own loop (ORT GenAI folders through
+    onnxruntime_genai) against transformers' generate, and ranks them by tokens/s. Figures are not judged here."""
+    text = (ROOT / "recipes" / "tiny-llama.yaml").read_text().replace("name: tiny-llama", "name: tiny-llama-select")
+    (tmp_path / "models").symlink_to(ROOT / "recipes" / "models")  # the same relative paths: the same cache keys
+    (tmp_path / "r.yaml").write_text(text + "select: {metric: throughput, rounds: 3}\n")
+    proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(built.root.parent), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads(proc.stdout)
+    assert all(t["cache"]["hit"] for t in m["targets"])  # the same artifacts: only the selection is new
+    sel = m["selection"]
+    assert sel["shape"] == {"batch": 1, "prompt_tokens": 32, "new_tokens": 16} and sel["threads"] == 1
+    ranked = [r["target"] for r in sel["ranking"]]
+    assert sorted(ranked) == sorted(t["name"] for t in m["targets"])
+    speeds = [r["samples_per_s"] for r in sel["ranking"]]
+    assert speeds == sorted(speeds, reverse=True) and all(v > 0 for v in speeds) and sel["eager"]["samples_per_s"] > 0
+    assert "ms per generation" in proc.stderr or "tokens/s" in proc.stderr
 
 
 def test_bench_times_a_generator_by_the_token(built):

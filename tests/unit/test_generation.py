@@ -75,11 +75,24 @@ def test_eos_override(root):
         ("max_batch: 2", "max_batch: 2\n  eos: [300]", "generation.eos[0]", "token id 300 is outside the model's vocabulary of 300"),
         ("    of: onnx", "    of: nothing", "targets[1].of", "no target is named 'nothing'"),
         ("task: text-generation\n", "", "task", "says no task"),
+        ("    of: onnx", "    of: onnx\n    builder: int4", "targets[1]", "give exactly one of `of:`"),
+        ("    of: onnx", "    builder: int2", "targets[1].builder", "'int2' is not allowed"),
+        ("    of: onnx", "    builder: int4\n    keep_float: ['/a/MatMul,x=1']", "targets[1].keep_float", "is not a node name of the builder's graph"),
     ],
 )
 def test_refused_with_key_and_fix(root, old, new, key, message):
     found = problems(RECIPE.replace(old, new), root)
     assert any(k == key and message in m and h for k, m, h in found), found
+
+
+def test_builder_strategy_options_and_budgets(root):
+    """builder: the precision picks the weight-only budget; the head stays float unless told otherwise."""
+    r = parse_recipe(RECIPE.replace("    of: onnx", "    builder: int4\n    block_size: 64"), root / "r.yaml")
+    spec = r.targets[1]
+    assert (spec.builder, spec.block_size, spec.keep_float, spec.precision_mode) == ("int4", 64, ["/lm_head/MatMul"], "int4")
+    assert r.tolerance(spec).tokens == 0.9 and r.tolerance(spec).perplexity == 0.1
+    r = parse_recipe(RECIPE.replace("    of: onnx", "    builder: fp32"), root / "r.yaml")
+    assert r.targets[1].precision_mode is None and r.tolerance(r.targets[1]).tokens is None  # None: every greedy token
 
 
 def test_a_folder_that_would_run_code_is_refused(root):

@@ -147,9 +147,10 @@ class Kind:
         over the artifact's runner (toolchain.generation.Decoder)."""
         return None
 
-    def generator(self, folder: Path):
+    def generator(self, folder: Path, threads: int | None = None):
         """text-generation: a function (prompt ids [batch, prompt], new tokens) -> None that generates with the artifact's
-        own runtime loop, for `mlpack bench`; None: mlpack's loop over the artifact's runner."""
+        own runtime loop on `threads` intra-op threads, for `mlpack bench` and `select:`; None: mlpack's loop over the
+        artifact's runner."""
         return None
 
     def fingerprint_files(self) -> list[Path]:

@@ -8,8 +8,12 @@ import numpy as np
 
 
 class OnnxRuntimeRunner:
-    def __init__(self, path: Path, input_names: list[str], output_names: list[str], device: str = "cpu", threads: int | None = None):
+    def __init__(self, path: Path, input_names: list[str], output_names: list[str], device: str = "cpu", threads: int | None = None,
+                 rows: bool = False):  # fmt: skip
         self.path, self.input_names, self.output_names, self.device, self.threads = Path(path), input_names, output_names, device, threads
+        # rows: the graph takes one batch row per call (ORT GenAI builder's GroupQueryAttention when it extends a
+        # cache by several tokens); rows are independent, so the batch runs row by row and is stacked back.
+        self.rows = rows
         self.session = None
 
     def __enter__(self):
@@ -33,5 +37,9 @@ class OnnxRuntimeRunner:
         self.session = None
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = feed[self.feed_names[0]].shape[0] if self.rows and feed[self.feed_names[0]].ndim else 1
+        if batch > 1:
+            parts = [self.infer({n: feed[n][i : i + 1] for n in self.feed_names}) for i in range(batch)]
+            return {n: np.concatenate([p[n] for p in parts]) for n in self.output_names}
         out = self.session.run(self.output_names, {n: np.ascontiguousarray(feed[n]) for n in self.feed_names})
         return dict(zip(self.output_names, out))
