@@ -70,7 +70,7 @@ QUANTIZATION_SCHEMA: dict = {
                 "bits": {"enum": [4, 8]},
                 "block_size": {"type": "integer"},
                 "symmetric": {"type": "boolean"},
-                "compute": {"enum": ["int8", "float"]},
+                "compute": {"enum": ["int8", "float", "bfloat16"]},
                 "quantized": {"type": "integer", "minimum": 0},
                 "kept_float": {"type": "array", "items": {"type": "string"}},
                 "layers": {"type": "array", "items": {"type": "object", "required": ["module", "node", "shape", "error"]}},
@@ -78,6 +78,7 @@ QUANTIZATION_SCHEMA: dict = {
         },
         "fallback": {"enum": ["off", "auto"]},
         "format": {"type": "string"},
+        "kept_float_why": {"type": "object", "additionalProperties": {"type": "string"}},  # AOTI int8-weight: layers the kernel cannot take
         "nodes_kept_fp32": {"type": "array", "items": {"type": "string"}},  # fp16: Transposes into a MatMul (transposes_into_matmul)
         "calibration": {
             "type": "object",

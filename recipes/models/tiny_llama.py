@@ -54,7 +54,7 @@ def train(model, tok, texts: list[str], steps: int = 1500, seq: int = 64, batch:
     return float(loss)
 
 
-# The model scripts/bench_generate.py times (`python recipes/models/tiny_llama.py DIR --small`): 8 layers, hidden 512,
+# The model scripts/bench_generate.py builds and times (`python recipes/models/tiny_llama.py DIR --small`): 8 layers, hidden 512,
 # about 30M parameters, random weights (speed does not depend on them).
 SMALL = {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 64}
 

@@ -124,6 +124,22 @@ def test_weight_only_targets_meet_their_budgets(built, name, bits, budget):
     assert (built.root / name / "model.onnx").stat().st_size < (built.root / "onnx" / "model.onnx").stat().st_size
 
 
+def test_aoti_int8_weight_meets_its_budget_with_int8_kernels(built):
+    """AOTInductor weight-only INT8: both packages call _weight_int8pack_mm on int8 weights (not a dequantize that
+    Inductor folds back to FP32), lm_head kept float, held to the int8-weight budgets on the trained model."""
+    import zipfile
+
+    t = built.target("aoti-int8w")
+    g, q = t["generation"], t["quantization"]
+    assert t["status"] == "ok" and g["passed"] and g["floor"] == 0.98 and g["perplexity"]["budget"] == 0.02, g
+    assert g["perplexity"]["delta"] <= 0.02 and t["aoti"]["precision"] == "int8-weight"
+    assert (q["mode"], q["weight_only"]["bits"], q["weight_only"]["quantized"], q["weight_only"]["kept_float"]) == ("int8-weight", 8, 14, ["lm_head"])
+    for phase in ("prefill", "decode"):
+        with zipfile.ZipFile(built.root / "aoti-int8w" / f"{phase}.pt2") as z:
+            code = b"".join(z.read(n) for n in z.namelist() if n.endswith("wrapper.cpp"))
+        assert code.count(b"_weight_int8pack_mm") >= 14, phase
+
+
 def test_builder_strategy_int4_meets_the_int4_budget(built):
     """ORT GenAI's model builder at INT4: its own graph (GroupQueryAttention, MatMulNBits), held to the same int4
     budgets as mlpack's onnx-int4 and recorded as the builder's work."""

@@ -91,6 +91,8 @@ def test_builder_strategy_options_and_budgets(root):
     spec = r.targets[1]
     assert (spec.builder, spec.block_size, spec.keep_float, spec.precision_mode) == ("int4", 64, ["/lm_head/MatMul"], "int4")
     assert r.tolerance(spec).tokens == 0.9 and r.tolerance(spec).perplexity == 0.1
+    r = parse_recipe(RECIPE.replace("  - kind: onnx\n", "  - kind: onnx\n    quantize: int4\n"), root / "r.yaml")
+    assert r.tolerance(r.targets[1]).tokens == 0.9 and r.tolerance(r.targets[1]).atol is None  # a folder of an int4 target: int4's budgets
     r = parse_recipe(RECIPE.replace("    of: onnx", "    builder: fp32"), root / "r.yaml")
     assert r.targets[1].precision_mode is None and r.tolerance(r.targets[1]).tokens is None  # None: every greedy token
 

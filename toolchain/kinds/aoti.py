@@ -16,13 +16,14 @@ from toolchain.options import TargetOptions, YamlOff
 from toolchain.records import ExportRecord
 from toolchain.search import QUANTIZATION_SCHEMA
 from toolchain.tensors import Signature, TensorSig
-from toolchain.torchtools import aoti_precision, package_kernels
+from toolchain.torchtools import aoti_precision, package_kernels, weight_only
 from toolchain.torchtools.aoti_compile import compile_package
 
 MODEL = "model.pt2"
 RUNNER = "aoti"
 DECODER_RUNNER = "aoti-decoder"  # text-generation: a prefill and a decode package, one call each by its shape
 PHASES = ("prefill", "decode")
+KEEP_FLOAT = ["lm_head"]  # int8-weight: the last projection decides every token (as the onnx targets' default)
 MIN_TRITON = "26.03"  # the first Triton release whose pytorch backend serves .pt2 packages
 
 
@@ -32,7 +33,8 @@ class AotiTarget(TargetOptions):
     device: Literal["cpu", "cuda"] = "cpu"
     # fp32 | bf16 (exported under autocast: FP32 inputs and outputs, matmuls in bfloat16)
     # | int8 (PT2E static quantization, x86 CPUs) | fp16 (autocast, CUDA only)
-    precision: Literal["fp32", "bf16", "int8", "fp16"] = "fp32"
+    # | int8-weight (text-generation: int8 weights per output channel, lm_head float; torchtools/weight_only.py)
+    precision: Literal["fp32", "bf16", "int8", "fp16", "int8-weight"] = "fp32"
     # Inductor freezing (weights folded and prepacked for oneDNN): auto = on for int8; on for
     # bf16/fp16 unless the frozen package misses the budget and the unfrozen one does better;
     # for fp32 on a CPU, both are built and the faster one that passes parity is kept.
@@ -43,7 +45,7 @@ class AotiTarget(TargetOptions):
     def _precision_device(self) -> AotiTarget:
         if self.precision == "fp16" and self.device != "cuda":
             raise PydanticCustomError("fp16_cuda", "precision: fp16 needs device: cuda (a CPU runs FP16 kernels no faster than FP32); use bf16 on CPUs", {})
-        if self.precision == "int8" and self.device != "cpu":
+        if self.precision in ("int8", "int8-weight") and self.device != "cpu":
             raise PydanticCustomError("int8_cpu", "precision: int8 builds for x86 CPUs (oneDNN); use device: cpu, or a tensorrt int8 target for GPUs", {})
         if self.fallback == "auto" and self.precision != "int8":
             raise PydanticCustomError("fallback_int8", "fallback: auto applies to precision: int8 only", {})
@@ -84,7 +86,7 @@ AOTI_SCHEMA: dict = {
     "type": "object",
     "required": ["precision", "freezing"],
     "properties": {
-        "precision": {"enum": ["fp32", "bf16", "int8", "fp16"]},
+        "precision": {"enum": ["fp32", "bf16", "int8", "fp16", "int8-weight"]},
         "freezing": {"type": "boolean"},
         "autocast": {"type": "string"},
         "io": {"type": "string"},
@@ -121,9 +123,11 @@ class AotiKind(Kind):
         return cuda_missing() if spec.device == "cuda" else None
 
     def check(self, spec: AotiTarget, recipe) -> list:
-        if recipe.generates and spec.precision != "fp32":
-            return [(("precision",), f"a decoder with its cache builds in fp32 here; precision {spec.precision} is not built for text-generation yet",
-                     "set precision: fp32 (weight-only int8/int4 and bf16 decoders are planned)")]  # fmt: skip
+        if recipe.generates and spec.precision not in ("fp32", "int8-weight"):
+            return [(("precision",), f"a decoder with its cache builds in fp32 or int8-weight here; precision {spec.precision} is not built for text-generation yet",
+                     "set precision: fp32 or int8-weight (bf16 decoders are planned)")]  # fmt: skip
+        if not recipe.generates and spec.precision == "int8-weight":
+            return [(("precision",), "int8-weight builds decoders (task: text-generation)", "use precision: int8 (PT2E, weights and activations) or bf16")]
         return []
 
     def build(self, source, spec: AotiTarget, ctx: BuildContext) -> Artifact:
@@ -174,14 +178,17 @@ class AotiKind(Kind):
     def _build_decoder(self, source, spec: AotiTarget, ctx: BuildContext) -> Artifact:
         """A prefill and a decode package, each through the shared compile ladder over its phase's dims."""
         frozen = spec.freezing != "off"
+        extra: dict = {}
+        if spec.precision == "int8-weight":  # before export: both programs hold the int8 layers
+            extra["quantization"] = weight_only.quantize_linears(source.module.inner, KEEP_FLOAT)
         built = {p: compile_package(source.for_phase(p), spec.device, ctx.workdir / f"{p}.pt2", configs={"freezing": frozen}) for p in PHASES}
         source.module.to("cpu")
         program = built["prefill"][0]
         export = ExportRecord.of_phases({p: rec for p, (_, rec) in built.items()}).to_dict()
-        aoti = {"precision": "fp32", "freezing": frozen, "packages": {p: f"{p}.pt2" for p in PHASES}}
+        aoti = {"precision": spec.precision, "freezing": frozen, "packages": {p: f"{p}.pt2" for p in PHASES}}
         runner = RunnerSpec(runner=DECODER_RUNNER, path=str(ctx.workdir), inputs=source.input_names, outputs=source.output_names, device=spec.device)
         files = [ctx.workdir / f"{p}.pt2" for p in PHASES]
-        return Artifact(files, self._signature(program, source), runner, device=spec.device, extra={"export": export, "aoti": aoti})
+        return Artifact(files, self._signature(program, source), runner, device=spec.device, extra={"export": export, "aoti": aoti, **extra})
 
     def triton_instance_kind(self, device: str) -> str:
         return "KIND_GPU" if device == "cuda" else "KIND_CPU"  # a CPU package cannot run on a GPU

@@ -113,6 +113,11 @@ class Kind:
         """Names of targets whose artifacts this one is built from."""
         return []
 
+    def precision_of(self, spec: TargetOptions, recipe: Recipe) -> str | None:
+        """The reduced precision the target's artifact holds (a key of the quantized budgets), or None: what its
+        tolerance is chosen by. A kind that packages another target's artifact answers with that target's."""
+        return spec.precision_mode
+
     def check(self, spec: TargetOptions, recipe: Recipe) -> list[tuple[tuple, str, str | None]]:
         """Recipe checks that need the whole recipe: (key path under the target, message, hint)."""
         return []

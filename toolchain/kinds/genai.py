@@ -155,6 +155,13 @@ class GenaiKind(Kind):
             return [(("of",), f"'{spec.of}' is not an FP32 or INT8 ONNX decoder target", "name an onnx target of this recipe")]
         return []
 
+    def precision_of(self, spec: GenaiTarget, recipe) -> str | None:
+        """The builder's precision, or the packaged target's (a folder of onnx-int4 holds INT4 weights)."""
+        if spec.builder or spec.of not in {t.target_name for t in recipe.targets}:
+            return spec.precision_mode
+        of = recipe.target(spec.of)
+        return kinds.get(of.kind).precision_of(of, recipe)
+
     def requires(self, spec: GenaiTarget, recipe) -> list[str]:
         return [spec.of] if spec.of else []
 

@@ -521,7 +521,8 @@ class Recipe(Strict):
 
     def tolerance(self, spec: TargetOptions) -> Tolerance:
         """What the parity gate holds this target to (its kind's FP32 default unless the recipe says otherwise)."""
-        return self.parity.tolerance_for(spec.target_name, spec.precision_mode, kinds.get(spec.kind).fp32_tolerance)
+        kind = kinds.get(spec.kind)
+        return self.parity.tolerance_for(spec.target_name, kind.precision_of(spec, self), kind.fp32_tolerance)
 
     def target(self, name: str) -> TargetOptions:
         for t in self.targets:

@@ -1,0 +1,68 @@
+"""AOTI weight-only INT8 (toolchain/torchtools/weight_only.py): which layers become int8, and that they compute what
+their dequantized weights say; the recipe rules for precision: int8-weight."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from toolchain.torchtools.weight_only import int8_linear_class, quantize_linears
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.Linear(64, 96)
+        self.odd = torch.nn.Linear(40, 64)  # in_features not a multiple of 16: the kernel sums wrongly
+        self.lm_head = torch.nn.Linear(96, 50, bias=False)
+
+    def forward(self, x):
+        return self.lm_head(torch.relu(self.up(x)))
+
+
+def test_eligible_layers_become_int8_and_the_rest_say_why():
+    torch.manual_seed(0)
+    net = Net()
+    record = quantize_linears(net, ["lm_head"])
+    cls = int8_linear_class()
+    assert isinstance(net.up, cls) and net.up.weight.dtype == torch.int8 and net.up.weight.shape == (96, 64)
+    assert type(net.odd) is torch.nn.Linear and type(net.lm_head) is torch.nn.Linear
+    wo = record["weight_only"]
+    assert (wo["quantized"], wo["kept_float"], wo["compute"]) == (1, ["odd", "lm_head"], "bfloat16")
+    assert "not a multiple of 16" in record["kept_float_why"]["odd"]
+    assert 0 < wo["layers"][0]["error"] < 0.02  # 8 bits per output channel: under 2% of the weight's norm
+
+
+def test_int8_layer_matches_the_float_layer_within_bfloat16_rounding():
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(128, 64)
+    q = int8_linear_class()(linear)
+    x = torch.randn(2, 5, 128)
+    got, want = q(x), linear(x)
+    assert got.shape == want.shape == (2, 5, 64) and got.dtype == torch.float32
+    assert float((got - want).abs().max() / want.abs().max()) < 0.02
+
+
+@pytest.mark.parametrize(
+    "recipe_kind, precision, message",
+    [("predict", "int8-weight", "int8-weight builds decoders"), ("generate", "bf16", "fp32 or int8-weight here")],
+)
+def test_recipe_rules(tmp_path, recipe_kind, precision, message):
+    import shutil
+    from pathlib import Path
+
+    from toolchain.errors import RecipeError
+    from toolchain.recipe import parse_recipe
+
+    root = Path(__file__).resolve().parents[2]
+    if recipe_kind == "generate":
+        shutil.copytree(root / "recipes" / "models" / "tiny-llama", tmp_path / "model")
+        text = ("name: g\ntask: text-generation\nsource: {framework: pytorch, transformers: model}\n"
+                f"generation: {{prompts: [one two]}}\ntargets:\n  - {{kind: aoti, precision: {precision}}}\n")  # fmt: skip
+    else:
+        (tmp_path / "m.py").write_text("import torch\ndef build():\n    return torch.nn.Linear(16, 4)\n")
+        text = ("name: p\nsource: {framework: pytorch, factory: m.py:build}\ninputs:\n  - {name: x, dtype: float32, shape: [1, 16]}\n"
+                f"outputs: [y]\ntargets:\n  - {{kind: aoti, precision: {precision}}}\n")  # fmt: skip
+    with pytest.raises(RecipeError) as ei:
+        parse_recipe(text, tmp_path / "r.yaml")
+    assert any(p.key == "targets[0].precision" and message in p.message and p.hint for p in ei.value.problems), ei.value.problems
