@@ -267,7 +267,7 @@ def test_sliding_window_decoder_reproduces_generate_past_its_window(tmp_path):
     (tmp_path / "model").mkdir()
     families.make_model("mistral", tmp_path / "model")
     assert json.loads((tmp_path / "model" / "config.json").read_text())["sliding_window"] == 8
-    (tmp_path / "r.yaml").write_text(families.RECIPE.format(slug="mistral", targets=families.TARGETS["onnx"]))
+    (tmp_path / "r.yaml").write_text(families.recipe_text("mistral", ["onnx"]))
     proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     t = json.loads(proc.stdout)["targets"][0]

@@ -33,6 +33,26 @@ def test_eligible_layers_become_int8_and_the_rest_say_why():
     assert 0 < wo["layers"][0]["error"] < 0.02  # 8 bits per output channel: under 2% of the weight's norm
 
 
+def test_gpt2_conv1d_projections_are_quantized_too():
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(Conv1D(96, 64))  # nf=96 outputs, nx=64 inputs: y = x @ W + b
+    x = torch.randn(4, 64)
+    want = net(x)
+    record = quantize_linears(net, [])
+    assert record["weight_only"]["quantized"] == 1 and isinstance(net[0], int8_linear_class())
+    assert float((net(x) - want).abs().max() / want.abs().max()) < 0.02
+
+
+def test_nothing_to_quantize_is_an_error_not_an_fp32_artifact():
+    from toolchain.errors import StepError
+
+    with pytest.raises(StepError, match="found no layer to quantize") as ei:
+        quantize_linears(torch.nn.Sequential(torch.nn.Linear(8, 4)), [])  # in_features 8: the kernel cannot take it
+    assert "MatMulNBits" in ei.value.hint
+
+
 def test_int8_layer_matches_the_float_layer_within_bfloat16_rounding():
     torch.manual_seed(1)
     linear = torch.nn.Linear(128, 64)

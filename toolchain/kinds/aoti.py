@@ -181,7 +181,10 @@ class AotiKind(Kind):
         extra: dict = {}
         if spec.precision == "int8-weight":  # before export: both programs hold the int8 layers
             extra["quantization"] = weight_only.quantize_linears(source.module.inner, KEEP_FLOAT)
-        built = {p: compile_package(source.for_phase(p), spec.device, ctx.workdir / f"{p}.pt2", configs={"freezing": frozen}) for p in PHASES}
+        # int8-weight: the module is no longer the FP32 model, so the compile ladder does not hold the package to FP32
+        # values (Inductor rounds around the bfloat16 activations its own way); the generation gate judges it.
+        module = source.module if spec.precision == "int8-weight" else None
+        built = {p: compile_package(source.for_phase(p), spec.device, ctx.workdir / f"{p}.pt2", module=module, configs={"freezing": frozen}) for p in PHASES}
         source.module.to("cpu")
         program = built["prefill"][0]
         export = ExportRecord.of_phases({p: rec for p, (_, rec) in built.items()}).to_dict()

@@ -63,6 +63,22 @@ def int8_linear_class():
     return _CLASS
 
 
+def _as_linear(module):
+    """An nn.Linear, or the same layer as one: transformers' Conv1D (GPT-2's projections) is y = x @ W + b with W
+    [in, out]; anything else None."""
+    import torch
+
+    if type(module) is torch.nn.Linear:
+        return module
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None and module.weight.dim() == 2:
+        n_in, n_out = module.weight.shape
+        linear = torch.nn.Linear(n_in, n_out, bias=module.bias is not None)
+        linear.weight = torch.nn.Parameter(module.weight.detach().T.contiguous(), requires_grad=False)
+        linear.bias = module.bias
+        return linear
+    return None
+
+
 def quantize_linears(model, keep_float: list[str]) -> dict:
     """Replace `model`'s eligible nn.Linear layers in place; the manifest's `quantization` record.
 
@@ -74,7 +90,7 @@ def quantize_linears(model, keep_float: list[str]) -> dict:
     layers: list[Layer] = []
     kept: list[str] = []
     reasons: dict[str, str] = {}
-    targets = [(name, m) for name, m in model.named_modules() if type(m) is torch.nn.Linear]
+    targets = [(name, lin) for name, m in model.named_modules() if (lin := _as_linear(m)) is not None]
     for name, linear in targets:
         if any(fnmatch.fnmatchcase(name, p) for p in keep_float):
             kept.append(name)
@@ -98,6 +114,12 @@ def quantize_linears(model, keep_float: list[str]) -> dict:
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, q)
         layers.append(Layer(name, (linear.in_features, linear.out_features), error))
+    if not layers:
+        from toolchain.errors import StepError
+
+        raise StepError(f"int8-weight found no layer to quantize ({len(targets)} linear layers, all kept float: "
+                        + "; ".join(f"{n}: {reasons.get(n, 'keep_float')}" for n in kept[:4]) + ")",
+                        hint="build fp32, or an onnx target with quantize: int8-weight (MatMulNBits takes any MatMul)")  # fmt: skip
     layers.sort(key=lambda x: -x.error)
     return {
         "mode": "int8-weight",
