@@ -310,7 +310,7 @@ ACTIONABLE = {
     "edit:shape-zero": ("inputs[0].shape[1]", f"0 {SHAPE_ENTRY}", "a size is at least 1"),
     "edit:preferred-above-max": ("serve.triton.dynamic_batching.preferred_batch_size[1]", "preferred batch size 64 exceeds max_batch_size (8)",
                                  "lower it to at most 8"),
-    "edit:preferred-zero": ("serve.triton.dynamic_batching.preferred_batch_size[0]", "greater than or equal to 1", None),
+    "edit:preferred-zero": ("serve.triton.dynamic_batching.preferred_batch_size[0]", "greater than or equal to 1", "use a value of at least 1"),
     "edit:batching-without-batch": ("serve.triton.dynamic_batching", "dynamic_batching needs max_batch_size > 0", "set serve.triton.max_batch_size"),
     "edit:gpu-instances-cpu-package": ("serve.triton.instance_group.kind", "kind: gpu puts 'aoti-bf16' on GPU instances, but its aoti artifact runs on the CPU only",
                                        "use kind: auto"),

@@ -124,6 +124,19 @@ def _union_problems(errors: list[dict], data: Any, root: yaml.Node | None) -> li
     return out
 
 
+def _bound_hint(typ: str, ctx: dict, given) -> str:
+    """The fix for a number out of its bounds: the bound, and for a multiple the two nearest ones."""
+    if typ == "multiple_of":
+        step = ctx["multiple_of"]
+        if isinstance(given, (int, float)) and not isinstance(given, bool) and step:
+            low = int(given // step * step)
+            return f"use a multiple of {step}: {low} or {low + step}" if low > 0 else f"use a multiple of {step}: {step}"
+        return f"use a multiple of {step}"
+    bound = {"greater_than_equal": ("of at least", "ge"), "greater_than": ("above", "gt"),
+             "less_than_equal": ("of at most", "le"), "less_than": ("below", "lt")}[typ]  # fmt: skip
+    return f"use a value {bound[0]} {ctx[bound[1]]}"
+
+
 def _pydantic_problem(err: dict, keys: tuple, root: yaml.Node | None) -> Problem:
     typ = err["type"]
     ctx = err.get("ctx") or {}
@@ -149,6 +162,8 @@ def _pydantic_problem(err: dict, keys: tuple, root: yaml.Node | None) -> Problem
             NAME_RE: "use lowercase letters, digits, '-' and '_', starting with a letter or digit",
             GPU_TYPE_RE: "a GPU type as Ray names it (accelerator_type:<type>): H100, L4, A100-80G",
         }.get(ctx["pattern"], "names are letters, digits and '_', starting with a letter")
+    elif typ in ("greater_than_equal", "greater_than", "less_than_equal", "less_than", "multiple_of") and hint is None:
+        hint = _bound_hint(typ, ctx, err.get("input"))
     elif typ == "missing":
         msg = "required key is missing"
     elif typ == "literal_error":

@@ -13,6 +13,8 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
+from toolchain.errors import StepError
+
 K_MULTIPLE = 16  # the kernel gives wrong sums when in_features is not a multiple of 16 (torch 2.13, measured), and crashed at 13
 SELF_CHECK_REL = 2e-2  # a layer whose output moves more than this against its dequantized weights stays float
 REPORT_LAYERS = 8
@@ -115,8 +117,6 @@ def quantize_linears(model, keep_float: list[str]) -> dict:
         setattr(model.get_submodule(parent) if parent else model, attr, q)
         layers.append(Layer(name, (linear.in_features, linear.out_features), error))
     if not layers:
-        from toolchain.errors import StepError
-
         raise StepError(f"int8-weight found no layer to quantize ({len(targets)} linear layers, all kept float: "
                         + "; ".join(f"{n}: {reasons.get(n, 'keep_float')}" for n in kept[:4]) + ")",
                         hint="build fp32, or an onnx target with quantize: int8-weight (MatMulNBits takes any MatMul)")  # fmt: skip
