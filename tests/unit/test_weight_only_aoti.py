@@ -45,6 +45,21 @@ def test_gpt2_conv1d_projections_are_quantized_too():
     assert float((net(x) - want).abs().max() / want.abs().max()) < 0.02
 
 
+def test_linear_subclasses_are_judged_by_their_own_forward():
+    class Scaled(torch.nn.Linear):  # not x @ W^T + b: its int8 form would be wrong, so it stays float
+        def forward(self, x):
+            return 3 * super().forward(x)
+
+    class Same(torch.nn.Linear):  # FalconLinear-style: the same product written by hand
+        def forward(self, x):
+            return x @ self.weight.T + self.bias
+
+    net = torch.nn.Sequential(Scaled(32, 32), Same(32, 32))
+    record = quantize_linears(net, [])
+    assert record["weight_only"]["kept_float"] == ["0"] and "off its own forward" in record["kept_float_why"]["0"]
+    assert isinstance(net[1], int8_linear_class())
+
+
 def test_nothing_to_quantize_is_an_error_not_an_fp32_artifact():
     from toolchain.errors import StepError
 
