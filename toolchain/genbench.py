@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from toolchain import kinds
-from toolchain.generation import CacheLayout, Decoder
+from toolchain.generation import Decoder, decoder_for
 from toolchain.machine import cpu_identity, peak_rss_mb
 from toolchain.progress import Progress
 from toolchain.recipe import Recipe, load_recipe
@@ -60,7 +60,7 @@ def artifact_generate(kind: str, runner: RunnerSpec, root: Path, recipe: Recipe,
     own = kinds.get(kind).generator(path.parent, threads)
     if own is not None:
         return own
-    return _loop(Decoder(open_runner(runner, root, threads=threads).__enter__(), CacheLayout.of(recipe)))
+    return _loop(decoder_for(open_runner(runner, root, threads=threads).__enter__(), recipe))
 
 
 def eager_generate(recipe: Recipe, threads: int) -> Generate:
@@ -70,7 +70,7 @@ def eager_generate(recipe: Recipe, threads: int) -> Generate:
     lm = load_causal_lm(recipe)
     if not is_transformers_lm(lm):  # a step function: mlpack's loop over it, eagerly
         runner = TorchEagerRunner(step_function(lm, recipe), [i.name for i in recipe.inputs], recipe.outputs)
-        return _loop(Decoder(runner.__enter__(), CacheLayout.of(recipe)))
+        return _loop(decoder_for(runner.__enter__(), recipe))
 
     def generate(ids: np.ndarray, new: int) -> None:
         t = torch.from_numpy(ids)
@@ -84,8 +84,7 @@ def _loop(decoder: Decoder) -> Generate:
     """Greedy generation through mlpack's loop: a prefill, then one step per new token."""
 
     def loop(ids: np.ndarray, new: int) -> None:
-        decoder.start(ids.shape[0])
-        logits = decoder.step(ids)[:, -1]
+        logits = decoder.begin(ids)[:, -1]
         for _ in range(new - 1):
             logits = decoder.step(logits.argmax(-1)[:, None])[:, -1]
 

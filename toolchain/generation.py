@@ -42,7 +42,7 @@ def package_tokenizer(recipe: Recipe, folder: Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class CacheLayout:
-    """Names and shapes of a decoder artifact's cache tensors."""
+    """Names and shapes of a decoder artifact's cache tensors: `past` in, `present` out, pairwise."""
 
     past: list[str]
     present: list[str]
@@ -52,7 +52,7 @@ class CacheLayout:
     @classmethod
     def of(cls, recipe: Recipe) -> CacheLayout:
         d = recipe.decoder
-        return cls(d.past_names(), d.present_names(), d.kv_heads, d.head_dim)
+        return cls(d.past_names()[: len(d.present_names())], d.present_names(), d.kv_heads, d.head_dim)
 
     def empty(self, batch: int) -> dict[str, np.ndarray]:
         return {n: np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32) for n in self.past}
@@ -67,6 +67,11 @@ class Decoder:
     def start(self, batch: int = 1) -> None:
         self.past, self.length = self.layout.empty(batch), 0
 
+    def begin(self, prompt: np.ndarray) -> np.ndarray:
+        """A new generation from `prompt` [batch, n]: the logits [batch, n, vocab] whose last row picks the first new token."""
+        self.start(prompt.shape[0])
+        return self.step(prompt)
+
     def step(self, ids: np.ndarray) -> np.ndarray:
         """Feed `ids` [batch, new] after the cached tokens; the logits of every new position [batch, new, vocab]."""
         batch, new = ids.shape
@@ -76,6 +81,9 @@ class Decoder:
             "position_ids": np.ascontiguousarray(np.broadcast_to(np.arange(self.length, self.length + new, dtype=np.int64), (batch, new))),
             **self.past,
         }
+        return self._call(feed, new)
+
+    def _call(self, feed: dict, new: int) -> np.ndarray:
         out = self.runner.infer(feed)
         self.past = {p: np.ascontiguousarray(out[q]) for p, q in zip(self.layout.past, self.layout.present)}
         self.length += new
@@ -84,22 +92,49 @@ class Decoder:
     def teacher_forced(self, prompt: list[int], continuation: list[int]) -> np.ndarray:
         """The logits [len(continuation), vocab] that predict each token of `continuation`, given the prompt and the
         continuation's tokens before it: a prefill of the prompt, then one decode step per token."""
-        self.start()
-        rows = [self.step(np.asarray([prompt]))[0, -1]]
+        rows = [self.begin(np.asarray([prompt]))[0, -1]]
         for token in continuation[:-1]:
             rows.append(self.step(np.asarray([[token]]))[0, -1])
         return np.stack(rows).astype(np.float32)
 
     def greedy(self, prompt: list[int], max_new: int, eos: tuple[int, ...] = ()) -> list[int]:
         """Free-running greedy decoding: up to `max_new` tokens, stopping after an end-of-sequence token."""
-        self.start()
-        logits = self.step(np.asarray([prompt]))[0, -1]
+        logits = self.begin(np.asarray([prompt]))[0, -1]
         tokens: list[int] = []
         while True:
             tokens.append(int(np.argmax(logits)))
             if len(tokens) >= max_new or tokens[-1] in eos:
                 return tokens
             logits = self.step(np.asarray([[tokens[-1]]]))[0, -1]
+
+
+class Seq2SeqDecoder(Decoder):
+    """An encoder-decoder's two programs (recipe/decoder.py): the prefill encodes the prompt and decodes the start token,
+    returning the cross-attention keys and values that every later step takes back unchanged."""
+
+    def __init__(self, runner, layout: CacheLayout, start_token: int, cross: tuple[list[str], list[str]]):
+        super().__init__(runner, layout)
+        self.start_token, self.cross = start_token, cross
+
+    def begin(self, prompt: np.ndarray) -> np.ndarray:
+        batch = prompt.shape[0]
+        self.mask = np.ones(prompt.shape, np.int64)
+        feed = {"encoder_input_ids": np.ascontiguousarray(prompt, dtype=np.int64), "encoder_attention_mask": self.mask,
+                "input_ids": np.full((batch, 1), self.start_token, np.int64)}  # fmt: skip
+        out = self.runner.infer(feed)
+        self.encoded = {p: np.ascontiguousarray(out[q]) for q, p in zip(*self.cross)}
+        self.past, self.length = {p: np.ascontiguousarray(out[q]) for p, q in zip(self.layout.past, self.layout.present)}, 1
+        return np.asarray(out["logits"])
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64), "encoder_attention_mask": self.mask, **self.past, **self.encoded}
+        return self._call(feed, ids.shape[1])
+
+
+def decoder_for(runner, recipe: Recipe) -> Decoder:
+    """The generation loop a recipe's artifacts take: a decoder-only's, or an encoder-decoder's two programs."""
+    d, layout = recipe.decoder, CacheLayout.of(recipe)
+    return Seq2SeqDecoder(runner, layout, d.decoder_start, d.cross_names()) if d.encoder_decoder else Decoder(runner, layout)
 
 
 @dataclass
@@ -157,11 +192,7 @@ def perplexity(nll: list[np.ndarray]) -> float:
 
 def artifact_nll(decoder: Decoder, chunks: list[list[int]]) -> list[np.ndarray]:
     """The artifact's loss on each chunk: one prefill per chunk, from an empty cache."""
-    out = []
-    for chunk in chunks:
-        decoder.start()
-        out.append(token_nll(decoder.step(np.asarray([chunk]))[0], chunk))
-    return out
+    return [token_nll(decoder.begin(np.asarray([chunk]))[0], chunk) for chunk in chunks]
 
 
 def save_text_sample(path, sample: TextSample) -> None:

@@ -59,9 +59,18 @@ def decoder_feed(recipe: Recipe, sizes: dict[str, int], rng: np.random.Generator
     max that is one token decoded at the full cache; the past's keys and values are random."""
     longest = recipe.generation.max_length
     batch, past = sizes["batch"], sizes["past"]
+    shape = recipe.decoder
+    if shape.encoder_decoder:  # one token after `past` decoded ones, over `enc` encoded ones (random keys and values)
+        enc, past = sizes["enc"], min(past, longest - 1)
+        feed = {"input_ids": rng.integers(0, shape.vocab, size=(batch, 1)).astype(np.int64), "encoder_attention_mask": np.ones((batch, enc), np.int64)}
+        if any(i.name == "encoder_input_ids" for i in recipe.inputs):  # the prefill program's (DecoderSource.for_phase)
+            return feed | {"encoder_input_ids": rng.integers(0, shape.vocab, size=(batch, enc)).astype(np.int64)}
+        for name in shape.past_names():
+            length = enc if ".encoder." in name else past
+            feed[name] = rng.uniform(-1.0, 1.0, size=(batch, shape.kv_heads, length, shape.head_dim)).astype(np.float32)
+        return feed
     seq = max(recipe.dims["seq"].min, min(sizes["seq"], longest - past))  # a prefill program takes 2 tokens or more
     past = min(past, longest - seq)
-    shape = recipe.decoder
     feed = {
         "input_ids": rng.integers(0, shape.vocab, size=(batch, seq)).astype(np.int64),
         "attention_mask": np.ones((batch, past + seq), np.int64),

@@ -34,9 +34,8 @@ from toolchain.genbench import artifact_generate, eager_generate
 from toolchain.generation import (
     GENERATION_FILE,
     TEXT_FILE,
-    CacheLayout,
-    Decoder,
     artifact_nll,
+    decoder_for,
     judge,
     load_references,
     load_text_sample,
@@ -69,8 +68,12 @@ def run_reference(step: StepSpec, root: Path) -> ReferenceOutcome:
         save_references(root / GENERATION_FILE, refs)
         sample = source.text_sample(text_chunks(recipe))
         save_text_sample(root / TEXT_FILE, sample)
-        notes.append(f"generation: {len(refs)} prompts, {sum(len(r.tokens) for r in refs)} greedy tokens from transformers' generate with its cache; "
-                     f"perplexity {sample.perplexity:.4g} on {sum(len(c) - 1 for c in sample.chunks)} tokens of text")  # fmt: skip
+        ppl = (
+            f"perplexity {sample.perplexity:.4g} on {sum(len(c) - 1 for c in sample.chunks)} tokens of text"
+            if sample.chunks
+            else "no perplexity sample (an encoder-decoder)"
+        )
+        notes.append(f"generation: {len(refs)} prompts, {sum(len(r.tokens) for r in refs)} greedy tokens from transformers' generate with its cache; {ppl}")
     return ReferenceOutcome(source.output_names, source.input_names, notes)
 
 
@@ -128,7 +131,7 @@ def _judge_generation(kind, artifact, recipe, spec, runner, base: Path, root: Pa
     refs, sample = load_references(root / GENERATION_FILE), load_text_sample(root / TEXT_FILE)
     own = kind.generation_logits(artifact, recipe, refs)
     with open_runner(runner, base) as active:
-        decoder = Decoder(active, CacheLayout.of(recipe))
+        decoder = decoder_for(active, recipe)
         if own is None:
             logits = [decoder.teacher_forced(r.prompt, r.tokens) for r in refs]
         nll = artifact_nll(decoder, sample.chunks)  # the runner's: a kind's own generator gives no loss (ORT GenAI: its model.onnx)
@@ -137,7 +140,7 @@ def _judge_generation(kind, artifact, recipe, spec, runner, base: Path, root: Pa
     else:
         how, problems = f"the {runner.runner} runner in mlpack's generation loop (teacher-forced on the source's tokens)", []
     tol = recipe.tolerance(spec)
-    report = judge(refs, logits, tol, how, perplexity_check(sample, nll, tol.perplexity))
+    report = judge(refs, logits, tol, how, perplexity_check(sample, nll, tol.perplexity) if sample.chunks else None)
     if problems and report.floor < 1.0:  # a generator not held to every token may also free-run to other tokens
         problems = []
     if problems:

@@ -238,3 +238,49 @@ def test_genai_config_names_the_cache_as_exported_and_a_type_ort_genai_reads_it_
     (root / "model" / "config.json").write_text(json.dumps(cfg | {"model_type": "gpt2"}))
     # ORT GenAI's gpt2 type expects one combined past per layer: the generic decoder type reads mlpack's names
     assert genai_config(parse_recipe(RECIPE, root / "r.yaml"))["model"]["type"] == "decoder"
+
+
+SEQ2SEQ = (ROOT / "recipes" / "tiny-t5.yaml").read_text()
+
+
+@pytest.mark.parametrize("config, layers, heads, head_dim, start", [("tiny-t5", 2, 4, 16, 0), ("tiny-bart", 2, 4, 16, 2)])
+def test_encoder_decoder_is_two_programs_from_its_config(config, layers, heads, head_dim, start):
+    """T5 (num_decoder_layers, d_kv) and BART (decoder_layers, decoder_attention_heads): the recipe's inputs are the
+    decode program's, the cross-attention cache sized by the encoded prompt; the prefill takes the prompt."""
+    r = parse_recipe(SEQ2SEQ.replace("tiny-t5", config), ROOT / "recipes" / "r.yaml")
+    d = r.decoder
+    assert r.seq2seq and (d.layers, d.heads, d.kv_heads, d.head_dim, d.decoder_start) == (layers, heads, heads, head_dim, start)
+    names = [i.name for i in r.inputs]
+    assert names[:4] == ["input_ids", "encoder_attention_mask", "past_key_values.0.decoder.key", "past_key_values.0.decoder.value"]
+    assert names[-1] == f"past_key_values.{layers - 1}.encoder.value" and len(names) == 2 + 4 * layers
+    assert r.inputs[-1].shape == ["batch", heads, "enc", head_dim] and r.inputs[2].shape == ["batch", heads, "past", head_dim]
+    assert r.outputs == ["logits"] + [f"present.{i}.decoder.{kv}" for i in range(layers) for kv in ("key", "value")]
+    assert (r.dims["seq"].max, r.dims["past"].min, r.dims["enc"].max) == (1, 0, 48)
+    inputs, outputs = d.prefill_io(48)
+    assert [i["name"] for i in inputs] == ["encoder_input_ids", "encoder_attention_mask", "input_ids"]
+    assert outputs[-1] == f"present.{layers - 1}.encoder.value" and len(outputs) == 1 + 4 * layers
+    assert d.cross_names()[1] == names[2 + 2 * layers :]
+
+
+@pytest.mark.parametrize(
+    "old, new, key, message",
+    [
+        ("  - kind: onnx\n", "  - kind: onnx\n    quantize: int4\n", "targets[0].quantize", "an encoder-decoder builds in FP32 or FP16 here"),
+        ("    device: cpu\n", "    device: cpu\n    precision: int8-weight\n", "targets[1].precision", "an encoder-decoder builds in fp32 here"),
+        ("    device: cpu\n", "    device: cpu\n  - kind: genai\n    of: onnx\n", "targets[2].kind", "decoder-only models here, not encoder-decoders"),
+    ],
+)
+def test_encoder_decoder_refuses_what_is_not_built_for_it(old, new, key, message):
+    found = problems(SEQ2SEQ.replace(old, new), ROOT / "recipes")
+    assert any(k == key and message in m and h for k, m, h in found), found
+
+
+def test_encoder_decoder_config_without_a_start_token_is_named(tmp_path):
+    for part in ("tiny-t5", "tiny-llama"):
+        shutil.copytree(ROOT / "recipes" / "models" / part, tmp_path / "models" / part)
+    shutil.copy(ROOT / "recipes" / "models" / "tiny_seq2seq.py", tmp_path / "models")
+    cfg = json.loads((tmp_path / "models" / "tiny-t5" / "config.json").read_text())
+    del cfg["decoder_start_token_id"]
+    (tmp_path / "models" / "tiny-t5" / "config.json").write_text(json.dumps(cfg))
+    found = problems(SEQ2SEQ, tmp_path)
+    assert any(k == "generation.config" and "without decoder_start_token_id" in m and "T5: 0" in h for k, m, h in found), found

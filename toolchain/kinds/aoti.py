@@ -14,6 +14,7 @@ from toolchain.kinds.base import EXPORT_SCHEMA, Artifact, BuildContext, Kind, Ru
 from toolchain.machine import cuda_missing
 from toolchain.options import TargetOptions, YamlOff
 from toolchain.records import ExportRecord
+from toolchain.records.steps import PREFILL
 from toolchain.search import QUANTIZATION_SCHEMA
 from toolchain.tensors import Signature, TensorSig
 from toolchain.torchtools import aoti_precision, package_kernels, weight_only
@@ -126,6 +127,8 @@ class AotiKind(Kind):
         if recipe.generates and spec.precision not in ("fp32", "int8-weight"):
             return [(("precision",), f"a decoder with its cache builds in fp32 or int8-weight here; precision {spec.precision} is not built for text-generation yet",
                      "set precision: fp32 or int8-weight (bf16 decoders are planned)")]  # fmt: skip
+        if recipe.generates and recipe.seq2seq and spec.precision != "fp32":
+            return [(("precision",), f"an encoder-decoder builds in fp32 here; precision {spec.precision} is not built for it yet", "set precision: fp32")]
         if not recipe.generates and spec.precision == "int8-weight":
             return [(("precision",), "int8-weight builds decoders (task: text-generation)", "use precision: int8 (PT2E, weights and activations) or bf16")]
         return []
@@ -186,10 +189,15 @@ class AotiKind(Kind):
         module = source.module if spec.precision == "int8-weight" else None
         built = {p: compile_package(source.for_phase(p), spec.device, ctx.workdir / f"{p}.pt2", module=module, configs={"freezing": frozen}) for p in PHASES}
         source.module.to("cpu")
-        program = built["prefill"][0]
+        program = built["decode" if source.recipe.seq2seq else "prefill"][0]  # the recipe's inputs: an encoder-decoder's decode program
         export = ExportRecord.of_phases({p: rec for p, (_, rec) in built.items()}).to_dict()
         aoti = {"precision": spec.precision, "freezing": frozen, "packages": {p: f"{p}.pt2" for p in PHASES}}
         runner = RunnerSpec(runner=DECODER_RUNNER, path=str(ctx.workdir), inputs=source.input_names, outputs=source.output_names, device=spec.device)
+        if source.recipe.seq2seq:  # two programs with their own inputs: the decode package, and the prefill beside it
+            prefill = source.for_phase("prefill")
+            runner = RunnerSpec(runner=RUNNER, path=str(ctx.workdir / "decode.pt2"), inputs=source.input_names, outputs=source.output_names,
+                                device=spec.device, options={PREFILL: {"runner": RUNNER, "path": "prefill.pt2", "inputs": prefill.input_names,
+                                                                       "outputs": prefill.output_names}})  # fmt: skip
         files = [ctx.workdir / f"{p}.pt2" for p in PHASES]
         return Artifact(files, self._signature(program, source), runner, device=spec.device, extra={"export": export, "aoti": aoti, **extra})
 

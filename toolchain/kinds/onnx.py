@@ -25,10 +25,13 @@ from toolchain.onnxtools.fp16 import to_fp16
 from toolchain.onnxtools.optimize import OPTIMIZATION_SCHEMA, optimize
 from toolchain.onnxtools.weights import WEIGHT_BITS, WeightOnly, to_weight_only
 from toolchain.options import TargetOptions, YamlOff
+from toolchain.records import ExportRecord
+from toolchain.records.steps import PREFILL
 from toolchain.search import QUANTIZATION_SCHEMA
 from toolchain.tensors import onnx_signature
 
 MODEL = "model.onnx"
+PREFILL_MODEL = "prefill.onnx"  # an encoder-decoder's prefill program (recipe/decoder.py); model.onnx is its decode step
 RUNNER = "onnxruntime"
 
 
@@ -72,10 +75,10 @@ def load(path, device, on_gpu, device_id, input_names, output_names):
 """
 
 
-def _convert(source, spec: OnnxTarget, scratch: Path, dst: Path, ctx: BuildContext) -> dict:
-    """Export, then optimize and/or change precision; returns the manifest fields."""
+def _convert(source, spec: OnnxTarget, scratch: Path, dst: Path, ctx: BuildContext) -> tuple[ExportRecord, dict]:
+    """Export, then optimize and/or change precision; returns how it was exported and the other manifest fields."""
     current = scratch / MODEL
-    fields: dict = {"export": export(source, spec.opset, current).to_dict()}
+    record, fields = export(source, spec.opset, current), {}
     if spec.optimize:
         optimized = scratch / "optimized.onnx" if spec.quantize else dst
         fields["optimization"] = optimize(source, current, optimized, spec.device)
@@ -87,7 +90,7 @@ def _convert(source, spec: OnnxTarget, scratch: Path, dst: Path, ctx: BuildConte
     elif spec.quantize:
         fields.update(quantize.to_int8(source, spec, current, dst, scratch, ctx))
     check(dst)
-    return fields
+    return record, fields
 
 
 class OnnxKind(Kind):
@@ -116,25 +119,41 @@ class OnnxKind(Kind):
             return cuda_missing()
         return None
 
+    def check(self, spec: OnnxTarget, recipe) -> list:
+        if recipe.seq2seq and spec.quantize not in (None, "fp16"):
+            return [(("quantize",), f"an encoder-decoder builds in FP32 or FP16 here; quantize: {spec.quantize} is not built for it yet",
+                     "remove quantize, or use quantize: fp16")]  # fmt: skip
+        return []
+
     def build(self, source, spec: OnnxTarget, ctx: BuildContext) -> Artifact:
         path = ctx.workdir / MODEL
-        fields: dict = {}
+        record, fields = self._program(source, spec, ctx, path)
+        options = {}
+        if source.recipe.seq2seq:  # an encoder-decoder: the prefill program beside the decode program, converted alike
+            prefill = source.for_phase("prefill")
+            first, _ = self._program(prefill, spec, ctx, ctx.workdir / PREFILL_MODEL)
+            record = ExportRecord.of_phases({"prefill": first, "decode": record})
+            options = {PREFILL: {"runner": RUNNER, "path": PREFILL_MODEL, "inputs": prefill.input_names, "outputs": prefill.output_names}}
+        fields = {"export": record.to_dict(), **fields}
+        return Artifact(
+            files=sorted(p for p in ctx.workdir.iterdir() if p.is_file()),
+            signature=onnx_signature(path),
+            runner=RunnerSpec(runner=RUNNER, path=str(path), inputs=source.input_names, outputs=source.output_names, device=spec.device, options=options),
+            device=spec.device,
+            extra=fields,
+        )
+
+    def _program(self, source, spec: OnnxTarget, ctx: BuildContext, path: Path) -> tuple[ExportRecord, dict]:
+        """One ONNX program at `path`, exported and converted as the target says: how it was exported, the other
+        manifest fields."""
         if spec.quantize or spec.optimize:
             scratch = ctx.workdir / "fp32"  # intermediates: removed before the artifact is listed
             scratch.mkdir()
             try:
-                fields = _convert(source, spec, scratch, path, ctx)
+                return _convert(source, spec, scratch, path, ctx)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
-        else:
-            fields = {"export": export(source, spec.opset, path).to_dict()}
-        return Artifact(
-            files=sorted(p for p in ctx.workdir.iterdir() if p.is_file()),
-            signature=onnx_signature(path),
-            runner=RunnerSpec(runner=RUNNER, path=str(path), inputs=source.input_names, outputs=source.output_names, device=spec.device),
-            device=spec.device,
-            extra=fields,
-        )
+        return export(source, spec.opset, path), {}
 
     def triton_configure(self, config, serve, backend: str) -> None:
         """ONNX Runtime's TensorRT execution provider on GPU instances (`serve.triton.onnx_tensorrt`).

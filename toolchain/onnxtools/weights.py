@@ -144,15 +144,15 @@ def gate_for(source, spec, ctx) -> Callable[[Path], Verdict]:
         summary, failures, score = report.summary(), [f"samples: {report.first_failure()}"] if not report.passed else [], report.margin()
         if text is not None:
             with runner as active:
-                decoder = generation.Decoder(active, generation.CacheLayout.of(recipe))
+                decoder = generation.decoder_for(active, recipe)
                 logits = [decoder.teacher_forced(r.prompt, r.tokens) for r in refs]
                 nll = generation.artifact_nll(decoder, text.chunks)
-            g = generation.judge(refs, logits, tol, "", generation.perplexity_check(text, nll, tol.perplexity))
+            g = generation.judge(refs, logits, tol, "", generation.perplexity_check(text, nll, tol.perplexity) if text.chunks else None)
             ppl = g.perplexity
-            summary |= {"tokens": g.token_match, "perplexity_delta": ppl.delta}
+            summary |= {"tokens": g.token_match, "perplexity_delta": ppl.delta if ppl else None}
             failures += g.failures
             score = min(score, g.token_match - g.floor)
-            if ppl.budget is not None:
+            if ppl is not None and ppl.budget is not None:
                 score = min(score, ppl.budget - ppl.delta if ppl.delta is not None else -1e9)
         return Verdict(not failures, score, summary | {"passed": not failures}, "; ".join(failures))
 

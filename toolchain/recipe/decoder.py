@@ -9,6 +9,19 @@ names are the ones ONNX Runtime GenAI and Optimum use:
     outputs  logits [batch, seq, vocab], present.<i>.key / .value [batch, kv_heads, total, head_dim]
 
 with total = past + seq and past from 0 (the prefill) to max_length - 1.
+
+An encoder-decoder (`is_encoder_decoder` in its config: T5, BART) is two programs. The prefill runs
+the encoder on the prompt and the decoder on its start token; each later call decodes one token:
+
+    prefill  encoder_input_ids [batch, enc], encoder_attention_mask [batch, enc], input_ids [batch, seq]
+             -> logits, present.<i>.decoder.key / .value, present.<i>.encoder.key / .value [batch, heads, enc, head_dim]
+    decode   input_ids [batch, seq], encoder_attention_mask [batch, enc],
+             past_key_values.<i>.decoder.key / .value [batch, heads, past, head_dim],
+             past_key_values.<i>.encoder.key / .value [batch, heads, enc, head_dim]
+             -> logits, present.<i>.decoder.key / .value
+
+The recipe's inputs and outputs are the decode program's; the cross-attention keys and values are
+computed once, by the prefill, and fed back unchanged (Optimum's names).
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ from pathlib import Path
 
 PAST = "past_key_values.{i}.{kv}"
 PRESENT = "present.{i}.{kv}"
+SELF, CROSS = "decoder", "encoder"  # an encoder-decoder's cache parts: past_key_values.<i>.decoder.key, .encoder.key
 DERIVED = ("inputs", "outputs", "dims")  # keys a text-generation recipe does not write
 
 
@@ -37,12 +51,32 @@ class DecoderShape:
     eos: tuple[int, ...]
     pad: int | None
     model_type: str
+    encoder_decoder: bool = False
+    decoder_start: int | None = None  # an encoder-decoder's first decoder token
+
+    def _names(self, pattern: str, part: str | None) -> list[str]:
+        return [pattern.format(i=i, kv=f"{part}.{kv}" if part else kv) for i in range(self.layers) for kv in ("key", "value")]
 
     def past_names(self) -> list[str]:
-        return [PAST.format(i=i, kv=kv) for i in range(self.layers) for kv in ("key", "value")]
+        """The cache the decode program takes: the self-attention keys and values (and, encoder-decoder, the cross-attention's)."""
+        return self._names(PAST, SELF) + self._names(PAST, CROSS) if self.encoder_decoder else self._names(PAST, None)
 
     def present_names(self) -> list[str]:
-        return [PRESENT.format(i=i, kv=kv) for i in range(self.layers) for kv in ("key", "value")]
+        """What each call returns for the next one: the self-attention keys and values."""
+        return self._names(PRESENT, SELF if self.encoder_decoder else None)
+
+    def cross_names(self) -> tuple[list[str], list[str]]:
+        """An encoder-decoder's cross-attention cache: (the prefill's outputs, the decode program's inputs)."""
+        return self._names(PRESENT, CROSS), self._names(PAST, CROSS)
+
+    def prefill_io(self, max_length: int) -> tuple[list[dict], list[str]]:
+        """An encoder-decoder's prefill program: its inputs (recipe input specs) and its outputs."""
+        inputs = [
+            {"name": "encoder_input_ids", "dtype": "int64", "shape": ["batch", "enc"], "range": [0, self.vocab]},
+            {"name": "encoder_attention_mask", "dtype": "int64", "shape": ["batch", "enc"], "range": [1, 2]},
+            {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"], "range": [0, self.vocab]},
+        ]
+        return inputs, ["logits", *self.present_names(), *self.cross_names()[0]]
 
 
 def _first(cfg: dict, *keys: str):
@@ -58,20 +92,22 @@ def read_config(path: Path) -> DecoderShape:
     if not isinstance(cfg, dict):
         raise ValueError(f"{path} is not a model config (a JSON object)")
     text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg  # multimodal configs nest the decoder's
-    layers = _first(text, "num_hidden_layers", "n_layer", "num_layers")
-    heads = _first(text, "num_attention_heads", "n_head", "num_heads")
+    seq2seq = cfg.get("is_encoder_decoder") is True
+    # An encoder-decoder's cache is its decoder's: T5 (num_decoder_layers, d_kv), BART (decoder_layers, decoder_attention_heads)
+    layers = _first(text, *(("num_decoder_layers", "decoder_layers") if seq2seq else ()), "num_hidden_layers", "n_layer", "num_layers")
+    heads = _first(text, *(("decoder_attention_heads",) if seq2seq else ()), "num_attention_heads", "n_head", "num_heads")
     hidden = _first(text, "hidden_size", "n_embd", "d_model")
     vocab = _first(text, "vocab_size")
     missing = [n for n, v in (("num_hidden_layers", layers), ("num_attention_heads", heads), ("hidden_size", hidden), ("vocab_size", vocab)) if v is None]
     if missing:
         raise ValueError(f"{path} has no {', '.join(missing)}: not a decoder's config")
     kv = _first(text, "num_key_value_heads", "num_kv_heads") or (1 if text.get("multi_query") else heads)
-    head_dim = _first(text, "head_dim") or hidden // heads
+    head_dim = _first(text, "head_dim", "d_kv") or hidden // heads
     eos = cfg.get("eos_token_id", text.get("eos_token_id"))
     eos_ids = tuple(e for e in (eos if isinstance(eos, list) else [eos]) if isinstance(e, int))
     return DecoderShape(layers, heads, kv, head_dim, hidden, vocab, _first(text, "max_position_embeddings", "n_positions", "n_ctx"),
                         _first(cfg, "bos_token_id") if _first(cfg, "bos_token_id") is not None else _first(text, "bos_token_id"), eos_ids,
-                        _first(cfg, "pad_token_id"), str(cfg.get("model_type", "")))  # fmt: skip
+                        _first(cfg, "pad_token_id"), str(cfg.get("model_type", "")), seq2seq, _first(cfg, "decoder_start_token_id"))  # fmt: skip
 
 
 def config_path(data: dict, root: Path) -> tuple[tuple, Path] | None:
@@ -114,7 +150,13 @@ def derive(data: dict, root: Path) -> list[tuple[tuple, str, str | None]]:
                 f"lower it to at most {shape.max_positions}",
             )
         ]
+    if shape.encoder_decoder and shape.decoder_start is None:
+        return [(key, f"{path} is an encoder-decoder's config without decoder_start_token_id", "add the token its decoder starts from (T5: 0, BART: 2)")]
     kv = [shape.kv_heads, shape.head_dim]
+    opt = min(8, max_length // 2)
+    if shape.encoder_decoder:
+        _derive_seq2seq(data, shape, max_length, max_batch, opt)
+        return []
     data["inputs"] = [
         {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"], "range": [0, shape.vocab]},
         {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "total"], "range": [1, 2]},
@@ -122,7 +164,6 @@ def derive(data: dict, root: Path) -> list[tuple[tuple, str, str | None]]:
         *({"name": n, "dtype": "float32", "shape": ["batch", kv[0], "past", kv[1]], "range": [-1.0, 1.0]} for n in shape.past_names()),
     ]
     data["outputs"] = ["logits", *shape.present_names()]
-    opt = min(8, max_length // 2)
     data["dims"] = {
         "batch": {"min": 1, "opt": min(2, max_batch), "max": max_batch},
         "seq": {"min": 1, "opt": opt, "max": max_length},
@@ -130,6 +171,26 @@ def derive(data: dict, root: Path) -> list[tuple[tuple, str, str | None]]:
         "total": {"min": 1, "opt": 2 * opt, "max": max_length},
     }
     return []
+
+
+def _derive_seq2seq(data: dict, shape: DecoderShape, max_length: int, max_batch: int, opt: int) -> None:
+    """The decode program's inputs, outputs and dims (the module docstring): one new token a call, after `past` decoded
+    ones, over an encoded prompt of `enc` tokens."""
+    kv = [shape.kv_heads, shape.head_dim]
+    self_past, cross_past = shape._names(PAST, SELF), shape._names(PAST, CROSS)
+    data["inputs"] = [
+        {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"], "range": [0, shape.vocab]},
+        {"name": "encoder_attention_mask", "dtype": "int64", "shape": ["batch", "enc"], "range": [1, 2]},
+        *({"name": n, "dtype": "float32", "shape": ["batch", kv[0], "past", kv[1]], "range": [-1.0, 1.0]} for n in self_past),
+        *({"name": n, "dtype": "float32", "shape": ["batch", kv[0], "enc", kv[1]], "range": [-1.0, 1.0]} for n in cross_past),
+    ]
+    data["outputs"] = ["logits", *shape.present_names()]
+    data["dims"] = {
+        "batch": {"min": 1, "opt": min(2, max_batch), "max": max_batch},
+        "seq": {"min": 1, "opt": 1, "max": 1},  # the decoder takes its tokens one at a time: the start token, then each new one
+        "past": {"min": 1, "opt": opt, "max": max_length - 1},  # from 0 in fact: see past_from_zero
+        "enc": {"min": 1, "opt": opt, "max": max_length},
+    }
 
 
 def past_from_zero(recipe) -> None:

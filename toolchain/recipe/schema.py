@@ -502,6 +502,11 @@ class Recipe(Strict):
         return self.task == "text-generation"
 
     @property
+    def seq2seq(self) -> bool:
+        """A text-generation recipe whose model is an encoder-decoder (T5, BART): two programs, recipe/decoder.py."""
+        return self.generates and self.decoder.encoder_decoder
+
+    @property
     def decoder(self) -> DecoderShape:
         """The decoder's cache layout and token ids, from its config.json (text-generation only)."""
         if self._decoder is None:

@@ -15,6 +15,9 @@ from toolchain.tensors import Signature
 # ------------------------------------------------------------------ artifacts
 
 
+PREFILL = "prefill"  # RunnerSpec option: an encoder-decoder's prefill program, a RunnerSpec whose path is beside the main one's
+
+
 class RunnerSpec(BaseModel):
     """How to load an artifact: saved in the manifest so any tool can run it.
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from toolchain.kinds import runner_class
 from toolchain.kinds.base import RunnerSpec
+from toolchain.records.steps import PREFILL
 
 
 class Runner(Protocol):
@@ -33,7 +34,33 @@ def open_runner(spec: RunnerSpec | dict, root: Path | None = None, threads: int 
     if root is not None and not path.is_absolute():
         path = Path(root) / path
     cls = runner_class(spec.runner)
-    return cls(path, spec.inputs, spec.outputs, device=spec.device, threads=threads, **spec.options)
+    options = dict(spec.options)
+    prefill = options.pop(PREFILL, None)
+    main = cls(path, spec.inputs, spec.outputs, device=spec.device, threads=threads, **options)
+    if prefill is None:
+        return main
+    first = RunnerSpec.model_validate({**prefill, "path": str(path.parent / prefill["path"]), "device": spec.device})
+    return TwoPrograms(open_runner(first, threads=threads), main)
+
+
+class TwoPrograms:
+    """An encoder-decoder's artifact (recipe/decoder.py): a call that brings the encoder's input goes to the prefill
+    program, every other to the decode program."""
+
+    def __init__(self, prefill: Runner, decode: Runner):
+        self.prefill, self.decode = prefill, decode
+
+    def __enter__(self) -> TwoPrograms:
+        self.prefill.__enter__()
+        self.decode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.prefill.__exit__(*exc)
+        self.decode.__exit__(*exc)
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return (self.prefill if "encoder_input_ids" in feed else self.decode).infer(feed)
 
 
 def run_all(runner: Runner, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:

@@ -14,11 +14,16 @@ import copy
 import numpy as np
 
 from toolchain.errors import StepError
-from toolchain.generation import CacheLayout, Decoder, Reference, TextSample, artifact_nll, chunk_text, token_nll
-from toolchain.recipe import DimSpec, Recipe
+from toolchain.generation import Reference, TextSample, artifact_nll, chunk_text, decoder_for, token_nll
+from toolchain.recipe import DimSpec, InputSpec, Recipe
 from toolchain.runners.torch_eager import TorchEagerRunner
 from toolchain.sources.factory import call_factory
 from toolchain.sources.pytorch import TorchSource, output_names
+
+# The reference is plain greedy decoding, what the artifact's loop does: the logits processors a model's generation_config
+# may switch on (BART's forced EOS at max_length, repetition penalties, suppressed tokens) are off.
+PLAIN_GREEDY = dict(forced_eos_token_id=None, forced_bos_token_id=None, repetition_penalty=None, no_repeat_ngram_size=None,
+                    encoder_no_repeat_ngram_size=None, bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None)  # fmt: skip
 
 
 def load_causal_lm(recipe: Recipe):
@@ -30,6 +35,8 @@ def load_causal_lm(recipe: Recipe):
         from transformers import AutoModelForCausalLM
 
         folder = recipe.resolve(src.transformers)
+        if recipe.decoder.encoder_decoder:
+            from transformers import AutoModelForSeq2SeqLM as AutoModelForCausalLM  # noqa: N814 (same loading rules)
         try:
             model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, trust_remote_code=False, use_safetensors=True,
                                                          dtype=torch.float32)  # fmt: skip
@@ -66,11 +73,13 @@ def step_function(model, recipe: Recipe):
     return _positional(Step(model), 3 + 2 * recipe.decoder.layers)
 
 
-def _positional(wrapper, count: int):
-    """One named forward parameter per input: exporters match dynamic shapes to parameters by position."""
+def _positional(wrapper, count: int, split: int = 3):
+    """One named forward parameter per input: exporters match dynamic shapes to parameters by position. `call` takes
+    the first `split` inputs, then the cache as one tuple."""
     params = ", ".join(f"x{i}" for i in range(count))
+    head = ", ".join(f"x[{i}]" for i in range(split))
     scope: dict = {}
-    exec(f"def forward(self, {params}):\n    x = ({params},)\n    return self.call(x[0], x[1], x[2], x[3:])\n", scope)
+    exec(f"def forward(self, {params}):\n    x = ({params},)\n    return self.call({head}, x[{split}:])\n", scope)
     type(wrapper).forward = scope["forward"]
     wrapper.training = False
     return wrapper
@@ -102,6 +111,49 @@ def with_cache(model, recipe: Recipe):
     return _positional(WithCache(model), 3 + 2 * layers)
 
 
+def seq2seq_programs(model, recipe: Recipe):
+    """An encoder-decoder's two programs (recipe/decoder.py), each one module with one named parameter per input: the
+    prefill (encoder, then the decoder on its start token) and the decode step. Both run transformers' own
+    EncoderDecoderCache; the decode step's cross-attention cache holds the prefill's keys and values, so each layer
+    takes them as computed (its `is_updated` flag is set by their length) and the encoder's states are never read."""
+    import torch
+    from transformers import DynamicCache, EncoderDecoderCache
+
+    layers = recipe.decoder.layers
+
+    def flat(cache, cross: bool) -> list:
+        part = cache.cross_attention_cache if cross else cache.self_attention_cache
+        return [t for layer in part.layers for t in (layer.keys, layer.values)]
+
+    class Prefill(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, encoder_input_ids, encoder_attention_mask, input_ids):
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            out = self.inner(input_ids=encoder_input_ids, attention_mask=encoder_attention_mask, decoder_input_ids=input_ids, cache=cache, use_cache=True)
+            return (out.logits, *flat(out.cache, False), *flat(out.cache, True))
+
+    class Decode(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def call(self, input_ids, encoder_attention_mask, past: tuple):
+            mine = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(layers)])
+            cross = DynamicCache(ddp_cache_data=[(past[2 * layers + 2 * i], past[2 * layers + 2 * i + 1]) for i in range(layers)])
+            batch, enc = encoder_attention_mask.shape
+            unread = past[2 * layers].new_zeros(batch, enc, self.inner.config.d_model)  # shape only: cross-attention uses its cache
+            out = self.inner(encoder_outputs=(unread,), attention_mask=encoder_attention_mask, decoder_input_ids=input_ids,
+                             cache=EncoderDecoderCache(mine, cross), use_cache=True)  # fmt: skip
+            return (out.logits, *flat(out.cache, False))
+
+    prefill = Prefill(model)
+    prefill.training = False
+    return prefill, _positional(Decode(model), 2 + 4 * layers, split=2)
+
+
 class DecoderSource(TorchSource):
     """TorchSource for a decoder: the same exporters, examples and runners, on the with-cache module."""
 
@@ -111,7 +163,14 @@ class DecoderSource(TorchSource):
         model = load_causal_lm(recipe)
         # A step function is its own reference: generated by mlpack's loop over it, eagerly
         self.causal_lm = model if is_transformers_lm(model) else None
-        self.module = with_cache(model, recipe) if self.causal_lm is not None else step_function(model, recipe)
+        self.prefill_module = None  # an encoder-decoder's prefill program (for_phase("prefill"))
+        if recipe.decoder.encoder_decoder:
+            if self.causal_lm is None or not getattr(model.config, "is_encoder_decoder", False):
+                raise StepError(f"the recipe's decoder config is an encoder-decoder's, but the source is a {type(model).__name__}",
+                                hint="give a transformers encoder-decoder (T5, BART: AutoModelForSeq2SeqLM), or the decoder's own config.json")  # fmt: skip
+            self.prefill_module, self.module = seq2seq_programs(model, recipe)
+        else:
+            self.module = with_cache(model, recipe) if self.causal_lm is not None else step_function(model, recipe)
         self.input_names = [i.name for i in recipe.inputs]
         self.output_names = output_names(recipe, 1 + 2 * recipe.decoder.layers)
 
@@ -125,10 +184,17 @@ class DecoderSource(TorchSource):
         more. transformers' attention takes one path for a single query token and another for several, and a
         program keeps the path it was exported on."""
         view = copy.copy(self)
+        view.phase = phase
+        if self.prefill_module is not None:  # an encoder-decoder: two programs with their own inputs, one decoder token each
+            if phase == "prefill":
+                inputs, outputs = self.recipe.decoder.prefill_io(self.recipe.generation.max_length)
+                view.recipe = self.recipe.model_copy(update={"inputs": [InputSpec.model_validate(i) for i in inputs], "outputs": outputs})
+                view.recipe._path, view.recipe._decoder = self.recipe._path, self.recipe._decoder
+                view.module, view.input_names, view.output_names = self.prefill_module, [i["name"] for i in inputs], outputs
+            return view
         seq = self.recipe.dims["seq"]
         seq = DimSpec.model_construct(min=1, opt=1, max=1) if phase == "decode" else seq.model_copy(update={"min": 2, "opt": max(2, seq.opt)})
         view.recipe = self.recipe.model_copy(update={"dims": {**self.recipe.dims, "seq": seq}})
-        view.phase = phase
         return view
 
     def dynamic_shapes(self) -> tuple:
@@ -137,6 +203,8 @@ class DecoderSource(TorchSource):
         from torch.export import Dim
 
         shapes = list(super().dynamic_shapes())
+        if self.prefill_module is not None:  # an encoder-decoder's programs have no mask over the past
+            return tuple(shapes)
         past = shapes[self.input_names.index("past_key_values.0.key")][2]
         batch = {0: shapes[0][0]} if shapes[0] and 0 in shapes[0] else {}
         shapes[self.input_names.index("attention_mask")] = batch | {1: past + 1 if self.phase == "decode" else Dim.AUTO}
@@ -150,13 +218,15 @@ class DecoderSource(TorchSource):
             return self._generate_by_steps(prompts, max_new_tokens)
         refs = []
         eos = list(self.recipe.decoder.eos) or None
+        # An encoder-decoder's sequences start with its decoder's start token; a decoder-only's with the prompt
+        skip = 1 if self.recipe.decoder.encoder_decoder else None
         with torch.no_grad():
             for prompt in prompts:
                 ids = torch.tensor([prompt])
                 out = self.causal_lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
                                               num_beams=1, use_cache=True, output_logits=True, return_dict_in_generate=True,
-                                              eos_token_id=eos, pad_token_id=eos[0] if eos else None)  # fmt: skip
-                tokens = out.sequences[0, len(prompt) :].tolist()
+                                              eos_token_id=eos, pad_token_id=eos[0] if eos else None, **PLAIN_GREEDY)  # fmt: skip
+                tokens = out.sequences[0, skip or len(prompt) :].tolist()
                 logits = torch.stack([step[0] for step in out.logits]).float().numpy()
                 refs.append(Reference(prompt, tokens, np.ascontiguousarray(logits[: len(tokens)])))
         return refs
@@ -167,20 +237,23 @@ class DecoderSource(TorchSource):
 
         refs = []
         with torch.no_grad(), self.reference_runner() as runner:
-            decoder = Decoder(runner, CacheLayout.of(self.recipe))
+            decoder = decoder_for(runner, self.recipe)
             for prompt in prompts:
                 tokens = decoder.greedy(prompt, max_new_tokens, self.recipe.decoder.eos)
                 refs.append(Reference(prompt, tokens, decoder.teacher_forced(prompt, tokens)))
         return refs
 
     def text_sample(self, chunks: list[list[int]]) -> TextSample:
-        """The source's loss on every token of the perplexity sample after each chunk's first, one forward per chunk."""
+        """The source's loss on every token of the perplexity sample after each chunk's first, one forward per chunk.
+        An encoder-decoder has none (its loss needs a target text per input): tokens and logits judge it."""
         import torch
 
+        if self.recipe.decoder.encoder_decoder:
+            return TextSample([], [])
         with torch.no_grad():
             if self.causal_lm is None:
                 with self.reference_runner() as runner:
-                    return TextSample(chunks, artifact_nll(Decoder(runner, CacheLayout.of(self.recipe)), chunks))
+                    return TextSample(chunks, artifact_nll(decoder_for(runner, self.recipe), chunks))
             nll = [token_nll(self.causal_lm(torch.tensor([c])).logits[0].float().numpy(), c) for c in chunks]
         return TextSample(chunks, nll)
 
