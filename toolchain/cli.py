@@ -231,7 +231,7 @@ def cmd_validate(args) -> int:
     if r.generates:
         d, g = r.decoder, r.generation
         lines.append(f"  text-generation: {d.model_type or 'decoder'}, {d.layers} layers, cache {d.kv_heads} kv heads x {d.head_dim}, context {g.max_length}, "
-                     f"batch up to {g.max_batch}; judged on {len(g.prompts)} prompts x {g.max_new_tokens} greedy tokens against the source's own greedy generation")  # fmt: skip
+                     f"batch up to {g.max_batch}; judged on {len(g.prompts or g.audio)} {'prompts' if g.prompts else 'audio clips'} x {g.max_new_tokens} greedy tokens against the source's own greedy generation")  # fmt: skip
     print("\n".join(lines), file=sys.stderr)
     return EXIT_OK
 

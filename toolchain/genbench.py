@@ -77,7 +77,21 @@ def eager_generate(recipe: Recipe, threads: int) -> Generate:
         with torch.no_grad():
             lm.generate(t, attention_mask=torch.ones_like(t), max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=True, pad_token_id=0)
 
-    return generate
+    def transcribe(features: np.ndarray, new: int) -> None:  # a speech model: the base generate, as its reference is made
+        from transformers.generation.utils import GenerationMixin
+
+        with torch.no_grad():
+            GenerationMixin.generate(lm, torch.from_numpy(features), max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=True, pad_token_id=0)
+
+    return transcribe if recipe.decoder.audio else generate
+
+
+def random_prompt(recipe: Recipe, rng: np.random.Generator, batch: int, prompt: int) -> np.ndarray:
+    """A seeded prompt to time generation on: `prompt` token ids per row, or a speech model's log-mel features (its one length)."""
+    d = recipe.decoder
+    if d.audio:
+        return rng.uniform(-1.0, 1.0, size=(batch, d.mels, 2 * d.encoded)).astype(np.float32)
+    return rng.integers(0, d.vocab, size=(batch, prompt)).astype(np.int64)
 
 
 def _loop(decoder: Decoder) -> Generate:
@@ -105,6 +119,8 @@ def bench_generate(root: Path, manifest: Manifest, recipe: Recipe, batches: list
                    notes: list[str], progress: Progress) -> dict:  # fmt: skip
     gen = recipe.generation
     prompt = max(1, min(prompt, gen.max_length - new))
+    if recipe.decoder.audio:  # a speech model's prompt is its encoder's one length (its "prefill tokens" are encoder positions)
+        prompt = recipe.decoder.encoded
     sizes = sorted({b for b in batches if b <= gen.max_batch} or {1})
     if len(sizes) < len(set(batches)):
         notes.append(f"batches above the recipe's generation.max_batch ({gen.max_batch}) left out")
@@ -113,7 +129,7 @@ def bench_generate(root: Path, manifest: Manifest, recipe: Recipe, batches: list
     rows = []
     for batch in sizes:
         progress.start("bench", f"bench batch {batch}: {', '.join(fns)}")
-        ids = rng.integers(0, recipe.decoder.vocab, size=(batch, prompt)).astype(np.int64)
+        ids = random_prompt(recipe, rng, batch, prompt)
         calls = {}
         for name, fn in fns.items():
             calls[f"{name}|ttft"] = lambda fn=fn, ids=ids: fn(ids, 1)
@@ -130,7 +146,7 @@ def bench_generate(root: Path, manifest: Manifest, recipe: Recipe, batches: list
         e = eager[r["batch"]]
         r["vs_eager"] = {"ttft": round(r["ttft_ms"] / e["ttft_ms"], 3),
                          "decode": round(r["decode_tokens_per_s"] / e["decode_tokens_per_s"], 3) if r["decode_tokens_per_s"] else None}  # fmt: skip
-    ids = rng.integers(0, recipe.decoder.vocab, size=(sizes[-1], prompt)).astype(np.int64)
+    ids = random_prompt(recipe, rng, sizes[-1], prompt)
     progress.start("memory", "peak memory, one runtime per process")
     peaks = {name: _peak_rss_mb(root, recipe.path, name, threads, ids, new) for name in fns}
     progress.end("memory", "ok", ", ".join(f"{n} {v} MB" for n, v in peaks.items()))

@@ -37,6 +37,9 @@ def package_tokenizer(recipe: Recipe, folder: Path) -> list[Path]:
         if src.is_file() and not (folder / name).exists():
             shutil.copyfile(src, folder / name)
             copies.append(folder / name)
+    if recipe.decoder.audio and not (folder / "preprocessor_config.json").exists():  # a client turns audio into features with it
+        shutil.copyfile(recipe.features_file(), folder / "preprocessor_config.json")
+        copies.append(folder / "preprocessor_config.json")
     return copies
 
 
@@ -117,17 +120,24 @@ class Seq2SeqDecoder(Decoder):
         self.start_token, self.cross = start_token, cross
 
     def begin(self, prompt: np.ndarray) -> np.ndarray:
+        """`prompt`: token ids [batch, n], or a speech model's log-mel features [batch, mels, frames] (no mask)."""
         batch = prompt.shape[0]
-        self.mask = np.ones(prompt.shape, np.int64)
-        feed = {"encoder_input_ids": np.ascontiguousarray(prompt, dtype=np.int64), "encoder_attention_mask": self.mask,
-                "input_ids": np.full((batch, 1), self.start_token, np.int64)}  # fmt: skip
+        start = np.full((batch, 1), self.start_token, np.int64)
+        if np.issubdtype(prompt.dtype, np.floating):
+            self.mask = None
+            feed = {"input_features": np.ascontiguousarray(prompt, dtype=np.float32), "input_ids": start}
+        else:
+            self.mask = np.ones(prompt.shape, np.int64)
+            feed = {"encoder_input_ids": np.ascontiguousarray(prompt, dtype=np.int64), "encoder_attention_mask": self.mask, "input_ids": start}
         out = self.runner.infer(feed)
         self.encoded = {p: np.ascontiguousarray(out[q]) for q, p in zip(*self.cross)}
         self.past, self.length = {p: np.ascontiguousarray(out[q]) for p, q in zip(self.layout.past, self.layout.present)}, 1
         return np.asarray(out["logits"])
 
     def step(self, ids: np.ndarray) -> np.ndarray:
-        feed = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64), "encoder_attention_mask": self.mask, **self.past, **self.encoded}
+        feed = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64), **self.past, **self.encoded}
+        if self.mask is not None:
+            feed["encoder_attention_mask"] = self.mask
         return self._call(feed, ids.shape[1])
 
 
@@ -141,7 +151,7 @@ def decoder_for(runner, recipe: Recipe) -> Decoder:
 class Reference:
     """The source's greedy generation for one prompt: its tokens and the logits that chose them."""
 
-    prompt: list[int]
+    prompt: list[int] | np.ndarray  # token ids, or a speech model's log-mel features [mels, frames]
     tokens: list[int]
     logits: np.ndarray  # [len(tokens), vocab]
 
@@ -149,14 +159,17 @@ class Reference:
 def save_references(path, refs: list[Reference]) -> None:
     arrays = {}
     for i, r in enumerate(refs):
-        arrays |= {f"prompt_{i}": np.asarray(r.prompt, np.int64), f"tokens_{i}": np.asarray(r.tokens, np.int64), f"logits_{i}": r.logits.astype(np.float32)}
+        prompt = np.asarray(r.prompt, np.float32 if isinstance(r.prompt, np.ndarray) and r.prompt.dtype.kind == "f" else np.int64)
+        arrays |= {f"prompt_{i}": prompt, f"tokens_{i}": np.asarray(r.tokens, np.int64), f"logits_{i}": r.logits.astype(np.float32)}
     np.savez(path, **arrays)
 
 
 def load_references(path) -> list[Reference]:
     with np.load(path, allow_pickle=False) as data:
         n = sum(1 for k in data.files if k.startswith("prompt_"))
-        return [Reference(data[f"prompt_{i}"].tolist(), data[f"tokens_{i}"].tolist(), data[f"logits_{i}"]) for i in range(n)]
+        # a prompt is token ids, or a speech model's log-mel features (kept an array)
+        prompts = [data[f"prompt_{i}"] for i in range(n)]
+        return [Reference(p.tolist() if p.dtype.kind == "i" else p, data[f"tokens_{i}"].tolist(), data[f"logits_{i}"]) for i, p in enumerate(prompts)]
 
 
 @dataclass

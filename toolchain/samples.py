@@ -61,9 +61,13 @@ def decoder_feed(recipe: Recipe, sizes: dict[str, int], rng: np.random.Generator
     batch, past = sizes["batch"], sizes["past"]
     shape = recipe.decoder
     if shape.encoder_decoder:  # one token after `past` decoded ones, over `enc` encoded ones (random keys and values)
-        enc, past = sizes["enc"], min(past, longest - 1)
-        feed = {"input_ids": rng.integers(0, shape.vocab, size=(batch, 1)).astype(np.int64), "encoder_attention_mask": np.ones((batch, enc), np.int64)}
-        if any(i.name == "encoder_input_ids" for i in recipe.inputs):  # the prefill program's (DecoderSource.for_phase)
+        enc, past = shape.encoded if shape.audio else sizes["enc"], min(past, longest - 1)
+        feed = {"input_ids": rng.integers(0, shape.vocab, size=(batch, 1)).astype(np.int64)}
+        if not shape.audio:
+            feed["encoder_attention_mask"] = np.ones((batch, enc), np.int64)
+        if any(i.name == shape.encoder_input for i in recipe.inputs):  # the prefill program's (DecoderSource.for_phase)
+            if shape.audio:  # log-mel features, roughly the range Whisper's extractor gives
+                return feed | {"input_features": rng.uniform(-1.0, 1.0, size=(batch, shape.mels, 2 * shape.encoded)).astype(np.float32)}
             return feed | {"encoder_input_ids": rng.integers(0, shape.vocab, size=(batch, enc)).astype(np.int64)}
         for name in shape.past_names():
             length = enc if ".encoder." in name else past

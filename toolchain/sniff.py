@@ -140,3 +140,36 @@ def text_problem(path: Path) -> str | None:
     except UnicodeDecodeError as e:
         return f"{path} is not UTF-8 text (byte {e.start})"
     return None
+
+
+WAV_MAX_BYTES = 64 << 20  # an audio clip is read whole
+
+
+def wav_problem(path: Path, rate: int | None) -> str | None:
+    """A mono 16-bit PCM WAV file (read by the standard library: no codec runs), at `rate` Hz where given."""
+    import wave
+
+    try:
+        if path.stat().st_size > WAV_MAX_BYTES:
+            return f"{path} is over {WAV_MAX_BYTES >> 20} MiB: an audio clip is read whole"
+        with wave.open(str(path), "rb") as w:
+            channels, width, hz, frames = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
+    except (OSError, EOFError, wave.Error) as e:
+        return f"{path} is not a PCM WAV file: {e}"
+    if channels != 1 or width != 2:
+        return f"{path} has {channels} channels of {8 * width}-bit samples: mono 16-bit PCM is read"
+    if rate is not None and hz != rate:
+        return f"{path} is sampled at {hz} Hz; the feature extractor takes {rate} Hz"
+    return None if frames else f"{path} holds no samples"
+
+
+def features_problem(path: Path) -> str | None:
+    """A Whisper feature extractor's preprocessor_config.json (JSON, no code)."""
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return f"{path} is not a feature extractor's preprocessor_config.json (JSON)"
+    if not isinstance(cfg, dict) or cfg.get("feature_extractor_type", "WhisperFeatureExtractor") != "WhisperFeatureExtractor":
+        return f"{path} is not a WhisperFeatureExtractor's settings (feature_extractor_type)"
+    missing = [k for k in ("feature_size", "sampling_rate", "hop_length", "chunk_length", "n_fft") if not isinstance(cfg.get(k), int)]
+    return f"{path} has no {', '.join(missing)}" if missing else None

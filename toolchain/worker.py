@@ -30,7 +30,7 @@ from toolchain import kinds
 from toolchain import manifest as mf
 from toolchain.errors import EXIT_USAGE, MlpackError, StepError, one_line
 from toolchain.feeds import load_feeds, save_feeds
-from toolchain.genbench import artifact_generate, eager_generate
+from toolchain.genbench import artifact_generate, eager_generate, random_prompt
 from toolchain.generation import (
     GENERATION_FILE,
     TEXT_FILE,
@@ -160,8 +160,8 @@ def _select_generator(step: StepSpec, root: Path, recipe) -> SelectOutcome:
     sel, gen = recipe.select, recipe.generation
     batch = min(sel.batch or 1, gen.max_batch)
     new = gen.max_new_tokens
-    prompt = max(1, min(32, gen.max_length - new))
-    ids = np.random.default_rng(recipe.parity.seed + 3).integers(0, recipe.decoder.vocab, size=(batch, prompt)).astype(np.int64)
+    prompt = recipe.decoder.encoded if recipe.decoder.audio else max(1, min(32, gen.max_length - new))  # a speech model: its one length
+    ids = random_prompt(recipe, np.random.default_rng(recipe.parity.seed + 3), batch, prompt)
     fns = {"eager": eager_generate(recipe, sel.threads)}
     for name, spec in step.candidates.items():
         fns[name] = artifact_generate(recipe.target(name).kind, spec, root, recipe, sel.threads)

@@ -284,3 +284,67 @@ def test_encoder_decoder_config_without_a_start_token_is_named(tmp_path):
     (tmp_path / "models" / "tiny-t5" / "config.json").write_text(json.dumps(cfg))
     found = problems(SEQ2SEQ, tmp_path)
     assert any(k == "generation.config" and "without decoder_start_token_id" in m and "T5: 0" in h for k, m, h in found), found
+
+
+WHISPER = (ROOT / "recipes" / "tiny-whisper.yaml").read_text()
+
+
+def test_speech_encoder_decoder_takes_features_of_its_one_length():
+    """Whisper (num_mel_bins): the prefill takes log-mel features [batch, mels, 2 x max_source_positions] and no mask;
+    the decode step's cross-attention cache has the encoder's one length."""
+    r = parse_recipe(WHISPER, ROOT / "recipes" / "r.yaml")
+    d = r.decoder
+    assert d.audio and (d.mels, d.encoded, d.max_positions, d.decoder_start) == (16, 50, 64, 1)
+    assert [i.name for i in r.inputs][:2] == ["input_ids", "past_key_values.0.decoder.key"]
+    assert r.inputs[-1].shape == ["batch", 4, 50, 16] and "enc" not in r.dims
+    inputs, _ = d.prefill_io(48)
+    assert [(i["name"], i["shape"]) for i in inputs] == [("input_features", ["batch", 16, 100]), ("input_ids", ["batch", "seq"])]
+    assert ("audio", "models/tiny-whisper/chirp.wav") in [(f.key, f.rel) for f in r.files()]
+    assert r.features_file() == ROOT / "recipes" / "models" / "tiny-whisper" / "preprocessor_config.json"
+
+
+def _speech_root(tmp_path: Path) -> Path:
+    for part in ("tiny-whisper", "tiny-llama"):
+        shutil.copytree(ROOT / "recipes" / "models" / part, tmp_path / "models" / part)
+    shutil.copy(ROOT / "recipes" / "models" / "tiny_seq2seq.py", tmp_path / "models")
+    return tmp_path
+
+
+def _wav(path: Path, rate: int, channels: int) -> None:
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.zeros(800 * channels, "<i2").tobytes())
+
+
+@pytest.mark.parametrize(
+    "change, key, message",
+    [
+        (
+            lambda root: _wav(root / "models" / "tiny-whisper" / "chirp.wav", 8000, 1),
+            "generation.audio[0]",
+            "sampled at 8000 Hz; the feature extractor takes 16000",
+        ),
+        (lambda root: _wav(root / "models" / "tiny-whisper" / "chirp.wav", 16000, 2), "generation.audio[0]", "2 channels of 16-bit samples: mono"),
+        (lambda root: (root / "models" / "tiny-whisper" / "tremolo.wav").write_bytes(b"RIFFxx"), "generation.audio[1]", "is not a PCM WAV file"),
+        (lambda root: (root / "models" / "tiny-whisper" / "preprocessor_config.json").unlink(), "generation.config", "file not found"),
+    ],
+)
+def test_speech_inputs_are_checked_before_a_build(tmp_path, change, key, message):
+    root = _speech_root(tmp_path)
+    change(root)
+    found = problems(WHISPER, root)
+    assert any(k == key and message in m and h for k, m, h in found), found
+
+
+def test_speech_and_text_inputs_are_not_mixed(tmp_path):
+    root = _speech_root(tmp_path)
+    found = problems(WHISPER.replace("  audio: [", "  prompts: [x]\n  audio: ["), root)
+    assert found[0][:2] == ("generation.prompts", "a speech encoder-decoder takes no text prompts here (its decoder starts from decoder_start_token_id)")
+    found = problems(WHISPER.replace("  audio: [models/tiny-whisper/chirp.wav, models/tiny-whisper/tremolo.wav]\n", ""), root)
+    assert found[0][0] == "generation.audio" and "judged on audio, not prompts" in found[0][1]
+    found = problems(SEQ2SEQ.replace("  prompts:", "  audio: [models/tiny-whisper/chirp.wav]\n  prompts:"), ROOT / "recipes")
+    assert found[0][0] == "generation.audio" and "this model takes text" in found[0][1]

@@ -22,6 +22,13 @@ the encoder on the prompt and the decoder on its start token; each later call de
 
 The recipe's inputs and outputs are the decode program's; the cross-attention keys and values are
 computed once, by the prefill, and fed back unchanged (Optimum's names).
+
+A speech encoder-decoder (Whisper: `num_mel_bins` in its config) takes log-mel features instead of
+prompt tokens, at the one length its encoder was made for (2 x max_source_positions frames), with
+no mask:
+
+    prefill  input_features [batch, mels, frames], input_ids [batch, seq] -> as above, enc = max_source_positions
+    decode   input_ids, past_key_values.<i>.decoder.*, past_key_values.<i>.encoder.* [batch, heads, enc, head_dim]
 """
 
 from __future__ import annotations
@@ -53,6 +60,17 @@ class DecoderShape:
     model_type: str
     encoder_decoder: bool = False
     decoder_start: int | None = None  # an encoder-decoder's first decoder token
+    mels: int | None = None  # a speech encoder's log-mel bins (Whisper); its input is audio, not tokens
+    encoded: int | None = None  # a speech encoder's output length (max_source_positions): frames = 2 x encoded
+
+    @property
+    def audio(self) -> bool:
+        return self.mels is not None
+
+    @property
+    def encoder_input(self) -> str:
+        """The prefill's encoder input: log-mel features, or prompt token ids."""
+        return "input_features" if self.audio else "encoder_input_ids"
 
     def _names(self, pattern: str, part: str | None) -> list[str]:
         return [pattern.format(i=i, kv=f"{part}.{kv}" if part else kv) for i in range(self.layers) for kv in ("key", "value")]
@@ -71,6 +89,12 @@ class DecoderShape:
 
     def prefill_io(self, max_length: int) -> tuple[list[dict], list[str]]:
         """An encoder-decoder's prefill program: its inputs (recipe input specs) and its outputs."""
+        if self.audio:
+            inputs = [
+                {"name": "input_features", "dtype": "float32", "shape": ["batch", self.mels, 2 * self.encoded], "range": [-1.0, 1.0]},
+                {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"], "range": [0, self.vocab]},
+            ]
+            return inputs, ["logits", *self.present_names(), *self.cross_names()[0]]
         inputs = [
             {"name": "encoder_input_ids", "dtype": "int64", "shape": ["batch", "enc"], "range": [0, self.vocab]},
             {"name": "encoder_attention_mask", "dtype": "int64", "shape": ["batch", "enc"], "range": [1, 2]},
@@ -104,10 +128,16 @@ def read_config(path: Path) -> DecoderShape:
     kv = _first(text, "num_key_value_heads", "num_kv_heads") or (1 if text.get("multi_query") else heads)
     head_dim = _first(text, "head_dim", "d_kv") or hidden // heads
     eos = cfg.get("eos_token_id", text.get("eos_token_id"))
+    mels = _first(cfg, "num_mel_bins") if seq2seq else None
+    encoded = _first(cfg, "max_source_positions") if mels is not None else None
+    if mels is not None and encoded is None:
+        raise ValueError(f"{path} has num_mel_bins but no max_source_positions: not a speech encoder-decoder's config")
     eos_ids = tuple(e for e in (eos if isinstance(eos, list) else [eos]) if isinstance(e, int))
-    return DecoderShape(layers, heads, kv, head_dim, hidden, vocab, _first(text, "max_position_embeddings", "n_positions", "n_ctx"),
+    positions = _first(text, "max_position_embeddings", "n_positions", "n_ctx", *(("max_target_positions",) if seq2seq else ()))
+    return DecoderShape(layers, heads, kv, head_dim, hidden, vocab, positions,
                         _first(cfg, "bos_token_id") if _first(cfg, "bos_token_id") is not None else _first(text, "bos_token_id"), eos_ids,
-                        _first(cfg, "pad_token_id"), str(cfg.get("model_type", "")), seq2seq, _first(cfg, "decoder_start_token_id"))  # fmt: skip
+                        _first(cfg, "pad_token_id"), str(cfg.get("model_type", "")), seq2seq, _first(cfg, "decoder_start_token_id"),
+                        mels, encoded)  # fmt: skip
 
 
 def config_path(data: dict, root: Path) -> tuple[tuple, Path] | None:
@@ -178,19 +208,22 @@ def _derive_seq2seq(data: dict, shape: DecoderShape, max_length: int, max_batch:
     ones, over an encoded prompt of `enc` tokens."""
     kv = [shape.kv_heads, shape.head_dim]
     self_past, cross_past = shape._names(PAST, SELF), shape._names(PAST, CROSS)
+    enc = shape.encoded if shape.audio else "enc"  # a speech encoder's output has one length
+    mask = [] if shape.audio else [{"name": "encoder_attention_mask", "dtype": "int64", "shape": ["batch", "enc"], "range": [1, 2]}]
     data["inputs"] = [
         {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"], "range": [0, shape.vocab]},
-        {"name": "encoder_attention_mask", "dtype": "int64", "shape": ["batch", "enc"], "range": [1, 2]},
+        *mask,
         *({"name": n, "dtype": "float32", "shape": ["batch", kv[0], "past", kv[1]], "range": [-1.0, 1.0]} for n in self_past),
-        *({"name": n, "dtype": "float32", "shape": ["batch", kv[0], "enc", kv[1]], "range": [-1.0, 1.0]} for n in cross_past),
+        *({"name": n, "dtype": "float32", "shape": ["batch", kv[0], enc, kv[1]], "range": [-1.0, 1.0]} for n in cross_past),
     ]
     data["outputs"] = ["logits", *shape.present_names()]
     data["dims"] = {
         "batch": {"min": 1, "opt": min(2, max_batch), "max": max_batch},
         "seq": {"min": 1, "opt": 1, "max": 1},  # the decoder takes its tokens one at a time: the start token, then each new one
         "past": {"min": 1, "opt": opt, "max": max_length - 1},  # from 0 in fact: see past_from_zero
-        "enc": {"min": 1, "opt": opt, "max": max_length},
     }
+    if not shape.audio:
+        data["dims"]["enc"] = {"min": 1, "opt": opt, "max": max_length}
 
 
 def past_from_zero(recipe) -> None:

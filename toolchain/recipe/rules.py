@@ -109,7 +109,19 @@ def _task_checks(r: Recipe) -> Found:
         return [(("generation", "config"), "a factory's decoder needs its config.json for the cache layout", "give generation.config")]
     if r.tokenizer_file() is None:
         return [(("tokenizer",), "text-generation needs a tokenizer to encode the prompts", "give tokenizer: a tokenizer.json, or the folder holding one")]
-    vocab = r.decoder.vocab
+    d, g = r.decoder, r.generation
+    if d.audio and not g.audio:
+        return [(("generation", "audio"), f"a speech encoder-decoder ({d.model_type}: num_mel_bins in its config) is judged on audio, not prompts",
+                 "give generation.audio: a list of mono 16-bit PCM WAV files")]  # fmt: skip
+    if g.audio and not d.audio:
+        return [(("generation", "audio"), "generation.audio is for speech encoder-decoders (num_mel_bins in the config); this model takes text",
+                 "remove audio and give generation.prompts")]  # fmt: skip
+    if d.audio and g.prompts:
+        return [(("generation", "prompts"), "a speech encoder-decoder takes no text prompts here (its decoder starts from decoder_start_token_id)",
+                 "remove prompts; generation.audio holds its inputs")]  # fmt: skip
+    if not d.audio and not g.prompts:
+        return [(("generation", "prompts"), "text-generation needs prompts: the texts its greedy tokens are judged on", "add `prompts: [...]`")]
+    vocab = d.vocab
     bad = [(j, e) for j, e in enumerate(r.generation.eos or []) if e >= vocab]
     if bad:
         return [(("generation", "eos", bad[0][0]), f"token id {bad[0][1]} is outside the model's vocabulary of {vocab}", f"use ids below {vocab}")]
@@ -304,6 +316,11 @@ def _check_files(r: Recipe) -> Found:
         checks.append((("tokenizer",) if r.tokenizer else ("source", "transformers"), SourceFile("tokenizer", str(tok), tok, is_dir=False)))
     if r.generation is not None and r.generation.text:
         checks.append((("generation", "text"), SourceFile("text", r.generation.text, r.resolve(r.generation.text), is_dir=False)))
+    if r.generation is not None and r.generation.audio:
+        checks += [(("generation", "audio", j), SourceFile("audio", rel, r.resolve(rel), is_dir=False)) for j, rel in enumerate(r.generation.audio)]
+        if r.decoder.audio:
+            checks.append((("generation", "config") if r.generation.config else ("source", "transformers"),
+                           SourceFile("features", "preprocessor_config.json", r.features_file(), is_dir=False)))  # fmt: skip
     out: Found = []
     for loc, f in checks:
         try:
@@ -341,6 +358,10 @@ def _content_problem(r: Recipe, key: str, p: Path) -> tuple[str | None, str | No
         return sniff.tokenizer_problem(p), "point at the tokenizer.json tokenizer.save_pretrained(folder) wrote, or at that folder"
     if key == "text":
         return sniff.text_problem(p), "point at a plain UTF-8 text file (the sample perplexity is measured on)"
+    if key == "audio":
+        return sniff.wav_problem(p, features_rate(r)), "give a mono 16-bit PCM WAV file at the feature extractor's sampling_rate"
+    if key == "features":
+        return sniff.features_problem(p), "save the model's feature extractor with WhisperFeatureExtractor.save_pretrained(folder)"
     return sniff.zip_problem(p, ".npz file"), "save samples with numpy.savez(path, **{input_name: array})"
 
 
@@ -388,3 +409,14 @@ def _expand_matrix(r: Recipe) -> Found:
             tol = r.parity.per_target.pop(base)
             r.parity.per_target.update({n: tol for n in names_})
     return []
+
+
+def features_rate(r: Recipe) -> int | None:
+    """The sampling rate a speech model's feature extractor takes (None: its settings are unreadable, said elsewhere)."""
+    import json
+
+    try:
+        rate = json.loads(r.features_file().read_text()).get("sampling_rate")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return rate if isinstance(rate, int) else None

@@ -438,7 +438,10 @@ class Select(Strict):
 class Generation(Strict):
     """task: text-generation: how the decoder is exported (context, batch) and judged (prompts, greedy tokens)."""
 
-    prompts: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1, description="texts, tokenized by the recipe's tokenizer")
+    prompts: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1, description="texts, tokenized by the recipe's tokenizer")
+    audio: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=1, description="a speech encoder-decoder's inputs instead of prompts: mono 16-bit PCM WAV files at the feature extractor's rate"
+    )
     max_new_tokens: Annotated[StrictInt, Field(ge=1, le=4096)] = 16
     max_length: Annotated[StrictInt, Field(ge=2, le=1 << 20)] = Field(128, description="the context the artifacts take: prompt and new tokens")
     max_batch: Annotated[StrictInt, Field(ge=1, le=1024)] = 8
@@ -494,6 +497,10 @@ class Recipe(Strict):
             extra.append(SourceFile("config", self.generation.config, _resolved(self.root, self.generation.config), is_dir=False))
         if self.generation and self.generation.text:
             extra.append(SourceFile("text", self.generation.text, _resolved(self.root, self.generation.text), is_dir=False))
+        if self.generation and self.generation.audio:
+            extra += [SourceFile("audio", rel, _resolved(self.root, rel), is_dir=False) for rel in self.generation.audio]
+            if self.decoder.audio:  # the feature extractor's settings, beside the model's config
+                extra.append(SourceFile("features", "preprocessor_config.json", self.features_file(), is_dir=False))
         return self.source.files(self.root) + extra + data
 
     @property
@@ -505,6 +512,11 @@ class Recipe(Strict):
     def seq2seq(self) -> bool:
         """A text-generation recipe whose model is an encoder-decoder (T5, BART): two programs, recipe/decoder.py."""
         return self.generates and self.decoder.encoder_decoder
+
+    def features_file(self) -> Path:
+        """A speech model's preprocessor_config.json (its feature extractor's settings), beside its config.json."""
+        _, path = config_path(self.model_dump(include={"source", "generation"}), self.root)
+        return path.parent / "preprocessor_config.json"
 
     @property
     def decoder(self) -> DecoderShape:

@@ -44,8 +44,8 @@ def open_runner(spec: RunnerSpec | dict, root: Path | None = None, threads: int 
 
 
 class TwoPrograms:
-    """An encoder-decoder's artifact (recipe/decoder.py): a call that brings the encoder's input goes to the prefill
-    program, every other to the decode program."""
+    """An encoder-decoder's artifact (recipe/decoder.py): a call that brings the encoder's input (prompt ids, or a
+    speech model's features) goes to the prefill program, every other to the decode program."""
 
     def __init__(self, prefill: Runner, decode: Runner):
         self.prefill, self.decode = prefill, decode
@@ -60,7 +60,7 @@ class TwoPrograms:
         self.decode.__exit__(*exc)
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return (self.prefill if "encoder_input_ids" in feed else self.decode).infer(feed)
+        return (self.prefill if "encoder_input_ids" in feed or "input_features" in feed else self.decode).infer(feed)
 
 
 def run_all(runner: Runner, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:

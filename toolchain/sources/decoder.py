@@ -10,6 +10,7 @@ path as `generate` runs. The reference generation is `generate` itself, greedy, 
 from __future__ import annotations
 
 import copy
+import functools
 
 import numpy as np
 
@@ -35,7 +36,9 @@ def load_causal_lm(recipe: Recipe):
         from transformers import AutoModelForCausalLM
 
         folder = recipe.resolve(src.transformers)
-        if recipe.decoder.encoder_decoder:
+        if recipe.decoder.audio:
+            from transformers import AutoModelForSpeechSeq2Seq as AutoModelForCausalLM  # noqa: N814 (same loading rules)
+        elif recipe.decoder.encoder_decoder:
             from transformers import AutoModelForSeq2SeqLM as AutoModelForCausalLM  # noqa: N814 (same loading rules)
         try:
             model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, trust_remote_code=False, use_safetensors=True,
@@ -135,6 +138,16 @@ def seq2seq_programs(model, recipe: Recipe):
             out = self.inner(input_ids=encoder_input_ids, attention_mask=encoder_attention_mask, decoder_input_ids=input_ids, cache=cache, use_cache=True)
             return (out.logits, *flat(out.cache, False), *flat(out.cache, True))
 
+    class AudioPrefill(torch.nn.Module):  # a speech encoder: log-mel features in, no mask
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_features, input_ids):
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            out = self.inner(input_features=input_features, decoder_input_ids=input_ids, cache=cache, use_cache=True)
+            return (out.logits, *flat(out.cache, False), *flat(out.cache, True))
+
     class Decode(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
@@ -143,12 +156,20 @@ def seq2seq_programs(model, recipe: Recipe):
         def call(self, input_ids, encoder_attention_mask, past: tuple):
             mine = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(layers)])
             cross = DynamicCache(ddp_cache_data=[(past[2 * layers + 2 * i], past[2 * layers + 2 * i + 1]) for i in range(layers)])
-            batch, enc = encoder_attention_mask.shape
+            batch, enc = past[2 * layers].shape[0], past[2 * layers].shape[2]
             unread = past[2 * layers].new_zeros(batch, enc, self.inner.config.d_model)  # shape only: cross-attention uses its cache
-            out = self.inner(encoder_outputs=(unread,), attention_mask=encoder_attention_mask, decoder_input_ids=input_ids,
-                             cache=EncoderDecoderCache(mine, cross), use_cache=True)  # fmt: skip
+            mask = {} if encoder_attention_mask is None else {"attention_mask": encoder_attention_mask}
+            out = self.inner(encoder_outputs=(unread,), decoder_input_ids=input_ids, cache=EncoderDecoderCache(mine, cross), use_cache=True, **mask)
             return (out.logits, *flat(out.cache, False))
 
+    class AudioDecode(Decode):  # a speech model's decode step has no encoder mask
+        def call(self, input_ids, past: tuple):
+            return Decode.call(self, input_ids, None, past)
+
+    if recipe.decoder.audio:
+        prefill = AudioPrefill(model)
+        prefill.training = False
+        return prefill, _positional(AudioDecode(model), 1 + 4 * layers, split=1)
     prefill = Prefill(model)
     prefill.training = False
     return prefill, _positional(Decode(model), 2 + 4 * layers, split=2)
@@ -222,10 +243,15 @@ class DecoderSource(TorchSource):
         skip = 1 if self.recipe.decoder.encoder_decoder else None
         with torch.no_grad():
             for prompt in prompts:
-                ids = torch.tensor([prompt])
-                out = self.causal_lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-                                              num_beams=1, use_cache=True, output_logits=True, return_dict_in_generate=True,
-                                              eos_token_id=eos, pad_token_id=eos[0] if eos else None, **PLAIN_GREEDY)  # fmt: skip
+                if self.recipe.decoder.audio:  # log-mel features; Whisper's own generate adds its task tokens: the base one is plain greedy
+                    from transformers.generation.utils import GenerationMixin
+
+                    generate, ids, mask = functools.partial(GenerationMixin.generate, self.causal_lm), torch.from_numpy(np.asarray(prompt)[None]), {}
+                else:
+                    generate, ids = self.causal_lm.generate, torch.tensor([prompt])
+                    mask = {"attention_mask": torch.ones_like(ids)}
+                out = generate(ids, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True, output_logits=True,
+                               return_dict_in_generate=True, eos_token_id=eos, pad_token_id=eos[0] if eos else None, **mask, **PLAIN_GREEDY)  # fmt: skip
                 tokens = out.sequences[0, skip or len(prompt) :].tolist()
                 logits = torch.stack([step[0] for step in out.logits]).float().numpy()
                 refs.append(Reference(prompt, tokens, np.ascontiguousarray(logits[: len(tokens)])))
@@ -282,11 +308,14 @@ def text_chunks(recipe: Recipe) -> list[list[int]]:
         if not chunks:
             raise StepError(f"generation.text: {path} has fewer than 2 tokens", hint="give a paragraph or more of text")
         return chunks
-    return [ids for ids in (tok.encode(p).ids for p in gen.prompts) if len(ids) >= 2]
+    return [ids for ids in (tok.encode(p).ids for p in gen.prompts or []) if len(ids) >= 2]
 
 
-def encode_prompts(recipe: Recipe) -> list[list[int]]:
-    """The generation prompts as token ids, by the recipe's tokenizer.json."""
+def encode_prompts(recipe: Recipe) -> list:
+    """The generation prompts as token ids, by the recipe's tokenizer.json; a speech model's, its audio clips as log-mel
+    features [mels, frames]."""
+    if recipe.decoder.audio:
+        return audio_features(recipe)
     tok = _tokenizer(recipe)
     ids = [tok.encode(p).ids for p in recipe.generation.prompts]
     long = [i for i, p in enumerate(ids) if len(p) + recipe.generation.max_new_tokens > recipe.generation.max_length]
@@ -294,3 +323,35 @@ def encode_prompts(recipe: Recipe) -> list[list[int]]:
         raise StepError(f"generation.prompts[{long[0]}] is {len(ids[long[0]])} tokens: with max_new_tokens it passes max_length "
                         f"({recipe.generation.max_length})", hint="raise generation.max_length, or shorten the prompt")  # fmt: skip
     return ids
+
+
+def read_wav(path) -> np.ndarray:
+    """A mono 16-bit PCM WAV file's samples in [-1, 1] (the standard library's reader: no codec runs)."""
+    import wave
+
+    with wave.open(str(path), "rb") as w:
+        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+
+
+def feature_extractor(recipe: Recipe):
+    """The speech model's WhisperFeatureExtractor, from its preprocessor_config.json (settings only: no code is loaded)."""
+    import json
+
+    from transformers import WhisperFeatureExtractor
+
+    cfg = json.loads(recipe.features_file().read_text())
+    return WhisperFeatureExtractor(**{k: v for k, v in cfg.items() if k not in ("feature_extractor_type", "processor_class")})
+
+
+def audio_features(recipe: Recipe) -> list[np.ndarray]:
+    """generation.audio as the log-mel features [mels, frames] the model's encoder takes (padded or cut to its length)."""
+    fe = feature_extractor(recipe)
+    d = recipe.decoder
+    out = []
+    for j, rel in enumerate(recipe.generation.audio):
+        feats = fe(read_wav(recipe.resolve(rel)), sampling_rate=fe.sampling_rate, return_tensors="np").input_features[0].astype(np.float32)
+        if feats.shape != (d.mels, 2 * d.encoded):
+            raise StepError(f"generation.audio[{j}]: the feature extractor gives features of shape {list(feats.shape)}; the model's encoder takes "
+                            f"[{d.mels}, {2 * d.encoded}]", hint="make preprocessor_config.json's feature_size and chunk_length match the model's config")  # fmt: skip
+        out.append(feats)
+    return out
