@@ -230,7 +230,7 @@ def cmd_validate(args) -> int:
         lines.append(f"  parity: {r.parity.samples} samples generated from `inputs` (seed {r.parity.seed})")
     if r.generates:
         d, g = r.decoder, r.generation
-        lines.append(f"  text-generation: {d.model_type or 'decoder'}, {d.layers} layers, cache {d.kv_heads} kv heads x {d.head_dim}, context {g.max_length}, "
+        lines.append(f"  text-generation: {d.model_type or 'decoder'}, {d.layers} layers, {f'states {d.states[0]} x ({d.states[1]} conv, {d.states[2]} ssm)' if d.recurrent else f'cache {d.kv_heads} kv heads x {d.head_dim}'}, context {g.max_length}, "
                      f"batch up to {g.max_batch}; judged on {len(g.prompts or g.audio)} {'prompts' if g.prompts else 'audio clips'} x {g.max_new_tokens} greedy tokens against the source's own greedy generation")  # fmt: skip
     print("\n".join(lines), file=sys.stderr)
     return EXIT_OK

@@ -141,9 +141,28 @@ class Seq2SeqDecoder(Decoder):
         return self._call(feed, ids.shape[1])
 
 
+class RecurrentDecoder(Decoder):
+    """A state-space decoder's one program (recipe/decoder.py): a step over one token with its fixed-size states. A prompt
+    is fed a token at a time from zero states, which is the model's own recurrence."""
+
+    def __init__(self, runner, layout: CacheLayout, shapes: dict[str, tuple[int, int]]):
+        super().__init__(runner, layout)
+        self.shapes = shapes
+
+    def start(self, batch: int = 1) -> None:
+        self.past, self.length = {n: np.zeros((batch, *shape), np.float32) for n, shape in self.shapes.items()}, 0
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        rows = [self._call({"input_ids": np.ascontiguousarray(ids[:, j : j + 1], dtype=np.int64), **self.past}, 1) for j in range(ids.shape[1])]
+        return np.concatenate(rows, axis=1)
+
+
 def decoder_for(runner, recipe: Recipe) -> Decoder:
-    """The generation loop a recipe's artifacts take: a decoder-only's, or an encoder-decoder's two programs."""
+    """The generation loop a recipe's artifacts take: a decoder-only's, an encoder-decoder's two programs, or a
+    state-space decoder's step."""
     d, layout = recipe.decoder, CacheLayout.of(recipe)
+    if d.recurrent:
+        return RecurrentDecoder(runner, layout, d.state_shapes())
     return Seq2SeqDecoder(runner, layout, d.decoder_start, d.cross_names()) if d.encoder_decoder else Decoder(runner, layout)
 
 

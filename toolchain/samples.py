@@ -58,8 +58,11 @@ def decoder_feed(recipe: Recipe, sizes: dict[str, int], rng: np.random.Generator
     new tokens are at most what the context leaves after the past (max_length - past): at every dim's
     max that is one token decoded at the full cache; the past's keys and values are random."""
     longest = recipe.generation.max_length
-    batch, past = sizes["batch"], sizes["past"]
+    batch, past = sizes["batch"], sizes.get("past", 0)
     shape = recipe.decoder
+    if shape.recurrent:  # one token, random states
+        feed = {"input_ids": rng.integers(0, shape.vocab, size=(batch, 1)).astype(np.int64)}
+        return feed | {n: rng.uniform(-1.0, 1.0, size=(batch, *dims)).astype(np.float32) for n, dims in shape.state_shapes().items()}
     if shape.encoder_decoder:  # one token after `past` decoded ones, over `enc` encoded ones (random keys and values)
         enc, past = shape.encoded if shape.audio else sizes["enc"], min(past, longest - 1)
         feed = {"input_ids": rng.integers(0, shape.vocab, size=(batch, 1)).astype(np.int64)}

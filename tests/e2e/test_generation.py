@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.conftest import ROOT, build_recipe, mlpack
-from toolchain.generation import CacheLayout, Decoder, load_references
+from toolchain.generation import CacheLayout, Decoder, decoder_for, load_references
 from toolchain.manifest import schema
 from toolchain.recipe import load_recipe
 from toolchain.runners import open_runner
@@ -310,3 +310,40 @@ def load_module(name: str, path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_state_space_decoder_generates_with_its_states(tmp_path):
+    """Mamba: no keys and values, each layer's conv and recurrent states in and out of one step program; a prompt is
+    fed a token at a time from zero states. ONNX and AOTI reproduce transformers' greedy tokens (its prefill scans the
+    prompt at once), the perplexity on the text sample too; the artifact runs batched as a server would drive it."""
+    families = load_module("decoder_families", ROOT / "scripts" / "decoder_families.py")
+    (tmp_path / "model").mkdir()
+    families.make_model("mamba", tmp_path / "model")
+    (tmp_path / "r.yaml").write_text(families.recipe_text("mamba", ["onnx", "aoti"]))
+    proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads(proc.stdout)
+    root = tmp_path / "out" / "gen-mamba"
+    refs = load_references(root / "parity" / "generation.npz")
+    assert len({t for r in refs for t in r.tokens}) > 8 and sum(len(r.tokens) for r in refs) == 24
+    for t in m["targets"]:
+        g = t["generation"]
+        assert t["status"] == "ok" and g["token_match"] == 1.0 and abs(g["perplexity"]["delta"]) < 1e-4, (t["name"], g)
+    assert [f for f in built_files(m, "aoti") if f.endswith(".pt2")] == ["aoti/decode.pt2"]  # one program: the step
+    recipe = load_recipe(tmp_path / "r.yaml")
+    assert [i.name for i in recipe.inputs] == ["input_ids"] + [f"past_state.{i}.{s}" for i in range(2) for s in ("conv", "ssm")]
+    for name in ("onnx", "aoti"):
+        with open_runner(next(t for t in m["targets"] if t["name"] == name)["runner"], root) as active:
+            decoder = decoder_for(active, recipe)
+            for ref in refs:
+                assert decoder.greedy(ref.prompt, len(ref.tokens)) == ref.tokens
+            one = decoder.begin(np.asarray([refs[0].prompt]))[0, -1]
+            two = decoder.begin(np.asarray([refs[0].prompt] * 2))[:, -1]
+        np.testing.assert_allclose(two[1], one, atol=1e-4)
+    (tmp_path / "bad.yaml").write_text(families.recipe_text("mamba", ["onnx", "genai"]))
+    proc = mlpack("validate", str(tmp_path / "bad.yaml"))
+    assert proc.returncode != 0 and "no state-space (Mamba) decoder type" in proc.stderr
+
+
+def built_files(manifest: dict, name: str) -> list[str]:
+    return sorted(f["path"] for f in next(t for t in manifest["targets"] if t["name"] == name)["files"])

@@ -348,3 +348,17 @@ def test_speech_and_text_inputs_are_not_mixed(tmp_path):
     assert found[0][0] == "generation.audio" and "judged on audio, not prompts" in found[0][1]
     found = problems(SEQ2SEQ.replace("  prompts:", "  audio: [models/tiny-whisper/chirp.wav]\n  prompts:"), ROOT / "recipes")
     assert found[0][0] == "generation.audio" and "this model takes text" in found[0][1]
+
+
+def test_state_space_config_gives_a_step_over_its_states(tmp_path):
+    """Mamba: per-layer conv [intermediate, conv_kernel] and recurrent [intermediate, state_size] states, one token a call,
+    no past dim; read from the config alone, intermediate_size or expand x hidden_size."""
+    cfg = {"model_type": "mamba", "num_hidden_layers": 3, "hidden_size": 32, "expand": 2, "state_size": 8, "conv_kernel": 4, "vocab_size": 50,
+           "eos_token_id": 0}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    d = read_config(tmp_path / "config.json")
+    assert d.recurrent and d.states == (64, 4, 8) and d.layers == 3 and d.eos == (0,)
+    assert d.state_shapes()["past_state.2.ssm"] == (64, 8) and d.present_names()[:2] == ["present_state.0.conv", "present_state.0.ssm"]
+    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "state_size"}))
+    with pytest.raises(ValueError, match="no state_size: not a state-space decoder's config"):
+        read_config(tmp_path / "config.json")

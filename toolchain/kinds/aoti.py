@@ -187,18 +187,22 @@ class AotiKind(Kind):
         # int8-weight: the module is no longer the FP32 model, so the compile ladder does not hold the package to FP32
         # values (Inductor rounds around the bfloat16 activations its own way); the generation gate judges it.
         module = source.module if spec.precision == "int8-weight" else None
-        built = {p: compile_package(source.for_phase(p), spec.device, ctx.workdir / f"{p}.pt2", module=module, configs={"freezing": frozen}) for p in PHASES}
+        recurrent = source.recipe.decoder.recurrent  # a state-space decoder: one program, its step
+        phases = ("decode",) if recurrent else PHASES
+        built = {p: compile_package(source.for_phase(p), spec.device, ctx.workdir / f"{p}.pt2", module=module, configs={"freezing": frozen}) for p in phases}
         source.module.to("cpu")
-        program = built["decode" if source.recipe.seq2seq else "prefill"][0]  # the recipe's inputs: an encoder-decoder's decode program
+        program = built["decode" if source.recipe.seq2seq or recurrent else "prefill"][0]  # the recipe's inputs: an encoder-decoder's decode program
         export = ExportRecord.of_phases({p: rec for p, (_, rec) in built.items()}).to_dict()
-        aoti = {"precision": spec.precision, "freezing": frozen, "packages": {p: f"{p}.pt2" for p in PHASES}}
+        aoti = {"precision": spec.precision, "freezing": frozen, "packages": {p: f"{p}.pt2" for p in phases}}
         runner = RunnerSpec(runner=DECODER_RUNNER, path=str(ctx.workdir), inputs=source.input_names, outputs=source.output_names, device=spec.device)
+        if recurrent:
+            runner = RunnerSpec(runner=RUNNER, path=str(ctx.workdir / "decode.pt2"), inputs=source.input_names, outputs=source.output_names, device=spec.device)
         if source.recipe.seq2seq:  # two programs with their own inputs: the decode package, and the prefill beside it
             prefill = source.for_phase("prefill")
             runner = RunnerSpec(runner=RUNNER, path=str(ctx.workdir / "decode.pt2"), inputs=source.input_names, outputs=source.output_names,
                                 device=spec.device, options={PREFILL: {"runner": RUNNER, "path": "prefill.pt2", "inputs": prefill.input_names,
                                                                        "outputs": prefill.output_names}})  # fmt: skip
-        files = [ctx.workdir / f"{p}.pt2" for p in PHASES]
+        files = [ctx.workdir / f"{p}.pt2" for p in phases]
         return Artifact(files, self._signature(program, source), runner, device=spec.device, extra={"export": export, "aoti": aoti, **extra})
 
     def triton_instance_kind(self, device: str) -> str:

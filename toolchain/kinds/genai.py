@@ -142,6 +142,9 @@ class GenaiKind(Kind):
     manifest_fields = {"genai": {"type": "object", "required": ["config", "greedy_tokens_equal"]}}
 
     def check(self, spec: GenaiTarget, recipe) -> list:
+        if recipe.generates and recipe.decoder.recurrent:
+            return [(("kind",), "ONNX Runtime GenAI has no state-space (Mamba) decoder type: its folders hold a KV cache",
+                     "remove this target; the onnx and aoti targets build state-space decoders")]  # fmt: skip
         if recipe.generates and recipe.seq2seq:
             return [(("kind",), "an ORT GenAI folder is built for decoder-only models here, not encoder-decoders",
                      "remove this target; the onnx and aoti targets build encoder-decoders")]  # fmt: skip

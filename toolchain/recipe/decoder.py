@@ -29,6 +29,16 @@ no mask:
 
     prefill  input_features [batch, mels, frames], input_ids [batch, seq] -> as above, enc = max_source_positions
     decode   input_ids, past_key_values.<i>.decoder.*, past_key_values.<i>.encoder.* [batch, heads, enc, head_dim]
+
+A state-space decoder (Mamba) has no keys and values: each layer carries a fixed-size state, the last
+conv_kernel inputs of its causal convolution and its selective scan's recurrent state. Its artifact
+is one program, a step over one token; a prompt is fed a token at a time from zero states (its
+recurrence is exact, and transformers' own scan over a prompt is a Python loop that export unrolls
+at one length):
+
+    step     input_ids [batch, 1], past_state.<i>.conv [batch, intermediate, conv_kernel],
+             past_state.<i>.ssm [batch, intermediate, state_size]
+             -> logits [batch, 1, vocab], present_state.<i>.conv, present_state.<i>.ssm
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from pathlib import Path
 
 PAST = "past_key_values.{i}.{kv}"
 PRESENT = "present.{i}.{kv}"
+PAST_STATE, PRESENT_STATE = "past_state.{i}.{kv}", "present_state.{i}.{kv}"  # a state-space decoder's (Mamba)
 SELF, CROSS = "decoder", "encoder"  # an encoder-decoder's cache parts: past_key_values.<i>.decoder.key, .encoder.key
 DERIVED = ("inputs", "outputs", "dims")  # keys a text-generation recipe does not write
 
@@ -62,6 +73,16 @@ class DecoderShape:
     decoder_start: int | None = None  # an encoder-decoder's first decoder token
     mels: int | None = None  # a speech encoder's log-mel bins (Whisper); its input is audio, not tokens
     encoded: int | None = None  # a speech encoder's output length (max_source_positions): frames = 2 x encoded
+    states: tuple[int, int, int] | None = None  # a state-space decoder's (intermediate, conv_kernel, state_size): no KV cache
+
+    @property
+    def recurrent(self) -> bool:
+        return self.states is not None
+
+    def state_shapes(self) -> dict[str, tuple[int, int]]:
+        """A state-space decoder's per-layer states, without the batch: past name -> (intermediate, conv_kernel or state_size)."""
+        inner, kernel, size = self.states
+        return {PAST_STATE.format(i=i, kv=kv): (inner, kernel if kv == "conv" else size) for i in range(self.layers) for kv in ("conv", "ssm")}
 
     @property
     def audio(self) -> bool:
@@ -77,10 +98,14 @@ class DecoderShape:
 
     def past_names(self) -> list[str]:
         """The cache the decode program takes: the self-attention keys and values (and, encoder-decoder, the cross-attention's)."""
+        if self.recurrent:
+            return list(self.state_shapes())
         return self._names(PAST, SELF) + self._names(PAST, CROSS) if self.encoder_decoder else self._names(PAST, None)
 
     def present_names(self) -> list[str]:
-        """What each call returns for the next one: the self-attention keys and values."""
+        """What each call returns for the next one: the self-attention keys and values (a state-space decoder: its states)."""
+        if self.recurrent:
+            return [PRESENT_STATE.format(i=i, kv=kv) for i in range(self.layers) for kv in ("conv", "ssm")]
         return self._names(PRESENT, SELF if self.encoder_decoder else None)
 
     def cross_names(self) -> tuple[list[str], list[str]]:
@@ -117,6 +142,8 @@ def read_config(path: Path) -> DecoderShape:
         raise ValueError(f"{path} is not a model config (a JSON object)")
     text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg  # multimodal configs nest the decoder's
     seq2seq = cfg.get("is_encoder_decoder") is True
+    if text.get("model_type") == "mamba" or ("state_size" in text and "conv_kernel" in text and "expand" in text):
+        return _state_space(path, cfg, text)
     # An encoder-decoder's cache is its decoder's: T5 (num_decoder_layers, d_kv), BART (decoder_layers, decoder_attention_heads)
     layers = _first(text, *(("num_decoder_layers", "decoder_layers") if seq2seq else ()), "num_hidden_layers", "n_layer", "num_layers")
     heads = _first(text, *(("decoder_attention_heads",) if seq2seq else ()), "num_attention_heads", "n_head", "num_heads")
@@ -138,6 +165,20 @@ def read_config(path: Path) -> DecoderShape:
                         _first(cfg, "bos_token_id") if _first(cfg, "bos_token_id") is not None else _first(text, "bos_token_id"), eos_ids,
                         _first(cfg, "pad_token_id"), str(cfg.get("model_type", "")), seq2seq, _first(cfg, "decoder_start_token_id"),
                         mels, encoded)  # fmt: skip
+
+
+def _state_space(path: Path, cfg: dict, text: dict) -> DecoderShape:
+    """A Mamba config: its layers' state sizes (intermediate = expand x hidden_size)."""
+    need = ("num_hidden_layers", "hidden_size", "vocab_size", "state_size", "conv_kernel", "expand")
+    missing = [k for k in need if not isinstance(text.get(k), int)]
+    if missing:
+        raise ValueError(f"{path} has no {', '.join(missing)}: not a state-space decoder's config")
+    hidden = text["hidden_size"]
+    inner = text.get("intermediate_size") if isinstance(text.get("intermediate_size"), int) else text["expand"] * hidden
+    eos = cfg.get("eos_token_id")
+    eos_ids = tuple(e for e in (eos if isinstance(eos, list) else [eos]) if isinstance(e, int))
+    return DecoderShape(text["num_hidden_layers"], 1, 1, inner, hidden, text["vocab_size"], None, _first(cfg, "bos_token_id"), eos_ids,
+                        _first(cfg, "pad_token_id"), str(text.get("model_type", "")), states=(inner, text["conv_kernel"], text["state_size"]))  # fmt: skip
 
 
 def config_path(data: dict, root: Path) -> tuple[tuple, Path] | None:
@@ -187,6 +228,14 @@ def derive(data: dict, root: Path) -> list[tuple[tuple, str, str | None]]:
     if shape.encoder_decoder:
         _derive_seq2seq(data, shape, max_length, max_batch, opt)
         return []
+    if shape.recurrent:  # one token a call, its states in and out (the module docstring)
+        data["inputs"] = [
+            {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"], "range": [0, shape.vocab]},
+            *({"name": n, "dtype": "float32", "shape": ["batch", *dims], "range": [-1.0, 1.0]} for n, dims in shape.state_shapes().items()),
+        ]
+        data["outputs"] = ["logits", *shape.present_names()]
+        data["dims"] = {"batch": {"min": 1, "opt": min(2, max_batch), "max": max_batch}, "seq": {"min": 1, "opt": 1, "max": 1}}
+        return []
     data["inputs"] = [
         {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"], "range": [0, shape.vocab]},
         {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "total"], "range": [1, 2]},
@@ -228,4 +277,6 @@ def _derive_seq2seq(data: dict, shape: DecoderShape, max_length: int, max_batch:
 
 def past_from_zero(recipe) -> None:
     """The past dim starts at 0 (the prefill), which a recipe's dims cannot say (min >= 1): set after validation."""
+    if "past" not in recipe.dims:  # a state-space decoder's states have no past length
+        return
     recipe.dims["past"] = recipe.dims["past"].model_copy(update={"min": 0})

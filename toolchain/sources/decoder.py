@@ -175,6 +175,32 @@ def seq2seq_programs(model, recipe: Recipe):
     return prefill, _positional(Decode(model), 2 + 4 * layers, split=2)
 
 
+def state_step(model, recipe: Recipe):
+    """A state-space decoder's step (recipe/decoder.py) as one module with one named parameter per input: one token, and
+    each layer's conv and recurrent states. It runs transformers' own cache (a LinearAttentionLayer per layer) made
+    from those states, cloned (the layer updates them in place), so the model's own decode path is what is exported."""
+    import torch
+    from transformers import DynamicCache
+
+    layers = recipe.decoder.layers
+
+    class Step(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def call(self, input_ids, past: tuple):
+            cache = DynamicCache(config=self.inner.config)
+            for i, layer in enumerate(cache.layers):
+                conv, ssm = past[2 * i], past[2 * i + 1]
+                layer.conv_states[0], layer.recurrent_states[0], layer.conv_kernel_size[0] = conv.clone(), ssm.clone(), conv.shape[-1]
+                layer.is_conv_states_initialized[0] = layer.is_recurrent_states_initialized[0] = layer.has_previous_state[0] = True
+            out = self.inner(input_ids=input_ids, cache=cache, use_cache=True)
+            return (out.logits, *(t for layer in out.cache.layers for t in (layer.conv_states[0], layer.recurrent_states[0])))
+
+    return _positional(Step(model), 1 + 2 * layers, split=1)
+
+
 class DecoderSource(TorchSource):
     """TorchSource for a decoder: the same exporters, examples and runners, on the with-cache module."""
 
@@ -190,6 +216,11 @@ class DecoderSource(TorchSource):
                 raise StepError(f"the recipe's decoder config is an encoder-decoder's, but the source is a {type(model).__name__}",
                                 hint="give a transformers encoder-decoder (T5, BART: AutoModelForSeq2SeqLM), or the decoder's own config.json")  # fmt: skip
             self.prefill_module, self.module = seq2seq_programs(model, recipe)
+        elif recipe.decoder.recurrent:
+            if self.causal_lm is None:
+                raise StepError(f"the recipe's config is a state-space decoder's, but the source is a {type(model).__name__}",
+                                hint="give a transformers Mamba causal LM (MambaForCausalLM)")  # fmt: skip
+            self.module = state_step(model, recipe)
         else:
             self.module = with_cache(model, recipe) if self.causal_lm is not None else step_function(model, recipe)
         self.input_names = [i.name for i in recipe.inputs]
@@ -206,6 +237,8 @@ class DecoderSource(TorchSource):
         program keeps the path it was exported on."""
         view = copy.copy(self)
         view.phase = phase
+        if self.recipe.decoder.recurrent:  # a state-space decoder has one program, the step
+            return view
         if self.prefill_module is not None:  # an encoder-decoder: two programs with their own inputs, one decoder token each
             if phase == "prefill":
                 inputs, outputs = self.recipe.decoder.prefill_io(self.recipe.generation.max_length)
@@ -224,7 +257,7 @@ class DecoderSource(TorchSource):
         from torch.export import Dim
 
         shapes = list(super().dynamic_shapes())
-        if self.prefill_module is not None:  # an encoder-decoder's programs have no mask over the past
+        if self.prefill_module is not None or self.recipe.decoder.recurrent:  # no mask over a past: an encoder-decoder, a state-space step
             return tuple(shapes)
         past = shapes[self.input_names.index("past_key_values.0.key")][2]
         batch = {0: shapes[0][0]} if shapes[0] and 0 in shapes[0] else {}
