@@ -403,6 +403,8 @@ def _print_serve_check(result) -> None:
         why = [c.reason] if c.reason else []
         if c.parity and not c.parity.passed:
             why += [f"{name}: {'; '.join(d.failures[:2])}" for name, d in c.parity.outputs.items() if not d.passed]
+        if c.generation and not c.reason:  # a streaming generator: tokens, not tensors
+            why.append(f"streamed {c.generation['responses']} tokens, {c.generation['token_match']:.4f} as the source's greedy tokens")
         t.add_row(
             c.model,
             c.target,

@@ -211,7 +211,7 @@ def test_strict_logits_fail_the_build_with_the_generation_verdict(tmp_path):
     text = text.replace("  - kind: aoti\n    device: cpu\n", "").replace("  - kind: genai\n    of: onnx\n", "")
     text = text.split("  - kind: onnx                  # weight-only")[0] + "parity:" + text.split("parity:")[1]
     text = text.replace("text: models/", f"text: {ROOT / 'recipes/models'}/")
-    text = text.replace("default: {atol: 1.0e-4, rtol: 1.0e-3}", "default: {atol: 0.0, rtol: 0.0}")
+    text = text.replace("default: {atol: 1.0e-4, rtol: 1.0e-3}", "default: {atol: 0.0, rtol: 0.0}").split("serve:")[0]  # onnx alone: not served
     (tmp_path / "r.yaml").write_text(text)
     proc = mlpack("build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--json")
     assert proc.returncode == 3, proc.stderr[-3000:]
@@ -347,3 +347,51 @@ def test_state_space_decoder_generates_with_its_states(tmp_path):
 
 def built_files(manifest: dict, name: str) -> list[str]:
     return sorted(f["path"] for f in next(t for t in manifest["targets"] if t["name"] == name)["files"])
+
+
+def _served_copy(built, tmp_path):
+    """A copy of the build (serve-check records its verdict in the manifest): the parity files, the manifest and the
+    Triton repository; the served files themselves are links into the session build."""
+    import shutil
+
+    root = tmp_path / "tiny-llama"
+    shutil.copytree(built.root, root, symlinks=True, ignore=shutil.ignore_patterns("genai*", "onnx-int*", "aoti-int8w"))
+    return root
+
+
+def test_triton_streams_text_and_the_greedy_tokens(built, refs, tmp_path):
+    """serve.triton on a generator: a decoupled Python-backend model per target that takes TEXT and streams one
+    response per token. serve-check sends the recipe's prompts as text over gRPC to a real Triton; every streamed token
+    is the source's greedy token, and the text pieces join into the tokenizer's decoding of them."""
+    from tokenizers import Tokenizer
+
+    root = _served_copy(built, tmp_path)
+    proc = mlpack("serve-check", str(root), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads(proc.stdout)
+    jsonschema.validate(m, schema())
+    tok = Tokenizer.from_file(str(ROOT / "recipes" / "models" / "tiny-llama" / "tokenizer.json"))
+    for name in ("onnx", "aoti"):
+        c = next(t for t in m["targets"] if t["name"] == name)["serving_check"]["triton"]
+        g = c["generation"]
+        assert c["status"] == "ok" and c["backend"] == "python" and g["token_match"] == 1.0, c
+        assert g["responses"] == g["tokens"] == sum(len(r.tokens) for r in refs) and g["prompts"] == 3
+        assert g["text"] == [tok.decode(r.tokens) for r in refs]
+    cfg = (root / "triton" / "tiny_llama_onnx" / "config.pbtxt").read_text()
+    assert "decoupled: true" in cfg and 'name: "TEXT"' in cfg and "TYPE_STRING" in cfg
+
+
+def test_a_served_tokenizer_that_is_not_the_builds_fails_naming_the_stage(built, tmp_path):
+    """The model's tokenizer.json swapped for one whose ids differ: serve-check exits 3 and names the tokenizer stage."""
+    root = _served_copy(built, tmp_path)
+    served = root / "triton" / "tiny_llama_onnx" / "1" / "tokenizer.json"
+    spec = json.loads(served.read_text())
+    vocab = spec["model"]["vocab"]
+    pool = sorted(v for v in vocab.values() if v >= 3)  # every id but the specials, reversed
+    vocab.update({k: pool[len(pool) - 1 - pool.index(v)] for k, v in vocab.items() if v >= 3})
+    served.unlink()  # a link into the session build
+    served.write_text(json.dumps(spec))
+    proc = mlpack("serve-check", str(root), "--target", "onnx", "--json")
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    c = next(t for t in json.loads(proc.stdout)["targets"] if t["name"] == "onnx")["serving_check"]["triton"]
+    assert c["status"] == "mismatch" and c["reason"].startswith("stage tokenizer: the served tokenizer.json encodes prompt 0"), c["reason"]

@@ -362,3 +362,32 @@ def test_state_space_config_gives_a_step_over_its_states(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "state_size"}))
     with pytest.raises(ValueError, match="no state_size: not a state-space decoder's config"):
         read_config(tmp_path / "config.json")
+
+
+def test_streaming_generator_config_is_decoupled_text_in_tokens_out(root):
+    """serve.triton on a generator: the config Triton's proto parses, decoupled, TEXT in, TEXT and TOKEN_ID out, and
+    generation.json naming the programs and the cache as the recipe derived them."""
+    from toolchain.serving.generator import generation_json, render_config
+    from toolchain.serving.standin import parse_config
+
+    r = parse_recipe(RECIPE + "serve:\n  triton:\n    targets: [onnx]\n", root / "r.yaml")
+    cfg = parse_config(render_config("gen_onnx", r, "cpu", 2))
+    assert cfg.model_transaction_policy.decoupled and cfg.backend == "python" and cfg.max_batch_size == 0
+    assert [(i.name, i.optional) for i in cfg.input] == [("TEXT", False), ("MAX_TOKENS", True)] and [o.name for o in cfg.output] == ["TEXT", "TOKEN_ID"]
+    assert cfg.instance_group[0].count == 2
+    g = generation_json(r, "aoti")
+    assert g["programs"] == {"prefill": "prefill.pt2", "decode": "decode.pt2"} and g["inputs"] == [i.name for i in r.inputs]
+    assert g["past"][0] == "past_key_values.0.key" and g["present"][0] == "present.0.key" and g["prompts"] == ["one two three"]
+
+
+@pytest.mark.parametrize(
+    "text, key, message",
+    [
+        (RECIPE + "serve:\n  triton:\n    targets: [genai]\n", "serve.triton.targets[0]", "a genai target is not served by Triton yet"),
+        (SEQ2SEQ + "serve:\n  triton:\n    targets: [onnx]\n", "serve.triton.targets[0]", "an encoder-decoder (t5) is not served yet"),
+    ],
+)
+def test_a_generator_that_cannot_stream_is_refused_before_a_build(root, text, key, message):
+    where = root if "tiny-t5" not in text else ROOT / "recipes"
+    found = problems(text, where)
+    assert any(k == key and message in m and h for k, m, h in found), found

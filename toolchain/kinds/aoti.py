@@ -112,7 +112,8 @@ class AotiKind(Kind):
     tools = ("torch",)
     runners = {RUNNER: "toolchain.runners.aoti:AotiRunner", DECODER_RUNNER: "toolchain.runners.aoti:AotiDecoderRunner"}
     # torch_aoti (beta) addresses tensors by position and has no batching.
-    triton = TritonModel(platform="torch_aoti", backend="pytorch", artifact=MODEL, positional=True, batching=False, python_backend=PYTHON_BACKEND)
+    triton = TritonModel(platform="torch_aoti", backend="pytorch", artifact=MODEL, positional=True, batching=False, python_backend=PYTHON_BACKEND,
+                         generator_programs={p: f"{p}.pt2" for p in PHASES})  # fmt: skip
     manifest_fields = {
         "export": EXPORT_SCHEMA,
         "aoti": AOTI_SCHEMA,

@@ -78,6 +78,8 @@ class TritonModel:
     python_backend: str | None = None  # model.py code that runs it (serving/model_py.txt); None: native only
     native_only: bool = False  # serve.triton.backend: python never applies (noted in the config)
     directory: bool = False  # the artifact is a folder
+    # A generator's programs by phase (prefill, decode) in the target's folder: serving/generator.py streams from them
+    generator_programs: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)

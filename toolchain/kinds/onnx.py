@@ -102,7 +102,8 @@ class OnnxKind(Kind):
     frameworks = frozenset({"pytorch", "tensorflow"})
     tools = ("onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "onnxconverter-common", "tf2onnx")
     runners = {RUNNER: "toolchain.runners.onnxruntime:OnnxRuntimeRunner"}
-    triton = TritonModel(platform="onnxruntime_onnx", backend="onnxruntime", artifact=MODEL, siblings=True, python_backend=PYTHON_BACKEND)
+    triton = TritonModel(platform="onnxruntime_onnx", backend="onnxruntime", artifact=MODEL, siblings=True, python_backend=PYTHON_BACKEND,
+                         generator_programs={"prefill": MODEL, "decode": MODEL})  # fmt: skip
     manifest_fields = {
         "quantization": QUANTIZATION_SCHEMA,
         "optimization": OPTIMIZATION_SCHEMA,

@@ -128,6 +128,19 @@ def _task_checks(r: Recipe) -> Found:
     return []
 
 
+def streaming_refusal(r: Recipe, kind: str) -> str | None:
+    """Why a generator's target cannot be served as a streaming Triton model here (None: it can)."""
+    d = r.decoder
+    served = kinds.get(kind).triton
+    if served is None or served.generator_programs is None:
+        able = ", ".join(k.name for k in kinds.kinds().values() if k.triton and k.triton.generator_programs)
+        return f"streaming generation serves {able} artifacts; a {kind} target is not served by Triton yet"
+    if d.encoder_decoder or d.recurrent:
+        what = "an encoder-decoder" if d.encoder_decoder else "a state-space decoder"
+        return f"streaming generation serves decoder-only models with a KV cache here; {what} ({d.model_type}) is not served yet"
+    return None
+
+
 def _triton_checks(r: Recipe, names: list[str]) -> Found:
     """serve.triton against the targets, and every rule Triton applies to a config that the recipe alone decides."""
     out: Found = []
@@ -135,6 +148,8 @@ def _triton_checks(r: Recipe, names: list[str]) -> Found:
     for j, key in enumerate(tri.targets):
         if key not in names:
             out.append((("serve", "triton", "targets", j), f"no target is named '{key}'", _did_you_mean(key, names)))
+        elif r.generates and (why := streaming_refusal(r, r.target(key).kind)):
+            out.append((("serve", "triton", "targets", j), why, "serve a target of a decoder-only model that streams, or remove it from serve.triton"))
         elif (served := kinds.get(r.target(key).kind).triton) is None:
             out.append(
                 (

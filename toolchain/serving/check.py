@@ -8,6 +8,7 @@ Results come back as data and are recorded in the manifest, per target, under
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ import numpy as np
 from toolchain import manifest as mf
 from toolchain.errors import UsageError, one_line
 from toolchain.feeds import load_feeds
+from toolchain.generation import GENERATION_FILE, load_references
 from toolchain.parity import judge_again
 from toolchain.progress import Progress
 from toolchain.records import Manifest, ParityData, ServedModel, TargetResult
@@ -145,8 +147,11 @@ def _check_model(srv, m: ServedModel, s, target: TargetResult, samples, referenc
         check.status, check.reason = CheckStatus.REFUSED, f"Triton refused to load {m.name}: {refusal}"
         progress.end(m.name, "refused", refusal)
         return check
+    cfg = parse_config(text)
+    if cfg.model_transaction_policy.decoupled:  # a streaming generator (serving/generator.py): text in, tokens out
+        return _check_generator(srv, m, check, root, progress)
     t0 = time.perf_counter()
-    outputs, error, check.requests = replay(srv.url, parse_config(text), sig, samples)
+    outputs, error, check.requests = replay(srv.url, cfg, sig, samples)
     check.infer_seconds = time.perf_counter() - t0
     if error:
         check.status, check.reason = CheckStatus.REFUSED, f"Triton refused a request to {m.name}: {error}"
@@ -163,6 +168,95 @@ def _check_model(srv, m: ServedModel, s, target: TargetResult, samples, referenc
         check.status = CheckStatus.OK
     progress.end(m.name, check.status.value, f"{check.requests} requests, max_abs_err {abs_err:.2e}, cosine {cos:.6f}")
     return check
+
+
+def _check_generator(srv, m: ServedModel, check: ModelCheck, root: Path, progress) -> ModelCheck:
+    """Stream the prompts the build was judged on (generation.json beside model.py) as text over gRPC; every streamed
+    token must be the source's greedy token (parity/generation.npz), in order, and the stream must close."""
+    vdir = next(p for p in sorted((root / m.path).iterdir()) if p.is_dir())
+    prompts = json.loads((vdir / "generation.json").read_text())["prompts"]
+    refs = load_references(root / GENERATION_FILE)
+    t0 = time.perf_counter()
+    streams, error = stream_generate(srv.grpc_url, m.name, prompts, [len(r.tokens) for r in refs])
+    check.infer_seconds, check.requests = time.perf_counter() - t0, len(streams)
+    if error:
+        check.status, check.reason = CheckStatus.REFUSED, f"Triton refused a request to {m.name}: {error}"
+        progress.end(m.name, "refused", error)
+        return check
+    pairs = [(a, b) for (got, _), ref in zip(streams, refs) for a, b in zip(got, ref.tokens)]
+    total = sum(len(r.tokens) for r in refs)
+    same = sum(a == b for a, b in pairs) if all(len(got) == len(r.tokens) for (got, _), r in zip(streams, refs)) else 0
+    first = next(((i, j, a, b) for i, ((got, _), r) in enumerate(zip(streams, refs)) for j, (a, b) in enumerate(zip(got, r.tokens)) if a != b), None)
+    check.generation = {"prompts": len(prompts), "tokens": total, "token_match": round(same / max(total, 1), 6),
+                        "responses": sum(len(got) for got, _ in streams), "text": [t for _, t in streams],
+                        "first_divergence": dict(zip(("prompt", "step", "served", "source"), first)) if first else None}  # fmt: skip
+    if same == total:
+        check.status = CheckStatus.OK
+    else:
+        check.status = CheckStatus.MISMATCH
+        check.reason = (f"streamed tokens differ from the source's greedy tokens ({same}/{total} equal"
+                        + ("; prompt {} step {}: {} where the source chose {})".format(*first) if first else
+                           "; a stream's length differs from the source's)"))  # fmt: skip
+        stage = _tokenizer_stage(vdir, prompts, refs)
+        if stage:
+            check.reason = f"{stage}; {check.reason}"
+    progress.end(m.name, check.status.value, f"{len(prompts)} prompts streamed, {same}/{total} tokens as the source's greedy tokens")
+    return check
+
+
+def _tokenizer_stage(vdir: Path, prompts: list[str], refs) -> str | None:
+    """The stage at fault when the served tokenizer is not the build's: it encodes a prompt to other ids."""
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(vdir / "tokenizer.json"))
+    except Exception as e:  # noqa: BLE001 (a tokenizer that does not load is the answer too)
+        return f"stage tokenizer: the served {vdir / 'tokenizer.json'} does not load ({one_line(e)})"
+    for i, (prompt, ref) in enumerate(zip(prompts, refs)):
+        ids = tok.encode(prompt).ids
+        if ids != list(ref.prompt):
+            return (f"stage tokenizer: the served tokenizer.json encodes prompt {i} as {ids[:8]}{'...' if len(ids) > 8 else ''}, "
+                    f"the build's as {list(ref.prompt)[:8]}{'...' if len(ref.prompt) > 8 else ''}")  # fmt: skip
+    return None
+
+
+def stream_generate(url: str, model: str, prompts: list[str], lengths: list[int]) -> tuple[list[tuple[list[int], str]], str | None]:
+    """Each prompt sent as TEXT over a gRPC stream (MAX_TOKENS its reference's length); per prompt the token ids and
+    the text pieces streamed back until the final flag, or the first error."""
+    import queue
+
+    import tritonclient.grpc as grpcclient
+
+    done: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    out: list[tuple[list[int], str]] = []
+    try:
+        client.start_stream(callback=lambda result, error: done.put((result, error)), stream_timeout=REQUEST_TIMEOUT)
+        for prompt, n in zip(prompts, lengths):
+            text = grpcclient.InferInput("TEXT", [1], "BYTES")
+            text.set_data_from_numpy(np.array([prompt.encode("utf-8")], dtype=np.object_))
+            limit = grpcclient.InferInput("MAX_TOKENS", [1], "INT32")
+            limit.set_data_from_numpy(np.array([n], np.int32))
+            client.async_stream_infer(model, [text, limit], enable_empty_final_response=True)
+            tokens, pieces = [], []
+            while True:
+                try:
+                    result, error = done.get(timeout=REQUEST_TIMEOUT)
+                except queue.Empty:
+                    return out, f"no response within {REQUEST_TIMEOUT:.0f}s"
+                if error is not None:
+                    return out, (error.message() if hasattr(error, "message") else str(error)).strip()
+                response = result.get_response()
+                if result.as_numpy("TOKEN_ID") is not None:
+                    tokens.append(int(result.as_numpy("TOKEN_ID").reshape(-1)[0]))
+                    pieces.append(result.as_numpy("TEXT").reshape(-1)[0].decode("utf-8"))
+                if response.parameters.get("triton_final_response") and response.parameters["triton_final_response"].bool_param:
+                    break
+            out.append((tokens, "".join(pieces)))
+    finally:
+        client.stop_stream()
+        client.close()
+    return out, None
 
 
 def replay(url: str, cfg, sig, samples: list[dict]) -> tuple[list[dict], str | None, int]:

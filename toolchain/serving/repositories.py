@@ -12,6 +12,7 @@ from toolchain.feeds import load_feeds
 from toolchain.progress import Progress
 from toolchain.recipe import Recipe
 from toolchain.records import Selection, ServedModel, Serving, Stage, Status, TargetResult
+from toolchain.serving.generator import write_generator_model
 from toolchain.serving.tfserving import write_tfserving, write_warmup
 from toolchain.serving.triton import triton_model_name, write_triton_model
 
@@ -45,7 +46,10 @@ def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, pr
             continue
         model = recipe.name if tname == fastest else triton_model_name(recipe.name, tname)
         try:
-            model_dir = write_triton_model(staging / "triton", model, recipe.version, res.kind, staging / tname, res.signature, tri, res.device)
+            if recipe.generates:  # text in, tokens streamed out (serving/generator.py)
+                model_dir = write_generator_model(staging / "triton", model, recipe, res.kind, staging / tname, res.device, tri.instance_group.count)
+            else:
+                model_dir = write_triton_model(staging / "triton", model, recipe.version, res.kind, staging / tname, res.signature, tri, res.device)
         except (ValueError, FileNotFoundError) as e:
             res.fail(Stage.SERVING, f"triton: {e}")
             continue
@@ -54,7 +58,7 @@ def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, pr
         if tname == fastest:
             selection.served_as = model
             progress.note(f"triton: {model} serves {tname}, the fastest artifact ({selection.metric}, measured here)")
-        note = kinds.get(res.kind).triton_note(tri.backend)
+        note = None if recipe.generates else kinds.get(res.kind).triton_note(tri.backend)  # a generator is always model.py
         if note:
             progress.note(f"triton: {model}: {note}")
 

@@ -35,9 +35,10 @@ class ModelCheck:
     load_seconds: float = 0.0
     infer_seconds: float = 0.0
     log: str | None = None
+    generation: dict | None = None  # a streaming generator's: tokens streamed against the source's greedy tokens
 
     def to_dict(self) -> dict:
-        return {
+        return ({"generation": self.generation} if self.generation is not None else {}) | {
             "server": self.server,
             "server_version": self.server_version,
             "model": self.model,

@@ -165,6 +165,7 @@ class TritonServer:
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
         self.http_port = 0
+        self.grpc_port = 0
         self.version = "?"
         self.start_seconds = 0.0
         self._old_term = None
@@ -172,6 +173,10 @@ class TritonServer:
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     def __enter__(self) -> TritonServer:
         # SIGTERM to mlpack must still stop the server: turn it into an exception.
@@ -213,7 +218,7 @@ class TritonServer:
                 logf.write(f"$ {' '.join(cmd)}\n".encode())
                 logf.flush()
                 self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-            self.http_port = http
+            self.http_port, self.grpc_port = http, grpc
             if self._wait_ready():
                 self.start_seconds = time.perf_counter() - t0
                 meta = _get_json(f"http://{self.url}/v2") or {}
