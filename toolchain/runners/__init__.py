@@ -16,6 +16,7 @@ import numpy as np
 from toolchain.kinds import runner_class
 from toolchain.kinds.base import RunnerSpec
 from toolchain.records.steps import PREFILL
+from toolchain.runners.pair import TwoPrograms
 
 
 class Runner(Protocol):
@@ -41,26 +42,6 @@ def open_runner(spec: RunnerSpec | dict, root: Path | None = None, threads: int 
         return main
     first = RunnerSpec.model_validate({**prefill, "path": str(path.parent / prefill["path"]), "device": spec.device})
     return TwoPrograms(open_runner(first, threads=threads), main)
-
-
-class TwoPrograms:
-    """An encoder-decoder's artifact (recipe/decoder.py): a call that brings the encoder's input (prompt ids, or a
-    speech model's features) goes to the prefill program, every other to the decode program."""
-
-    def __init__(self, prefill: Runner, decode: Runner):
-        self.prefill, self.decode = prefill, decode
-
-    def __enter__(self) -> TwoPrograms:
-        self.prefill.__enter__()
-        self.decode.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.prefill.__exit__(*exc)
-        self.decode.__exit__(*exc)
-
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return (self.prefill if "encoder_input_ids" in feed or "input_features" in feed else self.decode).infer(feed)
 
 
 def run_all(runner: Runner, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:

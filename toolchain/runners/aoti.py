@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolchain.runners.pair import TwoPrograms
 from toolchain.tensors import to_numpy
 
 
@@ -41,7 +42,7 @@ class AotiRunner:
         return {n: to_numpy(t) for n, t in zip(self.output_names, out)}
 
 
-class AotiDecoderRunner:
+class AotiDecoderRunner(TwoPrograms):
     """A decoder built as two packages (task: text-generation): `decode` for one new token, `prefill` for several.
     transformers' attention takes another path for one query token than for many, so one program cannot hold both;
     each call goes to the package that holds its shape. `path` is the folder holding both."""
@@ -49,17 +50,8 @@ class AotiDecoderRunner:
     def __init__(self, path: Path, input_names: list[str], output_names: list[str], device: str = "cpu", threads: int | None = None,
                  prefill: str = "prefill.pt2", decode: str = "decode.pt2"):  # fmt: skip
         folder = Path(path)
-        self.prefill = AotiRunner(folder / prefill, input_names, output_names, device, threads)
-        self.decode = AotiRunner(folder / decode, input_names, output_names, device, threads)
-
-    def __enter__(self):
-        self.prefill.__enter__()
-        self.decode.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.prefill.__exit__(*exc)
-        self.decode.__exit__(*exc)
+        super().__init__(AotiRunner(folder / prefill, input_names, output_names, device, threads),
+                         AotiRunner(folder / decode, input_names, output_names, device, threads))  # fmt: skip
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         one = np.asarray(feed["input_ids"]).shape[1] == 1
