@@ -14,7 +14,7 @@ ORT_GENAI ?= onnxruntime-genai==0.18.0
 TRITON_VENV := .venv-triton
 PYTRITON    ?= nvidia-pytriton==0.7.0
 
-.PHONY: demo test install triton zoo-deps lint format clean
+.PHONY: demo test install triton zoo-deps peers lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,13 @@ $(ZOO_SITE)/.installed: Makefile | $(BIN)/.installed
 	touch $@
 
 zoo-deps: $(ZOO_SITE)/.installed
+
+# The peers scripts/bench_precision.py --peers times beside mlpack's artifacts (OpenVINO, NNCF): not needed by the tests.
+$(VENV)/.peers-installed: pyproject.toml | $(BIN)/.installed
+	$(BIN)/pip install -q -e ".[peers]" "$(TORCH)"
+	touch $@
+
+peers: $(VENV)/.peers-installed
 
 demo: install
 	$(BIN)/mlpack build recipes/cnn.yaml

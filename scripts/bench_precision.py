@@ -19,6 +19,13 @@ and writes a Triton repository serving the winner under the model's name
 command that checks it on a real server. The CPU's features are printed first:
 what wins depends on them (AMX tiles for BF16/INT8, AVX512-BF16, VNNI). With
 --out, a later run reuses the build.
+
+    --cpus avx2,avx512,avx512_vnni,avx512_bf16,amx   the fleet the build proves each artifact for (serve.cpus)
+    --ceiling   BERT-base: the 72 linears alone at FP32, BF16 and INT8 (scripts/cpu_ceiling.py) timed in the
+                same interleaved run; each artifact is also shown as a percentage of the ceiling of its precision
+    --peers     OpenVINO FP32, OpenVINO at its own default precision, OpenVINO + NNCF INT8 (`make peers`) and
+                ONNX Runtime's own best settings for the model (its transformer fusions, FP32 and dynamic INT8), on
+                the same ONNX file mlpack exported, timed in the same run
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ targets:
   - {kind: aoti, name: aoti-bf16, precision: bf16}
   - {kind: aoti, name: aoti-int8, precision: int8, fallback: auto}
 select: {metric: latency, batch: 1, threads: 1}
-serve: {triton: {backend: python, max_batch_size: 8, targets: [onnx-fp32, onnx-int8-dynamic, onnx-int8-static, aoti-fp32, aoti-bf16, aoti-int8]}}
+serve: {cpus: CPUS, triton: {backend: python, max_batch_size: 8, targets: [onnx-fp32, onnx-int8-dynamic, onnx-int8-static, aoti-fp32, aoti-bf16, aoti-int8]}}
 """
 MODELS = {
     "bert-base": {
@@ -99,7 +106,7 @@ parity: {samples: 4, scores: [logits]}
 }
 
 
-def build_model(name: str, out: Path) -> tuple[object, Path, object]:
+def build_model(name: str, out: Path, cpus: list[str] | None = None) -> tuple[object, Path, object]:
     from toolchain import manifest as mf
     from toolchain.build import build
     from toolchain.progress import Progress
@@ -108,7 +115,7 @@ def build_model(name: str, out: Path) -> tuple[object, Path, object]:
     work = out / f"{name}-src"
     work.mkdir(parents=True, exist_ok=True)
     (work / "model.py").write_text(MODELS[name]["factory"])
-    (work / "recipe.yaml").write_text(MODELS[name]["recipe"] + TARGETS)
+    (work / "recipe.yaml").write_text(MODELS[name]["recipe"] + TARGETS.replace("CPUS", json.dumps(cpus or [])))
     recipe = load_recipe(work / "recipe.yaml")
     published = out / recipe.name
     if (published / "manifest.json").is_file() and mf.read(published / "manifest.json").recipe_sha256 == mf.sha256_file(recipe.path):
@@ -135,7 +142,82 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return cos(b, a)
 
 
-def measure(name: str, manifest, root: Path, recipe, threads: int, rounds: int) -> list[dict]:
+def precision_of(artifact: str) -> str:
+    """The precision whose GEMM ceiling an artifact is measured against (by its name)."""
+    return "int8" if "int8" in artifact else "bf16" if "bf16" in artifact else "fp32"
+
+
+class _Peer:
+    """A peer runtime on the same ONNX file, answering like mlpack's runners (infer: feed -> {name: array})."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def infer(self, feed: dict) -> dict:
+        return self.run(feed)
+
+
+def peers(onnx_path: Path, recipe, threads: int, work: Path) -> tuple[dict, dict[str, str]]:
+    """OpenVINO (FP32, its default precision, NNCF INT8) and ONNX Runtime's best settings on the ONNX file mlpack
+    exported: {name: runner}, and {name: why it is missing}."""
+    out, missing = {}, {}
+    calib = [feeds(recipe, 1, seed=1000 + i) for i in range(16)]
+    try:
+        import openvino as ov
+
+        core = ov.Core()
+
+        def ov_runner(model, config):
+            compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", **config})
+            request = compiled.create_infer_request()
+            names = [o.get_any_name() for o in compiled.outputs]
+            return _Peer(lambda feed: {n: request.infer(feed)[i].copy() for i, n in enumerate(names[:1])})
+
+        model = core.read_model(str(onnx_path))
+        out["openvino fp32"] = ov_runner(model, {"INFERENCE_PRECISION_HINT": "f32"})
+        out[f"openvino default ({core.get_property('CPU', 'INFERENCE_PRECISION_HINT')})"] = ov_runner(core.read_model(str(onnx_path)), {})
+        try:
+            import nncf
+
+            quantized = nncf.quantize(core.read_model(str(onnx_path)), nncf.Dataset(calib), model_type=nncf.ModelType.TRANSFORMER,
+                                      subset_size=len(calib))  # fmt: skip
+            out["openvino + nncf int8"] = ov_runner(quantized, {})
+        except ImportError as e:
+            missing["openvino + nncf int8"] = f"nncf is not installed (make peers): {e}"
+    except ImportError as e:
+        missing["openvino"] = f"openvino is not installed (make peers): {e}"
+    try:
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        fused = work / "ort-best-fp32.onnx"
+        optimize_model(str(onnx_path), model_type="bert", num_heads=12, hidden_size=768).save_model_to_file(str(fused))
+        int8 = work / "ort-best-int8.onnx"
+        quantize_dynamic(str(fused), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+
+        def ort_runner(path):
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            first = sess.get_outputs()[0].name
+            return _Peer(lambda feed: {first: sess.run([first], feed)[0]})
+
+        out["onnxruntime best fp32 (bert fusions, all optimizations)"] = ort_runner(fused)
+        out["onnxruntime best int8 (bert fusions + dynamic int8)"] = ort_runner(int8)
+    except Exception as e:  # the transformer optimizer knows BERT-like graphs only
+        missing["onnxruntime best"] = f"{type(e).__name__}: {e}"
+    return out, missing
+
+
+def measure(name: str, manifest, root: Path, recipe, threads: int, rounds: int, ceiling: bool = False, with_peers: bool = False) -> list[dict]:
     import torch
 
     from toolchain.runners import open_runner
@@ -148,21 +230,44 @@ def measure(name: str, manifest, root: Path, recipe, threads: int, rounds: int) 
     for t in manifest.targets:
         if t.ok:
             runners[t.name] = open_runner(t.runner, root, threads=threads)
+    if with_peers:
+        onnx = next((root / f.path for t in manifest.targets if t.ok and t.name == "onnx-fp32" for f in t.files if f.path.endswith(".onnx")), None)
+        found, missing = peers(onnx, recipe, threads, Path(tempfile.mkdtemp())) if onnx else ({}, {"peers": "no onnx-fp32 artifact"})
+        runners |= found
+        for k, why in missing.items():
+            print(f"{name}: peer {k} not timed: {why}")
     opened = {k: r.__enter__() for k, r in runners.items()}
     check = feeds(recipe, 2, seed=99)
     ref = next(iter(opened["eager fp32"].infer(check).values()))
     b1, b8 = feeds(recipe, 1, seed=1), feeds(recipe, 8, seed=2)
-    lat = interleaved({k: partial(r.infer, b1) for k, r in opened.items()}, rounds=rounds, seconds=0.5)
+    stacks = {}
+    if ceiling:  # the GEMM ceiling, in the same interleaved run: the 72 linears alone at each precision
+        import cpu_ceiling
+
+        seq = MODELS[name]["shape"]["seq"]
+        stacks = {f"ceiling {p}": make() for p, make in (("fp32", lambda: cpu_ceiling._fp32_stack(seq, torch.float32)),
+                  ("bf16", lambda: cpu_ceiling._fp32_stack(seq, torch.bfloat16)), ("int8", lambda: cpu_ceiling._int8_stack(seq)))}  # fmt: skip
+    with torch.no_grad():
+        lat = interleaved({k: partial(r.infer, b1) for k, r in opened.items()} | stacks, rounds=rounds, seconds=0.5)
     thr = interleaved({k: partial(r.infer, b8) for k, r in opened.items()}, rounds=rounds, seconds=0.5)
+    eager = lat["eager fp32"].median_ms
+    ceilings = {k.split()[1]: eager / lat[k].median_ms for k in stacks}
     rows = []
     for k, r in opened.items():
         out = next(iter(r.infer(check).values()))
-        rows.append({
-            "model": name, "artifact": k, "threads": threads,
-            "latency_ms": lat[k].median_ms, "latency_x": lat["eager fp32"].median_ms / lat[k].median_ms,
+        row = {
+            "model": name, "artifact": k, "threads": threads, "peer": k not in {t.name for t in manifest.targets} and k != "eager fp32",
+            "latency_ms": lat[k].median_ms, "latency_x": eager / lat[k].median_ms,
             "throughput": 8 / (thr[k].median_ms / 1e3), "throughput_x": thr["eager fp32"].median_ms / thr[k].median_ms,
             "cosine": cosine(out, ref),
-        })  # fmt: skip
+        }  # fmt: skip
+        if ceilings and k != "eager fp32":
+            p = precision_of(k)
+            row |= {"precision": p, "ceiling_x": ceilings[p], "of_ceiling": row["latency_x"] / ceilings[p]}
+        rows.append(row)
+    for p, c in ceilings.items():
+        rows.append({"model": name, "artifact": f"ceiling {p} (72 linears alone)", "threads": threads, "latency_ms": lat[f"ceiling {p}"].median_ms,
+                     "latency_x": c, "ceiling": True})  # fmt: skip
     return rows
 
 
@@ -173,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--out", type=Path, help="keep the builds here and reuse them next time (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
+    ap.add_argument("--cpus", default="", help="the fleet's CPU classes (serve.cpus), comma-separated: the manifest proves each artifact per class")
+    ap.add_argument("--ceiling", action="store_true", help="BERT-base: time the GEMM ceilings alongside and show each artifact as a share of its own")
+    ap.add_argument("--peers", action="store_true", help="also OpenVINO (FP32, default, NNCF INT8) and ONNX Runtime's best settings (make peers)")
     args = ap.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # cpu_ceiling
     from toolchain.machine import cpu_identity
 
     machine = cpu_identity()
@@ -185,14 +294,23 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         for name in models:
-            manifest, root, recipe = build_model(name, out)
+            manifest, root, recipe = build_model(name, out, [c for c in args.cpus.split(",") if c])
             built[name] = (manifest, root)
             for n in threads:
-                rows += measure(name, manifest, root, recipe, n, args.rounds)
-    print(f"\n| model | artifact | threads | batch 1 ms | vs eager | batch 8 samples/s | vs eager | cosine to eager |\n|{' --- |' * 8}")
+                rows += measure(name, manifest, root, recipe, n, args.rounds, ceiling=args.ceiling and name == "bert-base", with_peers=args.peers)
+    print(f"\n| model | artifact | threads | batch 1 ms | vs eager | of its ceiling | batch 8 samples/s | vs eager | cosine to eager |\n|{' --- |' * 9}")
     for r in rows:
-        print(f"| {r['model']} | {r['artifact']} | {r['threads']} | {r['latency_ms']:.2f} | {r['latency_x']:.2f}x | {r['throughput']:.1f} | "
-              f"{r['throughput_x']:.2f}x | {r['cosine']:.6f} |")  # fmt: skip
+        if r.get("ceiling"):
+            print(f"| {r['model']} | {r['artifact']} | {r['threads']} | {r['latency_ms']:.2f} | {r['latency_x']:.2f}x | | | | |")
+            continue
+        share = f"{r['of_ceiling']:.0%} of {r['precision']} {r['ceiling_x']:.2f}x" if "of_ceiling" in r else ""
+        print(f"| {r['model']} | {r['artifact']}{' (peer)' if r.get('peer') else ''} | {r['threads']} | {r['latency_ms']:.2f} | {r['latency_x']:.2f}x | "
+              f"{share} | {r['throughput']:.1f} | {r['throughput_x']:.2f}x | {r['cosine']:.6f} |")  # fmt: skip
+    for name, (manifest, _) in built.items():  # where each artifact was proved
+        for t in manifest.targets:
+            if t.cpu is not None:
+                verdicts = ", ".join(f"{c.cls} {c.status}{'' if c.offered else ' (not offered)'}" for c in t.cpu.classes)
+                print(f"{name}: {t.name}: code needs {t.cpu.needs or '-'}; {verdicts}")
     selections = {}
     for name, (manifest, root) in built.items():
         sel = manifest.selection

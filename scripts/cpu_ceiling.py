@@ -16,6 +16,16 @@ GELU, quantize/dequantize) is free in a real artifact.
 
 Prints the CPU's features (AMX, AVX512-BF16, VNNI) because the ceiling depends
 on them; needs transformers (installed by `make install`'s dev extra).
+
+    python scripts/cpu_ceiling.py --classes all     # also each weaker CPU class, emulated
+
+With --classes, the script runs again in a fresh process per class below this
+machine's, with the ISA oneDNN and ATen use capped to it (ONEDNN_MAX_CPU_ISA,
+ATEN_CPU_CAPABILITY: toolchain/cpuclass.py), and prints one table per class.
+Such figures are this machine's cores running the class's kernels, labelled
+"emulated", not a measurement of a real CPU of that class. A row that cannot
+run (BF16 kernels need AVX512-BW) says why; a class above this machine's is
+listed as not measurable here.
 """
 
 from __future__ import annotations
@@ -23,11 +33,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from toolchain import cpuclass  # noqa: E402
 from toolchain.machine import cpu_identity  # noqa: E402
 from toolchain.timing import interleaved  # noqa: E402
 
@@ -94,43 +107,108 @@ def _eager_bert(seq: int):
     return run
 
 
+def _runnable(calls: dict) -> tuple[dict, dict[str, str]]:
+    """The calls that run once without an error, and why the others cannot (a kernel the ISA lacks)."""
+    ok, failed = {}, {}
+    for name, make in calls.items():
+        try:
+            run = make()
+            run()
+            ok[name] = run
+        except Exception as e:  # oneDNN refuses a kernel its capped ISA lacks: a row that says why
+            failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return ok, failed
+
+
+def measure(threads: int, rounds: int, seq: int) -> dict:
+    """This process's table: rows with the time and ceiling of each call that runs, and the reason of each that cannot."""
+    import torch
+
+    torch.set_num_threads(threads)
+    calls = {
+        "eager BERT-base fp32": lambda: _eager_bert(seq),
+        "72 linears fp32 (oneDNN, prepacked)": lambda: _fp32_stack(seq, torch.float32),
+        "72 linears bf16 (oneDNN, prepacked)": lambda: _fp32_stack(seq, torch.bfloat16),
+        "72 linears int8 (oneDNN qlinear)": lambda: _int8_stack(seq),
+    }
+    with torch.no_grad():
+        runs, failed = _runnable(calls)
+        times = interleaved(runs, rounds=rounds, seconds=0.5, warmup=2)
+    eager = times["eager BERT-base fp32"].median_ms if "eager BERT-base fp32" in times else None
+    flops = linear_flops(seq)
+    rows = []
+    for name in calls:
+        if name in failed:
+            rows.append({"what": name, "error": failed[name]})
+            continue
+        ms = times[name].median_ms
+        row = {"what": name, "median_ms": round(ms, 2)}
+        if name.startswith("72"):
+            row |= {"gops": round(flops / ms / 1e6, 1), "ceiling": round(eager / ms, 2) if eager else None}
+        rows.append(row)
+    return {"threads": threads, "seq": seq, "rows": rows, "load_average": round(os.getloadavg()[0], 2)}
+
+
+def _print(table: dict, title: str) -> None:
+    flops = linear_flops(table["seq"])
+    print(f"\n{title}: BERT-base, batch 1, sequence {table['seq']}, {table['threads']} thread(s); linears {flops / 1e9:.1f} GFLOP a call; "
+          f"load average {table['load_average']}\n")  # fmt: skip
+    print("| what | ms | GFLOP/s (linears) | ceiling vs eager fp32 |")
+    print("| --- | --- | --- | --- |")
+    for row in table["rows"]:
+        if "error" in row:
+            print(f"| {row['what']} | cannot run: {row['error']} | | |")
+            continue
+        ceiling = f"{row['ceiling']}x" if row.get("ceiling") else ""
+        print(f"| {row['what']} | {row['median_ms']:.2f} | {row.get('gops', '')} | {ceiling} |")
+
+
+def _as_class(cls: str, args) -> dict:
+    """The table measured in a fresh process with the ISA capped to `cls`, or why there is none."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "table.json"
+        cmd = [sys.executable, __file__, "--threads", str(args.threads), "--rounds", str(args.rounds), "--seq", str(args.seq), "--table", str(out)]
+        proc = subprocess.run(cmd, env={**os.environ, **cpuclass.emulation_env(cls)}, capture_output=True, text=True)
+        if proc.returncode != 0 or not out.is_file():
+            last = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:] or [f"exit status {proc.returncode}"]
+            return {"error": f"the process died as {cls}: {last[0][:200]}"}
+        return json.loads(out.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--classes", default="", help="'all' or a comma-separated list of CPU classes to measure as well, emulated (toolchain/cpuclass.py)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--table", type=Path, help=argparse.SUPPRESS)  # the child of --classes: this process's table as JSON
     args = ap.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(args.threads)
+    if args.table:
+        args.table.write_text(json.dumps(measure(args.threads, args.rounds, args.seq)))
+        return 0
     info = cpu_identity()
-    print(
-        f"CPU: {info['model']}, {info['cores']} cores, features: {', '.join(info['features']) or 'none of AVX-512/AMX'}; load average {os.getloadavg()[0]:.2f}"
-    )
-    calls = {
-        "eager BERT-base fp32": _eager_bert(args.seq),
-        "72 linears fp32 (oneDNN, prepacked)": _fp32_stack(args.seq, torch.float32),
-        "72 linears bf16 (oneDNN, prepacked)": _fp32_stack(args.seq, torch.bfloat16),
-        "72 linears int8 (oneDNN qlinear)": _int8_stack(args.seq),
-    }
-    with torch.no_grad():
-        times = interleaved(calls, rounds=args.rounds, seconds=0.5, warmup=2)
-    eager = times["eager BERT-base fp32"].median_ms
-    flops = linear_flops(args.seq)
-    rows = []
-    print(f"\nBERT-base, batch 1, sequence {args.seq}, {args.threads} thread(s); linears {flops / 1e9:.1f} GFLOP a call\n")
-    print("| what | ms | GFLOP/s (linears) | ceiling vs eager fp32 |")
-    print("| --- | --- | --- | --- |")
-    for name, t in times.items():
-        ms = t.median_ms
-        row = {"what": name, "median_ms": round(ms, 2)}
-        if name.startswith("72"):
-            row |= {"gops": round(flops / ms / 1e6, 1), "ceiling": round(eager / ms, 2)}
-        rows.append(row)
-        print(f"| {name} | {ms:.2f} | {row.get('gops', '')} | {str(row['ceiling']) + 'x' if 'ceiling' in row else ''} |")
+    here = cpuclass.machine_class()
+    print(f"CPU: {info['model']}, {info['cores']} cores, class {here}, features: {', '.join(info['features']) or 'none of AVX-512/AMX'}; "
+          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    tables = {here or "this machine": measure(args.threads, args.rounds, args.seq) | {"how": "native"}}
+    wanted = list(cpuclass.CLASSES) if args.classes == "all" else [c for c in args.classes.split(",") if c]
+    for cls in wanted:
+        if cls == here:
+            continue
+        if cls not in cpuclass.CLASSES:
+            raise SystemExit(f"--classes: unknown class {cls!r}; use {', '.join(cpuclass.CLASSES)} or all")
+        if here is None or cpuclass.rank(cls) > cpuclass.rank(here):
+            tables[cls] = {"error": f"not measurable here: this machine is {here}, and a class above it cannot be emulated"}
+            continue
+        tables[cls] = _as_class(cls, args) | {"how": f"emulated on {info['model']} ({', '.join(f'{k}={v}' for k, v in cpuclass.emulation_env(cls).items())})"}
+    for cls, table in tables.items():
+        if "rows" in table:
+            _print(table, f"{cls} ({table['how']})")
+        else:
+            print(f"\n{cls}: {table['error']}")
     if args.json:
-        args.json.write_text(json.dumps({"machine": info, "threads": args.threads, "seq": args.seq, "rows": rows}, indent=1) + "\n")
+        args.json.write_text(json.dumps({"machine": info, "class": here, "tables": tables}, indent=1) + "\n")
     return 0
 
 

@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolchain import kinds, selection
+from toolchain import cpuclass, kinds, selection
 from toolchain import manifest as mf
 from toolchain.cache import BuildCache
 from toolchain.errors import EXIT_OK, UsageError
@@ -33,7 +33,20 @@ from toolchain.options import memory_bytes
 from toolchain.plan import Plan, default_jobs, make_plan
 from toolchain.progress import Progress
 from toolchain.recipe import Recipe
-from toolchain.records import BuildResult, CacheEntry, CacheRef, Dependency, Machine, Selection, Stage, Status, StepSpec, TargetResult, exit_code_for
+from toolchain.records import (
+    BuildResult,
+    CacheEntry,
+    CacheRef,
+    ClassCheck,
+    Dependency,
+    Machine,
+    Selection,
+    Stage,
+    Status,
+    StepSpec,
+    TargetResult,
+    exit_code_for,
+)
 from toolchain.samples import samples_for
 from toolchain.serving.repositories import write_repositories
 from toolchain.sources import check_framework
@@ -251,9 +264,45 @@ class Run:
 
         out = self.cache.step(key, self.staging, produce, log_files("select"))
         if not out.hit:
-            return out.entry.selection if out.entry is not None else out.failure
-        self.progress.note(f"selection: cache hit ({key[:12]}): timings measured earlier on this machine type ({machine.model})")
-        out.entry.selection.cache = CacheRef(key, True)
+            chosen = out.entry.selection if out.entry is not None else out.failure
+        else:
+            self.progress.note(f"selection: cache hit ({key[:12]}): timings measured earlier on this machine type ({machine.model})")
+            chosen = out.entry.selection
+            chosen.cache = CacheRef(key, True)
+        if recipe.serve.cpus and chosen.ranking:  # the fleet's classes: the fastest artifact offered to each
+            here = cpuclass.machine_class()
+            timed = {cls: self._select_as(cls, results, candidates, machine) for cls in recipe.serve.cpus
+                     if here is not None and cpuclass.rank(cls) < cpuclass.rank(here) and not recipe.generates}  # fmt: skip
+            chosen.per_class = selection.per_class(chosen, results, recipe.serve.cpus, here, {c: t for c, t in timed.items() if t is not None})
+        return chosen
+
+    def _select_as(self, cls: str, results: list[TargetResult], candidates: dict, machine: Machine) -> Selection | None:
+        """The artifacts whose runtime obeys the ISA caps and that passed their gate as CPU class `cls`, and the eager
+        source, timed as that class (emulated here, toolchain/cpuclass.py); None when none of them can be."""
+        recipe, sel = self.plan.recipe, self.plan.recipe.select
+        capped = {r.name: candidates[r.name] for r in results if r.name in candidates and kinds.get(r.kind).isa_capped
+                  and r.cpu is not None and (r.cpu.check(cls) or ClassCheck(cls, "untested", "none", False)).status == "passed"}  # fmt: skip
+        if not capped:
+            return None
+        as_class = Machine(machine.model, machine.cores, machine.features + [f"emulated:{cls}"], machine.gpu)
+        key = self.plan.selection_key(list(capped), as_class)
+        name = f"select-{cls}"
+
+        def produce() -> CacheEntry | Selection:
+            self.progress.start(name, f"timing {len(capped)} artifacts as {cls} (ISA capped)")
+            timeout, memory = step_limits(self.plan.specs)
+            out = run_step(StepSpec("select", str(recipe.path), candidates=capped), self.staging, name, timeout, self.children, memory_bytes(memory),
+                           env=cpuclass.emulation_env(cls))  # fmt: skip
+            if out.result is None:
+                self.progress.end(name, "failed", out.reason.splitlines()[0])
+                return selection.failed(sel, as_class, CacheRef(key, False), out.reason, out.log)
+            ranked = selection.rank(sel, out.result, {r.name: r.kind for r in results}, as_class, CacheRef(key, False), out.log)
+            self.progress.end(name, "ok", ", ".join(f"{r.target} {r.median_ms:.3f} ms ({r.vs_eager:.2f}x eager)" for r in ranked.ranking))
+            return CacheEntry(selection=ranked)
+
+        out = self.cache.step(key, self.staging, produce, log_files(name))
+        if not out.hit:
+            return out.entry.selection if out.entry is not None else None
         return out.entry.selection
 
 

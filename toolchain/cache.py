@@ -22,7 +22,7 @@ from functools import cache
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from toolchain import kinds
+from toolchain import cpuclass, kinds
 from toolchain.environment import tool_versions
 from toolchain.fsutil import clean_stale, clone_file, sha256_file
 from toolchain.recipe import Recipe
@@ -106,6 +106,8 @@ def target_key(recipe: Recipe, spec, src_key: str) -> str:
         "tolerance": recipe.tolerance(spec).model_dump(mode="json"),
         "kind": kind_digest(kind),
         **kind.cache_parts(spec),  # e.g. the GPU an engine or CUDA kernel is bound to
+        # a fleet's classes: which of them this machine could emulate decides the verdicts, and CPU packages' code
+        **({"cpus": recipe.serve.cpus, "cpu_class": cpuclass.machine_class()} if recipe.serve.cpus else {}),
     }
     return _hash_json(parts)
 

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import click
 
-from toolchain import __version__, cache_admin
+from toolchain import __version__, cache_admin, classgate
 from toolchain import manifest as mf
 from toolchain.bench import bench
 from toolchain.build import build
@@ -283,6 +283,9 @@ def cmd_inspect(args) -> int:
     con.print(f"[bold]{m.name}[/] v{m.version} ({m.framework}) built in {m.build_seconds:.1f}s")
     con.print(f"recipe {m.recipe_path}  torch {m.tool('torch')}  onnxruntime {m.tool('onnxruntime')}  device {m.device}")
     con.print(_table(m.targets))
+    classes = _cpu_table(m.targets)
+    if classes is not None:
+        con.print(classes)
     if m.selection:
         con.print(_selection_table(m.selection))
     for model in m.serving.models:
@@ -307,6 +310,12 @@ def _selection_table(sel: Selection):
         t.add_row(str(i), r.target, r.kind, f"{r.median_ms:.3f}", f"{r.samples_per_s:.1f}", f"{r.vs_eager:.2f}", served or "")
     if sel.eager:
         t.add_row("-", "eager (source)", "-", f"{sel.eager.median_ms:.3f}", f"{sel.eager.samples_per_s:.1f}", "1.00", "")
+    for c in sel.per_class:  # the fleet's classes (serve.cpus)
+        timed = ", ".join(f"{r.target} {r.vs_eager:.2f}x" for r in c.ranking)
+        how = (f"timed as {c.cls} (ISA capped): {timed}" if c.ranking else "the ranking above" if c.timed_on == c.cls
+               else f"not timed as {c.cls}: the order measured on {c.timed_on}")  # fmt: skip
+        extra = (f"; not timed as it: {', '.join(c.untimed)}" if c.untimed else "") + (f"; not offered: {', '.join(c.excluded)}" if c.excluded else "")
+        t.add_row("", f"{c.cls}: {c.winner or 'none'}", "", "", "", "", how + extra)
     return t
 
 
@@ -322,6 +331,34 @@ def _table(targets: list[TargetResult]):
         detail = ", ".join(f.path for f in r.files) if r.ok else (r.reason or "")
         t.add_row(r.name, r.kind, f"[{color}]{r.status.value}[/]", f"{r.build_seconds:.1f}", "-" if abs_err is None else f"{abs_err:.2e}",
                   "-" if cos is None else f"{cos:.6f}", detail)  # fmt: skip
+    return t
+
+
+def _cpu_table(targets: list[TargetResult]):
+    """Per CPU artifact: what it needs, and each class's verdict (toolchain/classgate.py); None without any."""
+    from rich.table import Table
+
+    proved = [r for r in targets if r.cpu is not None]
+    if not proved:
+        return None
+    classes = list(dict.fromkeys(c.cls for r in proved for c in r.cpu.classes))
+    t = Table(title=f"CPU classes (built on {proved[0].cpu.built_on}: {', '.join(proved[0].cpu.features) or 'no AVX-512/AMX'})")
+    for col in ("target", "code needs", *classes):
+        t.add_column(col)
+    marks = {"passed": "green", "derived": "cyan", "untested": "yellow", "failed": "red"}
+    for r in proved:
+        cells = []
+        for cls in classes:
+            c = r.cpu.check(cls)
+            if c is None:
+                cells.append("-")
+                continue
+            figure = f" {c.cosine:.6f}" if c.cosine is not None else ""
+            cells.append(f"[{marks[c.status]}]{c.status}[/]{figure}" + ("" if c.offered else " (not offered)"))
+        needs = r.cpu.needs or "-"
+        if r.cpu.compiled_for:
+            needs += f" (compiled for {r.cpu.compiled_for})"
+        t.add_row(r.name, needs, *cells)
     return t
 
 
@@ -363,6 +400,12 @@ def _print_summary(result) -> None:
     for t in result.manifest.targets:
         for w in t.warnings:
             con.print(f"[yellow]warning[/] {t.name}: {w}")
+    if any(r.cpu is not None and len(r.cpu.classes) > 1 for r in result.manifest.targets):
+        con.print(_cpu_table(result.manifest.targets))
+        for r in result.manifest.targets:
+            for c in r.cpu.classes if r.cpu is not None and r.ok else []:
+                if not c.offered:
+                    con.print(f"[yellow]not offered[/] {r.name} on {c.cls}: {c.reason}")
     for r in result.targets:
         if r.status is Status.FAILED and r.stage is not Stage.PARITY:
             con.print(
@@ -383,7 +426,18 @@ def _serve_check(root: Path, server: Path | None = None, native: bool = False, t
     return result
 
 
+def _host_warnings(root: Path, names: list[str] | None = None) -> None:
+    """serve-check and bench: say so when this machine's CPU class is one an artifact was not proved (or offered) for."""
+    try:
+        m = Manifest.from_dict(mf.read_raw(root / "manifest.json" if root.is_dir() else root))
+    except (OSError, ValueError, KeyError):
+        return  # the command itself reports an unreadable manifest
+    for line in classgate.host_warnings(m.targets, names):
+        print(f"mlpack: warning: {line}", file=sys.stderr)
+
+
 def cmd_serve_check(args) -> int:
+    _host_warnings(args.dir, list(args.target or []) or None)
     result = _serve_check(args.dir, args.server, args.native, args.target)
     if args.json:
         print(json.dumps(result.manifest.to_dict(), indent=2))
@@ -458,6 +512,7 @@ def cmd_cache(args) -> int:
 def cmd_bench(args) -> int:
     if args.warmup < 0 or args.iters < 1 or args.seconds <= 0:
         raise UsageError("--warmup must be >= 0, --iters >= 1 and --seconds > 0")
+    _host_warnings(args.dir)
     with make_progress() as progress:
         report = bench(
             args.dir,

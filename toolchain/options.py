@@ -17,11 +17,11 @@ NAME_RE = r"^[a-z0-9][a-z0-9_-]*$"
 
 
 def _yaml_off(value: Any) -> Any:
-    """YAML 1.1 reads a bare `off` as false: `fallback: off` means the string."""
-    return "off" if value is False else value
+    """YAML 1.1 reads a bare `off` as false and `on` as true: `fallback: off` and `freezing: on` mean the strings."""
+    return "off" if value is False else "on" if value is True else value
 
 
-# For option values that include "off": accepts what YAML made of a bare `off`.
+# For option values that include "off": accepts what YAML made of a bare `off` (or `on`).
 YamlOff = BeforeValidator(_yaml_off)
 
 

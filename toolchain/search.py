@@ -78,6 +78,9 @@ QUANTIZATION_SCHEMA: dict = {
         },
         "fallback": {"enum": ["off", "auto"]},
         "format": {"type": "string"},
+        # INT8 for a fleet with CPUs without VNNI: ONNX 7-bit weights / PT2E 7-bit activations, whose products cannot saturate
+        "reduce_range": {"type": "boolean"},
+        "reduce_range_for": {"type": "array", "items": {"type": "string"}},
         "kept_float_why": {"type": "object", "additionalProperties": {"type": "string"}},  # AOTI int8-weight: layers the kernel cannot take
         "nodes_kept_fp32": {"type": "array", "items": {"type": "string"}},  # fp16: Transposes into a MatMul (transposes_into_matmul)
         "calibration": {

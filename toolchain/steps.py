@@ -176,9 +176,10 @@ def reap_orphans(staging_prefix: str) -> list[int]:
     return killed
 
 
-def run_step(step: StepSpec, staging: Path, name: str, timeout: float, children: Children, memory: int | None = None) -> StepOutcome:
+def run_step(step: StepSpec, staging: Path, name: str, timeout: float, children: Children, memory: int | None = None,
+             env: dict[str, str] | None = None) -> StepOutcome:  # fmt: skip
     """Run one worker step in its own process and session; stop it after `timeout` seconds or
-    when its process group holds more than `memory` bytes."""
+    when its process group holds more than `memory` bytes. `env`: variables it runs with (a CPU class's ISA caps)."""
     logs = staging / "logs"
     logs.mkdir(exist_ok=True)
     step = replace(step, root=str(staging), result=f"logs/{name}.result.json")
@@ -186,7 +187,14 @@ def run_step(step: StepSpec, staging: Path, name: str, timeout: float, children:
     write_reproduce(logs / f"{name}.reproduce.sh", f"{name}.step.json", step.target)
     log = logs / f"{name}.log"
     rel = log.relative_to(staging).as_posix()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", "MLPACK_PARENT_PID": str(os.getpid()), "MLPACK_STAGING": str(staging)}
+    env = {
+        **os.environ,
+        **(env or {}),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONFAULTHANDLER": "1",
+        "MLPACK_PARENT_PID": str(os.getpid()),
+        "MLPACK_STAGING": str(staging),
+    }
     here = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     result_file = staging / step.result

@@ -26,7 +26,7 @@ import time
 import traceback
 from pathlib import Path
 
-from toolchain import kinds
+from toolchain import classgate, kinds
 from toolchain import manifest as mf
 from toolchain.errors import EXIT_USAGE, MlpackError, StepError, one_line
 from toolchain.feeds import load_feeds, save_feeds
@@ -122,7 +122,22 @@ def run_target(step: StepSpec, root: Path, workdir: Path) -> TargetOutcome:
     report = compare(reference, outputs, recipe.tolerance(spec), recipe.parity.scores)
     generation = _judge_generation(kind, artifact, recipe, spec, runner, base, root) if recipe.generates else None
     extra = {**artifact.extra, **({"device_name": _device_name()} if artifact.device == "cuda" else {})}
+    if artifact.device == "cpu":
+        extra["cpu"] = _prove_classes(kind, recipe, spec, artifact, runner, base, root, report, generation, reference).to_dict()
     return TargetOutcome(spec.kind, seconds, artifact.device, files, artifact.signature, runner, report, extra, generation)
+
+
+def _prove_classes(kind, recipe, spec, artifact, runner, base: Path, root: Path, report, generation, reference):
+    """The artifact's verdict per CPU class of the recipe's fleet (toolchain/classgate.py)."""
+
+    def judge(outputs):
+        again = compare(reference, outputs, recipe.tolerance(spec), recipe.parity.scores)
+        return again.passed, again.worst_cosine, again.worst()[0]
+
+    here = (report.passed and (generation is None or generation.passed), report.worst_cosine, report.worst()[0])
+    return classgate.prove(recipe, kind.precision_of(spec, recipe), runner, base, root, kind.compiled_code([Path(f) for f in artifact.files]), here,
+                           artifact.extra.get("quantization"), kind.compiled_for(artifact.extra), None if recipe.generates else judge,
+                           kind.isa_capped)  # fmt: skip
 
 
 def _judge_generation(kind, artifact, recipe, spec, runner, base: Path, root: Path):

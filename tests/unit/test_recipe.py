@@ -702,3 +702,19 @@ def test_a_savedmodel_is_every_file_of_its_folder_and_data_files_follow(root):
 def test_one_triton_model_name():
     assert triton.triton_model_name is triton_model_name
     assert triton_model_name("res-net", "onnx-int8") == "res_net_onnx_int8"
+
+
+def test_bare_yaml_on_and_off_mean_the_strings(root):
+    # YAML 1.1 reads `on` as true and `off` as false; the docs write `freezing: on | off`.
+    r = parse_recipe(
+        edit(("kind: aoti", "kind: aoti\n    freezing: on"), ("kind: onnx", "kind: onnx\n    name: o8\n    quantize: int8\n    fallback: off")), root / "r.yaml"
+    )
+    assert r.target("aoti").freezing == "on" and r.target("o8").fallback == "off"
+
+
+def test_serve_cpus_names_known_classes_once(root):
+    r = parse_recipe(edit((APPEND, "serve:\n  cpus: [avx2, amx]\n")), root / "r.yaml")
+    assert r.serve.cpus == ["avx2", "amx"] and parse_recipe(BASE, root / "r.yaml").serve.cpus == []
+    assert problems(edit((APPEND, "serve:\n  cpus: [avx2, avx2]\n")), root)[0][:3] == ("serve.cpus", 15, "each CPU class once; got ['avx2', 'avx2']")
+    key, _, message, _ = problems(edit((APPEND, "serve:\n  cpus: [avx3]\n")), root)[0]
+    assert key == "serve.cpus[0]" and "avx3" in message

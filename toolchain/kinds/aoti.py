@@ -5,19 +5,21 @@ Triton's pytorch backend (platform torch_aoti) or a Python-backend model.py.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import model_validator
 from pydantic_core import PydanticCustomError
 
+from toolchain import cpuclass
 from toolchain.kinds.base import EXPORT_SCHEMA, Artifact, BuildContext, Kind, RunnerSpec, TritonModel
-from toolchain.machine import cuda_missing
+from toolchain.machine import cpu_identity, cuda_missing
 from toolchain.options import TargetOptions, YamlOff
 from toolchain.records import ExportRecord
 from toolchain.records.steps import PREFILL
 from toolchain.search import QUANTIZATION_SCHEMA
 from toolchain.tensors import Signature, TensorSig
-from toolchain.torchtools import aoti_precision, package_kernels, weight_only
+from toolchain.torchtools import aoti_precision, isa, package_kernels, weight_only
 from toolchain.torchtools.aoti_compile import compile_package
 
 MODEL = "model.pt2"
@@ -90,6 +92,10 @@ AOTI_SCHEMA: dict = {
         "precision": {"enum": ["fp32", "bf16", "int8", "fp16", "int8-weight"]},
         "freezing": {"type": "boolean"},
         "autocast": {"type": "string"},
+        "compiled_for": {
+            "type": ["string", "null"],
+            "description": "the CPU class its code was compiled for (serve.cpus); null: the build machine (-march=native)",
+        },
         "io": {"type": "string"},
         "freezing_choice": {"type": "array", "items": {"type": "object"}},
         "kernels": {
@@ -123,6 +129,20 @@ class AotiKind(Kind):
 
     def skip_reason(self, spec: AotiTarget) -> str | None:
         return cuda_missing() if spec.device == "cuda" else None
+
+    isa_capped = True
+
+    def compiled_code(self, files: list[Path]) -> list[Path]:
+        return [f for f in files if f.suffix == ".pt2"]
+
+    def compiled_for(self, extra: dict) -> str | None:
+        return extra.get("aoti", {}).get("compiled_for")
+
+    def cache_parts(self, spec: AotiTarget) -> dict:
+        if spec.device == "cuda":
+            return super().cache_parts(spec)
+        # Inductor compiles a CPU package's code with -march=native: it runs only where this machine's features are
+        return {"cpu_class": cpuclass.machine_class(), "cpu_features": cpu_identity()["features"]}
 
     def check(self, spec: AotiTarget, recipe) -> list:
         if recipe.generates and spec.precision not in ("fp32", "int8-weight"):
@@ -159,7 +179,7 @@ class AotiKind(Kind):
             aoti["kernels"] = kernels.to_dict()
             if choice is not None:
                 extra["warnings"] += aoti_precision.int8_kernel_warnings(choice, kernels, source.module)
-        extra["aoti"] = aoti
+        extra["aoti"] = aoti | {"compiled_for": isa.portable_class(source.recipe) if spec.device == "cpu" else None}
         return Artifact(
             files=[path],
             signature=self._signature(program, source),
@@ -194,7 +214,12 @@ class AotiKind(Kind):
         source.module.to("cpu")
         program = built["decode" if source.recipe.seq2seq or recurrent else "prefill"][0]  # the recipe's inputs: an encoder-decoder's decode program
         export = ExportRecord.of_phases({p: rec for p, (_, rec) in built.items()}).to_dict()
-        aoti = {"precision": spec.precision, "freezing": frozen, "packages": {p: f"{p}.pt2" for p in phases}}
+        aoti = {
+            "precision": spec.precision,
+            "freezing": frozen,
+            "packages": {p: f"{p}.pt2" for p in phases},
+            "compiled_for": isa.portable_class(source.recipe) if spec.device == "cpu" else None,
+        }
         runner = RunnerSpec(runner=DECODER_RUNNER, path=str(ctx.workdir), inputs=source.input_names, outputs=source.output_names, device=spec.device)
         if recurrent:
             runner = RunnerSpec(runner=RUNNER, path=str(ctx.workdir / "decode.pt2"), inputs=source.input_names, outputs=source.output_names, device=spec.device)

@@ -106,6 +106,9 @@ class Kind:
     fp32_tolerance: ClassVar[dict] = {"atol": 1e-4, "rtol": 1e-3}  # parity's default when the recipe sets none
     order: ClassVar[int] = 1000  # where it is listed among kinds (then by name); entry points come unordered
     tasks: ClassVar[frozenset[str]] = frozenset({"predict"})  # recipe tasks it builds for; text-generation: a decoder with its KV cache
+    # Its CPU artifacts run on oneDNN's and ATen's kernels, which ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY cap: the gate
+    # re-runs them as on each weaker CPU class of the fleet (toolchain/classgate.py); False: the runtime cannot be capped
+    isa_capped: ClassVar[bool] = False
 
     def skip_reason(self, spec: TargetOptions) -> str | None:
         """Why this machine cannot build or run the target, or None."""
@@ -158,6 +161,14 @@ class Kind:
         """text-generation: a function (prompt ids [batch, prompt], new tokens) -> None that generates with the artifact's
         own runtime loop on `threads` intra-op threads, for `mlpack bench` and `select:`; None: mlpack's loop over the
         artifact's runner."""
+        return None
+
+    def compiled_code(self, files: list[Path]) -> list[Path]:
+        """The artifact's files that hold machine code of its own (whose instructions decide the CPUs it runs on)."""
+        return []
+
+    def compiled_for(self, extra: dict) -> str | None:
+        """The CPU class the artifact's code was compiled for (from its manifest fields); None: the build machine's."""
         return None
 
     def fingerprint_files(self) -> list[Path]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolchain import cpuclass
 from toolchain.errors import StepError, one_line
 from toolchain.judge import judge
 from toolchain.onnxtools.kernels import runtime_kernels
@@ -92,13 +93,14 @@ class _Reader:
 
 
 def quantize_static_qdq(prep: Path, dst: Path, calib: CalibrationSet, method: str, excluded: list[str], symmetric: bool, cache: Path | None = None,
-                        op_types: tuple[str, ...] | None = None) -> None:  # fmt: skip
+                        op_types: tuple[str, ...] | None = None, reduce_range: bool = False) -> None:  # fmt: skip
     """Static QDQ with per-channel weights.
 
     symmetric=True (TensorRT) puts every zero point at 0, as TensorRT requires;
     otherwise activations are asymmetric uint8, ONNX Runtime's CPU choice.
     `cache` keeps the calibrated ranges so search rounds skip recalibrating;
-    `op_types` limits which op types are quantized (None: ONNX Runtime's default set).
+    `op_types` limits which op types are quantized (None: ONNX Runtime's default set);
+    `reduce_range`: 7-bit weights, whose u8 x s8 pairs cannot saturate on CPUs without VNNI.
     """
     from onnxruntime import quantization as q
 
@@ -115,10 +117,11 @@ def quantize_static_qdq(prep: Path, dst: Path, calib: CalibrationSet, method: st
         nodes_to_exclude=excluded,
         extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True, "CalibStridedMinMax": 1},
         calibration_cache_path=str(cache) if cache else None,
+        reduce_range=reduce_range,
     )
 
 
-def quantize_dynamic(prep: Path, dst: Path, excluded: list[str], op_types: tuple[str, ...] | None = None) -> None:
+def quantize_dynamic(prep: Path, dst: Path, excluded: list[str], op_types: tuple[str, ...] | None = None, reduce_range: bool = False) -> None:
     """Weights INT8 ahead of time (per output channel), activations quantized per batch at run time.
 
     Per-channel weights: on real all-MiniLM-L6-v2 weights, per-tensor dynamic INT8
@@ -127,7 +130,7 @@ def quantize_dynamic(prep: Path, dst: Path, excluded: list[str], op_types: tuple
     from onnxruntime import quantization as q
 
     q.quantize_dynamic(str(prep), str(dst), weight_type=q.QuantType.QInt8, per_channel=True, nodes_to_exclude=excluded,
-                       op_types_to_quantize=list(op_types) if op_types else None)  # fmt: skip
+                       op_types_to_quantize=list(op_types) if op_types else None, reduce_range=reduce_range)  # fmt: skip
 
 
 def _worst_sample(reference: list[dict], outputs: list[dict]) -> int:
@@ -169,6 +172,7 @@ class Int8Job:
     samples: list[dict]
     reference: list[dict]
     tol: object
+    reduce_range: bool = False  # for a fleet with CPUs without VNNI (toolchain/cpuclass.py SATURATING)
 
     @property
     def attempt_path(self) -> Path:
@@ -182,9 +186,9 @@ class Int8Job:
         path = self.attempt_path
         if config.method is not None:
             quantize_static_qdq(self.prep, path, self.calib, config.method, list(config.excluded), symmetric=False,
-                                cache=self.scratch / f"calibration.{config.method}.json", op_types=config.op_types)  # fmt: skip
+                                cache=self.scratch / f"calibration.{config.method}.json", op_types=config.op_types, reduce_range=self.reduce_range)  # fmt: skip
         else:
-            quantize_dynamic(self.prep, path, list(config.excluded), config.op_types)
+            quantize_dynamic(self.prep, path, list(config.excluded), config.op_types, self.reduce_range)
         runner = OnnxRuntimeRunner(path, self.source.input_names, self.source.output_names, self.spec.device)
         return judge(runner, self.samples, self.reference, self.tol, self.source.recipe.parity.scores)
 
@@ -307,7 +311,11 @@ def to_int8(source, spec, src: Path, dst: Path, scratch: Path, ctx) -> dict:
     samples, reference = ctx.parity_data()
     tol = recipe.tolerance(spec)
     # The search may use half the target's time; what is left builds the gate's own check.
-    job = Int8Job(source, spec, prep, scratch, calib, samples, reference, tol)
+    saturating = [c for c in recipe.serve.cpus if c in cpuclass.SATURATING]
+    if saturating:
+        record["reduce_range"] = True
+        record["reduce_range_for"] = saturating
+    job = Int8Job(source, spec, prep, scratch, calib, samples, reference, tol, bool(saturating))
     search = job.search(time.monotonic() + spec.timeout * SEARCH_SHARE)
     base = Config(method if static else None)
     first = search.run(base)

@@ -421,9 +421,24 @@ class TFServingServe(Strict):
     batching: TFServingBatching | None = None
 
 
+CpuClass = Literal["avx2", "avx512", "avx512_vnni", "avx512_bf16", "amx"]  # toolchain/cpuclass.py
+
+
 class Serve(Strict):
     triton: TritonServe | None = None
     tfserving: TFServingServe | None = None
+    cpus: list[CpuClass] = Field(
+        default_factory=list,
+        description="the CPU classes the fleet serves on: CPU packages are compiled for the lowest, and each artifact is gated on every class "
+        "this machine can emulate (default: this machine's class only)",
+    )
+
+    @field_validator("cpus")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise PydanticCustomError("cpus_repeated", "each CPU class once; got {v}", {"v": v})
+        return v
 
 
 class Select(Strict):

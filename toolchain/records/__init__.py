@@ -13,6 +13,7 @@ from toolchain.records.results import (
     BuildResult,
     CacheEntry,
     CacheRef,
+    ClassChoice,
     Machine,
     Manifest,
     ParityData,
@@ -41,10 +42,13 @@ from toolchain.records.steps import (
     TargetOutcome,
     Timing,
 )
-from toolchain.records.verdicts import RULE, STAGE_EXIT, Divergence, GenerationReport, OutputDiff, ParityReport, Perplexity, Stage, Status
+from toolchain.records.verdicts import RULE, STAGE_EXIT, ClassCheck, CpuProof, Divergence, GenerationReport, OutputDiff, ParityReport, Perplexity, Stage, Status
 
 __all__ = [
     "Attempt",
+    "ClassCheck",
+    "ClassChoice",
+    "CpuProof",
     "BuildResult",
     "CacheEntry",
     "CacheRef",

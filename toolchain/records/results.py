@@ -8,7 +8,7 @@ from pathlib import Path
 
 from toolchain.errors import EXIT_CONVERSION, EXIT_OK, EXIT_PARITY, EXIT_USAGE
 from toolchain.records.steps import Dependency, FileEntry, RunnerSpec, _files, _runner, _signature
-from toolchain.records.verdicts import STAGE_EXIT, GenerationReport, ParityReport, Stage, Status
+from toolchain.records.verdicts import STAGE_EXIT, CpuProof, GenerationReport, ParityReport, Stage, Status
 from toolchain.tensors import Signature
 
 SCHEMA_ID = "mlpack.manifest/1"
@@ -67,6 +67,11 @@ class TargetResult:
     def device_name(self) -> str | None:
         """The GPU a CUDA artifact was built and judged on."""
         return self.extra.get("device_name")
+
+    @property
+    def cpu(self) -> CpuProof | None:
+        """Where a CPU artifact was proved, class by class (toolchain/classgate.py)."""
+        return CpuProof.from_dict(self.extra["cpu"]) if self.extra.get("cpu") else None
 
     @property
     def warnings(self) -> list[str]:
@@ -181,6 +186,28 @@ class Ranked:
 
 
 @dataclass
+class ClassChoice:
+    """The artifact selection serves on one CPU class of the fleet: the first of the ranking offered to the class.
+    `timed_on`: the class whose timings ordered it (this machine's: a lower class is not timed here, said as such)."""
+
+    cls: str
+    winner: str | None
+    timed_on: str | None
+    excluded: dict[str, str] = field(default_factory=dict)  # ranked targets not offered to the class, and why
+    ranking: list[Ranked] = field(default_factory=list)  # timed with the ISA capped to the class (a class below this machine's)
+    untimed: list[str] = field(default_factory=list)  # artifacts whose runtime cannot be capped: not timed as the class
+
+    def to_dict(self) -> dict:
+        return {"class": self.cls, "winner": self.winner, "timed_on": self.timed_on, "excluded": self.excluded,
+                "ranking": [r.to_dict() for r in self.ranking], "untimed": self.untimed}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ClassChoice:
+        return cls(d["class"], d.get("winner"), d.get("timed_on"), dict(d.get("excluded", {})), [Ranked(**r) for r in d.get("ranking", [])],
+                   list(d.get("untimed", [])))  # fmt: skip
+
+
+@dataclass
 class Selection:
     """The artifacts that passed, timed on this machine and ranked; `error` when timing failed."""
 
@@ -197,6 +224,7 @@ class Selection:
     served_as: str | None = None  # the Triton model that serves the winner under the plain name
     log: str | None = None
     error: str | None = None
+    per_class: list[ClassChoice] = field(default_factory=list)  # the fleet's classes (serve.cpus)
 
     @property
     def winner(self) -> str | None:
@@ -220,6 +248,7 @@ class Selection:
             "served_as": self.served_as,
             "log": self.log,
             "cache": self.cache.to_dict(),
+            **({"per_class": [c.to_dict() for c in self.per_class]} if self.per_class else {}),
         }
 
     @classmethod
@@ -238,6 +267,7 @@ class Selection:
             d.get("served_as"),
             d.get("log"),
             d.get("error"),
+            [ClassChoice.from_dict(c) for c in d.get("per_class", [])],
         )
 
 

@@ -195,3 +195,57 @@ class GenerationReport:
         return cls(d["passed"], d["prompts"], d["steps"], d["token_match"], d["floor"], [Divergence(**x) for x in d["divergences"]],
                    list(d["step_cosine"]), ParityReport.from_dict(d["logits"]), d.get("how", ""), list(d.get("failures", [])),
                    Perplexity(**d["perplexity"]) if d.get("perplexity") else None)  # fmt: skip
+
+
+@dataclass
+class ClassCheck:
+    """One CPU class's verdict on an artifact (toolchain/cpuclass.py, toolchain/classgate.py).
+
+    status: passed (its parity ran here, natively or with the ISA capped to the class) | failed | derived (not run:
+    holds by the arithmetic, integer products that cannot saturate) | untested (this machine cannot run the class, or
+    the runtime cannot be capped to it). `offered`: whether selection and serving may hand the artifact to the class.
+    """
+
+    cls: str
+    status: str
+    how: str
+    offered: bool
+    reason: str = ""
+    cosine: float | None = None
+    max_abs_err: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"class": self.cls, "status": self.status, "how": self.how, "offered": self.offered, "reason": self.reason,
+                "cosine": self.cosine, "max_abs_err": self.max_abs_err}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ClassCheck:
+        return cls(d["class"], d["status"], d["how"], bool(d["offered"]), d.get("reason", ""), d.get("cosine"), d.get("max_abs_err"))
+
+
+@dataclass
+class CpuProof:
+    """Where an artifact was proved: the build machine's class and features, the class its compiled code needs to run
+    at all, the features it needs to run at its measured speed, and each class's verdict."""
+
+    built_on: str | None
+    features: list[str]
+    needs: str | None  # None: no compiled code of its own (the runtime dispatches), or nothing beyond SSE
+    compiled_for: str | None  # the class its code was compiled for (serve.cpus), None: the build machine (-march=native)
+    fast_on: list[str]
+    classes: list[ClassCheck]
+
+    def to_dict(self) -> dict:
+        return {"built_on": self.built_on, "features": self.features, "needs": self.needs, "compiled_for": self.compiled_for,
+                "fast_on": self.fast_on, "classes": [c.to_dict() for c in self.classes]}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CpuProof:
+        return cls(d.get("built_on"), list(d.get("features", [])), d.get("needs"), d.get("compiled_for"), list(d.get("fast_on", [])),
+                   [ClassCheck.from_dict(c) for c in d.get("classes", [])])  # fmt: skip
+
+    def check(self, cls: str | None) -> ClassCheck | None:
+        return next((c for c in self.classes if c.cls == cls), None)
+
+    def offered_to(self) -> list[str]:
+        return [c.cls for c in self.classes if c.offered]

@@ -18,7 +18,7 @@ from toolchain.errors import StepError, one_line
 from toolchain.records import Attempt, ExportRecord
 from toolchain.samples import Feed
 from toolchain.tensors import to_numpy
-from toolchain.torchtools import export_errors, inductor_patches, rewrites
+from toolchain.torchtools import export_errors, inductor_patches, isa, rewrites
 
 # Export variants, in order. "size-oblivious" keeps a dim dynamic through size-0/1
 # checks (a CNN whose smallest input makes a 1x1 feature map); an RNN loses batch 1
@@ -194,7 +194,12 @@ def _compile_strategies(source, device: str, path: Path, module, configs: dict, 
                 # prepacking and the INT8 q/dq -> qlinear/qconv lowerings (PT2E) never run.
                 # Size-oblivious as exported: otherwise Inductor's guard_or_false/true decide shape
                 # branches from the example input, guards a package never checks.
-                with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=oblivious), inductor_patches.compiling():
+                with (
+                    torch.no_grad(),
+                    torch.fx.experimental._config.patch(backed_size_oblivious=oblivious),
+                    inductor_patches.compiling(),
+                    isa.compile_for(isa.portable_class(source.recipe)),
+                ):
                     torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=run_configs or None)
             except Exception as e:
                 raise AttemptFailed("compile", one_line(e), strategy=shown, configs=run_configs, detail=str(e)) from e

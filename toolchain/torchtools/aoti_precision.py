@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolchain import cpuclass
 from toolchain.errors import StepError
 from toolchain.judge import judge
 from toolchain.kinds.base import BuildContext
@@ -167,7 +168,8 @@ def _int8_module(source, spec, ctx: BuildContext, tol=None, deadline: float | No
     deadline = deadline or time.monotonic() + spec.timeout * 0.5
     found = pt2e.search(program, [as_args(f) for f in calib.feeds], [as_args(f) for f in samples], reference, tol or source.recipe.tolerance(spec),
                         source.recipe.parity.scores, source.output_names, pt2e.quantized_modules(source), spec.fallback, deadline,
-                        hazards=pt2e.lowering_hazards(source.module, program) | (hazards or {}))  # fmt: skip
+                        hazards=pt2e.lowering_hazards(source.module, program) | (hazards or {}),
+                        reduce_range=[c for c in source.recipe.serve.cpus if c in cpuclass.SATURATING])  # fmt: skip
     record = dict(found.record)
     attempts = record.pop("attempts")
     record["calibration"] = {"method": "histogram", **calib.to_dict()}

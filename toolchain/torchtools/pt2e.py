@@ -227,13 +227,14 @@ def label_functional_linears(gm) -> int:
     return labelled
 
 
-def quantize(program, calibration: list[tuple], dynamic: bool, excluded: list[str]):
-    """The exported float program as a PT2E-quantized GraphModule (reference q/dq form)."""
+def quantize(program, calibration: list[tuple], dynamic: bool, excluded: list[str], reduce_range: bool = False):
+    """The exported float program as a PT2E-quantized GraphModule (reference q/dq form). reduce_range: activations in
+    7 bits, so that u8 x s8 pairs cannot saturate where oneDNN has no VNNI (toolchain/cpuclass.py)."""
     import torch
 
     prepare_pt2e, convert_pt2e, xiq = _torchao()
     quantizer = _float_only(_with_plain_conv1d(xiq.X86InductorQuantizer(), xiq)).set_global(
-        xiq.get_default_x86_inductor_quantization_config(is_dynamic=dynamic)
+        xiq.get_default_x86_inductor_quantization_config(is_dynamic=dynamic, reduce_range=reduce_range)
     )
     for name in excluded:
         quantizer.set_module_name_qconfig(name, None)
@@ -428,12 +429,13 @@ class Pt2eJob:
     scores: list[str]
     output_names: list[str]
     forced: list[str]
+    reduce_range: bool = False
 
     def config(self, dynamic: bool, excluded: list[str], why: str) -> Pt2eConfig:
         return Pt2eConfig(dynamic, tuple(self.forced + [e for e in excluded if e not in self.forced]), why)
 
     def evaluate(self, config: Pt2eConfig) -> tuple[ParityReport, object]:
-        module = quantize(self.program, self.calibration, config.dynamic, list(config.excluded))
+        module = quantize(self.program, self.calibration, config.dynamic, list(config.excluded), self.reduce_range)
         return compare(self.reference, _run(module, self.samples, self.output_names), self.tol, self.scores), module
 
 
@@ -470,13 +472,15 @@ def search(
     fallback: str,
     deadline: float,
     hazards: dict[str, str] | None = None,
+    reduce_range: list[str] | None = None,
 ) -> Pt2eOutcome:
     """The quantized module to compile and the manifest's `quantization` record.
 
-    hazards: {module: why} kept in float in every configuration (lowering_hazards).
+    hazards: {module: why} kept in float in every configuration (lowering_hazards);
+    reduce_range: the fleet's classes without VNNI, for which activations are quantized in 7 bits.
     """
     hazards = hazards or {}
-    s = Search(Pt2eJob(program, calibration, samples, reference, tol, scores, output_names, list(hazards)), deadline)
+    s = Search(Pt2eJob(program, calibration, samples, reference, tol, scores, output_names, list(hazards), bool(reduce_range)), deadline)
     candidates = [c for c in candidates if c not in hazards]
     first = s.try_(False, [], "plain")
     report, module = first.report, first.artifact
@@ -493,7 +497,7 @@ def search(
     record = {
         "mode": "int8",
         "format": "PT2E (torchao X86InductorQuantizer), lowered by Inductor freezing",
-        "activations": f"uint8 {'dynamic' if config.dynamic else 'static'} per tensor",
+        "activations": f"{'uint7 (reduce_range)' if reduce_range else 'uint8'} {'dynamic' if config.dynamic else 'static'} per tensor",
         "weights": "int8 symmetric per channel",
         "fallback": fallback,
         "chosen": config.to_dict(),
@@ -501,6 +505,8 @@ def search(
         "node_report": node_report,
         "quantized_layers": quantized_layers(module),
     }
+    if reduce_range:
+        record |= {"reduce_range": True, "reduce_range_for": list(reduce_range)}
     if hazards:
         record["kept_float_for_lowering"] = [{"module": m, "why": why} for m, why in hazards.items()]
     return Pt2eOutcome(module, record, list(config.excluded), report)
