@@ -12,7 +12,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from toolchain.machine import cpu_identity
+from toolchain.machine import cpu_flags, cpu_identity
 
 CLASSES = ("avx2", "avx512", "avx512_vnni", "avx512_bf16", "amx")
 # /proc/cpuinfo flags a class needs (each class also needs those of the classes before it)
@@ -41,20 +41,12 @@ def class_of(flags: set[str] | list[str]) -> str | None:
     return best
 
 
-def _flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
-    except OSError:
-        return set()
-
-
 def machine_class() -> str | None:
     """This machine's class (MLPACK_CPU_CLASS caps it, like the emulation does, for tests and for a build that
     must not prove anything above a class)."""
     import os
 
-    own = class_of(_flags())
+    own = class_of(cpu_flags())
     cap = os.environ.get("MLPACK_CPU_CLASS")
     if cap in CLASSES and own is not None and rank(cap) < rank(own):
         return cap

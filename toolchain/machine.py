@@ -33,20 +33,28 @@ def cuda_missing() -> str | None:
 
 
 @cache
+def cpu_flags() -> set[str]:
+    """The first CPU's flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.split(":")[0].strip() == "flags"), set())
+    except OSError:
+        return set()
+
+
+@cache
 def cpu_identity() -> dict:
     """The CPU that timings are valid for: model, logical cores, and the features that matter here.
 
     MLPACK_MACHINE_TYPE overrides the model name (to tell CI runners of one pool apart, or in tests).
     """
-    model, flags = platform.processor() or platform.machine(), set()
+    model, flags = platform.processor() or platform.machine(), cpu_flags()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
                     model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
     except OSError:
         pass
     return {
