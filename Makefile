@@ -30,11 +30,12 @@ install: $(BIN)/.installed
 
 # The wheel goes in last and without its dependencies: only its server binary,
 # libraries and backend are used, not the pytriton Python API (which pins numpy<2 too).
-# tokenizers: the streaming generator models' model.py (serving/generate_py.txt) encodes and decodes text.
+# tokenizers: the streaming generator models' model.py (serving/generate_py.txt) encodes and decodes text;
+# it and Pillow run the raw-input pipelines' pre/postprocessing models (serving/pipeline_py.txt).
 $(TRITON_VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/pip install -q --upgrade pip
-	$(TRITON_VENV)/bin/pip install -q "numpy<2" onnxruntime tokenizers "$(TORCH)"
+	$(TRITON_VENV)/bin/pip install -q "numpy<2" onnxruntime tokenizers pillow "$(TORCH)"
 	$(TRITON_VENV)/bin/pip install -q --no-deps "$(PYTRITON)"
 	touch $@
 

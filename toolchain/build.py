@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolchain import cpuclass, kinds, selection
+from toolchain import cpuclass, kinds, pipeline, selection
 from toolchain import manifest as mf
 from toolchain.cache import BuildCache
 from toolchain.errors import EXIT_OK, UsageError
@@ -223,15 +223,22 @@ class Run:
         res.build_seconds, res.device, res.files, res.signature, res.runner, res.parity = o.build_seconds, o.device, o.files, o.signature, o.runner, o.parity
         res.extra = {**o.extra, "peak_rss_mb": out.peak_rss_mb, **node}
         res.generation = o.generation
-        if res.parity.passed and (o.generation is None or o.generation.passed):
+        piped = res.pipeline
+        if res.parity.passed and (o.generation is None or o.generation.passed) and (piped is None or piped.passed):
             res.status = Status.OK
+        elif not res.parity.passed:
+            res.fail(Stage.PARITY, "parity failed")
+        elif o.generation is not None and not o.generation.passed:
+            res.fail(Stage.PARITY, f"generation parity failed: {o.generation.failures[0]}")
         else:
-            res.fail(Stage.PARITY, "parity failed" if not res.parity.passed else f"generation parity failed: {o.generation.failures[0]}")
+            res.fail(Stage.PARITY, f"pipeline parity failed, {piped.first_failure().line()}",
+                     "fix the recipe's preprocess/postprocess to match how the model was trained" if piped.first_failure().stage in ("preprocess", "postprocess") else None)  # fmt: skip
         abs_err, cos = res.parity.worst()
         why = res.parity.first_failure() if not res.parity.passed else (res.reason if not res.ok else None)
         tokens = f", greedy tokens {o.generation.token_match:.4f} as the source's" if o.generation else ""
         ppl = o.generation.perplexity if o.generation else None
         tokens += f", perplexity {ppl.delta:+.2%}" if ppl is not None and ppl.delta is not None else ""
+        tokens += f", raw samples end to end: {piped.get('answer').metric} {piped.get('answer').value:.6f}" if piped and piped.get("answer") else ""
         self.progress.end(name, res.status.value, f"max_abs_err {abs_err:.2e}, cosine {cos:.6f}{tokens}" + (f" - {why}" if why else ""))
         return res
 
@@ -349,6 +356,7 @@ class Reference:
                 progress.note(f"source: {note}")
             parity = run.staging / "parity"
             made = [parity / "samples.npz", parity / "reference.npz"] + ([run.staging / GENERATION_FILE, run.staging / TEXT_FILE] if recipe.generates else [])
+            made += pipeline.files(run.staging) if recipe.pipeline else []
             return CacheEntry(mf.file_entries(run.staging, made))
 
         out = run.cache.step(run.plan.source_key, run.staging, produce, log_files("reference"))

@@ -58,6 +58,9 @@ def prove(recipe, precision: str | None, runner: RunnerSpec, base: Path, root: P
 
 
 def _check(cls, here, group, runner, base, root, needs, passed_here, quantization, judge, capped) -> ClassCheck:
+    if cls != here and group == "bf16" and cls not in cpuclass.NATIVE_BF16:  # never offered there: emulated BF16 is slower than FP32
+        return ClassCheck(cls, "untested", "none", False, f"not run: {cls} has no native BF16, so a BF16 artifact is not offered there "
+                          "(its BF16 kernels are emulated: 5.6x slower than FP32 on a Zen 3); FP32 or INT8 artifacts serve that class")  # fmt: skip
     if needs is not None and cpuclass.rank(needs) > cpuclass.rank(cls):
         return ClassCheck(cls, "failed", "code", False, f"its compiled code uses {needs} instructions, which {cls} does not have (it would die "
                           f"with an illegal instruction); list {cls} in serve.cpus to compile for it")  # fmt: skip

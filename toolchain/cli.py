@@ -232,6 +232,13 @@ def cmd_validate(args) -> int:
         d, g = r.decoder, r.generation
         lines.append(f"  text-generation: {d.model_type or 'decoder'}, {d.layers} layers, {f'states {d.states[0]} x ({d.states[1]} conv, {d.states[2]} ssm)' if d.recurrent else f'cache {d.kv_heads} kv heads x {d.head_dim}'}, context {g.max_length}, "
                      f"batch up to {g.max_batch}; judged on {len(g.prompts or g.audio)} {'prompts' if g.prompts else 'audio clips'} x {g.max_new_tokens} greedy tokens against the source's own greedy generation")  # fmt: skip
+    if r.pipeline:
+        pre, post = r.preprocess, r.postprocess
+        took = f"text (tokenizer {pre.text.tokenizer}, max {pre.text.max_length} tokens)" if pre.text else (
+            f"image bytes (resize {pre.image.resize}, crop {pre.image.crop}, {pre.image.layout})")  # fmt: skip
+        gives = (f"an embedding ({post.embedding.pool} pooling of '{post.embedding.output}'{', L2-normalised' if post.embedding.normalize else ''})"
+                 if post.embedding else f"top {post.classify.top_k} labels of '{post.classify.output}'")  # fmt: skip
+        lines.append(f"  pipeline: {took} -> {gives}; judged end to end on {len(r.raw_samples())} raw sample file(s) against the source framework's pipeline")
     print("\n".join(lines), file=sys.stderr)
     return EXIT_OK
 

@@ -125,6 +125,33 @@ def tokenizer_problem(path: Path) -> str | None:
     return None if isinstance(tok, dict) and isinstance(tok.get("model"), dict) else f"{path} has no tokenizer model: not a tokenizer.json"
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # a folder of raw image samples: the files read
+IMAGE_MAX_BYTES = 64 << 20  # an image sample is read whole
+IMAGE_MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"BM": "BMP", b"RIFF": "WEBP"}
+
+
+def image_problem(path: Path) -> str | None:
+    """A JPEG, PNG, BMP or WEBP file, judged by its first bytes (nothing decodes it here)."""
+    try:
+        if path.stat().st_size > IMAGE_MAX_BYTES:
+            return f"{path} is over {IMAGE_MAX_BYTES >> 20} MiB: an image sample is at most that"
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError as e:
+        return f"cannot read {path}: {e}"
+    if any(head.startswith(m) for m in IMAGE_MAGIC) and (not head.startswith(b"RIFF") or head[8:12] == b"WEBP"):
+        return None
+    return f"{path} is not a JPEG, PNG, BMP or WEBP image (its first bytes are {head[:8]!r})"
+
+
+def image_folder_problem(path: Path) -> str | None:
+    """A folder holding at least one image file, each of which is an image."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        return f"{path} holds no image files ({', '.join(IMAGE_SUFFIXES)})"
+    return next((why for f in files if (why := image_problem(f))), None)
+
+
 TEXT_MAX_BYTES = 64 << 20  # a perplexity sample is read whole
 
 

@@ -26,7 +26,7 @@ import time
 import traceback
 from pathlib import Path
 
-from toolchain import classgate, kinds
+from toolchain import classgate, kinds, pipeline
 from toolchain import manifest as mf
 from toolchain.errors import EXIT_USAGE, MlpackError, StepError, one_line
 from toolchain.feeds import load_feeds, save_feeds
@@ -74,6 +74,8 @@ def run_reference(step: StepSpec, root: Path) -> ReferenceOutcome:
             else "no perplexity sample (an encoder-decoder)"
         )
         notes.append(f"generation: {len(refs)} prompts, {sum(len(r.tokens) for r in refs)} greedy tokens from transformers' generate with its cache; {ppl}")
+    if recipe.pipeline:  # the source framework's pipeline on the raw samples (toolchain/pipeline)
+        notes += pipeline.make_reference(recipe, source, root)
     return ReferenceOutcome(source.output_names, source.input_names, notes)
 
 
@@ -122,6 +124,9 @@ def run_target(step: StepSpec, root: Path, workdir: Path) -> TargetOutcome:
     report = compare(reference, outputs, recipe.tolerance(spec), recipe.parity.scores)
     generation = _judge_generation(kind, artifact, recipe, spec, runner, base, root) if recipe.generates else None
     extra = {**artifact.extra, **({"device_name": _device_name()} if artifact.device == "cuda" else {})}
+    if recipe.pipeline:  # raw samples to answers through this artifact, against the source framework's pipeline
+        with open_runner(runner, base) as active:
+            extra["pipeline"] = pipeline.judge_target(recipe, spec, root, active.infer).to_dict()
     if artifact.device == "cpu":
         extra["cpu"] = _prove_classes(kind, recipe, spec, artifact, runner, base, root, report, generation, reference).to_dict()
     return TargetOutcome(spec.kind, seconds, artifact.device, files, artifact.signature, runner, report, extra, generation)

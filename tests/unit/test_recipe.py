@@ -73,7 +73,7 @@ ERRORS = {
                 "zzz",
                 14,
                 "unknown key 'zzz'",
-                "remove it; known keys: data, dims, generation, inputs, name, outputs, parity, select, serve, source, targets, task, tokenizer, version",
+                "remove it; known keys: data, dims, generation, inputs, name, outputs, parity, postprocess, preprocess, select, serve, source, targets, task, tokenizer, version",
             )
         ],
     ),

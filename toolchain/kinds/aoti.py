@@ -171,7 +171,7 @@ class AotiKind(Kind):
         elif spec.freezing == "auto" and spec.device == "cpu":
             program, record, aoti = aoti_precision.fp32_freezing_choice(source, spec, ctx, path)
         else:
-            program, record = compile_package(source, spec.device, path, configs={"freezing": spec.freezing == "on"})
+            program, record = compile_package(source, spec.device, path, precision=spec.precision, configs={"freezing": spec.freezing == "on"})
             aoti = {"precision": "fp32", "freezing": spec.freezing == "on"}
         source.module.to("cpu")
         kernels = package_kernels.summarize(path)
@@ -179,7 +179,7 @@ class AotiKind(Kind):
             aoti["kernels"] = kernels.to_dict()
             if choice is not None:
                 extra["warnings"] += aoti_precision.int8_kernel_warnings(choice, kernels, source.module)
-        extra["aoti"] = aoti | {"compiled_for": isa.portable_class(source.recipe) if spec.device == "cpu" else None}
+        extra["aoti"] = aoti | {"compiled_for": isa.portable_class(source.recipe, spec.precision) if spec.device == "cpu" else None}
         return Artifact(
             files=[path],
             signature=self._signature(program, source),
@@ -210,7 +210,12 @@ class AotiKind(Kind):
         module = source.module if spec.precision == "int8-weight" else None
         recurrent = source.recipe.decoder.recurrent  # a state-space decoder: one program, its step
         phases = ("decode",) if recurrent else PHASES
-        built = {p: compile_package(source.for_phase(p), spec.device, ctx.workdir / f"{p}.pt2", module=module, configs={"freezing": frozen}) for p in phases}
+        built = {
+            p: compile_package(
+                source.for_phase(p), spec.device, ctx.workdir / f"{p}.pt2", module=module, precision=spec.precision, configs={"freezing": frozen}
+            )
+            for p in phases
+        }
         source.module.to("cpu")
         program = built["decode" if source.recipe.seq2seq or recurrent else "prefill"][0]  # the recipe's inputs: an encoder-decoder's decode program
         export = ExportRecord.of_phases({p: rec for p, (_, rec) in built.items()}).to_dict()
@@ -218,7 +223,7 @@ class AotiKind(Kind):
             "precision": spec.precision,
             "freezing": frozen,
             "packages": {p: f"{p}.pt2" for p in phases},
-            "compiled_for": isa.portable_class(source.recipe) if spec.device == "cpu" else None,
+            "compiled_for": isa.portable_class(source.recipe, spec.precision) if spec.device == "cpu" else None,
         }
         runner = RunnerSpec(runner=DECODER_RUNNER, path=str(ctx.workdir), inputs=source.input_names, outputs=source.output_names, device=spec.device)
         if recurrent:

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from toolchain import kinds, sniff
+from toolchain.recipe.pipeline import TOKENIZER_OUTPUTS
 from toolchain.recipe.schema import DTYPE_BYTES, MAX_SAMPLE_BYTES, Recipe, SourceFile, SpecificVersions, triton_model_name
 
 Found = list[tuple[tuple, str, str | None]]
@@ -37,6 +38,7 @@ def _cross_check(r: Recipe) -> Found:
         else:
             out += [(("targets", i, *loc), msg, hint) for loc, msg, hint in kind.check(t, r)]
     out += _task_checks(r)
+    out += _pipeline_checks(r)
     in_names = [s.name for s in r.inputs]
     for i, spec in enumerate(r.inputs):
         if all(not isinstance(d, str) or d in r.dims for d in spec.shape):
@@ -317,6 +319,58 @@ def _batching_checks(r: Recipe, loc: tuple, max_batch_size: int, off: str) -> Fo
     return []
 
 
+def _pipeline_checks(r: Recipe) -> Found:
+    """preprocess and postprocess come together, for a one-call model, and fit its inputs and outputs."""
+    pre, post = r.preprocess, r.postprocess
+    if pre is None and post is None:
+        return []
+    if pre is None or post is None:
+        have, need = ("preprocess", "postprocess") if post is None else ("postprocess", "preprocess")
+        return [((have,), f"{have} needs {need}: the pipeline takes raw inputs and gives answers",
+                 f"add `{need}:` (see docs/serving.md, raw inputs)")]  # fmt: skip
+    if r.generates:
+        return [(("preprocess",), "a text-generation recipe has its own text pipeline (tokenizer, generation)", "remove preprocess and postprocess")]
+    out: Found = []
+    names = [i.name for i in r.inputs]
+    if pre.text is not None:
+        for i, spec in enumerate(r.inputs):
+            if spec.name not in TOKENIZER_OUTPUTS:
+                out.append((("inputs", i, "name"), f"input '{spec.name}' is not something a tokenizer gives ({', '.join(TOKENIZER_OUTPUTS)})",
+                            "name the model's inputs as the tokenizer's outputs, or drop preprocess.text"))  # fmt: skip
+            elif spec.dtype not in ("int64", "int32"):
+                out.append((("inputs", i, "dtype"), f"'{spec.name}' holds token ids or a mask: int64 or int32, not {spec.dtype}", "use dtype: int64"))
+        if "input_ids" not in names:
+            out.append((("inputs",), "preprocess.text feeds input_ids, and no input has that name", "name the token-id input `input_ids`"))
+    else:
+        img = pre.image
+        if len(r.inputs) != 1:
+            out.append((("inputs",), f"preprocess.image feeds one image tensor; the model has {len(r.inputs)} inputs", "keep one input, the image"))
+        else:
+            spec = r.inputs[0]
+            want = [3, img.crop, img.crop] if img.layout == "nchw" else [img.crop, img.crop, 3]
+            fits = len(spec.shape) == 4 and all(d == w or (isinstance(d, str) and d in r.dims and r.dims[d].min <= w <= r.dims[d].max)
+                                                 for d, w in zip(spec.shape[1:], want))  # fmt: skip
+            if spec.dtype != "float32":
+                out.append((("inputs", 0, "dtype"), f"preprocess.image gives float32 pixels; input '{spec.name}' is {spec.dtype}", "use dtype: float32"))
+            if not fits:
+                out.append((("inputs", 0, "shape"), f"preprocess.image gives [batch, {', '.join(map(str, want))}] ({img.layout}); input '{spec.name}' has shape {spec.shape}",
+                            f"set the input's shape to [batch, {', '.join(map(str, want))}], or preprocess.image.crop/layout to the model's"))  # fmt: skip
+    spec = post.spec
+    outputs = list(r.outputs or [])
+    if outputs and spec.output not in outputs:
+        out.append(
+            (("postprocess", post.answer, "output"), f"'{spec.output}' is not one of the outputs ({', '.join(outputs)})", _did_you_mean(spec.output, outputs))
+        )
+    elif not outputs:
+        out.append((("outputs",), "postprocess names a model output: the recipe must name them", "add `outputs: [...]`"))
+    if post.embedding is not None and post.embedding.pool == "mean" and "attention_mask" not in names:
+        out.append((("postprocess", "embedding", "pool"), "mean pooling averages the tokens the attention mask keeps; the model takes no attention_mask",
+                     "add an attention_mask input, or pool: cls"))  # fmt: skip
+    if post.embedding is not None and pre.image is not None and post.embedding.pool != "none":
+        out.append((("postprocess", "embedding", "pool"), "token pooling needs preprocess.text", "use pool: none for an image embedding"))
+    return out
+
+
 def _check_files(r: Recipe) -> Found:
     """Every path the recipe names must exist, relative to the recipe file, and be what its key says."""
     checks = [(("source", f.key), f) for f in r.source.files(r.root)]
@@ -329,6 +383,14 @@ def _check_files(r: Recipe) -> Found:
     if r.generates and r.tokenizer_file() is not None:
         tok = r.tokenizer_file()
         checks.append((("tokenizer",) if r.tokenizer else ("source", "transformers"), SourceFile("tokenizer", str(tok), tok, is_dir=False)))
+    pipeline_locs = {"tokenizer": ("preprocess", "text", "tokenizer"), "labels": ("postprocess", "classify", "labels")}
+    raw = [f for f in r.pipeline_files() if f.key == "raw"]
+    for f in r.pipeline_files():
+        if f.key != "raw":
+            checks.append((pipeline_locs[f.key], SourceFile(f.key, f.rel, f.path / "tokenizer.json", is_dir=False) if f.is_dir else f))
+    for j, f in enumerate(raw):
+        loc = ("preprocess", "samples") if isinstance(r.preprocess.samples, str) else ("preprocess", "samples", j)
+        checks.append((loc, f if f.is_dir or r.preprocess.text is not None else SourceFile("image", f.rel, f.path, is_dir=False)))
     if r.generation is not None and r.generation.text:
         checks.append((("generation", "text"), SourceFile("text", r.generation.text, r.resolve(r.generation.text), is_dir=False)))
     if r.generation is not None and r.generation.audio:
@@ -371,7 +433,13 @@ def _content_problem(r: Recipe, key: str, p: Path) -> tuple[str | None, str | No
         ), "save it with model.save_pretrained(folder) (safetensors, no custom code); for code of your own, use source.factory"
     if key == "tokenizer":
         return sniff.tokenizer_problem(p), "point at the tokenizer.json tokenizer.save_pretrained(folder) wrote, or at that folder"
-    if key == "text":
+    if key == "raw" and r.preprocess is not None and r.preprocess.image is not None:  # a folder of images
+        return sniff.image_folder_problem(p), "give image files (JPEG, PNG), or a folder holding them"
+    if key == "image":
+        return sniff.image_problem(p), "give a JPEG or PNG file"
+    if key == "labels":
+        return sniff.text_problem(p), "give a UTF-8 text file, one label per line in class order"
+    if key in ("text", "raw"):
         return sniff.text_problem(p), "point at a plain UTF-8 text file (the sample perplexity is measured on)"
     if key == "audio":
         return sniff.wav_problem(p, features_rate(r)), "give a mono 16-bit PCM WAV file at the feature extractor's sampling_rate"

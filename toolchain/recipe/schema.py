@@ -31,6 +31,8 @@ from pydantic_core import PydanticCustomError
 from toolchain import kinds
 from toolchain.options import NAME_RE, Strict, TargetOptions, YamlOff
 from toolchain.recipe.decoder import DecoderShape, config_path, read_config
+from toolchain.recipe.pipeline import Postprocess, Preprocess
+from toolchain.sniff import IMAGE_SUFFIXES
 
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool", "uint8")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 4, "int64": 8, "int32": 4, "bool": 1, "uint8": 1}
@@ -131,11 +133,11 @@ class SourceFile:
 
     def named_members(self, skip: Path | None = None) -> dict[str, Path]:
         """members() by a stable name: `factory/<path in its folder>`, `savedmodel/<...>`, the key of a single
-        source file (`weights`), `data/<path as written>` for a data file (a recipe may name two)."""
+        source file (`weights`), `<key>/<path as written>` for the keys a recipe may name several of (data, raw, audio)."""
         tree = self.tree
         if tree is not None:
             return {f"{self.key}/{p.relative_to(tree).as_posix()}": p for p in self.members(skip)}
-        return {f"data/{self.rel}" if self.key == "data" else self.key: self.path}
+        return {f"{self.key}/{self.rel}" if self.key in ("data", "raw", "audio") else self.key: self.path}
 
 
 def _resolved(root: Path, rel: str) -> Path:
@@ -484,6 +486,9 @@ class Recipe(Strict):
     parity: Parity = Field(default_factory=Parity)
     serve: Serve = Field(default_factory=Serve)
     select: Select | None = None
+    # Raw inputs to tensors and outputs to answers (recipe/pipeline.py): judged end to end, served as a Triton ensemble.
+    preprocess: Preprocess | None = None
+    postprocess: Postprocess | None = None
 
     # Set by load_recipe: where relative paths resolve from. Not a recipe key.
     _path: Path | None = None
@@ -516,7 +521,34 @@ class Recipe(Strict):
             extra += [SourceFile("audio", rel, _resolved(self.root, rel), is_dir=False) for rel in self.generation.audio]
             if self.decoder.audio:  # the feature extractor's settings, beside the model's config
                 extra.append(SourceFile("features", "preprocessor_config.json", self.features_file(), is_dir=False))
-        return self.source.files(self.root) + extra + data
+        return self.source.files(self.root) + extra + self.pipeline_files() + data
+
+    @property
+    def pipeline(self) -> bool:
+        """Raw inputs in, answers out: a preprocess and a postprocess section."""
+        return self.preprocess is not None and self.postprocess is not None
+
+    def pipeline_files(self) -> list[SourceFile]:
+        """The tokenizer, the label file and the raw samples the pipeline sections name."""
+        out = []
+        pre, post = self.preprocess, self.postprocess
+        if pre is not None and pre.text is not None:
+            path = _resolved(self.root, pre.text.tokenizer)
+            out.append(SourceFile("tokenizer", pre.text.tokenizer, path, is_dir=path.is_dir()))
+        if post is not None and post.classify is not None and post.classify.labels:
+            out.append(SourceFile("labels", post.classify.labels, _resolved(self.root, post.classify.labels), is_dir=False))
+        if pre is not None:
+            for rel in [pre.samples] if isinstance(pre.samples, str) else pre.samples:
+                path = _resolved(self.root, rel)
+                out.append(SourceFile("raw", rel, path, is_dir=path.is_dir()))
+        return out
+
+    def raw_samples(self) -> list[Path]:
+        """The raw sample files, in order: a folder's images sorted by name (preprocess.samples)."""
+        out: list[Path] = []
+        for f in (f for f in self.pipeline_files() if f.key == "raw"):
+            out += sorted(p for p in f.path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if f.is_dir else [f.path]
+        return out
 
     @property
     def generates(self) -> bool:

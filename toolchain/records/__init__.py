@@ -8,6 +8,7 @@ by key, so every other module works with attributes. Imports no framework.
 - results.py: TargetResult, Selection, CacheEntry, Manifest
 """
 
+from toolchain.records.pipeline import PipelineReport, StageCheck
 from toolchain.records.results import (
     SCHEMA_ID,
     BuildResult,
@@ -45,6 +46,8 @@ from toolchain.records.steps import (
 from toolchain.records.verdicts import RULE, STAGE_EXIT, ClassCheck, CpuProof, Divergence, GenerationReport, OutputDiff, ParityReport, Perplexity, Stage, Status
 
 __all__ = [
+    "PipelineReport",
+    "StageCheck",
     "Attempt",
     "ClassCheck",
     "ClassChoice",

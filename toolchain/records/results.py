@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from toolchain.errors import EXIT_CONVERSION, EXIT_OK, EXIT_PARITY, EXIT_USAGE
+from toolchain.records.pipeline import PipelineReport
 from toolchain.records.steps import Dependency, FileEntry, RunnerSpec, _files, _runner, _signature
 from toolchain.records.verdicts import STAGE_EXIT, CpuProof, GenerationReport, ParityReport, Stage, Status
 from toolchain.tensors import Signature
@@ -72,6 +73,11 @@ class TargetResult:
     def cpu(self) -> CpuProof | None:
         """Where a CPU artifact was proved, class by class (toolchain/classgate.py)."""
         return CpuProof.from_dict(self.extra["cpu"]) if self.extra.get("cpu") else None
+
+    @property
+    def pipeline(self) -> PipelineReport | None:
+        """Raw samples judged end to end through the recipe's preprocess and postprocess (toolchain/pipeline)."""
+        return PipelineReport.from_dict(self.extra["pipeline"]) if self.extra.get("pipeline") else None
 
     @property
     def warnings(self) -> list[str]:
@@ -344,9 +350,10 @@ class ServedModel:
     name: str
     target: str
     path: str  # the model's folder, relative to the build root
+    role: str = "artifact"  # artifact, or a raw-input pipeline's preprocess, postprocess, pipeline (serving/pipeline.py)
 
     def to_dict(self) -> dict:
-        return {"server": self.server, "name": self.name, "target": self.target, "path": self.path}
+        return {"server": self.server, "name": self.name, "target": self.target, "path": self.path, **({"role": self.role} if self.role != "artifact" else {})}
 
 
 @dataclass

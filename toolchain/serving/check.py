@@ -24,6 +24,7 @@ from toolchain.generation import GENERATION_FILE, load_references
 from toolchain.parity import judge_again
 from toolchain.progress import Progress
 from toolchain.records import Manifest, ParityData, ServedModel, TargetResult
+from toolchain.serving.pipeline_check import check_pipeline
 from toolchain.serving.results import CheckStatus, ModelCheck, ServeCheckResult
 from toolchain.serving.server import TritonServer, find_triton
 from toolchain.serving.standin import Served, native_backend, parse_config, prepare
@@ -124,7 +125,12 @@ def _check_triton(result, models: list[ServedModel], manifest: Manifest, samples
     with open_triton(root, models, manifest, server, native, log, progress) as (srv, served):
         result.server_version, result.start_seconds = srv.version, srv.start_seconds
         for m, s in zip(models, served):
-            check = _check_model(srv, m, s, manifest.target(m.target), samples, reference, root, progress)
+            if m.role in ("preprocess", "postprocess"):  # loaded and judged with their ensemble
+                continue
+            if m.role == "pipeline":
+                check = check_pipeline(srv, m, s, manifest.target(m.target), root, progress)
+            else:
+                check = _check_model(srv, m, s, manifest.target(m.target), samples, reference, root, progress)
             check.log = log.relative_to(root).as_posix()
             result.models.append(check)
 
@@ -310,7 +316,7 @@ def infer_inputs(cfg, sig, feed: dict) -> list:
 def _record(root: Path, manifest: Manifest, checks: list[ModelCheck]) -> Manifest:
     """Add serving_check.<server> to each checked target; replace the manifest atomically."""
     for c in checks:
-        manifest.target(c.target).record_serving_check(c.server, c.to_dict())
+        manifest.target(c.target).record_serving_check(c.key, c.to_dict())
     path = root / "manifest.json"
     tmp = path.with_name(f".manifest.json.{os.getpid()}.tmp")
     mf.write(tmp, manifest)

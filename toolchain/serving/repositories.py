@@ -13,6 +13,7 @@ from toolchain.progress import Progress
 from toolchain.recipe import Recipe
 from toolchain.records import Selection, ServedModel, Serving, Stage, Status, TargetResult
 from toolchain.serving.generator import write_generator_model
+from toolchain.serving.pipeline import write_pipeline_models
 from toolchain.serving.tfserving import write_tfserving, write_warmup
 from toolchain.serving.triton import triton_model_name, write_triton_model
 
@@ -40,6 +41,7 @@ def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, pr
     # The fastest artifact that Triton serves takes the model's plain name; the others stay <name>_<target>.
     ranked = [r.target for r in selection.ranking] if selection else []
     fastest = next((t for t in ranked if t in tri.targets), None)
+    written: list[tuple[str, str, Path]] = []
     for tname in tri.targets:
         res = _servable(tname, results, "triton", progress)
         if res is None:
@@ -55,12 +57,25 @@ def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, pr
             continue
         serving.triton = "triton"
         serving.models.append(ServedModel("triton", model, tname, model_dir.relative_to(staging).as_posix()))
+        written.append((tname, model, model_dir))
         if tname == fastest:
             selection.served_as = model
             progress.note(f"triton: {model} serves {tname}, the fastest artifact ({selection.metric}, measured here)")
         note = None if recipe.generates else kinds.get(res.kind).triton_note(tri.backend)  # a generator is always model.py
         if note:
             progress.note(f"triton: {model}: {note}")
+    if recipe.pipeline and written:  # raw inputs in, answers out, around the fastest served artifact
+        tname, model, model_dir = next((w for w in written if w[0] == fastest), written[0])
+        try:
+            made = write_pipeline_models(
+                staging / "triton", recipe.name, model, recipe.version, (model_dir / "config.pbtxt").read_text(), staging, tri.instance_group.count
+            )
+        except (ValueError, FileNotFoundError) as e:
+            next(r for r in results if r.name == tname).fail(Stage.SERVING, f"triton pipeline: {e}")
+            return
+        for role, d in made.items():
+            serving.models.append(ServedModel("triton", d.name, tname, d.relative_to(staging).as_posix(), role))
+        progress.note(f"triton: {made['pipeline'].name} takes raw {'text' if recipe.preprocess.text else 'image bytes'} and answers through {model} ({tname})")
 
 
 def _write_tfserving(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress, serving: Serving) -> None:

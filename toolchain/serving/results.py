@@ -36,23 +36,34 @@ class ModelCheck:
     infer_seconds: float = 0.0
     log: str | None = None
     generation: dict | None = None  # a streaming generator's: tokens streamed against the source's greedy tokens
+    role: str = "artifact"  # or "pipeline": the raw-input ensemble (serving/pipeline_check.py)
+    pipeline: dict | None = None  # the ensemble's: raw samples to answers, stage by stage (records.PipelineReport)
+
+    @property
+    def key(self) -> str:
+        """Where the manifest keeps it under the target's serving_check: triton, or triton_pipeline."""
+        return self.server if self.role == "artifact" else f"{self.server}_{self.role}"
 
     def to_dict(self) -> dict:
-        return ({"generation": self.generation} if self.generation is not None else {}) | {
-            "server": self.server,
-            "server_version": self.server_version,
-            "model": self.model,
-            "backend": self.backend,
-            "native_backend": self.native_backend,
-            "status": self.status.value,
-            "reason": self.reason,
-            "native_check": self.native_check,
-            "requests": self.requests,
-            "load_seconds": round(self.load_seconds, 3),
-            "infer_seconds": round(self.infer_seconds, 3),
-            "log": self.log,
-            "parity": self.parity.to_dict() if self.parity else None,
-        }
+        return (
+            ({"generation": self.generation} if self.generation is not None else {})
+            | ({"pipeline": self.pipeline} if self.pipeline is not None else {})
+            | {
+                "server": self.server,
+                "server_version": self.server_version,
+                "model": self.model,
+                "backend": self.backend,
+                "native_backend": self.native_backend,
+                "status": self.status.value,
+                "reason": self.reason,
+                "native_check": self.native_check,
+                "requests": self.requests,
+                "load_seconds": round(self.load_seconds, 3),
+                "infer_seconds": round(self.infer_seconds, 3),
+                "log": self.log,
+                "parity": self.parity.to_dict() if self.parity else None,
+            }
+        )
 
 
 @dataclass

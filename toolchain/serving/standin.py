@@ -57,7 +57,7 @@ def prepare(models: list[ServedModel], root: Path, out: Path, available: set[str
         text = (src / "config.pbtxt").read_text()
         nb = native_backend(text)
         dst = out / m.name
-        if nb in available:
+        if nb in available or nb == "ensemble":  # an ensemble is Triton's own scheduling, no backend
             dst.symlink_to(src.resolve(), target_is_directory=True)
             served.append(Served(m.name, nb, nb))
             continue

@@ -176,7 +176,7 @@ def _exported(source, device: str, label: str, oblivious: bool, module, for_comp
     return program, label
 
 
-def _compile_strategies(source, device: str, path: Path, module, configs: dict, exported: dict):
+def _compile_strategies(source, device: str, path: Path, module, configs: dict, exported: dict, precision: str | None = None):
     """Per export variant: export and compile, then (after a failure in Inductor's loop-body passes) compile again without them."""
     import torch
     import torch._inductor
@@ -198,7 +198,7 @@ def _compile_strategies(source, device: str, path: Path, module, configs: dict, 
                     torch.no_grad(),
                     torch.fx.experimental._config.patch(backed_size_oblivious=oblivious),
                     inductor_patches.compiling(),
-                    isa.compile_for(isa.portable_class(source.recipe)),
+                    isa.compile_for(isa.portable_class(source.recipe, precision)),
                 ):
                     torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=run_configs or None)
             except Exception as e:
@@ -232,14 +232,14 @@ class CompileFailed(StepError):
         self.tried = tried
 
 
-def compile_package(source, device: str, path: Path, module=None, configs: dict | None = None) -> tuple[object, ExportRecord]:
+def compile_package(source, device: str, path: Path, module=None, configs: dict | None = None, precision: str | None = None) -> tuple[object, ExportRecord]:
     """Export and compile, trying EXPORTS in order; (exported program, the manifest's `export` record).
 
     module: what to export (default: the source's); configs: Inductor options every compile uses (freezing).
     Raises CompileFailed with the attempts.
     """
     try:
-        captured = climb(_compile_strategies(source, device, path, module, dict(configs or {}), {}), "AOTInductor")
+        captured = climb(_compile_strategies(source, device, path, module, dict(configs or {}), {}, precision), "AOTInductor")
     except CaptureFailed as e:
         raise CompileFailed(e.tried, source) from None
     program, label, run_configs = captured.value

@@ -84,7 +84,7 @@ def fp32_freezing_choice(source, spec, ctx: BuildContext, path: Path):
     for freezing in (True, False):
         variant = path.with_name(f"freezing-{str(freezing).lower()}.pt2")
         try:
-            program, record = compile_package(source, spec.device, variant, configs={"freezing": freezing})
+            program, record = compile_package(source, spec.device, variant, precision=spec.precision, configs={"freezing": freezing})
         except StepError as e:
             if freezing:  # freezing's own passes failed: the unfrozen package may still build
                 variants.append(_Frozen(True, error=str(e)[:500]))
@@ -117,14 +117,14 @@ def reduced_package(source, spec, ctx: BuildContext, path: Path, module):
     batch norms into weights already rounded to bfloat16 (EfficientNet-Lite0, real weights:
     cosine 0.99821 frozen against 0.9994 unfrozen)."""
     frozen = spec.freezing != "off"
-    program, record = compile_package(source, spec.device, path, module=module, configs={"freezing": frozen})
+    program, record = compile_package(source, spec.device, path, module=module, precision=spec.precision, configs={"freezing": frozen})
     if not (frozen and spec.freezing == "auto"):
         return program, record, {"freezing": frozen}
     first, _ = _judge_package(path, source, spec, ctx)
     if first.passed:
         return program, record, {"freezing": True}
     unfrozen = path.with_name("unfrozen.pt2")
-    program2, record2 = compile_package(source, spec.device, unfrozen, module=module, configs={"freezing": False})
+    program2, record2 = compile_package(source, spec.device, unfrozen, module=module, precision=spec.precision, configs={"freezing": False})
     second, _ = _judge_package(unfrozen, source, spec, ctx)
     choice = [{"freezing": True, **first.summary()}, {"freezing": False, **second.summary()}]
     if (second.passed, second.margin()) > (first.passed, first.margin()):
@@ -209,7 +209,7 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
     choice = _int8_module(source, spec, ctx, tol, deadline)
     configs = {"freezing": spec.freezing != "off"}
     try:
-        program, record = compile_package(source, spec.device, path, module=choice.module, configs=configs)
+        program, record = compile_package(source, spec.device, path, module=choice.module, precision=spec.precision, configs=configs)
     except CompileFailed as e:
         # Inductor's INT8 fusions fail on a Conv1d whose output reaches an add under a dynamic length
         # ("The size of tensor a (s0 + 2) must match ... (s0)", torch 2.13; a TCN, wav2vec2): keep them in float.
@@ -219,7 +219,7 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
         why = f"Inductor could not compile the model with its Conv1d layers in INT8 (torch 2.13): {str(e)[:200]}"
         print(f"int8: {why}; compiling again with them in float")
         choice = _int8_module(source, spec, ctx, tol, deadline + spec.timeout * 0.2, hazards=dict.fromkeys(convs, why))
-        program, record = compile_package(source, spec.device, path, module=choice.module, configs=configs)
+        program, record = compile_package(source, spec.device, path, module=choice.module, precision=spec.precision, configs=configs)
     eager = choice.eager
     compiled = _judge_compiled(source, path, ctx, tol)
     checks = [_check(eager, compiled, tol.cosine)]
@@ -229,7 +229,7 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
               f"searching again with floor {raised:.6f}")  # fmt: skip
         second = _int8_module(source, spec, ctx, tol.model_copy(update={"cosine": raised}), deadline + spec.timeout * 0.2)
         retry = path.with_name("retry.pt2")
-        program2, record2 = compile_package(source, spec.device, retry, module=second.module, configs=configs)
+        program2, record2 = compile_package(source, spec.device, retry, module=second.module, precision=spec.precision, configs=configs)
         again = _judge_compiled(source, retry, ctx, tol)
         checks.append(_check(None, again, raised))
         if again.passed or again.worst_cosine > compiled.worst_cosine:

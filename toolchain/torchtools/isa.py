@@ -22,13 +22,16 @@ _ISA_TOKENS = {
 }
 
 
-def portable_class(recipe) -> str | None:
+def portable_class(recipe, precision: str | None = None) -> str | None:
     """The class a CPU package's code is compiled for: the lowest of the recipe's `serve.cpus` when it is below this
-    machine's class; None: this machine's (-march=native)."""
+    machine's class; None: this machine's (-march=native). A BF16 package is offered only where BF16 is native
+    (classgate), so it is compiled for the lowest of those classes in the fleet."""
     cpus = recipe.serve.cpus
     here = cpuclass.machine_class()
     if not cpus or here is None:
         return None
+    if precision == "bf16" and any(c in cpuclass.NATIVE_BF16 for c in cpus):
+        cpus = [c for c in cpus if c in cpuclass.NATIVE_BF16]
     low = cpuclass.lowest(cpus)
     return low if cpuclass.rank(low) < cpuclass.rank(here) else None
 

