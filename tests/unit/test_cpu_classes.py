@@ -123,3 +123,21 @@ def test_selection_per_class_skips_what_a_class_is_not_offered():
     assert per["amx"].winner == "aoti-int8" and per["avx2"].winner == "onnx"
     assert per["avx2"].excluded == {"aoti-int8": "aoti-int8 misses on avx2"} and per["avx2"].timed_on == "amx"
     assert Selection.from_dict(chosen.to_dict()).per_class == [] and chosen.to_dict().get("per_class") is None
+
+
+def test_a_bf16_package_is_not_emulated_below_native_bf16_and_is_compiled_for_the_lowest_bf16_class(monkeypatch):
+    """An AOTInductor BF16 package is never run capped to a class without native BF16 (the judge would fail the test)
+    and its code targets the fleet's lowest native-BF16 class, not the fleet's lowest class."""
+    from toolchain.torchtools import isa
+
+    def never(outputs):
+        raise AssertionError("a BF16 package was run capped to a class without native BF16")
+
+    proof = _prove(["avx2", "avx512_vnni", "avx512_bf16", "amx"], runner="aoti", precision="bf16", needs="avx512", monkeypatch=monkeypatch, judge=never)
+    for cls in ("avx2", "avx512_vnni"):
+        c = proof.check(cls)
+        assert (c.status, c.offered) == ("untested", False) and "no native BF16" in c.reason
+    assert proof.check("amx").status == "passed"
+    fleet = _Recipe(["avx2", "avx512_vnni", "avx512_bf16", "amx"])
+    assert isa.portable_class(fleet, "bf16") == "avx512_bf16"
+    assert isa.portable_class(fleet, "int8") == isa.portable_class(fleet) == "avx2"
