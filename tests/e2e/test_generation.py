@@ -366,7 +366,7 @@ def test_triton_streams_text_and_the_greedy_tokens(built, refs, tmp_path):
     from tokenizers import Tokenizer
 
     root = _served_copy(built, tmp_path)
-    proc = mlpack("serve-check", str(root), "--json")
+    proc = mlpack("serve-check", str(root), "--only", "triton", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads(proc.stdout)
     jsonschema.validate(m, schema())
@@ -379,6 +379,27 @@ def test_triton_streams_text_and_the_greedy_tokens(built, refs, tmp_path):
         assert g["text"] == [tok.decode(r.tokens) for r in refs]
     cfg = (root / "triton" / "tiny_llama_onnx" / "config.pbtxt").read_text()
     assert "decoupled: true" in cfg and 'name: "TEXT"' in cfg and "TYPE_STRING" in cfg
+
+
+def test_vllm_serves_the_source_folder_with_the_greedy_tokens(built, refs, tmp_path):
+    """serve.vllm: the source's config, safetensors and tokenizer (no code) in vllm/tiny-llama; serve-check starts a real
+    vLLM OpenAI-compatible server on a free loopback port and asks for greedy completions of the recipe's prompts:
+    every token is transformers' greedy token."""
+    from toolchain.serving.vllm import find_vllm
+
+    if find_vllm() is None:
+        pytest.skip("vLLM is not installed (make vllm installs it in .venv-vllm; make test does)")
+    folder = built.root / "vllm" / "tiny-llama"
+    assert sorted(p.suffix for p in folder.iterdir()) == sorted([".json"] * 5 + [".md", ".safetensors"]), list(folder.iterdir())
+    root = _served_copy(built, tmp_path)
+    proc = mlpack("serve-check", str(root), "--only", "vllm", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads(proc.stdout)
+    jsonschema.validate(m, schema())
+    c = m["serving"]["checks"]["vllm"]
+    g = c["generation"]
+    assert c["status"] == "ok" and g["token_match"] == 1.0 and g["tokens"] == sum(len(r.tokens) for r in refs), c
+    assert m["serving"]["vllm"] == "vllm"
 
 
 def test_a_served_tokenizer_that_is_not_the_builds_fails_naming_the_stage(built, tmp_path):

@@ -84,6 +84,9 @@ def _cross_check(r: Recipe) -> Found:
         out += _triton_checks(r, names)
     if r.serve.tfserving:
         out += _tfserving_checks(r, names)
+    if r.serve.vllm is not None and not (r.generates and r.source.transformers and not r.seq2seq):
+        out.append((("serve", "vllm"), "vLLM serves a decoder-only text-generation model from its transformers folder (config.json, safetensors)",
+                     "use task: text-generation with source.transformers, or remove serve.vllm"))  # fmt: skip
     return out
 
 

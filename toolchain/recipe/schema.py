@@ -426,9 +426,17 @@ class TFServingServe(Strict):
 CpuClass = Literal["avx2", "avx512", "avx512_vnni", "avx512_bf16", "amx"]  # toolchain/cpuclass.py
 
 
+class VllmServe(Strict):
+    """A text-generation recipe's transformers folder, laid out for vLLM's OpenAI-compatible server (serving/vllm.py)."""
+
+    dtype: Literal["float32", "bfloat16", "auto"] = Field("float32", description="vllm serve --dtype: float32 matches the source's greedy tokens")
+    max_model_len: Annotated[StrictInt, Field(ge=2, le=1 << 20)] | None = Field(None, description="vllm serve --max-model-len (default: generation.max_length)")
+
+
 class Serve(Strict):
     triton: TritonServe | None = None
     tfserving: TFServingServe | None = None
+    vllm: VllmServe | None = None
     cpus: list[CpuClass] = Field(
         default_factory=list,
         description="the CPU classes the fleet serves on: CPU packages are compiled for the lowest, and each artifact is gated on every class "
@@ -530,18 +538,11 @@ class Recipe(Strict):
 
     def pipeline_files(self) -> list[SourceFile]:
         """The tokenizer, the label file and the raw samples the pipeline sections name."""
-        out = []
         pre, post = self.preprocess, self.postprocess
-        if pre is not None and pre.text is not None:
-            path = _resolved(self.root, pre.text.tokenizer)
-            out.append(SourceFile("tokenizer", pre.text.tokenizer, path, is_dir=path.is_dir()))
-        if post is not None and post.classify is not None and post.classify.labels:
-            out.append(SourceFile("labels", post.classify.labels, _resolved(self.root, post.classify.labels), is_dir=False))
-        if pre is not None:
-            for rel in [pre.samples] if isinstance(pre.samples, str) else pre.samples:
-                path = _resolved(self.root, rel)
-                out.append(SourceFile("raw", rel, path, is_dir=path.is_dir()))
-        return out
+        named = [("tokenizer", pre.text.tokenizer)] if pre is not None and pre.text is not None else []
+        named += [("labels", post.classify.labels)] if post is not None and post.classify is not None and post.classify.labels else []
+        named += [("raw", rel) for rel in ([pre.samples] if isinstance(pre.samples, str) else pre.samples)] if pre is not None else []
+        return [SourceFile(key, rel, path, is_dir=key != "labels" and path.is_dir()) for key, rel in named for path in [_resolved(self.root, rel)]]
 
     def raw_samples(self) -> list[Path]:
         """The raw sample files, in order: a folder's images sorted by name (preprocess.samples)."""

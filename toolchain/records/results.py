@@ -361,16 +361,19 @@ class Serving:
     triton: str | None = None  # the repository folder, when one was written
     tfserving: str | None = None
     models: list[ServedModel] = field(default_factory=list)
+    vllm: str | None = None  # the folder vllm serve loads (serving/vllm.py)
+    checks: dict = field(default_factory=dict)  # serve-check of what serves the source itself (vllm), by server
 
     def by(self, server: str) -> list[ServedModel]:
         return [m for m in self.models if m.server == server]
 
     def to_dict(self) -> dict:
-        return {"triton": self.triton, "tfserving": self.tfserving, "models": [m.to_dict() for m in self.models]}
+        return {"triton": self.triton, "tfserving": self.tfserving, "models": [m.to_dict() for m in self.models],
+                **({"vllm": self.vllm} if self.vllm else {}), **({"checks": self.checks} if self.checks else {})}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict) -> Serving:
-        return cls(d.get("triton"), d.get("tfserving"), [ServedModel(**m) for m in d.get("models", [])])
+        return cls(d.get("triton"), d.get("tfserving"), [ServedModel(**m) for m in d.get("models", [])], d.get("vllm"), d.get("checks", {}))
 
 
 @dataclass

@@ -30,6 +30,7 @@ from toolchain.serving.server import TritonServer, find_triton
 from toolchain.serving.standin import Served, native_backend, parse_config, prepare
 from toolchain.serving.tfserving_check import check_tfserving
 from toolchain.serving.triton import check_config_against_signature
+from toolchain.serving.vllm import check_vllm
 
 REQUEST_TIMEOUT = 120.0  # seconds per request; a model that takes longer is refused
 
@@ -66,25 +67,32 @@ def http_client():
 
 
 def serve_check(
-    root: Path, server: Path | None = None, native: bool = False, targets: list[str] | None = None, progress: Progress | None = None
+    root: Path,
+    server: Path | None = None,
+    native: bool = False,
+    targets: list[str] | None = None,
+    progress: Progress | None = None,
+    only: list[str] | None = None,
 ) -> ServeCheckResult:
     """Check every served model of the build at `root`; updates its manifest."""
     progress = progress or Progress()
     manifest, samples, reference = read_build(root)
-    if manifest.serving.by("triton"):
+    if manifest.serving.by("triton") and (not only or "triton" in only):
         http_client()  # before a server starts
     names = [t.name for t in manifest.targets]
     if targets:
         unknown = [t for t in targets if t not in names]
         if unknown:
             raise UsageError(f"--target {', '.join(unknown)}: not in {root / 'manifest.json'}", f"targets are: {', '.join(names)}")
-    models = [m for m in manifest.serving.models if not targets or m.target in targets]
+    models = [m for m in manifest.serving.models if (not targets or m.target in targets) and (not only or m.server in only)]
     result = ServeCheckResult(root, [], {})
     triton_models = [m for m in models if m.server == "triton"]
     if triton_models:
         _check_triton(result, triton_models, manifest, samples, reference, server, native, progress)
     else:
         result.skipped["triton"] = "this build has no Triton models (no serve.triton section, or none of its targets built)"
+    for m in (m for m in models if m.server == "vllm"):
+        result.models.append(check_vllm(root, m, progress))
     tf_checks, tf_skip = check_tfserving(root, manifest, [m for m in models if m.server == "tfserving"], samples, reference, progress)
     result.models += tf_checks
     if tf_skip:
@@ -316,7 +324,10 @@ def infer_inputs(cfg, sig, feed: dict) -> list:
 def _record(root: Path, manifest: Manifest, checks: list[ModelCheck]) -> Manifest:
     """Add serving_check.<server> to each checked target; replace the manifest atomically."""
     for c in checks:
-        manifest.target(c.target).record_serving_check(c.key, c.to_dict())
+        if c.role == "source":  # vLLM serves the source model itself, not a target's artifact
+            manifest.serving.checks[c.server] = c.to_dict()
+        else:
+            manifest.target(c.target).record_serving_check(c.key, c.to_dict())
     path = root / "manifest.json"
     tmp = path.with_name(f".manifest.json.{os.getpid()}.tmp")
     mf.write(tmp, manifest)

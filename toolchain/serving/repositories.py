@@ -16,6 +16,7 @@ from toolchain.serving.generator import write_generator_model
 from toolchain.serving.pipeline import write_pipeline_models
 from toolchain.serving.tfserving import write_tfserving, write_warmup
 from toolchain.serving.triton import triton_model_name, write_triton_model
+from toolchain.serving.vllm import write_vllm
 
 
 def write_repositories(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress, selection: Selection | None) -> Serving:
@@ -24,6 +25,15 @@ def write_repositories(recipe: Recipe, results: list[TargetResult], staging: Pat
         _write_triton(recipe, results, staging, progress, serving, selection)
     if recipe.serve.tfserving and recipe.serve.tfserving.targets:
         _write_tfserving(recipe, results, staging, progress, serving)
+    if recipe.serve.vllm is not None:
+        try:
+            folder = write_vllm(recipe, staging)
+        except (OSError, ValueError) as e:
+            progress.note(f"vllm: no folder: {e}")
+        else:
+            serving.vllm = "vllm"
+            serving.models.append(ServedModel("vllm", recipe.name, "source", folder.relative_to(staging).as_posix(), "source"))
+            progress.note(f"vllm: {folder.relative_to(staging)} holds the source model for vllm serve (its README has the command)")
     return serving
 
 
