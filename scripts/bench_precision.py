@@ -144,7 +144,8 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def precision_of(artifact: str) -> str:
     """The precision whose GEMM ceiling an artifact is measured against (by its name)."""
-    return "int8" if "int8" in artifact else "bf16" if "bf16" in artifact else "fp32"
+    name = artifact.lower()
+    return "int8" if "int8" in name else "bf16" if "bf16" in name or "bfloat16" in name else "fp32"
 
 
 class _Peer:

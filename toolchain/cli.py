@@ -127,7 +127,7 @@ def _inspect(**params) -> _Call:
 @_command("serve-check", "load a build's repositories in a real server, replay its parity samples, compare")
 @click.argument("dir", type=_PATH)
 @click.option("--target", multiple=True, metavar="NAME", help="check only this target's models (repeatable)")
-@click.option("--only", multiple=True, type=click.Choice(["triton", "tfserving", "vllm"]), help="check only through this server (repeatable)")
+@click.option("--only", multiple=True, type=click.Choice(["triton", "tfserving", "vllm", "ortgenai"]), help="check only through this server (repeatable)")
 @click.option("--native", is_flag=True, help="serve the repository as is (the server has the native backends)")
 @click.option("--server", type=_PATH, metavar="PATH", help="a tritonserver binary, or an environment holding nvidia-pytriton")
 @click.option("--json", is_flag=True, help="print the updated manifest to stdout")

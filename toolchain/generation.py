@@ -175,8 +175,9 @@ class Reference:
     logits: np.ndarray  # [len(tokens), vocab]
 
 
-def save_references(path, refs: list[Reference]) -> None:
-    arrays = {}
+def save_references(path, refs: list[Reference], texts: list[str] | None = None) -> None:
+    """The references, and the prompts' text where they came from text (what servers that take text are sent)."""
+    arrays = {f"text_{i}": np.asarray(t) for i, t in enumerate(texts or [])}
     for i, r in enumerate(refs):
         prompt = np.asarray(r.prompt, np.float32 if isinstance(r.prompt, np.ndarray) and r.prompt.dtype.kind == "f" else np.int64)
         arrays |= {f"prompt_{i}": prompt, f"tokens_{i}": np.asarray(r.tokens, np.int64), f"logits_{i}": r.logits.astype(np.float32)}
@@ -189,6 +190,12 @@ def load_references(path) -> list[Reference]:
         # a prompt is token ids, or a speech model's log-mel features (kept an array)
         prompts = [data[f"prompt_{i}"] for i in range(n)]
         return [Reference(p.tolist() if p.dtype.kind == "i" else p, data[f"tokens_{i}"].tolist(), data[f"logits_{i}"]) for i, p in enumerate(prompts)]
+
+
+def load_prompt_texts(path) -> list[str]:
+    """The prompts as text, in reference order; [] for a build that kept none (audio, or an older build)."""
+    with np.load(path, allow_pickle=False) as data:
+        return [str(data[f"text_{i}"]) for i in range(sum(1 for k in data.files if k.startswith("text_")))]
 
 
 @dataclass

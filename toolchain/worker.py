@@ -65,7 +65,7 @@ def run_reference(step: StepSpec, root: Path) -> ReferenceOutcome:
     notes = list(source.notes)
     if recipe.generates:  # the source's own greedy generation with its cache, what every artifact is judged against
         refs = source.generate(encode_prompts(recipe), recipe.generation.max_new_tokens)
-        save_references(root / GENERATION_FILE, refs)
+        save_references(root / GENERATION_FILE, refs, recipe.generation.prompts)
         sample = source.text_sample(text_chunks(recipe))
         save_text_sample(root / TEXT_FILE, sample)
         ppl = (

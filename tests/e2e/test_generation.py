@@ -402,6 +402,23 @@ def test_vllm_serves_the_source_folder_with_the_greedy_tokens(built, refs, tmp_p
     assert m["serving"]["vllm"] == "vllm"
 
 
+def test_ort_genai_folders_generate_the_greedy_tokens_from_text(built, refs, tmp_path):
+    """serve-check --only ortgenai: each genai folder that built (mlpack's and the model builder's) generates from the
+    prompts' text through onnxruntime_genai's own tokenizer and greedy search; every token is transformers'."""
+    import shutil
+
+    root = tmp_path / "tiny-llama"
+    shutil.copytree(built.root, root, symlinks=True, ignore=shutil.ignore_patterns("onnx-int*", "aoti*", "triton", "vllm"))
+    proc = mlpack("serve-check", str(root), "--only", "ortgenai", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads(proc.stdout)
+    checks = {t["name"]: t["serving_check"]["ortgenai"] for t in m["targets"] if "ortgenai" in t.get("serving_check", {})}
+    assert set(checks) >= {"genai", "genai-builder"}, checks
+    for name, c in checks.items():
+        assert c["status"] == "ok" and c["generation"]["tokens"] == sum(len(r.tokens) for r in refs), (name, c)
+    assert checks["genai"]["generation"]["text"] == checks["genai-builder"]["generation"]["text"]
+
+
 def test_a_served_tokenizer_that_is_not_the_builds_fails_naming_the_stage(built, tmp_path):
     """The model's tokenizer.json swapped for one whose ids differ: serve-check exits 3 and names the tokenizer stage."""
     root = _served_copy(built, tmp_path)

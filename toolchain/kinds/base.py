@@ -163,6 +163,14 @@ class Kind:
         artifact's runner."""
         return None
 
+    embedded_runtime: str | None = None  # a text-generation folder an application embeds (no server): serve-check's name for it
+
+    def text_generator(self, folder: Path):
+        """text-generation, for `serve-check` of an embedded runtime: a function (prompt text, max new tokens) ->
+        (prompt ids as its tokenizer encodes them, greedy token ids, their text) through the runtime's own tokenizer
+        and loop; None when the kind has none."""
+        return None
+
     def compiled_code(self, files: list[Path]) -> list[Path]:
         """The artifact's files that hold machine code of its own (whose instructions decide the CPUs it runs on)."""
         return []

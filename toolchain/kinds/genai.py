@@ -256,6 +256,28 @@ class GenaiKind(Kind):
         artifact.extra["genai"]["greedy_tokens_equal"] = not problems
         return logits, "onnxruntime_genai's own generator (teacher-forced logits, then free-running greedy)", problems
 
+    embedded_runtime = "ortgenai"
+
+    def text_generator(self, folder):
+        """onnxruntime_genai end to end: its tokenizer encodes the prompt, its greedy search generates, its tokenizer decodes."""
+        og = _og()
+        model = og.Model(str(folder))
+        tok = og.Tokenizer(model)
+
+        def generate(text: str, new: int) -> tuple[list[int], list[int], str]:
+            ids = [int(x) for x in tok.encode(text)]
+            params = og.GeneratorParams(model)
+            params.set_search_options(max_length=len(ids) + new, do_sample=False)
+            gen = og.Generator(model, params)
+            gen.append_tokens(np.asarray(ids, np.int32))
+            tokens: list[int] = []
+            while not gen.is_done() and len(tokens) < new:
+                gen.generate_next_token()
+                tokens.append(int(gen.get_next_tokens()[0]))
+            return ids, tokens, tok.decode(np.asarray(tokens, np.int32))
+
+        return generate
+
     def generator(self, folder, threads: int | None = None):
         """ORT GenAI's own loop: its generator, cache and greedy search over the folder, on `threads` intra-op
         threads (its session's default is every core, which a 1-thread comparison must not get)."""

@@ -24,6 +24,7 @@ from toolchain.generation import GENERATION_FILE, load_references
 from toolchain.parity import judge_again
 from toolchain.progress import Progress
 from toolchain.records import Manifest, ParityData, ServedModel, TargetResult
+from toolchain.serving.embedded_check import check_embedded
 from toolchain.serving.pipeline_check import check_pipeline
 from toolchain.serving.results import CheckStatus, ModelCheck, ServeCheckResult
 from toolchain.serving.server import TritonServer, find_triton
@@ -93,6 +94,9 @@ def serve_check(
         result.skipped["triton"] = "this build has no Triton models (no serve.triton section, or none of its targets built)"
     for m in (m for m in models if m.server == "vllm"):
         result.models.append(check_vllm(root, m, progress))
+    embedded, why = check_embedded(root, manifest, targets, only, progress)  # ORT GenAI folders: no server
+    result.models += embedded
+    result.skipped |= why
     tf_checks, tf_skip = check_tfserving(root, manifest, [m for m in models if m.server == "tfserving"], samples, reference, progress)
     result.models += tf_checks
     if tf_skip:
