@@ -465,8 +465,10 @@ def _print_serve_check(result) -> None:
         why = [c.reason] if c.reason else []
         if c.parity and not c.parity.passed:
             why += [f"{name}: {'; '.join(d.failures[:2])}" for name, d in c.parity.outputs.items() if not d.passed]
-        if c.generation and not c.reason:  # a streaming generator: tokens, not tensors
-            why.append(f"streamed {c.generation['responses']} tokens, {c.generation['token_match']:.4f} as the source's greedy tokens")
+        if c.generation and not c.reason:  # a generator: tokens, not tensors (streamed by Triton, completed by vLLM, embedded)
+            g = c.generation
+            done = f"streamed {g['responses']}" if "responses" in g else f"generated {g['tokens']}"
+            why.append(f"{done} tokens, {g['token_match']:.4f} as the source's greedy tokens")
         t.add_row(
             c.model,
             c.target,

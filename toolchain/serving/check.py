@@ -90,6 +90,8 @@ def serve_check(
     triton_models = [m for m in models if m.server == "triton"]
     if triton_models:
         _check_triton(result, triton_models, manifest, samples, reference, server, native, progress)
+    elif only and "triton" not in only:
+        pass  # not asked for: nothing to report
     else:
         result.skipped["triton"] = "this build has no Triton models (no serve.triton section, or none of its targets built)"
     for m in (m for m in models if m.server == "vllm"):
@@ -99,7 +101,7 @@ def serve_check(
     result.skipped |= why
     tf_checks, tf_skip = check_tfserving(root, manifest, [m for m in models if m.server == "tfserving"], samples, reference, progress)
     result.models += tf_checks
-    if tf_skip:
+    if tf_skip and (not only or "tfserving" in only):
         result.skipped["tfserving"] = tf_skip
     result.manifest = _record(root, manifest, result.models)
     return result
