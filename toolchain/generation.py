@@ -192,6 +192,28 @@ def load_references(path) -> list[Reference]:
         return [Reference(p.tolist() if p.dtype.kind == "i" else p, data[f"tokens_{i}"].tolist(), data[f"logits_{i}"]) for i, p in enumerate(prompts)]
 
 
+@dataclass
+class StreamAgreement:
+    """Token ids a server or runtime generated, prompt by prompt, against the source's greedy tokens."""
+
+    equal: int  # positions where both have a token and they are the same
+    total: int  # the source's tokens
+    complete: bool  # every stream as long as its reference
+    first: tuple[int, int, int, int] | None  # (prompt, step, served, source) of the first difference
+
+    @property
+    def same(self) -> int:
+        """Equal tokens, counted only when every stream is complete (a short stream is a failure by itself)."""
+        return self.equal if self.complete else 0
+
+
+def stream_agreement(streams: list[list[int]], refs: list[Reference]) -> StreamAgreement:
+    equal = sum(a == b for got, r in zip(streams, refs) for a, b in zip(got, r.tokens))
+    complete = all(len(got) == len(r.tokens) for got, r in zip(streams, refs))
+    first = next(((i, j, a, b) for i, (got, r) in enumerate(zip(streams, refs)) for j, (a, b) in enumerate(zip(got, r.tokens)) if a != b), None)
+    return StreamAgreement(equal, sum(len(r.tokens) for r in refs), complete, first)
+
+
 def load_prompt_texts(path) -> list[str]:
     """The prompts as text, in reference order; [] for a build that kept none (audio, or an older build)."""
     with np.load(path, allow_pickle=False) as data:

@@ -20,7 +20,7 @@ import numpy as np
 from toolchain import manifest as mf
 from toolchain.errors import UsageError, one_line
 from toolchain.feeds import load_feeds
-from toolchain.generation import GENERATION_FILE, load_references
+from toolchain.generation import GENERATION_FILE, load_references, stream_agreement
 from toolchain.parity import judge_again
 from toolchain.progress import Progress
 from toolchain.records import Manifest, ParityData, ServedModel, TargetResult
@@ -203,10 +203,8 @@ def _check_generator(srv, m: ServedModel, check: ModelCheck, root: Path, progres
         check.status, check.reason = CheckStatus.REFUSED, f"Triton refused a request to {m.name}: {error}"
         progress.end(m.name, "refused", error)
         return check
-    pairs = [(a, b) for (got, _), ref in zip(streams, refs) for a, b in zip(got, ref.tokens)]
-    total = sum(len(r.tokens) for r in refs)
-    same = sum(a == b for a, b in pairs) if all(len(got) == len(r.tokens) for (got, _), r in zip(streams, refs)) else 0
-    first = next(((i, j, a, b) for i, ((got, _), r) in enumerate(zip(streams, refs)) for j, (a, b) in enumerate(zip(got, r.tokens)) if a != b), None)
+    agreement = stream_agreement([got for got, _ in streams], refs)
+    total, same, first = agreement.total, agreement.same, agreement.first
     check.generation = {"prompts": len(prompts), "tokens": total, "token_match": round(same / max(total, 1), 6),
                         "responses": sum(len(got) for got, _ in streams), "text": [t for _, t in streams],
                         "first_divergence": dict(zip(("prompt", "step", "served", "source"), first)) if first else None}  # fmt: skip

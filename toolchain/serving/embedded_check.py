@@ -9,7 +9,7 @@ from pathlib import Path
 
 from toolchain import kinds
 from toolchain.errors import one_line
-from toolchain.generation import GENERATION_FILE, load_prompt_texts, load_references
+from toolchain.generation import GENERATION_FILE, load_prompt_texts, load_references, stream_agreement
 from toolchain.records import Manifest
 from toolchain.serving.results import CheckStatus, ModelCheck
 
@@ -54,8 +54,8 @@ def _check(root: Path, target, texts: list[str], progress) -> ModelCheck:
         check.status, check.reason = CheckStatus.REFUSED, f"{kind.embedded_runtime} failed on {folder}: {one_line(e)}"
         progress.end(target.name, "refused", check.reason)
         return check
-    total = sum(len(r.tokens) for r in refs)
-    same = sum(a == b for (got, _), r in zip(streams, refs) for a, b in zip(got, r.tokens))
+    agreement = stream_agreement([got for got, _ in streams], refs)
+    total, same = agreement.total, agreement.equal
     # Where the build saw this artifact choose another token (reduced precision within its budget), free-running
     # generation may differ from there on: the tokens must equal the source's up to that step.
     divergences = target.generation.divergences if target.generation else []

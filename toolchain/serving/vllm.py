@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.errors import one_line
-from toolchain.generation import GENERATION_FILE, load_references
+from toolchain.generation import GENERATION_FILE, load_references, stream_agreement
 from toolchain.serving.results import CheckStatus, ModelCheck
 
 FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -189,9 +189,8 @@ def check_vllm(root: Path, m, progress):
             for prompt, ref in zip(meta["prompts"], refs):
                 streams.append(srv.complete(prompt, len(ref.tokens)))
             check.infer_seconds, check.requests = time.perf_counter() - t0, len(streams)
-            pairs = [(a, b) for (got, _), r in zip(streams, refs) for a, b in zip(got, r.tokens)]
-            total = sum(len(r.tokens) for r in refs)
-            same = sum(a == b for a, b in pairs) if all(len(got) == len(r.tokens) for (got, _), r in zip(streams, refs)) else 0
+            agreement = stream_agreement([got for got, _ in streams], refs)
+            total, same, first = agreement.total, agreement.same, agreement.first
             stage = None
             if same != total:  # is the server's tokenizer the build's?
                 for i, (prompt, r) in enumerate(zip(meta["prompts"], refs)):
@@ -203,7 +202,6 @@ def check_vllm(root: Path, m, progress):
         check.status, check.reason = CheckStatus.REFUSED, f"vLLM: {e}"
         progress.end(m.name, "refused", str(e))
         return check
-    first = next(((i, j, a, b) for i, ((got, _), r) in enumerate(zip(streams, refs)) for j, (a, b) in enumerate(zip(got, r.tokens)) if a != b), None)
     check.generation = {"prompts": len(streams), "tokens": total, "token_match": round(same / max(total, 1), 6), "text": [t for _, t in streams],
                         "first_divergence": dict(zip(("prompt", "step", "served", "source"), first)) if first else None}  # fmt: skip
     if same == total:
