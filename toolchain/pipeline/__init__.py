@@ -206,9 +206,14 @@ def post_check(cfg: dict, values: list[tuple[float, float]]) -> StageCheck:
     return StageCheck("postprocess", ok, "top-1 class as the source's", agree, 1.0, "" if ok else f"scores differ by up to {err:.3g}")
 
 
+def part(row: dict, prefix: str) -> dict:
+    """One stored sample's arrays of one side (pre, out, answer), by their plain names."""
+    return {k.removeprefix(f"{prefix}."): v for k, v in row.items() if k.startswith(f"{prefix}.")}
+
+
 def judge_answers(cfg: dict, budget: float, mine: list[dict], src: list[dict]) -> StageCheck:
     """The final answers, per raw sample, against the source pipeline's: each embedding's cosine, or top-1 agreement."""
-    values = [answer_distance(cfg, a, {k.removeprefix("answer."): v for k, v in b.items() if k.startswith("answer.")}) for a, b in zip(mine, src)]
+    values = [answer_distance(cfg, a, part(b, "answer")) for a, b in zip(mine, src)]
     if cfg["answer"] == "embedding":
         worst = min(v for v, _ in values)
         i = int(np.argmin([v for v, _ in values]))

@@ -125,7 +125,7 @@ def _ask_pipeline(client, model: str, cfg: dict, raw: list) -> tuple[list[dict],
 def _ask_pre(client, model: str, cfg: dict, raw: list, src: list[dict]):
     """The served preprocessing, one raw sample per request, against the source's tensors."""
     ours = [_infer(client, model, [_raw_input(cfg, [x])], cfg["inputs"]) for x in raw]
-    source = [{k.removeprefix("pre."): v for k, v in a.items() if k.startswith("pre.")} for a in src]
+    source = [pipeline.part(a, "pre") for a in src]
     if cfg["modality"] == "text":
         return pipeline.compare_tokens(ours, source, raw, f"the served {model}")
     return pipeline.compare_images(ours, source, cfg["images"], f"served {model}")
@@ -149,7 +149,7 @@ def _ask_post(client, model: str, cfg: dict, src: list[dict], labels):
             inp.set_data_from_numpy(arr)
             inputs.append(inp)
         got = _as_answer(cfg, _infer(client, model, inputs, _answer_names(cfg)), 0)
-        values.append(pipeline.answer_distance(cfg, got, {k.removeprefix("answer."): v for k, v in a.items() if k.startswith("answer.")}))
+        values.append(pipeline.answer_distance(cfg, got, pipeline.part(a, "answer")))
     return pipeline.post_check(cfg, values)
 
 
