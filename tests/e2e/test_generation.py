@@ -400,6 +400,17 @@ def test_vllm_serves_the_source_folder_with_the_greedy_tokens(built, refs, tmp_p
     g = c["generation"]
     assert c["status"] == "ok" and g["token_match"] == 1.0 and g["tokens"] == sum(len(r.tokens) for r in refs), c
     assert m["serving"]["vllm"] == "vllm"
+    # serve.vllm.quantize: the same model in compressed-tensors w8a8 and w4a16, run by vLLM's CPU integer kernels and judged
+    # on the source's own tokens fed back (top-1 agreement) and on the text sample's perplexity, each against its floor
+    roles = {x["name"]: x.get("role") for x in m["serving"]["models"] if x["server"] == "vllm"}
+    assert roles == {"tiny-llama": "source", "tiny-llama-w8a8": "w8a8", "tiny-llama-w4a16": "w4a16"}, roles
+    for scheme in ("w8a8", "w4a16"):
+        q = m["serving"]["checks"][f"vllm_{scheme}"]
+        forced, ppl = q["generation"]["forced"], q["generation"]["perplexity"]
+        assert q["status"] == "ok" and forced["tokens"] == sum(len(r.tokens) for r in refs) and forced["rate"] >= forced["floor"], q
+        assert ppl["passed"] and ppl["tokens"] > 100 and ppl["delta"] <= ppl["budget"], ppl
+        cfg = json.loads((root / "vllm" / f"tiny-llama-{scheme}" / "config.json").read_text())["quantization_config"]
+        assert cfg["quant_method"] == "compressed-tensors" and cfg["format"] == ("int-quantized" if scheme == "w8a8" else "pack-quantized")
 
 
 def test_ort_genai_folders_generate_the_greedy_tokens_from_text(built, refs, tmp_path):

@@ -188,12 +188,12 @@ def compare_tokens(ours: list[dict], src: list[dict], texts: list[str], who: str
     return StageCheck("preprocess", same == len(src), "share of texts the tokenizer encodes as the source's", same / max(len(src), 1), 1.0, first)
 
 
-def compare_images(ours: list[dict], src: list[dict], names: list[str], who: str = "mlpack") -> StageCheck:
+def compare_images(ours: list[dict], src: list[dict], names: list[str], who: str = "mlpack", atol: float = IMAGE_ATOL) -> StageCheck:
     errs = [float(np.abs(a[k] - b[k]).max()) if a[k].shape == b[k].shape else float("inf") for a, b in zip(ours, src) for k in a]
     worst = max(errs) if errs else 0.0
     i = int(np.argmax(errs)) if errs else 0
-    detail = f"image {names[i]}: max |{who} - source| {worst:.3g} after normalisation" if worst > IMAGE_ATOL else ""
-    return StageCheck("preprocess", worst <= IMAGE_ATOL, "max_abs_err of the image tensor", worst, IMAGE_ATOL, detail)
+    detail = f"image {names[i]}: max |{who} - source| {worst:.3g} after normalisation" if worst > atol else ""
+    return StageCheck("preprocess", worst <= atol, "max_abs_err of the image tensor", worst, atol, detail)
 
 
 def post_check(cfg: dict, values: list[tuple[float, float]]) -> StageCheck:
@@ -271,3 +271,10 @@ def _budget(recipe, spec) -> float:
     tol = recipe.tolerance(spec)
     own = getattr(tol, "cosine", None)
     return min(post.embedding.cosine, own) if own else post.embedding.cosine
+
+
+def shown(cfg: dict, answers: list[dict]) -> list:
+    """What the manifest keeps of the served answers: the top labels, or the embeddings' first values."""
+    if cfg["answer"] == "embedding":
+        return [[round(float(v), 5) for v in a["embedding"][0][:4]] for a in answers[:8]]
+    return [[x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in a["labels"][0][:3]] for a in answers[:8]]

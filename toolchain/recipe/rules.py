@@ -6,6 +6,7 @@ Each rule returns (loc, message, hint) triples; loading turns them into problems
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import re
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 from toolchain import kinds, sniff
 from toolchain.recipe.pipeline import TOKENIZER_OUTPUTS
 from toolchain.recipe.schema import DTYPE_BYTES, MAX_SAMPLE_BYTES, Recipe, SourceFile, SpecificVersions, triton_model_name
+from toolchain.serving.vllm_quant import FAMILIES
 
 Found = list[tuple[tuple, str, str | None]]
 
@@ -87,7 +89,23 @@ def _cross_check(r: Recipe) -> Found:
     if r.serve.vllm is not None and not (r.generates and r.source.transformers and not r.seq2seq):
         out.append((("serve", "vllm"), "vLLM serves a decoder-only text-generation model from its transformers folder (config.json, safetensors)",
                      "use task: text-generation with source.transformers, or remove serve.vllm"))  # fmt: skip
+    elif r.serve.vllm is not None and r.serve.vllm.quantize:
+        out += _vllm_quantize_checks(r)
     return out
+
+
+def _vllm_quantize_checks(r: Recipe) -> Found:
+    q = r.serve.vllm.quantize
+    if len(set(q)) != len(q):
+        return [(("serve", "vllm", "quantize"), f"{q} names a scheme twice", "list each of w8a8, w4a16 once")]
+    try:
+        family = json.loads(r.resolve(r.source.transformers).joinpath("config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return []  # the decoder rules report an unreadable config.json
+    if family not in FAMILIES:
+        return [(("serve", "vllm", "quantize"), f"model_type {family!r}: quantized vLLM folders are written for {', '.join(FAMILIES)} only "
+                 "(decoder layers of nn.Linear, the layout vLLM's compressed-tensors loader reads)", "remove serve.vllm.quantize")]  # fmt: skip
+    return []
 
 
 def _task_checks(r: Recipe) -> Found:

@@ -431,6 +431,9 @@ class VllmServe(Strict):
 
     dtype: Literal["float32", "bfloat16", "auto"] = Field("float32", description="vllm serve --dtype: float32 matches the source's greedy tokens")
     max_model_len: Annotated[StrictInt, Field(ge=2, le=1 << 20)] | None = Field(None, description="vllm serve --max-model-len (default: generation.max_length)")
+    # also vllm/<name>-<scheme>/ in compressed-tensors, which vLLM runs on CPU; serve-check judges each by top-1 tokens and perplexity
+    quantize: list[Literal["w8a8", "w4a16"]] = Field(default_factory=list, description="w8a8: int8 weights and activations; w4a16: 4-bit weight groups")
+    group_size: Literal[32, 64, 128] | None = Field(None, description="w4a16's group along the input (default: the largest dividing every layer)")
 
 
 class Serve(Strict):

@@ -350,7 +350,7 @@ class ServedModel:
     name: str
     target: str
     path: str  # the model's folder, relative to the build root
-    role: str = "artifact"  # artifact, or a raw-input pipeline's preprocess, postprocess, pipeline (serving/pipeline.py)
+    role: str = "artifact"  # artifact; a raw-input pipeline's preprocess, postprocess, pipeline (serving/pipeline.py); vLLM's source or w8a8/w4a16
 
     def to_dict(self) -> dict:
         return {"server": self.server, "name": self.name, "target": self.target, "path": self.path, **({"role": self.role} if self.role != "artifact" else {})}

@@ -328,8 +328,8 @@ def infer_inputs(cfg, sig, feed: dict) -> list:
 def _record(root: Path, manifest: Manifest, checks: list[ModelCheck]) -> Manifest:
     """Add serving_check.<server> to each checked target; replace the manifest atomically."""
     for c in checks:
-        if c.role == "source":  # vLLM serves the source model itself, not a target's artifact
-            manifest.serving.checks[c.server] = c.to_dict()
+        if c.target == "source":  # vLLM serves the source model itself (or its quantized weights), not a target's artifact
+            manifest.serving.checks[c.key] = c.to_dict()
         else:
             manifest.target(c.target).record_serving_check(c.key, c.to_dict())
     path = root / "manifest.json"

@@ -58,7 +58,7 @@ def check_pipeline(srv, m: ServedModel, s, target: TargetResult, root: Path, pro
     check.infer_seconds, check.requests = time.perf_counter() - t0, sent + len(raw) * 2
     answer = pipeline.judge_answers(cfg, answer_budget, mine, src)
     report = PipelineReport(len(raw), [pre, post, answer])
-    check.pipeline = report.to_dict() | {"answers": _shown(cfg, mine)}
+    check.pipeline = report.to_dict() | {"answers": pipeline.shown(cfg, mine)}
     bad = report.first_failure()
     if bad is None:
         check.status = CheckStatus.OK
@@ -151,10 +151,3 @@ def _ask_post(client, model: str, cfg: dict, src: list[dict], labels):
         got = _as_answer(cfg, _infer(client, model, inputs, _answer_names(cfg)), 0)
         values.append(pipeline.answer_distance(cfg, got, pipeline.part(a, "answer")))
     return pipeline.post_check(cfg, values)
-
-
-def _shown(cfg: dict, answers: list[dict]) -> list:
-    """What the manifest keeps of the served answers: the top labels, or the embeddings' first values."""
-    if cfg["answer"] == "embedding":
-        return [[round(float(v), 5) for v in a["embedding"][0][:4]] for a in answers[:8]]
-    return [[x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in a["labels"][0][:3]] for a in answers[:8]]

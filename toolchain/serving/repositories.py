@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from toolchain import cache, kinds
+from toolchain import cache, kinds, pipeline
 from toolchain.feeds import load_feeds
 from toolchain.progress import Progress
 from toolchain.recipe import Recipe
@@ -27,13 +27,22 @@ def write_repositories(recipe: Recipe, results: list[TargetResult], staging: Pat
         _write_tfserving(recipe, results, staging, progress, serving)
     if recipe.serve.vllm is not None:
         try:
-            folder = write_vllm(recipe, staging)
+            folders, problems = write_vllm(recipe, staging)
         except (OSError, ValueError) as e:
             progress.note(f"vllm: no folder: {e}")
         else:
             serving.vllm = "vllm"
-            serving.models.append(ServedModel("vllm", recipe.name, "source", folder.relative_to(staging).as_posix(), "source"))
-            progress.note(f"vllm: {folder.relative_to(staging)} holds the source model for vllm serve (its README has the command)")
+            for folder, quant in folders:
+                rel = folder.relative_to(staging).as_posix()
+                serving.models.append(ServedModel("vllm", folder.name, "source", rel, "source" if quant is None else quant["scheme"]))
+                what = (
+                    "the source model"
+                    if quant is None
+                    else f"its {quant['scheme']} weights ({quant['layers']} layers, worst weight error {quant['worst_weight_error']:.2%})"
+                )
+                progress.note(f"vllm: {rel} holds {what} for vllm serve (its README has the command)")
+            for p in problems:
+                progress.note(f"vllm: no quantized folder {p}")
     return serving
 
 
@@ -101,7 +110,13 @@ def _write_tfserving(recipe: Recipe, results: list[TargetResult], staging: Path,
 
     # base_path in models.config is absolute: where the repository lies once published.
     final = staging.parent.resolve() / recipe.name / "tfserving"
-    for name, target, path in write_tfserving(staging / "tfserving", final, recipe, served, samples, warmup):
-        serving.models.append(ServedModel("tfserving", name, target, path.relative_to(staging).as_posix()))
+    raw = pipeline.load(staging) if recipe.pipeline else None
+    written, why = write_tfserving(staging / "tfserving", final, recipe, served, samples, warmup, raw)
+    for name, target, path, role in written:
+        serving.models.append(ServedModel("tfserving", name, target, path.relative_to(staging).as_posix(), role))
+        if role == "pipeline":
+            progress.note(f"tfserving: {name} takes image bytes (signature serving_default) and answers through {target}")
+    if why:
+        progress.note(f"tfserving: no raw-input model: {why}")
     serving.tfserving = "tfserving"
     progress.note(f"tfserving: start the server with the command line in {final / 'README.md'}")

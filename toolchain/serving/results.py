@@ -36,13 +36,13 @@ class ModelCheck:
     infer_seconds: float = 0.0
     log: str | None = None
     generation: dict | None = None  # a streaming generator's: tokens streamed against the source's greedy tokens
-    role: str = "artifact"  # or "pipeline": the raw-input ensemble (serving/pipeline_check.py)
+    role: str = "artifact"  # or "pipeline": the raw-input ensemble (serving/pipeline_check.py); "source", "w8a8", "w4a16": vLLM
     pipeline: dict | None = None  # the ensemble's: raw samples to answers, stage by stage (records.PipelineReport)
 
     @property
     def key(self) -> str:
         """Where the manifest keeps it under the target's serving_check: triton, or triton_pipeline."""
-        return self.server if self.role == "artifact" else f"{self.server}_{self.role}"
+        return self.server if self.role in ("artifact", "source") else f"{self.server}_{self.role}"
 
     def to_dict(self) -> dict:
         return (

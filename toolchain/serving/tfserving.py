@@ -12,10 +12,13 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from toolchain import kinds
 from toolchain.fsutil import link_or_copy
 from toolchain.recipe import Recipe, TFServingBatching, VersionPolicy
 from toolchain.serving import protos
+from toolchain.serving import tfserving_pipeline as tfp
 
 SIGNATURE = "serving_default"  # TF Serving's default signature key: what clients call unless they name one
 WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"
@@ -118,14 +121,22 @@ def write_warmup(path: Path, model_name: str, samples: list[dict], signature: st
 
 
 def write_tfserving(
-    repo: Path, final_repo: Path, recipe: Recipe, served: list[tuple[str, str, Path]], samples: list[dict], warmup: Callable[[Path, str], None] | None = None
-) -> list[tuple[str, str, Path]]:
+    repo: Path,
+    final_repo: Path,
+    recipe: Recipe,
+    served: list[tuple[str, str, Path]],
+    samples: list[dict],
+    warmup: Callable[[Path, str], None] | None = None,
+    raw=None,
+) -> tuple[list[tuple[str, str, Path, str]], str | None]:
     """Write repo/<model>/<version>/ for each (target, kind, artifact dir), models.config, batching and README.
 
     `final_repo` is where `repo` will lie once published: base_path and the
     README's command line name it. `warmup(path, model_name)` writes the warmup
     records (default: write_warmup from `samples`; the build passes a cached one).
-    Returns (model name, target, model dir).
+    `raw` (the reference step's pipeline.Stored) adds <name>_pipeline, which takes image bytes
+    around the first target (serving/tfserving_pipeline.py).
+    Returns ([(model name, target, model dir, role)], why no raw-input model was written).
     """
     warmup = warmup or (lambda path, name: write_warmup(path, name, samples))
     tfs = recipe.serve.tfserving
@@ -136,12 +147,35 @@ def write_tfserving(
         vdir = repo / name / str(recipe.version)
         shutil.copytree(artifact_dir / kinds.get(kind).tfserving.artifact, vdir, copy_function=link_or_copy)
         warmup(vdir / WARMUP, name)
-        out.append((name, target, repo / name))
+        out.append((name, target, repo / name, "artifact"))
     models = [(name_of[t], final_repo / name_of[t]) for t, _, _ in served]
+    rows = [(name_of[t], t, kind) for t, kind, _ in served]
+    why = None
+    if raw is not None:
+        why = _write_raw(repo, recipe, served[0], name_of[served[0][0]], raw)
+        if why is None:
+            name = tfp.pipeline_name(name_of[served[0][0]])
+            out.append((name, served[0][0], repo / name, "pipeline"))
+            models.append((name, final_repo / name))
+            rows.append((name, served[0][0], f"image bytes in, {raw.config['answer']} out; signatures serving_default, preprocess"))
     repo.joinpath("models.config").write_text(render_models_config(models, tfs.version_policy), encoding="utf-8")
     if tfs.batching:
         repo.joinpath("batching_parameters.txt").write_text(render_batching(tfs.batching), encoding="utf-8")
     xla = any(kinds.get(kind).tfserving.xla for _, kind, _ in served)
-    rows = [(name_of[t], t, kind) for t, kind, _ in served]
     repo.joinpath("README.md").write_text(render_readme(final_repo, rows, xla, tfs.batching is not None), encoding="utf-8")
-    return out
+    return out, why
+
+
+def _write_raw(repo: Path, recipe: Recipe, first: tuple[str, str, Path], model: str, raw) -> str | None:
+    """repo/<model>_pipeline/<version>/ wrapping the first target's SavedModel; why not, when a step has no TF form."""
+    _, kind, _ = first
+    signature = kinds.get(kind).tfserving.signature or SIGNATURE
+    vdir = repo / tfp.pipeline_name(model) / str(recipe.version)
+    try:
+        tfp.write_raw_model(repo / model / str(recipe.version), vdir, raw.config, raw.labels(), signature)
+    except ValueError as e:
+        shutil.rmtree(vdir.parent, ignore_errors=True)
+        return str(e)
+    batch = raw.raw()[: max(1, min(raw.config["batch_max"], 8))]
+    write_warmup(vdir / WARMUP, vdir.parent.name, [{tfp.INPUT: np.array(batch, dtype=np.object_)}])
+    return None

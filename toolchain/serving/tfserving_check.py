@@ -17,11 +17,14 @@ import importlib.util
 import time
 from pathlib import Path
 
-from toolchain import kinds
+import numpy as np
+
+from toolchain import kinds, pipeline
 from toolchain.parity import judge_again
 from toolchain.progress import Progress
-from toolchain.records import Manifest, ServedModel, TargetResult
+from toolchain.records import Manifest, PipelineReport, ServedModel, TargetResult
 from toolchain.serving import protos
+from toolchain.serving import tfserving_pipeline as tfp
 from toolchain.serving.results import CheckStatus, ModelCheck
 from toolchain.serving.tfserving import SIGNATURE, WARMUP
 
@@ -48,6 +51,9 @@ def check_tfserving(root: Path, manifest: Manifest, models: list[ServedModel], s
         progress.start(m.name, f"tfserving {m.name}: loading SavedModel versions")
         if m.name not in configs:
             check.status, check.reason = CheckStatus.REFUSED, f"models.config has no config named {m.name!r} (has {sorted(configs)})"
+        elif m.role == "pipeline":
+            check.role = "pipeline"
+            _check_raw(check, root, root / m.path, configs[m.name], manifest.target(m.target))
         else:
             _check_versions(check, root / m.path, configs[m.name], manifest.target(m.target), samples, reference)
         progress.end(m.name, check.status.value, check.reason or f"{check.requests} requests")
@@ -84,6 +90,45 @@ def _check_versions(check: ModelCheck, model_dir: Path, config, target: TargetRe
         check.parity = judge_again(target.parity, reference, outputs)
         if not check.parity.passed:
             check.status, check.reason = CheckStatus.MISMATCH, f"version {v}: outputs differ from the source model beyond the build's tolerance"
+            return
+    check.status = CheckStatus.OK
+
+
+def _check_raw(check: ModelCheck, root: Path, model_dir: Path, config, target: TargetResult) -> None:
+    """The raw-input model (serving/tfserving_pipeline.py): the build's raw samples as bytes through serving_default, judged
+    against the source pipeline's answers; its preprocess signature against the source's tensors names that stage."""
+    stored = pipeline.load(root)
+    if stored is None:
+        check.status, check.reason = CheckStatus.REFUSED, f"{root / pipeline.PIPELINE_JSON} is missing; rebuild with mlpack build"
+        return
+    versions = served_versions(model_dir, config)
+    if not versions:
+        check.status, check.reason = CheckStatus.REFUSED, f"no version directory under {model_dir} matches the model_version_policy"
+        return
+    cfg, raw, src = stored.config, stored.raw(), stored.arrays()
+    rows = pipeline.batches(cfg, len(raw))
+    feeds = [{tfp.INPUT: np.array([raw[i] for i in r], dtype=np.object_)} for r in rows]
+    budget = target.pipeline.get("answer").budget if target.pipeline and target.pipeline.get("answer") else 1.0
+    names = cfg["images"] if cfg["modality"] == "image" else []
+    for v in versions:
+        t0 = time.perf_counter()
+        try:
+            outputs, warmups = load_and_run(model_dir / str(v), feeds, SIGNATURE)
+            tensors, _ = load_and_run(model_dir / str(v), feeds, "preprocess")
+        except Exception as e:  # TensorFlow's own message is the verdict
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            check.status, check.reason = CheckStatus.REFUSED, f"version {v}: {type(e).__name__}: {first}"
+            return
+        check.infer_seconds += time.perf_counter() - t0
+        check.requests += 2 * len(feeds) + warmups
+        mine = [a for out, r in zip(outputs, rows) for a in tfp.answers(cfg, out, len(r))]
+        pixels = [{cfg["inputs"][0]: t["pixels"][j : j + 1]} for t, r in zip(tensors, rows) for j in range(len(r))]
+        pre = pipeline.compare_images(pixels, [pipeline.part(a, "pre") for a in src], names, "TF Serving's preprocess", tfp.pixel_atol(cfg))
+        answer = pipeline.judge_answers(cfg, budget, mine, src)
+        report = PipelineReport(len(raw), [pre, answer])
+        check.pipeline = report.to_dict() | {"answers": pipeline.shown(cfg, mine)}
+        if not report.passed:
+            check.status, check.reason = CheckStatus.MISMATCH, f"version {v}: " + report.first_failure().line()
             return
     check.status = CheckStatus.OK
 

@@ -207,10 +207,16 @@ class TFSource:
         return self._fn(*args)
 
     def trackable(self):
-        """What a saved module holds to keep the model's state: the model itself, or only its
-        variables for a subclassed Keras model whose call takes several tensors (Keras traces a
-        one-argument `serving_default` for an attached model, which such a call cannot take)."""
-        return list(self.model.variables) if self._style == "keras-call" else self.model
+        """What a saved module holds to keep the model's state: the model itself (its lookup tables and assets), or
+        only its variables for a subclassed Keras model whose call takes several tensors (Keras traces a one-argument
+        `serving_default` for an attached model, which such a call cannot take); and each Keras 3 variable's own
+        tf.Variable. Without those, a Keras 3 model is saved with a second handle per variable: TF2's loader maps
+        them, but the TF1 loader that TF Serving uses restores one while the serving function reads the other
+        ("Could not find variable block_7_project_BN/moving_variance")."""
+        import tensorflow as tf
+
+        held = [v.value for v in getattr(self.model, "variables", []) if isinstance(getattr(v, "value", None), tf.Variable)]
+        return [*(list(self.model.variables) if self._style == "keras-call" else [self.model]), *held]
 
     def call(self, *args) -> dict:
         """Recipe inputs positionally -> {output name: tensor} in the recipe's order."""
