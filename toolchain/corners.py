@@ -22,8 +22,8 @@ LEVELS: dict[str, Callable[[DimSpec], int]] = {
     "min": lambda d: d.min,
     "max": lambda d: d.max,
     "opt": lambda d: d.opt,  # the example size, where a model's own fast path for one size lives
-    "min+1": lambda d: min(d.min + 1, d.max),  # sizes of the other parity: a shape branch taken from the example shows there
-    "max-1": lambda d: max(d.max - 1, d.min),
+    "min+1": lambda d: min(d.min + (d.multiple or 1), d.max),  # sizes of the other parity: a shape branch taken from the example shows there
+    "max-1": lambda d: max(d.max - (d.multiple or 1), d.min),  # (the next accepted size, for a dim of multiples)
 }
 SEED_OFFSET = 2  # corner inputs draw from parity.seed + 2 (the samples use parity.seed)
 

@@ -27,7 +27,8 @@ def dim_draws(recipe: Recipe, n: int, rng: np.random.Generator) -> list[dict[str
     for i in range(n):
         sizes = {}
         for name, d in recipe.dims.items():
-            sizes[name] = d.min if i == 0 else d.max if i == 1 else int(rng.integers(d.min, d.max + 1))
+            k = d.multiple or 1  # a dim of multiples draws multiples
+            sizes[name] = d.min if i == 0 else d.max if i == 1 else d.min + k * int(rng.integers(0, (d.max - d.min) // k + 1))
         draws.append(sizes)
     return draws
 
@@ -332,11 +333,10 @@ def load_samples(recipe: Recipe, path: Path, n: int) -> list[Feed]:
 
 
 def _check_shape(recipe: Recipe, spec, shape: tuple, path: Path, key: str = "path") -> None:
-    ok = len(shape) == len(spec.shape) and all(
-        (recipe.dims[d].min <= v <= recipe.dims[d].max) if isinstance(d, str) else v == d for d, v in zip(spec.shape, shape)
-    )
+    ok = len(shape) == len(spec.shape) and all(recipe.dims[d].accepts(v) if isinstance(d, str) else v == d for d, v in zip(spec.shape, shape))
     if not ok:
-        raise UsageError(f"data.{key}: a sample of '{spec.name}' in {path} has shape {list(shape)}, which does not fit {spec.shape} within dims")
+        within = ", ".join(f"{d}: {recipe.dims[d].describe()}" for d in spec.shape if isinstance(d, str))
+        raise UsageError(f"data.{key}: a sample of '{spec.name}' in {path} has shape {list(shape)}, which does not fit {spec.shape} within dims ({within})")
 
 
 def samples_for(recipe: Recipe) -> list[Feed]:

@@ -187,6 +187,9 @@ def _export_hint(source, tried: list[Attempt]) -> str:
     if tried and site and all(_sized(t.error) or export_errors.data_dependent_site(t.error) for t in tried):
         dynamic = [n for n, d in source.recipe.dims.items() if d.min < d.max]
         return export_errors.data_dependent_hint(site, dynamic)
+    suggested = export_errors.suggested_hint([t.error or "" for t in tried], source.recipe.dims)
+    if suggested:
+        return suggested
     if tried and all(_sized(t.error) for t in tried):
         sizes = source.export_sizes()
         named = {

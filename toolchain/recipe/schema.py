@@ -31,6 +31,7 @@ from pydantic_core import PydanticCustomError
 from toolchain import kinds
 from toolchain.options import NAME_RE, Strict, TargetOptions, YamlOff
 from toolchain.recipe.decoder import DecoderShape, config_path, read_config
+from toolchain.recipe.dims import DimSpec
 from toolchain.recipe.pipeline import Postprocess, Preprocess
 from toolchain.sniff import IMAGE_SUFFIXES
 
@@ -230,20 +231,6 @@ class InputSpec(Strict):
                 )
         elif self.dtype == "float16" and max(abs(lo), abs(hi)) > 65504:
             raise PydanticCustomError("range_bounds", "range [{lo}, {hi}] does not fit float16 (|x| <= 65504)", {"lo": lo, "hi": hi})
-        return self
-
-
-class DimSpec(Strict):
-    min: Annotated[StrictInt, Field(ge=1)]
-    opt: Annotated[StrictInt, Field(ge=1)] | None = None
-    max: Annotated[StrictInt, Field(ge=1)]
-
-    @model_validator(mode="after")
-    def _ordered(self) -> DimSpec:
-        if self.opt is None:
-            self.opt = self.min
-        if not self.min <= self.opt <= self.max:
-            raise PydanticCustomError("dim_order", "needs min <= opt <= max (got {a}, {b}, {c})", {"a": self.min, "b": self.opt, "c": self.max})
         return self
 
 

@@ -11,6 +11,7 @@ by key, so every other module works with attributes. Imports no framework.
 from toolchain.records.pipeline import PipelineReport, StageCheck
 from toolchain.records.results import (
     SCHEMA_ID,
+    AcceptedDim,
     BuildResult,
     CacheEntry,
     CacheRef,
@@ -62,6 +63,7 @@ __all__ = [
     "GenerationReport",
     "Perplexity",
     "Machine",
+    "AcceptedDim",
     "Manifest",
     "OutputDiff",
     "ParityData",

@@ -386,6 +386,27 @@ class ParityData:
         return {"samples": self.samples, "reference": self.reference, "source": self.source}
 
 
+@dataclass(frozen=True)
+class AcceptedDim:
+    """The sizes every artifact of the build accepts along a named dim (issue 26): its range, and its step when the
+    model's shape logic needs multiples. `text` is what validate, inspect and the served configs say."""
+
+    min: int
+    max: int
+    multiple: int | None = None
+
+    @property
+    def text(self) -> str:
+        return f"multiples of {self.multiple} in [{self.min}, {self.max}]" if self.multiple else f"[{self.min}, {self.max}]"
+
+    def to_dict(self) -> dict:
+        return {"min": self.min, "max": self.max, **({"multiple": self.multiple} if self.multiple else {}), "accepts": self.text}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AcceptedDim:
+        return cls(d["min"], d["max"], d.get("multiple"))
+
+
 @dataclass
 class Manifest:
     """manifest.json (its JSON Schema: toolchain/manifest.schema.json, completed by toolchain.manifest)."""
@@ -403,6 +424,7 @@ class Manifest:
     selection: Selection | None = None
     schema: str = SCHEMA_ID
     task: str = "predict"  # text-generation: a decoder with its cache, judged by generation too
+    dims: dict[str, AcceptedDim] = field(default_factory=dict)  # the named dims' accepted sizes
 
     @staticmethod
     def claims(data: object) -> bool:
@@ -434,6 +456,7 @@ class Manifest:
             "environment": self.environment,
             "build_seconds": round(self.build_seconds, 3),
             "parity_data": self.parity_data.to_dict() if self.parity_data else None,
+            **({"dims": {n: d.to_dict() for n, d in self.dims.items()}} if self.dims else {}),
             "targets": [t.to_dict() for t in self.targets],
             "serving": self.serving.to_dict(),
             **({"selection": self.selection.to_dict()} if self.selection else {}),
@@ -457,6 +480,7 @@ class Manifest:
                 Selection.from_dict(d["selection"]) if d.get("selection") else None,
                 d.get("schema", SCHEMA_ID),
                 d.get("task", "predict"),
+                {n: AcceptedDim.from_dict(v) for n, v in (d.get("dims") or {}).items()},
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"not an mlpack manifest: {type(e).__name__}: {e}") from None

@@ -172,10 +172,11 @@ class TorchSource:
         """Example size per dim: opt, but at least 2 where the range allows (torch.export
         specialises a dim whose example size is 0 or 1); under other_example_sizes(), another
         size of each dynamic dim's range."""
-        sizes = {n: min(max(d.opt, 2, d.min), d.max) for n, d in self.recipe.dims.items()}
+        sizes = {n: d.nearest(max(d.opt, 2)) for n, d in self.recipe.dims.items()}
         if getattr(self, "_other_sizes", False):
             for n, d in self.recipe.dims.items():
-                sizes[n] = next((c for c in ((d.min + d.max) // 2, d.max, d.min + 1) if c != sizes[n] and c >= 2 and d.min <= c <= d.max), sizes[n])
+                others = (d.nearest((d.min + d.max) // 2), d.max, d.nearest(d.min + 1))
+                sizes[n] = next((c for c in others if c != sizes[n] and c >= 2 and d.accepts(c)), sizes[n])
         return sizes
 
     @contextlib.contextmanager
@@ -202,5 +203,11 @@ class TorchSource:
         """One {axis: Dim} per input; a dim with min == max stays static."""
         from torch.export import Dim
 
-        dims = {n: Dim(n, min=d.min, max=d.max) for n, d in self.recipe.dims.items() if d.min < d.max}
+        dims = {n: _dim(Dim, n, d) for n, d in self.recipe.dims.items() if d.min < d.max}
         return tuple({j: dims[s] for j, s in enumerate(spec.shape) if isinstance(s, str) and s in dims} or None for spec in self.recipe.inputs)
+
+
+def _dim(Dim, name: str, d):
+    """torch.export's Dim for a recipe dim; `multiple: k` is k times a dim of its own, as export's suggested fixes write it."""
+    k = d.multiple
+    return k * Dim(f"_{name}", min=d.min // k, max=d.max // k) if k else Dim(name, min=d.min, max=d.max)

@@ -263,6 +263,9 @@ def constraint_hint(tried: list[Attempt], source=None) -> str | None:
     dims to make static when the model's shape logic ties them in ways export or Inductor
     cannot keep dynamic (MaxPool2d ceil_mode after strided convs: GoogLeNet, SqueezeNet)."""
     errors = [t.detail or t.error or "" for t in tried if t.stage == "export"]  # torch.export's own words, suggested fixes included
+    suggested = export_errors.suggested_hint(errors, source.recipe.dims) if source is not None else None
+    if suggested:
+        return suggested
     dims = list(source.recipe.dims) if source is not None else []
     tied = [d for d in dims if any(re.search(rf"\b{re.escape(d)}\b", t) for t in errors if "Expected op to be" in t)]
     wrong = any(t.stage == "values" for t in tried)

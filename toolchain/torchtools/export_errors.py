@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from toolchain.records import AcceptedDim
+
 # torch.export fixed a dim the recipe declares dynamic to the example's size.
 _SPECIALIZED = ("Constraints violated", "specialized value", "Specializations unexpectedly required")
 
@@ -41,3 +43,50 @@ def data_dependent_hint(site: str, dynamic: list[str]) -> str:
             f"depends on are static for this target (of {dims}; min == max, at a size the model does not pad), or the inputs' "
             f"values themselves (how many tokens are marked), which an exported graph cannot express: then no export "
             f"target takes the model as written")  # fmt: skip
+
+
+def suggested_dims(text: str, dims: dict) -> dict | None:
+    """torch.export's "Suggested fixes:" as the recipe dims that would take them ({name: AcceptedDim}), within the
+    recipe's own ranges (`dims`: {name: DimSpec}); None when the text has none, or a fix leaves a dim no size.
+    Forms read: `seq = 8*_seq` with `_seq = Dim('_seq', min=1, max=16)` (multiples), `seq = Dim('seq', min=8, max=128)`
+    (a range) and `seq = 16` (static)."""
+    block = text.split("Suggested fixes:", 1)
+    if len(block) < 2:
+        return None
+    lines = [x.strip() for x in block[1].strip().split("\n\n", 1)[0].splitlines()]
+    ranges = {m[0]: (int(m[1] or 0), int(m[2] or 1 << 62)) for x in lines for m in re.findall(r"^(\w+) = Dim\('\w+'(?:, min=(\d+))?(?:, max=(\d+))?\)$", x)}
+    out = {}
+    for x in lines:
+        name = x.split(" = ", 1)[0]
+        if name not in dims:
+            continue
+        d = dims[name]
+        lo, hi = ranges.get(name, (d.min, d.max))
+        if m := re.fullmatch(r"\w+ = (\d+)\*(\w+)", x):
+            k = int(m[1])
+            blo, bhi = ranges.get(m[2], (0, 1 << 62))
+            lo, hi, step = max(k * blo, -(-d.min // k) * k), min(k * bhi, d.max // k * k), k
+        elif m := re.fullmatch(r"\w+ = (\d+)", x):
+            lo = hi = int(m[1])
+            step = None
+        else:
+            lo, hi, step = max(lo, d.min), min(hi, d.max), d.multiple
+        if lo > hi:
+            return None
+        out[name] = AcceptedDim(lo, hi, step if step and lo < hi else None)
+    return out or None
+
+
+def dims_fix(accepted: dict) -> str:
+    """The recipe change for suggested_dims' answer: `dims.seq: {min: 8, max: 128, multiple: 8}`."""
+    return ", ".join(f"dims.{n}: {{min: {a.min}, max: {a.max}{f', multiple: {a.multiple}' if a.multiple else ''}}}" for n, a in accepted.items())
+
+
+def suggested_hint(errors: list[str], dims: dict) -> str | None:
+    """torch.export's suggested fixes that keep a dim dynamic, as the recipe's dims (a multiple, a narrower range)."""
+    accepted = next((a for a in (suggested_dims(t, dims) for t in errors) if a), None)
+    if not accepted or all(a.min == a.max for a in accepted.values()):
+        return None  # only static sizes: the callers' own hints say which
+    return (f"torch.export keeps the dims dynamic over the sizes it suggests: {', '.join(f'{n} {a.text}' for n, a in accepted.items())}; "
+            f"set {dims_fix(accepted)} in the recipe (every target is then built and checked over those sizes, and the manifest "
+            "says which sizes the artifacts accept)")  # fmt: skip

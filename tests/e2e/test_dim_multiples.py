@@ -1,0 +1,97 @@
+"""Shapes computed from sizes (issue 26): a model that folds its sequence into windows of 8 runs at multiples of 8
+only. torch.export says so in its suggested fixes (`seq = 8*_seq`); the build's hint turns them into the recipe's
+`dims.seq.multiple`, and a recipe that has it builds ONNX and AOTInductor over exactly those sizes, with the
+accepted sizes in the manifest and in `validate` and `inspect`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e.conftest import mlpack
+
+MODEL = """\
+import torch
+
+
+class Windows(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        b, s, d = x.shape
+        w = self.proj(x).reshape(b, s // 8, 8, d)  # windows of 8: only multiples of 8 fold
+        return w.softmax(2).sum(2)
+
+
+def build():
+    return Windows().eval()
+"""
+
+RECIPE = """\
+name: windows
+source:
+  framework: pytorch
+  factory: windows.py:build
+inputs:
+  - {{name: x, dtype: float32, shape: [batch, seq, 4]}}
+outputs: [pooled]
+dims:
+  batch: {{min: 1, max: 4}}
+  seq: {{{seq}}}
+targets:
+  - kind: onnx
+  - kind: aoti
+parity:
+  samples: 6
+"""
+
+
+def _write(tmp_path, seq: str):
+    (tmp_path / "windows.py").write_text(MODEL)
+    (tmp_path / "recipe.yaml").write_text(RECIPE.format(seq=seq))
+    return tmp_path / "recipe.yaml"
+
+
+def test_export_failure_names_the_multiple_torch_export_suggests(tmp_path):
+    from toolchain.recipe import load_recipe
+    from toolchain.sources import load_source
+    from toolchain.torchtools import export_errors
+
+    recipe = load_recipe(_write(tmp_path, "min: 8, opt: 16, max: 64"))
+    source = load_source(recipe)
+    import torch
+
+    with pytest.raises(Exception) as e:  # the recipe's dims say every size from 8 to 64
+        torch.export.export(source.module, source.example_args(), dynamic_shapes=source.dynamic_shapes(), strict=False)
+    accepted = export_errors.suggested_dims(str(e.value), recipe.dims)
+    assert {n: a.to_dict() for n, a in accepted.items()} == {"seq": {"min": 8, "max": 64, "multiple": 8, "accepts": "multiples of 8 in [8, 64]"}}
+    hint = export_errors.suggested_hint([str(e.value)], recipe.dims)
+    assert "set dims.seq: {min: 8, max: 64, multiple: 8} in the recipe" in hint, hint
+
+
+@pytest.mark.slow
+def test_a_recipe_of_multiples_builds_over_them(tmp_path):
+    recipe = _write(tmp_path, "min: 8, opt: 16, max: 64, multiple: 8")
+    proc = mlpack("validate", str(recipe))
+    assert proc.returncode == 0 and "dims (the sizes the artifacts must accept): batch [1, 4], seq multiples of 8 in [8, 64]" in proc.stderr, proc.stderr
+    proc = mlpack("build", str(recipe), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    m = json.loads(proc.stdout)
+    assert m["dims"]["seq"] == {"min": 8, "max": 64, "multiple": 8, "accepts": "multiples of 8 in [8, 64]"}
+    assert {t["name"]: t["status"] for t in m["targets"]} == {"onnx": "ok", "aoti": "ok"}
+    import numpy as np
+
+    with np.load(tmp_path / "out" / "windows" / "parity" / "samples.npz") as z:
+        seqs = sorted({z[k].shape[1] for k in z.files})
+    assert seqs[0] == 8 and seqs[-1] == 64 and all(s % 8 == 0 for s in seqs), seqs
+    proc = mlpack("inspect", str(tmp_path / "out" / "windows"))
+    assert "accepts: batch [1, 4], seq multiples of 8 in [8, 64]" in proc.stdout, proc.stdout
+
+
+def test_a_dim_whose_sizes_are_not_multiples_is_an_error_naming_the_key(tmp_path):
+    proc = mlpack("validate", str(_write(tmp_path, "min: 8, max: 60, multiple: 8")))
+    assert proc.returncode == 2 and "dims.seq" in proc.stderr and "multiples of 8" in proc.stderr, proc.stderr
