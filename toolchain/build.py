@@ -9,6 +9,7 @@ results come back as data for the CLI.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -34,6 +35,7 @@ from toolchain.plan import Plan, default_jobs, make_plan
 from toolchain.progress import Progress
 from toolchain.recipe import Recipe
 from toolchain.records import (
+    AcceptedDim,
     BuildResult,
     CacheEntry,
     CacheRef,
@@ -51,6 +53,7 @@ from toolchain.samples import samples_for
 from toolchain.serving.repositories import write_repositories
 from toolchain.sources import check_framework
 from toolchain.steps import Children, StepOutcome, log_files, reap_orphans, run_step
+from toolchain.torchtools import export_errors
 
 DEFAULT_TIMEOUT = 1800.0
 
@@ -74,7 +77,12 @@ def build(recipe: Recipe, out_root: Path, only: list[str] | None = None, progres
         cache = BuildCache.open(out_root, cache_url, force)
         steps = open_executor(executor)
         try:
-            result = _build_locked(plan, out_root, progress, jobs or default_jobs(), cache, steps)
+            result = _build_locked(plan, out_root, progress, jobs or default_jobs(), cache, steps, retry=True)
+            if isinstance(result, dict):  # torch.export rejected the recipe's sizes and said which it takes: once more, over those
+                fixed = {n: AcceptedDim(a.min, a.max, a.multiple, recipe.dims[n].describe()) for n, a in result.items()}
+                progress.note("torch.export accepts " + ", ".join(f"{n} {a.text} (the recipe says {a.recipe})" for n, a in fixed.items())
+                              + ": building every target again over those sizes; " + export_errors.dims_fix(fixed) + " in the recipe says so")  # fmt: skip
+                result = _build_locked(make_plan(recipe, only, out_root, fixed), out_root, progress, jobs or default_jobs(), cache, steps)
         finally:
             steps.close()
         if cache.summary():
@@ -106,7 +114,10 @@ def check_replaceable(final: Path) -> None:
                          f"move {final} away, or build into another --out")  # fmt: skip
 
 
-def _build_locked(plan: Plan, out_root: Path, progress: Progress, jobs: int, cache: BuildCache, steps: Executor) -> BuildResult:
+def _build_locked(plan: Plan, out_root: Path, progress: Progress, jobs: int, cache: BuildCache, steps: Executor,
+                  retry: bool = False) -> BuildResult | dict[str, AcceptedDim]:  # fmt: skip
+    """Build, judge, publish. With `retry`, a build that failed where torch.export named the sizes it accepts is not
+    published: those sizes come back instead, for the caller to build over."""
     recipe = plan.recipe
     started = time.perf_counter()
     reap_orphans(str(out_root / f".{recipe.name}.tmp-"))  # steps of a build that was killed, before their folders go
@@ -125,7 +136,11 @@ def _build_locked(plan: Plan, out_root: Path, progress: Progress, jobs: int, cac
         chosen = run.select(results) if recipe.select else None
         serving = write_repositories(recipe, results, staging, progress, chosen)
         code = exit_code_for(results)
-        manifest = mf.assemble(recipe, results, serving, time.perf_counter() - started, chosen)
+        suggested = run.suggested_dims() if retry and code != EXIT_OK else {}
+        if suggested and any(plan.recipe.dims[n].describe() != a.text for n, a in suggested.items() if n in plan.recipe.dims):
+            shutil.rmtree(staging, ignore_errors=True)
+            return suggested
+        manifest = mf.assemble(recipe, results, serving, time.perf_counter() - started, chosen, plan.fixed)
         mf.write(staging / "manifest.json", manifest)
         final = out_root / recipe.name if code == EXIT_OK else out_root / f"{recipe.name}.failed"
         publish(staging, final)
@@ -161,9 +176,26 @@ class Run:
     cache: BuildCache
     executor: Executor
     children: Children = field(default_factory=Children)
+    export_sizes: list[dict[str, AcceptedDim]] = field(default_factory=list)  # failed steps' sizes torch.export accepts
 
     def __post_init__(self) -> None:
         self.reference = Reference(self)
+
+    def suggested_dims(self) -> dict[str, AcceptedDim]:
+        """The sizes torch.export accepts, from every failed step that said (the reference's and the targets'):
+        per dim, the sizes all of them accept; {} when they say none or leave a dim without sizes."""
+        found = self.export_sizes + ([self.reference.failed.dims] if self.reference.failed is not None and self.reference.failed.dims else [])
+        merged: dict[str, AcceptedDim] = {}
+        for dims in found:
+            for n, a in dims.items():
+                b = merged.get(n)
+                k = math.lcm(a.multiple or 1, b.multiple or 1) if b else a.multiple or 1
+                lo, hi = (max(a.min, b.min), min(a.max, b.max)) if b else (a.min, a.max)
+                lo, hi = -(-lo // k) * k, hi // k * k
+                if lo > hi:
+                    return {}
+                merged[n] = AcceptedDim(lo, hi, k if k > 1 and lo < hi else None)
+        return merged
 
     def targets(self, jobs: int) -> list[TargetResult]:
         results: dict[str, TargetResult] = {}
@@ -209,7 +241,7 @@ class Run:
         self.progress.start(name, f"{name}: building {spec.kind}")
         res = TargetResult(name, spec.kind, device=spec.target_device, cache=CacheRef(self.plan.keys[name], False))
         t0 = time.perf_counter()
-        step = StepSpec("target", str(self.plan.recipe.path), target=name, deps=deps, out_root=str(self.out_root))
+        step = StepSpec("target", str(self.plan.recipe.path), target=name, deps=deps, out_root=str(self.out_root), dims=self.plan.fixed)
         out = self.executor.run(step, self.staging, name, spec.timeout, self.children, spec.memory, self.plan.recipe, resources_for(spec))
         res.log = out.log
         node = {"node": out.node} if out.node else {}
@@ -217,6 +249,8 @@ class Run:
         if out.result is None:
             res.extra.update(node)
             res.fail(Stage.RECIPE if out.usage else Stage.CONVERT, out.reason, out.hint)
+            if out.dims:
+                self.export_sizes.append(out.dims)
             self.progress.end(name, res.status.value, f"{(res.reason or '').splitlines()[0]} (log: {res.log})")
             return res
         o = out.result
@@ -260,7 +294,7 @@ class Run:
             self.progress.start("select", f"timing {len(candidates)} artifacts ({sel.metric}, {sel.threads} thread{'s' if sel.threads > 1 else ''})")
             timeout, memory = step_limits(self.plan.specs)
             # Always here: the figures are this machine's (its type keys the cached timings).
-            step = StepSpec("select", str(recipe.path), candidates=candidates)
+            step = StepSpec("select", str(recipe.path), candidates=candidates, dims=self.plan.fixed)
             out = run_step(step, self.staging, "select", timeout, self.children, memory_bytes(memory))
             if out.result is None:
                 self.progress.end("select", "failed", f"{out.reason.splitlines()[0]} (log: {out.log})")
@@ -298,7 +332,7 @@ class Run:
         def produce() -> CacheEntry | Selection:
             self.progress.start(name, f"timing {len(capped)} artifacts as {cls} (ISA capped)")
             timeout, memory = step_limits(self.plan.specs)
-            out = run_step(StepSpec("select", str(recipe.path), candidates=capped), self.staging, name, timeout, self.children, memory_bytes(memory),
+            out = run_step(StepSpec("select", str(recipe.path), candidates=capped, dims=self.plan.fixed), self.staging, name, timeout, self.children, memory_bytes(memory),
                            env=cpuclass.emulation_env(cls))  # fmt: skip
             if out.result is None:
                 self.progress.end(name, "failed", out.reason.splitlines()[0])
@@ -346,7 +380,7 @@ class Reference:
             save_feeds(run.staging / "parity" / "samples.npz", samples_for(recipe))
             progress.start("source", f"loading {recipe.source.framework} source, reference outputs")
             timeout, memory = step_limits(run.plan.specs)
-            step = StepSpec("reference", str(recipe.path))
+            step = StepSpec("reference", str(recipe.path), dims=run.plan.fixed)
             out = run.executor.run(step, run.staging, "reference", timeout, run.children, memory, recipe)
             if out.result is None:
                 progress.end("source", "failed", f"{out.reason.splitlines()[0]} (log: {out.log})")

@@ -79,9 +79,10 @@ class StepError(MlpackError):
 
     exit_code = EXIT_CONVERSION
 
-    def __init__(self, message: str, log: Path | None = None, hint: str | None = None):
+    def __init__(self, message: str, log: Path | None = None, hint: str | None = None, dims: dict | None = None):
         super().__init__(message)
         self.log, self.hint = log, hint
+        self.dims = dims or {}  # {name: AcceptedDim}: the sizes torch.export accepts, when it suggested them (issue 26)
 
     def render(self) -> str:
         return f"{self}" + (f"\n    fix: {self.hint}" if self.hint else "")

@@ -46,7 +46,8 @@ def schema() -> dict:
     return s
 
 
-def assemble(recipe: Recipe, results: list[TargetResult], serving: Serving, seconds: float, selection: Selection | None = None) -> Manifest:
+def assemble(recipe: Recipe, results: list[TargetResult], serving: Serving, seconds: float, selection: Selection | None = None,
+             fixed: dict[str, AcceptedDim] | None = None) -> Manifest:  # fmt: skip
     """The manifest of a build: what each target ended as, the serving repositories, the selection."""
     try:
         rel = os.path.relpath(recipe.path)
@@ -57,7 +58,7 @@ def assemble(recipe: Recipe, results: list[TargetResult], serving: Serving, seco
     device = f"cuda ({cuda[0].device_name or 'GPU'})" if cuda else "cpu"
     parity = ParityData(source="data" if recipe.data else "generated") if any(r.parity for r in results) else None
     return Manifest(recipe.name, recipe.version, recipe.source.framework, rel, sha256_file(recipe.path), environment(device), results, serving,
-                    seconds, parity, selection, task=recipe.task, dims=accepted_dims(recipe))  # fmt: skip
+                    seconds, parity, selection, task=recipe.task, dims=accepted_dims(recipe) | (fixed or {}))  # fmt: skip
 
 
 def accepted_dims(recipe: Recipe) -> dict[str, AcceptedDim]:

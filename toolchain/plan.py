@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolchain import cache
 from toolchain.errors import UsageError
 from toolchain.options import TargetOptions
-from toolchain.recipe import Recipe
-from toolchain.records import Machine
+from toolchain.recipe import Recipe, with_dims
+from toolchain.records import AcceptedDim, Machine
 
 
 @dataclass(frozen=True)
@@ -19,13 +19,16 @@ class Plan:
     specs: list[TargetOptions]
     source_key: str  # the reference step: the samples and the source's outputs on them
     keys: dict[str, str]  # target name -> its step's key
+    fixed: dict[str, AcceptedDim] = field(default_factory=dict)  # dims taken from torch.export's suggested fixes (recipe: the recipe's own)
 
     def selection_key(self, candidates: list[str], machine: Machine) -> str:
         """The selection's timings: the artifacts timed (by their keys), how, and on which machine type."""
         return cache.selection_key(self.recipe.select.model_dump(mode="json"), {n: self.keys[n] for n in candidates}, machine.to_dict())
 
 
-def make_plan(recipe: Recipe, only: list[str] | None, out_root: Path | None = None) -> Plan:
+def make_plan(recipe: Recipe, only: list[str] | None, out_root: Path | None = None, fixed: dict[str, AcceptedDim] | None = None) -> Plan:
+    """`fixed`: dims to build over instead of the recipe's (their keys follow from the changed dims)."""
+    recipe = with_dims(recipe, fixed or {})
     specs = recipe.targets
     if only:
         unknown = [n for n in only if n not in [t.target_name for t in specs]]
@@ -33,7 +36,7 @@ def make_plan(recipe: Recipe, only: list[str] | None, out_root: Path | None = No
             raise UsageError(f"--target {', '.join(unknown)}: not in {recipe.path}", f"targets are: {', '.join(t.target_name for t in specs)}")
         specs = [t for t in specs if t.target_name in only]
     skey = cache.source_key(recipe, out_root)
-    return Plan(recipe, specs, skey, {t.target_name: cache.target_key(recipe, t, skey) for t in specs})
+    return Plan(recipe, specs, skey, {t.target_name: cache.target_key(recipe, t, skey) for t in specs}, dict(fixed or {}))
 
 
 def default_jobs() -> int:

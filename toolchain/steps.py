@@ -238,5 +238,5 @@ def run_step(step: StepSpec, staging: Path, name: str, timeout: float, children:
             None, f"the step's process exited without a result (did the model's code call sys.exit() or os._exit()?); log tail:\n{tail(log)}", rel
         )
     if result.payload is None:
-        return StepOutcome(None, result.reason or "failed", rel, result.hint, result.error == "usage", peak_rss_mb=result.peak_rss_mb)
+        return StepOutcome(None, result.reason or "failed", rel, result.hint, result.error == "usage", peak_rss_mb=result.peak_rss_mb, dims=result.dims)
     return StepOutcome(result.payload, None, rel, peak_rss_mb=result.peak_rss_mb)

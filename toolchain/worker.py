@@ -47,20 +47,24 @@ from toolchain.generation import (
 from toolchain.kinds.base import BuildContext
 from toolchain.machine import peak_rss_mb
 from toolchain.parity import compare
-from toolchain.recipe import load_recipe
+from toolchain.recipe import load_recipe, with_dims
 from toolchain.records import ReferenceOutcome, SelectOutcome, StepResult, StepSpec, TargetOutcome
 from toolchain.runners import open_runner
 from toolchain.samples import example_feed, model_failure
 from toolchain.sources import load_source
 from toolchain.sources.decoder import encode_prompts, text_chunks
 from toolchain.timing import interleaved, load_average
+from toolchain.torchtools import export_errors
 
 
 def run_reference(step: StepSpec, root: Path) -> ReferenceOutcome:
-    recipe = load_recipe(step.recipe)
+    recipe = with_dims(load_recipe(step.recipe), step.dims)
     source = load_source(recipe)
     samples = load_feeds(root / "parity" / "samples.npz")
-    reference = _run_samples(source.reference_runner(), samples, lambda what, e: model_failure(recipe, e, what))
+    try:
+        reference = _run_samples(source.reference_runner(), samples, lambda what, e: model_failure(recipe, e, what))
+    except StepError as e:
+        raise _with_export_sizes(e, recipe, source, samples) from e
     save_feeds(root / "parity" / "reference.npz", reference)
     notes = list(source.notes)
     if recipe.generates:  # the source's own greedy generation with its cache, what every artifact is judged against
@@ -77,6 +81,22 @@ def run_reference(step: StepSpec, root: Path) -> ReferenceOutcome:
     if recipe.pipeline:  # the source framework's pipeline on the raw samples (toolchain/pipeline)
         notes += pipeline.make_reference(recipe, source, root)
     return ReferenceOutcome(source.output_names, source.input_names, notes)
+
+
+def _with_export_sizes(e: StepError, recipe, source, samples: list[dict]) -> StepError:
+    """A source that fails on a sample of sizes torch.export rejects too: the error carries the sizes it accepts, which
+    the build then builds over (issue 26); any other failure as it is."""
+    dynamic = [n for n, d in recipe.dims.items() if d.min < d.max]
+    if recipe.source.framework != "pytorch" or recipe.generates or not dynamic or not hasattr(source, "dynamic_shapes"):
+        return e
+    fix = export_errors.probe_sizes(source)
+    axes = [(spec.name, j, d) for spec in recipe.inputs for j, d in enumerate(spec.shape) if d in fix]
+    outside = [f for f in samples if any(not fix[d].accepts(f[n].shape[j]) for n, j, d in axes if n in f)]
+    if not fix or not outside:
+        return e
+    said = ", ".join(f"{n} {a.text}" for n, a in fix.items())
+    return StepError(f"{e}; torch.export accepts {said} for this model, and {len(outside)} of the samples are other sizes",
+                     hint=f"the build takes torch.export's sizes; to say so in the recipe: {export_errors.dims_fix(fix)}", dims=fix)  # fmt: skip
 
 
 def _run_samples(runner, samples: list[dict], failure) -> list[dict]:
@@ -101,7 +121,7 @@ def _artifact_failure(what: str, e: Exception) -> StepError:
 
 
 def run_target(step: StepSpec, root: Path, workdir: Path) -> TargetOutcome:
-    recipe = load_recipe(step.recipe)
+    recipe = with_dims(load_recipe(step.recipe), step.dims)
     spec = recipe.target(step.target)
     kind = kinds.get(spec.kind)
     source = load_source(recipe)
@@ -197,7 +217,7 @@ def run_select(step: StepSpec, root: Path) -> SelectOutcome:
 
     import numpy as np
 
-    recipe = load_recipe(step.recipe)
+    recipe = with_dims(load_recipe(step.recipe), step.dims)
     if recipe.generates:
         return _select_generator(step, root, recipe)
     sel = recipe.select
@@ -286,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             result = StepResult(run_target(step, root, (args.workdir or root / step.target).resolve()))
     except MlpackError as e:  # a usage error (the recipe or a file it names) keeps its fix and exits 2
         traceback.print_exc()
-        result = StepResult(error="usage" if e.exit_code == EXIT_USAGE else "step", reason=str(e), hint=getattr(e, "hint", None))
+        result = StepResult(error="usage" if e.exit_code == EXIT_USAGE else "step", reason=str(e), hint=getattr(e, "hint", None),
+                            dims=getattr(e, "dims", None) or {})  # fmt: skip
     except Exception as e:  # a converter's failure is data for the parent, with the log beside it
         traceback.print_exc()
         result = StepResult(error="unexpected", reason=one_line(e))

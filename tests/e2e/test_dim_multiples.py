@@ -95,3 +95,28 @@ def test_a_recipe_of_multiples_builds_over_them(tmp_path):
 def test_a_dim_whose_sizes_are_not_multiples_is_an_error_naming_the_key(tmp_path):
     proc = mlpack("validate", str(_write(tmp_path, "min: 8, max: 60, multiple: 8")))
     assert proc.returncode == 2 and "dims.seq" in proc.stderr and "multiples of 8" in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_the_build_takes_the_sizes_torch_export_accepts(tmp_path):
+    # The recipe says every size from 8 to 64: the source fails at the first generated size that is not a multiple,
+    # torch.export names the multiples, and the build runs again over them; nothing of the first attempt is published.
+    recipe = _write(tmp_path, "min: 8, opt: 16, max: 64")
+    proc = mlpack("build", str(recipe), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "torch.export accepts seq multiples of 8 in [8, 64] (the recipe says [8, 64]): building every target again" in proc.stderr, proc.stderr
+    m = json.loads(proc.stdout)
+    assert m["dims"]["seq"] == {"min": 8, "max": 64, "multiple": 8, "accepts": "multiples of 8 in [8, 64]", "recipe": "[8, 64]",
+                                "by": "torch.export's suggested fix"}  # fmt: skip
+    assert {t["name"]: t["status"] for t in m["targets"]} == {"onnx": "ok", "aoti": "ok"}
+    assert not (tmp_path / "out" / "windows.failed").exists()
+    step = json.loads((tmp_path / "out" / "windows" / "logs" / "aoti.step.json").read_text())
+    assert step["dims"]["seq"]["multiple"] == 8  # reproduce.sh re-runs the step over the same sizes
+
+
+def test_a_value_error_is_not_taken_for_a_size_error(tmp_path):
+    # A model that fails on its values at every size: torch.export has no sizes to suggest, and the failure stays the model's.
+    (tmp_path / "windows.py").write_text(MODEL.replace("return w.softmax(2).sum(2)", "assert (x < 0).any(), 'needs negatives'\n        return w.sum(2)"))
+    (tmp_path / "recipe.yaml").write_text(RECIPE.format(seq="min: 8, max: 64, multiple: 8"))
+    proc = mlpack("build", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "out"))
+    assert proc.returncode != 0 and "needs negatives" in proc.stderr and "building every target again" not in proc.stderr, proc.stderr

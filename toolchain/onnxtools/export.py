@@ -177,7 +177,7 @@ def _export_torch(source, opset: int, path: Path) -> ExportRecord:
         captured = climb(_export_strategies(source, opset, path), "ONNX export")
     except CaptureFailed as e:
         raise StepError("torch.onnx.export failed with every strategy: " + "; ".join(f"{t.strategy}: {t.error}" for t in e.tried),
-                        hint=_export_hint(source, e.tried)) from None  # fmt: skip
+                        hint=_export_hint(source, e.tried), dims=export_errors.dynamic_fix([t.detail or t.error or "" for t in e.tried], source.recipe.dims)) from None  # fmt: skip
     return ExportRecord(captured.strategy, captured.tried, rewrites=rewrites.found(source.module))
 
 
@@ -187,7 +187,7 @@ def _export_hint(source, tried: list[Attempt]) -> str:
     if tried and site and all(_sized(t.error) or export_errors.data_dependent_site(t.error) for t in tried):
         dynamic = [n for n, d in source.recipe.dims.items() if d.min < d.max]
         return export_errors.data_dependent_hint(site, dynamic)
-    suggested = export_errors.suggested_hint([t.error or "" for t in tried], source.recipe.dims)
+    suggested = export_errors.suggested_hint([t.detail or t.error or "" for t in tried], source.recipe.dims)
     if suggested:
         return suggested
     if tried and all(_sized(t.error) for t in tried):

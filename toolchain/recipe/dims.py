@@ -30,7 +30,7 @@ class DimSpec(Strict):
         return self
 
     def accepts(self, size: int) -> bool:
-        return self.min <= size <= self.max and size % (self.multiple or 1) == 0
+        return AcceptedDim(self.min, self.max, self.multiple).accepts(size)
 
     def nearest(self, size: int) -> int:
         """The accepted size closest to `size` (down on a tie)."""

@@ -16,6 +16,7 @@ from toolchain import kinds
 from toolchain.errors import Problem, RecipeError, UsageError
 from toolchain.options import GPU_TYPE_RE, NAME_RE
 from toolchain.recipe.decoder import derive, past_from_zero
+from toolchain.recipe.dims import DimSpec
 from toolchain.recipe.rules import _check_files, _cross_check, _expand_matrix
 from toolchain.recipe.schema import Recipe, yaml_text
 
@@ -350,3 +351,15 @@ def load_recipe(path: str | Path, check_files: bool = True) -> Recipe:
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read recipe {p}: {e}") from None
     return parse_recipe(text, p, check_files=check_files)
+
+
+def with_dims(recipe: Recipe, dims: dict) -> Recipe:
+    """The recipe with some named dims replaced ({name: AcceptedDim}: torch.export's suggested fixes), each dim's
+    opt moved to its nearest accepted size; every other section as loaded."""
+    if not dims:
+        return recipe
+    new = dict(recipe.dims)
+    for name, a in dims.items():
+        d = DimSpec(min=a.min, max=a.max, multiple=a.multiple)
+        new[name] = d.model_copy(update={"opt": d.nearest(recipe.dims[name].opt)})
+    return recipe.model_copy(update={"dims": new})

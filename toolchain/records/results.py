@@ -8,7 +8,7 @@ from pathlib import Path
 
 from toolchain.errors import EXIT_CONVERSION, EXIT_OK, EXIT_PARITY, EXIT_USAGE
 from toolchain.records.pipeline import PipelineReport
-from toolchain.records.steps import Dependency, FileEntry, RunnerSpec, _files, _runner, _signature
+from toolchain.records.steps import AcceptedDim, Dependency, FileEntry, RunnerSpec, _files, _runner, _signature
 from toolchain.records.verdicts import STAGE_EXIT, CpuProof, GenerationReport, ParityReport, Stage, Status
 from toolchain.tensors import Signature
 
@@ -384,27 +384,6 @@ class ParityData:
 
     def to_dict(self) -> dict:
         return {"samples": self.samples, "reference": self.reference, "source": self.source}
-
-
-@dataclass(frozen=True)
-class AcceptedDim:
-    """The sizes every artifact of the build accepts along a named dim (issue 26): its range, and its step when the
-    model's shape logic needs multiples. `text` is what validate, inspect and the served configs say."""
-
-    min: int
-    max: int
-    multiple: int | None = None
-
-    @property
-    def text(self) -> str:
-        return f"multiples of {self.multiple} in [{self.min}, {self.max}]" if self.multiple else f"[{self.min}, {self.max}]"
-
-    def to_dict(self) -> dict:
-        return {"min": self.min, "max": self.max, **({"multiple": self.multiple} if self.multiple else {}), "accepts": self.text}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> AcceptedDim:
-        return cls(d["min"], d["max"], d.get("multiple"))
 
 
 @dataclass

@@ -135,6 +135,32 @@ def _runner(d) -> RunnerSpec | None:
 StepType = Literal["reference", "target", "select"]
 
 
+@dataclass(frozen=True)
+class AcceptedDim:
+    """The sizes every artifact of the build accepts along a named dim (issue 26): its range, and its step when the
+    model's shape logic needs multiples. `text` is what validate, inspect and the served configs say."""
+
+    min: int
+    max: int
+    multiple: int | None = None
+    recipe: str | None = None  # the recipe's own sizes, when the build took torch.export's suggested fix instead
+
+    def accepts(self, size: int) -> bool:
+        return self.min <= size <= self.max and size % (self.multiple or 1) == 0
+
+    @property
+    def text(self) -> str:
+        return f"multiples of {self.multiple} in [{self.min}, {self.max}]" if self.multiple else f"[{self.min}, {self.max}]"
+
+    def to_dict(self) -> dict:
+        fixed = {"recipe": self.recipe, "by": "torch.export's suggested fix"} if self.recipe else {}
+        return {"min": self.min, "max": self.max, **({"multiple": self.multiple} if self.multiple else {}), "accepts": self.text, **fixed}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AcceptedDim:
+        return cls(d["min"], d["max"], d.get("multiple"), d.get("recipe"))
+
+
 @dataclass
 class StepSpec:
     """What one worker process runs: its step.json (also what reproduce.sh re-runs)."""
@@ -147,9 +173,10 @@ class StepSpec:
     candidates: dict[str, RunnerSpec] = field(default_factory=dict)  # select: the artifacts to time
     root: str | None = None  # the build root (set when the step is written)
     result: str | None = None  # where the worker writes its StepResult, relative to `root`
+    dims: dict[str, AcceptedDim] = field(default_factory=dict)  # the dims the build uses instead of the recipe's (torch.export's fixes)
 
     def to_dict(self) -> dict:
-        out = {"step": self.step, "recipe": self.recipe}
+        out = {"step": self.step, "recipe": self.recipe} | ({"dims": dims_dict(self.dims)} if self.dims else {})
         if self.target is not None:
             out |= {"target": self.target, "deps": {n: d.to_dict() for n, d in self.deps.items()}}
         if self.out_root is not None:
@@ -169,6 +196,7 @@ class StepSpec:
             {n: RunnerSpec.model_validate(c) for n, c in d.get("candidates", {}).items()},
             d.get("root"),
             d.get("result"),
+            dims_from(d.get("dims")),
         )
 
 
@@ -231,10 +259,11 @@ class StepResult:
     reason: str | None = None
     hint: str | None = None
     peak_rss_mb: float | None = None
+    dims: dict[str, AcceptedDim] = field(default_factory=dict)  # a failure's sizes torch.export accepts (its suggested fixes)
 
     def to_dict(self) -> dict:
         if self.payload is None:
-            body = {"ok": False, "error": self.error, "reason": self.reason, "hint": self.hint}
+            body = {"ok": False, "error": self.error, "reason": self.reason, "hint": self.hint} | ({"dims": dims_dict(self.dims)} if self.dims else {})
         else:
             body = {"ok": True, **_payload_dict(self.payload)}
         return body | ({"peak_rss_mb": self.peak_rss_mb} if self.peak_rss_mb is not None else {})
@@ -242,7 +271,7 @@ class StepResult:
     @classmethod
     def from_dict(cls, d: dict, step: StepType) -> StepResult:
         if not d.get("ok"):
-            return cls(None, d.get("error"), d.get("reason", "failed"), d.get("hint"), d.get("peak_rss_mb"))
+            return cls(None, d.get("error"), d.get("reason", "failed"), d.get("hint"), d.get("peak_rss_mb"), dims_from(d.get("dims")))
         return cls(_payload(d, step), peak_rss_mb=d.get("peak_rss_mb"))
 
 
@@ -286,13 +315,22 @@ class StepOutcome:
     usage: bool = False  # the step found the recipe or a file it names wrong (exit 2)
     node: dict | None = None  # where it ran, when not on this machine (--executor ray)
     peak_rss_mb: float | None = None
+    dims: dict[str, AcceptedDim] = field(default_factory=dict)  # a failure's sizes torch.export accepts
 
     def to_dict(self, step: StepSpec) -> dict:
         """For carrying it between processes (Ray): the worker's own result record, and where it was read."""
-        body = StepResult(self.result, "usage" if self.usage else "step", self.reason, self.hint, self.peak_rss_mb).to_dict()
+        body = StepResult(self.result, "usage" if self.usage else "step", self.reason, self.hint, self.peak_rss_mb, self.dims).to_dict()
         return {"result": body, "log": self.log, "step": step.step}
 
     @classmethod
     def from_dict(cls, d: dict, node: dict | None = None) -> StepOutcome:
         r = StepResult.from_dict(d["result"], d["step"])
-        return cls(r.payload, r.reason, d["log"], r.hint, r.error == "usage", node, r.peak_rss_mb)
+        return cls(r.payload, r.reason, d["log"], r.hint, r.error == "usage", node, r.peak_rss_mb, r.dims)
+
+
+def dims_dict(dims: dict[str, AcceptedDim]) -> dict:
+    return {n: a.to_dict() for n, a in dims.items()}
+
+
+def dims_from(d: dict | None) -> dict[str, AcceptedDim]:
+    return {n: AcceptedDim.from_dict(a) for n, a in (d or {}).items()}

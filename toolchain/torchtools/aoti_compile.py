@@ -228,7 +228,9 @@ class CompileFailed(StepError):
 
     def __init__(self, tried: list[Attempt], source):
         summary = "; ".join(f"{t.strategy} ({t.stage}): {t.error}" for t in tried)
-        super().__init__(f"AOTInductor could not build a package that runs over the recipe's dims: {summary}", hint=constraint_hint(tried, source))
+        errors = [t.detail or t.error or "" for t in tried if t.stage == "export"]
+        super().__init__(f"AOTInductor could not build a package that runs over the recipe's dims: {summary}", hint=constraint_hint(tried, source),
+                         dims=export_errors.dynamic_fix(errors, source.recipe.dims) if source is not None else None)  # fmt: skip
         self.tried = tried
 
 

@@ -82,11 +82,30 @@ def dims_fix(accepted: dict) -> str:
     return ", ".join(f"dims.{n}: {{min: {a.min}, max: {a.max}{f', multiple: {a.multiple}' if a.multiple else ''}}}" for n, a in accepted.items())
 
 
+def dynamic_fix(errors: list[str], dims: dict) -> dict:
+    """The first suggested fix among export failures' texts that keeps a dim dynamic ({name: AcceptedDim}), else {}:
+    a fix of static sizes only is not applied (the callers' own hints say which dims to pin)."""
+    accepted = next((a for a in (suggested_dims(t, dims) for t in errors) if a), None)
+    return accepted if accepted and any(a.min < a.max for a in accepted.values()) else {}
+
+
 def suggested_hint(errors: list[str], dims: dict) -> str | None:
     """torch.export's suggested fixes that keep a dim dynamic, as the recipe's dims (a multiple, a narrower range)."""
-    accepted = next((a for a in (suggested_dims(t, dims) for t in errors) if a), None)
-    if not accepted or all(a.min == a.max for a in accepted.values()):
-        return None  # only static sizes: the callers' own hints say which
+    accepted = dynamic_fix(errors, dims)
+    if not accepted:
+        return None
     return (f"torch.export keeps the dims dynamic over the sizes it suggests: {', '.join(f'{n} {a.text}' for n, a in accepted.items())}; "
             f"set {dims_fix(accepted)} in the recipe (every target is then built and checked over those sizes, and the manifest "
             "says which sizes the artifacts accept)")  # fmt: skip
+
+
+def probe_sizes(source) -> dict:
+    """torch.export of a PyTorch source over the recipe's dims: the sizes it suggests ({name: AcceptedDim}) when it
+    rejects them, else {}. Run only where the source already failed on a sample: it costs one export."""
+    import torch
+
+    try:
+        torch.export.export(source.module, source.example_args(), dynamic_shapes=source.dynamic_shapes(), strict=False)
+    except Exception as e:  # torch.export's own words, suggested fixes included
+        return dynamic_fix([str(e)], source.recipe.dims)
+    return {}
