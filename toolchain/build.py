@@ -188,13 +188,11 @@ class Run:
         merged: dict[str, AcceptedDim] = {}
         for dims in found:
             for n, a in dims.items():
-                b = merged.get(n)
-                k = math.lcm(a.multiple or 1, b.multiple or 1) if b else a.multiple or 1
-                lo, hi = (max(a.min, b.min), min(a.max, b.max)) if b else (a.min, a.max)
-                lo, hi = -(-lo // k) * k, hi // k * k
-                if lo > hi:
+                b = merged.get(n) or a
+                both = AcceptedDim.snapped(max(a.min, b.min), min(a.max, b.max), math.lcm(a.multiple or 1, b.multiple or 1))
+                if both is None:
                     return {}
-                merged[n] = AcceptedDim(lo, hi, k if k > 1 and lo < hi else None)
+                merged[n] = both
         return merged
 
     def targets(self, jobs: int) -> list[TargetResult]:

@@ -148,6 +148,13 @@ class AcceptedDim:
     def accepts(self, size: int) -> bool:
         return self.min <= size <= self.max and size % (self.multiple or 1) == 0
 
+    @classmethod
+    def snapped(cls, lo: int, hi: int, k: int | None) -> AcceptedDim | None:
+        """The multiples of k (or every size) in [lo, hi], its ends moved inward onto multiples; None when none is left."""
+        k = k or 1
+        lo, hi = -(-lo // k) * k, hi // k * k
+        return cls(lo, hi, k if k > 1 and lo < hi else None) if lo <= hi else None
+
     @property
     def text(self) -> str:
         return f"multiples of {self.multiple} in [{self.min}, {self.max}]" if self.multiple else f"[{self.min}, {self.max}]"

@@ -65,15 +65,14 @@ def suggested_dims(text: str, dims: dict) -> dict | None:
         if m := re.fullmatch(r"\w+ = (\d+)\*(\w+)", x):
             k = int(m[1])
             blo, bhi = ranges.get(m[2], (0, 1 << 62))
-            lo, hi, step = max(k * blo, -(-d.min // k) * k), min(k * bhi, d.max // k * k), k
+            accepted = AcceptedDim.snapped(max(k * blo, d.min), min(k * bhi, d.max), k)
         elif m := re.fullmatch(r"\w+ = (\d+)", x):
-            lo = hi = int(m[1])
-            step = None
+            accepted = AcceptedDim.snapped(int(m[1]), int(m[1]), None)
         else:
-            lo, hi, step = max(lo, d.min), min(hi, d.max), d.multiple
-        if lo > hi:
+            accepted = AcceptedDim.snapped(max(lo, d.min), min(hi, d.max), d.multiple)
+        if accepted is None:
             return None
-        out[name] = AcceptedDim(lo, hi, step if step and lo < hi else None)
+        out[name] = accepted
     return out or None
 
 
