@@ -109,3 +109,20 @@ def test_a_quantized_folder_is_judged_by_its_floors():
     assert check.generation["forced"]["first_miss"] == {"prompt": 0, "step": 3, "logprob_gap": 0.2} and check.key == "vllm_w4a16"
     failures = _judge_quantized(check, quant, (40, 47, (0, 3, 0.2)), perplexity_check(sample, [np.array([1.5, 1.5])], 0.1))
     assert len(failures) == 2 and "40/47" in failures[0] and "floor 0.9" in failures[0] and "perplexity" in failures[1], failures
+
+
+def test_a_server_error_names_the_workers_root_cause(tmp_path):
+    # vLLM answers HTTP 500 "EngineCore encountered an issue"; the cause is only in its log (seen with head_dim 16 on CPU).
+    from toolchain.serving.vllm import VllmServer
+
+    log = tmp_path / "serve.log"
+    log.write_text(
+        "(APIServer pid=1) WARNING 12-06 01:53:59 [system_utils.py:255] Found ulimit ... `OSError: [Errno 24] Too many open files`.\n"
+        "(Worker pid=2) ERROR 12-06 01:54:36 [multiproc_executor.py:1063] Traceback (most recent call last):\n"
+        "(Worker pid=2) ERROR 12-06 01:54:36 [multiproc_executor.py:1063] RuntimeError: Unsupported CPU attention configuration: head_dim=16 isa=2\n"
+        "(EngineCore pid=3) ERROR 12-06 01:54:36 [core.py:1512] RuntimeError: Worker failed with error 'Unsupported ...'\n"
+    )
+    srv = VllmServer(tmp_path, tmp_path, log, "float32", 64)
+    assert srv._root_cause() == "RuntimeError: Unsupported CPU attention configuration: head_dim=16 isa=2"
+    log.write_text("(APIServer pid=1) INFO 12-06 01:53:59 [api_server.py:1] started\n")
+    assert srv._root_cause() is None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -157,6 +158,15 @@ class VllmServer:
             return "(no log)"
         return " | ".join(lines[-3:])[-600:]
 
+    def _root_cause(self) -> str | None:
+        """The first error the server's workers logged ("RuntimeError: Unsupported CPU attention configuration: head_dim=16 ...")."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return None
+        m = re.search(r"^.*? ERROR .*?\] (\w+(?:Error|Exception): .+)$", text, flags=re.M)
+        return m[1][:300] if m else None
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -178,7 +188,10 @@ class VllmServer:
             with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
-            raise RuntimeError(f"{path}: HTTP {e.code}: {one_line(e.read().decode(errors='replace'))[:300]}") from None
+            cause = self._root_cause()  # a 500 says only "EngineCore encountered an issue"; the server's log says which
+            raise RuntimeError(
+                f"{path}: HTTP {e.code}: {one_line(e.read().decode(errors='replace'))[:300]}" + (f"; the server's log: {cause}" if cause else "")
+            ) from None
         except (urllib.error.URLError, OSError) as e:
             raise RuntimeError(f"{path}: no answer: {e}") from None
 
