@@ -20,7 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolchain import cpuclass, kinds, pipeline, selection
+from toolchain import cpuclass, kinds, padcheck, pipeline, selection
 from toolchain import manifest as mf
 from toolchain.cache import BuildCache
 from toolchain.errors import EXIT_OK, UsageError
@@ -79,7 +79,7 @@ def build(recipe: Recipe, out_root: Path, only: list[str] | None = None, progres
         try:
             result = _build_locked(plan, out_root, progress, jobs or default_jobs(), cache, steps, retry=True)
             if isinstance(result, dict):  # torch.export rejected the recipe's sizes and said which it takes: once more, over those
-                fixed = {n: AcceptedDim(a.min, a.max, a.multiple, recipe.dims[n].describe()) for n, a in result.items()}
+                fixed = {n: AcceptedDim(a.min, a.max, a.multiple, recipe.dims[n].describe(), recipe.dims[n].accepted().pad) for n, a in result.items()}
                 progress.note("torch.export accepts " + ", ".join(f"{n} {a.text} (the recipe says {a.recipe})" for n, a in fixed.items())
                               + ": building every target again over those sizes; " + export_errors.dims_fix(fixed) + " in the recipe says so")  # fmt: skip
                 result = _build_locked(make_plan(recipe, only, out_root, fixed), out_root, progress, jobs or default_jobs(), cache, steps)
@@ -134,7 +134,7 @@ def _build_locked(plan: Plan, out_root: Path, progress: Progress, jobs: int, cac
     try:
         results = run.targets(jobs)
         chosen = run.select(results) if recipe.select else None
-        serving = write_repositories(recipe, results, staging, progress, chosen)
+        serving = write_repositories(recipe, results, staging, progress, chosen, plan.accepted)
         code = exit_code_for(results)
         suggested = run.suggested_dims() if retry and code != EXIT_OK else {}
         if suggested and any(plan.recipe.dims[n].describe() != a.text for n, a in suggested.items() if n in plan.recipe.dims):
@@ -255,13 +255,15 @@ class Run:
         res.build_seconds, res.device, res.files, res.signature, res.runner, res.parity = o.build_seconds, o.device, o.files, o.signature, o.runner, o.parity
         res.extra = {**o.extra, "peak_rss_mb": out.peak_rss_mb, **node}
         res.generation = o.generation
-        piped = res.pipeline
-        if res.parity.passed and (o.generation is None or o.generation.passed) and (piped is None or piped.passed):
+        piped, pad = res.pipeline, res.pad
+        if res.parity.passed and (o.generation is None or o.generation.passed) and (piped is None or piped.passed) and (pad is None or pad.passed):
             res.status = Status.OK
         elif not res.parity.passed:
             res.fail(Stage.PARITY, "parity failed")
         elif o.generation is not None and not o.generation.passed:
             res.fail(Stage.PARITY, f"generation parity failed: {o.generation.failures[0]}")
+        elif pad is not None and not pad.passed:
+            res.fail(Stage.PARITY, f"pad check failed: {pad.failure}", "remove dims.<name>.pad: served models then refuse sizes the artifacts do not accept")
         else:
             res.fail(Stage.PARITY, f"pipeline parity failed, {piped.first_failure().line()}",
                      "fix the recipe's preprocess/postprocess to match how the model was trained" if piped.first_failure().stage in ("preprocess", "postprocess") else None)  # fmt: skip
@@ -389,6 +391,7 @@ class Reference:
             parity = run.staging / "parity"
             made = [parity / "samples.npz", parity / "reference.npz"] + ([run.staging / GENERATION_FILE, run.staging / TEXT_FILE] if recipe.generates else [])
             made += pipeline.files(run.staging) if recipe.pipeline else []
+            made += [p for p in (run.staging / padcheck.SAMPLES, run.staging / padcheck.REFERENCE) if p.exists()]
             return CacheEntry(mf.file_entries(run.staging, made))
 
         out = run.cache.step(run.plan.source_key, run.staging, produce, log_files("reference"))

@@ -222,7 +222,10 @@ def cmd_validate(args) -> int:
     lines = [f"{args.recipe}: ok - {r.name} v{r.version}, {r.source.framework}, targets: " + ", ".join(f"{t.target_name} ({t.kind})" for t in r.targets)]
     parity, calibration = plan_data(r)  # reads the data files' headers: a split that cannot work fails here, not mid-build
     if r.dims:
-        lines.append("  dims (the sizes the artifacts must accept): " + ", ".join(f"{n} {d.describe()}" for n, d in r.dims.items()))
+        lines.append(
+            "  dims (the sizes the artifacts must accept): "
+            + ", ".join(f"{n} {d.describe()}" + (f" (served: {d.accepted().served})" if d.accepted().served != d.describe() else "") for n, d in r.dims.items())
+        )
     if parity is not None:
         lines.append(f"  parity: {parity.describe(r.root)}")
         if calibration is not None and calibration.sizes:
@@ -294,6 +297,8 @@ def cmd_inspect(args) -> int:
     con.print(f"recipe {m.recipe_path}  torch {m.tool('torch')}  onnxruntime {m.tool('onnxruntime')}  device {m.device}")
     if m.dims:
         con.print("accepts: " + ", ".join(f"{n} {d.text}" for n, d in m.dims.items()))
+        if any(d.pad is not None for d in m.dims.values()):
+            con.print("served: " + ", ".join(f"{n} {d.served}" for n, d in m.dims.items() if d.pad is not None))
     con.print(_table(m.targets))
     classes = _cpu_table(m.targets)
     if classes is not None:

@@ -145,7 +145,7 @@ def _ray_step(bundle: bytes, recipe_rel: str, inputs: bytes, step: StepSpec, nam
         _unpack(inputs, staging)
         step = replace(step, recipe=str(work / "src" / recipe_rel), out_root=str(work / "out"))
         out = run_step(step, staging, name, timeout, Children(), memory_bytes(memory))  # a share: of this node's memory
-        rels = ["logs", "parity/reference.npz"] if step.step == "reference" else ["logs", name]
+        rels = ["logs", "parity/reference.npz", "parity/pad_samples.npz", "parity/pad_reference.npz"] if step.step == "reference" else ["logs", name]
         return node, out.to_dict(step), _pack(staging, rels)
     finally:
         shutil.rmtree(work, ignore_errors=True)

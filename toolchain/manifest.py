@@ -16,7 +16,7 @@ from pathlib import Path
 from toolchain import kinds
 from toolchain.environment import environment
 from toolchain.fsutil import sha256_file
-from toolchain.recipe import Recipe
+from toolchain.recipe import Recipe, accepted_dims
 from toolchain.records import SCHEMA_ID, AcceptedDim, FileEntry, Manifest, ParityData, Selection, Serving, Status, TargetResult
 
 __all__ = ["SCHEMA_ID", "file_entries", "read", "read_raw", "schema", "sha256_file", "write"]
@@ -58,12 +58,7 @@ def assemble(recipe: Recipe, results: list[TargetResult], serving: Serving, seco
     device = f"cuda ({cuda[0].device_name or 'GPU'})" if cuda else "cpu"
     parity = ParityData(source="data" if recipe.data else "generated") if any(r.parity for r in results) else None
     return Manifest(recipe.name, recipe.version, recipe.source.framework, rel, sha256_file(recipe.path), environment(device), results, serving,
-                    seconds, parity, selection, task=recipe.task, dims=accepted_dims(recipe) | (fixed or {}))  # fmt: skip
-
-
-def accepted_dims(recipe: Recipe) -> dict[str, AcceptedDim]:
-    """The recipe's dims as the contract its artifacts were proved over (the parity samples and corners span them)."""
-    return {n: AcceptedDim(d.min, d.max, d.multiple) for n, d in recipe.dims.items()}
+                    seconds, parity, selection, task=recipe.task, dims=accepted_dims(recipe, fixed))  # fmt: skip
 
 
 def write(path: Path, manifest: Manifest) -> None:

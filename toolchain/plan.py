@@ -9,7 +9,7 @@ from pathlib import Path
 from toolchain import cache
 from toolchain.errors import UsageError
 from toolchain.options import TargetOptions
-from toolchain.recipe import Recipe, with_dims
+from toolchain.recipe import Recipe, accepted_dims, with_dims
 from toolchain.records import AcceptedDim, Machine
 
 
@@ -20,6 +20,11 @@ class Plan:
     source_key: str  # the reference step: the samples and the source's outputs on them
     keys: dict[str, str]  # target name -> its step's key
     fixed: dict[str, AcceptedDim] = field(default_factory=dict)  # dims taken from torch.export's suggested fixes (recipe: the recipe's own)
+
+    @property
+    def accepted(self) -> dict[str, AcceptedDim]:
+        """The sizes each named dim's artifacts accept (the recipe's, or torch.export's fix), with what served models pad."""
+        return accepted_dims(self.recipe, self.fixed)
 
     def selection_key(self, candidates: list[str], machine: Machine) -> str:
         """The selection's timings: the artifacts timed (by their keys), how, and on which machine type."""

@@ -159,6 +159,23 @@ def generate_samples(recipe: Recipe, n: int | None = None, seed: int | list[int]
     return [make_feed(recipe, sizes, rng) for sizes in dim_draws(recipe, n, rng)]
 
 
+PAD_STREAM = 2  # pad samples draw from seed sequence [parity.seed, 2]
+
+
+def pad_samples(recipe: Recipe, accepted: dict) -> list[tuple[str, Feed]]:
+    """(dim, feed) at sizes no artifact accepts but a padding served model takes ({name: AcceptedDim}): for each
+    dims.<name>.pad, the smallest and the largest such size, every other dim at its opt (issue 26)."""
+    rng = np.random.default_rng([recipe.parity.seed, PAD_STREAM])
+    out = []
+    for name, a in accepted.items():
+        if a.pad is None or recipe.generates:
+            continue
+        off = [n for n in range(a.pad, a.max + 1) if not a.accepts(n)]
+        for n in sorted({off[0], off[-1]} if off else ()):
+            out.append((name, make_feed(recipe, {d: s.opt for d, s in recipe.dims.items()} | {name: n}, rng)))
+    return out
+
+
 # ------------------------------------------------------------- real data
 
 

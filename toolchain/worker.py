@@ -26,7 +26,7 @@ import time
 import traceback
 from pathlib import Path
 
-from toolchain import classgate, kinds, pipeline
+from toolchain import classgate, kinds, padcheck, pipeline
 from toolchain import manifest as mf
 from toolchain.errors import EXIT_USAGE, MlpackError, StepError, one_line
 from toolchain.feeds import load_feeds, save_feeds
@@ -47,7 +47,7 @@ from toolchain.generation import (
 from toolchain.kinds.base import BuildContext
 from toolchain.machine import peak_rss_mb
 from toolchain.parity import compare
-from toolchain.recipe import load_recipe, with_dims
+from toolchain.recipe import accepted_dims, load_recipe, with_dims
 from toolchain.records import ReferenceOutcome, SelectOutcome, StepResult, StepSpec, TargetOutcome
 from toolchain.runners import open_runner
 from toolchain.samples import example_feed, model_failure
@@ -62,7 +62,7 @@ def run_reference(step: StepSpec, root: Path) -> ReferenceOutcome:
     source = load_source(recipe)
     samples = load_feeds(root / "parity" / "samples.npz")
     try:
-        reference = _run_samples(source.reference_runner(), samples, lambda what, e: model_failure(recipe, e, what))
+        reference = _run_samples(source.reference_runner(), samples, lambda what, e, _: model_failure(recipe, e, what))
     except StepError as e:
         raise _with_export_sizes(e, recipe, source, samples) from e
     save_feeds(root / "parity" / "reference.npz", reference)
@@ -80,6 +80,10 @@ def run_reference(step: StepSpec, root: Path) -> ReferenceOutcome:
         notes.append(f"generation: {len(refs)} prompts, {sum(len(r.tokens) for r in refs)} greedy tokens from transformers' generate with its cache; {ppl}")
     if recipe.pipeline:  # the source framework's pipeline on the raw samples (toolchain/pipeline)
         notes += pipeline.make_reference(recipe, source, root)
+    accepted = accepted_dims(recipe, step.dims)
+    if any(a.pad is not None for a in accepted.values()):  # sizes served models pad (dims.<name>.pad)
+        with source.reference_runner() as active:
+            notes += padcheck.make_reference(recipe, accepted, active.infer, root)
     return ReferenceOutcome(source.output_names, source.input_names, notes)
 
 
@@ -111,13 +115,23 @@ def _run_samples(runner, samples: list[dict], failure) -> list[dict]:
                 raise
             except Exception as e:
                 sizes = ", ".join(f"{n} {list(a.shape)}" for n, a in feed.items())
-                raise failure(f"parity sample {i} ({sizes})", e) from e
+                raise failure(f"parity sample {i} ({sizes})", e, feed) from e
         return outputs
 
 
-def _artifact_failure(what: str, e: Exception) -> StepError:
-    return StepError(f"the built artifact fails on {what}: {one_line(e)}",
-                     hint="the log has the runtime's error; an artifact that runs at some sizes only was exported for fixed ones (make those dims static)")  # fmt: skip
+def _artifact_failure(recipe):
+    def failure(what: str, e: Exception, feed: dict) -> StepError:
+        sizes = {d: feed[spec.name].shape[j] for spec in recipe.inputs if spec.name in feed for j, d in enumerate(spec.shape) if isinstance(d, str)}
+        fix = export_errors.assertion_sizes(str(e), recipe.dims, sizes)  # a kept guard `Mod(s, 8)`: the sizes it runs at
+        if fix:
+            said = ", ".join(f"{n} {a.text}" for n, a in fix.items())
+            return StepError(f"the built artifact fails on {what}: {one_line(e)}; it runs at {said} (the model branches on the size, "
+                             "and export kept the branch taken at the example size)", hint=f"the build takes those sizes; to say so in "
+                             f"the recipe: {export_errors.dims_fix(fix)}", dims=fix)  # fmt: skip
+        return StepError(f"the built artifact fails on {what}: {one_line(e)}",
+                         hint="the log has the runtime's error; an artifact that runs at some sizes only was exported for fixed ones (make those dims static)")  # fmt: skip
+
+    return failure
 
 
 def run_target(step: StepSpec, root: Path, workdir: Path) -> TargetOutcome:
@@ -140,13 +154,16 @@ def run_target(step: StepSpec, root: Path, workdir: Path) -> TargetOutcome:
     runner = artifact.runner.model_copy(update={"path": Path(artifact.runner.path).relative_to(base).as_posix()})
     samples = load_feeds(root / "parity" / "samples.npz")
     reference = load_feeds(root / "parity" / "reference.npz")
-    outputs = _run_samples(open_runner(runner, base), samples, _artifact_failure)
+    outputs = _run_samples(open_runner(runner, base), samples, _artifact_failure(recipe))
     report = compare(reference, outputs, recipe.tolerance(spec), recipe.parity.scores)
     generation = _judge_generation(kind, artifact, recipe, spec, runner, base, root) if recipe.generates else None
     extra = {**artifact.extra, **({"device_name": _device_name()} if artifact.device == "cuda" else {})}
     if recipe.pipeline:  # raw samples to answers through this artifact, against the source framework's pipeline
         with open_runner(runner, base) as active:
             extra["pipeline"] = pipeline.judge_target(recipe, spec, root, active.infer).to_dict()
+    if (root / padcheck.SAMPLES).exists():  # dims.<name>.pad: the served model's padding, on this artifact
+        with open_runner(runner, base) as active:
+            extra["pad"] = padcheck.judge(recipe, accepted_dims(recipe, step.dims), root, active.infer, recipe.tolerance(spec), recipe.parity.scores).to_dict()
     if artifact.device == "cpu":
         extra["cpu"] = _prove_classes(kind, recipe, spec, artifact, runner, base, root, report, generation, reference).to_dict()
     return TargetOutcome(spec.kind, seconds, artifact.device, files, artifact.signature, runner, report, extra, generation)

@@ -85,13 +85,26 @@ The following call raised this error:
 """
 
 
+def test_an_item_on_a_size_names_the_line_and_the_snippet(tmp_path):
+    model = tmp_path / "char.py"
+    model.write_text("import torch\n\n\ndef forward(ids):\n    rem = (torch.tensor(ids.shape[1]) % 4).item()\n")
+    text = LONGFORMER.replace("/site-packages/transformers/models/longformer/modeling_longformer.py", str(model)).replace("line 707, in _chunk", "line 5, in forward")
+    from toolchain.torchtools.export_errors import data_dependent_hint, data_dependent_site
+
+    site = data_dependent_site(text)
+    assert site == "char.py:5 in forward: `rem = (torch.tensor(ids.shape[1]) % 4).item()`"
+    hint = data_dependent_hint(site, ["seq"])
+    assert "`pad = (-x.shape[1]) % 4` instead of `.item()`" in hint and "dims.seq: {min: N, max: N}" in hint
+
+
 def test_a_shape_computed_from_data_names_where_and_both_ways_it_can_be():
     """Longformer chunks its sequence by its attention window with as_strided: GuardOnDataDependentSymNode.
     No dim is named in the error, and making the sizes static is not always enough (it counts global
     tokens too), so the hint says where and what each case needs."""
     hint = _hint(["GuardOnDataDependentSymNode: " + LONGFORMER] * 2, [])
-    assert "(modeling_longformer.py:707 in _chunk)" in hint
-    assert "(of dims.batch, dims.height, dims.width; min == max" in hint and "no export target takes the model" in hint
+    assert "(modeling_longformer.py:707 in _chunk)" in hint  # the file is not here: no line text
+    assert "torch._check(n >= 0)" in hint and "dims.batch: {min: N, max: N}, dims.height: {min: N, max: N}" in hint
+    assert "cannot be expressed in an exported graph at all" in hint
     from toolchain.torchtools.export_errors import data_dependent_site, specialized, specialized_dims
 
     assert data_dependent_site("UserError: Constraints violated (seq)!") is None

@@ -6,7 +6,7 @@ problem with its key path, YAML line and a fix. Imports no ML framework.
 `loading` the YAML and the messages.
 """
 
-from toolchain.recipe.loading import MAX_DEPTH, MAX_RECIPE_BYTES, MAX_VALUES, load_recipe, parse_recipe, with_dims
+from toolchain.recipe.loading import MAX_DEPTH, MAX_RECIPE_BYTES, MAX_VALUES, accepted_dims, load_recipe, parse_recipe, with_dims
 from toolchain.recipe.rules import gpu_slug
 from toolchain.recipe.schema import (
     DIM_NAME_RE,
@@ -44,5 +44,5 @@ __all__ = [
     "DIM_NAME_RE", "DTYPE_BYTES", "DTYPES", "FP32_TOLERANCE", "INT_BOUNDS", "MAX_DEPTH", "MAX_RECIPE_BYTES", "MAX_SAMPLE_BYTES", "MAX_VALUES",
     "QUANTIZED_TOLERANCE", "SOURCE_KEYS", "TENSOR_NAME_RE", "DataPart", "DataSpec", "DimSpec", "DynamicBatching", "InputSpec", "InstanceGroup",
     "Parity", "Recipe", "Select", "Serve", "Source", "SourceFile", "SpecificVersions", "Target", "TFServingBatching", "TFServingServe",
-    "Tolerance", "TritonServe", "VersionPolicy", "gpu_slug", "load_recipe", "parse_recipe", "triton_model_name", "with_dims",
+    "Tolerance", "TritonServe", "VersionPolicy", "accepted_dims", "gpu_slug", "load_recipe", "parse_recipe", "triton_model_name", "with_dims",
 ]  # fmt: skip

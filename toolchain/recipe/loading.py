@@ -360,6 +360,12 @@ def with_dims(recipe: Recipe, dims: dict) -> Recipe:
         return recipe
     new = dict(recipe.dims)
     for name, a in dims.items():
-        d = DimSpec(min=a.min, max=a.max, multiple=a.multiple)
+        d = DimSpec(min=a.min, max=a.max, multiple=a.multiple, pad=recipe.dims[name].pad)
         new[name] = d.model_copy(update={"opt": d.nearest(recipe.dims[name].opt)})
     return recipe.model_copy(update={"dims": new})
+
+
+def accepted_dims(recipe: Recipe, fixed: dict | None = None) -> dict:
+    """{name: AcceptedDim}: the sizes each named dim's artifacts accept (the recipe's, or torch.export's fix in
+    `fixed`), with the size served models pad from (dims.<name>.pad)."""
+    return {n: d.accepted() for n, d in recipe.dims.items()} | (fixed or {})

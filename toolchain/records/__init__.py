@@ -44,10 +44,24 @@ from toolchain.records.steps import (
     TargetOutcome,
     Timing,
 )
-from toolchain.records.verdicts import RULE, STAGE_EXIT, ClassCheck, CpuProof, Divergence, GenerationReport, OutputDiff, ParityReport, Perplexity, Stage, Status
+from toolchain.records.verdicts import (
+    RULE,
+    STAGE_EXIT,
+    ClassCheck,
+    CpuProof,
+    Divergence,
+    GenerationReport,
+    OutputDiff,
+    PadCheck,
+    ParityReport,
+    Perplexity,
+    Stage,
+    Status,
+)
 
 __all__ = [
     "PipelineReport",
+    "PadCheck",
     "StageCheck",
     "Attempt",
     "ClassCheck",

@@ -9,7 +9,7 @@ from pathlib import Path
 from toolchain.errors import EXIT_CONVERSION, EXIT_OK, EXIT_PARITY, EXIT_USAGE
 from toolchain.records.pipeline import PipelineReport
 from toolchain.records.steps import AcceptedDim, Dependency, FileEntry, RunnerSpec, _files, _runner, _signature
-from toolchain.records.verdicts import STAGE_EXIT, CpuProof, GenerationReport, ParityReport, Stage, Status
+from toolchain.records.verdicts import STAGE_EXIT, CpuProof, GenerationReport, PadCheck, ParityReport, Stage, Status
 from toolchain.tensors import Signature
 
 SCHEMA_ID = "mlpack.manifest/1"
@@ -78,6 +78,11 @@ class TargetResult:
     def pipeline(self) -> PipelineReport | None:
         """Raw samples judged end to end through the recipe's preprocess and postprocess (toolchain/pipeline)."""
         return PipelineReport.from_dict(self.extra["pipeline"]) if self.extra.get("pipeline") else None
+
+    @property
+    def pad(self) -> PadCheck | None:
+        """dims.<name>.pad judged on this artifact: what the served model pads and trims."""
+        return PadCheck.from_dict(self.extra["pad"]) if self.extra.get("pad") else None
 
     @property
     def warnings(self) -> list[str]:

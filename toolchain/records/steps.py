@@ -144,9 +144,17 @@ class AcceptedDim:
     max: int
     multiple: int | None = None
     recipe: str | None = None  # the recipe's own sizes, when the build took torch.export's suggested fix instead
+    pad: int | None = None  # dims.<name>.pad: served models take every size from this one up, padded to an accepted size
 
     def accepts(self, size: int) -> bool:
         return self.min <= size <= self.max and size % (self.multiple or 1) == 0
+
+    @property
+    def served(self) -> str:
+        """What a served model takes along this dim."""
+        if self.pad is None or self.pad >= self.min and not self.multiple:
+            return self.text
+        return f"any size in [{self.pad}, {self.max}], padded up to {self.text} (outputs trimmed back)"
 
     @classmethod
     def snapped(cls, lo: int, hi: int, k: int | None) -> AcceptedDim | None:
@@ -161,11 +169,12 @@ class AcceptedDim:
 
     def to_dict(self) -> dict:
         fixed = {"recipe": self.recipe, "by": "torch.export's suggested fix"} if self.recipe else {}
-        return {"min": self.min, "max": self.max, **({"multiple": self.multiple} if self.multiple else {}), "accepts": self.text, **fixed}
+        pad = {"pad_from": self.pad, "served": self.served} if self.pad is not None else {}
+        return {"min": self.min, "max": self.max, **({"multiple": self.multiple} if self.multiple else {}), "accepts": self.text, **fixed, **pad}
 
     @classmethod
     def from_dict(cls, d: dict) -> AcceptedDim:
-        return cls(d["min"], d["max"], d.get("multiple"), d.get("recipe"))
+        return cls(d["min"], d["max"], d.get("multiple"), d.get("recipe"), d.get("pad_from"))
 
 
 @dataclass

@@ -249,3 +249,23 @@ class CpuProof:
 
     def offered_to(self) -> list[str]:
         return [c.cls for c in self.classes if c.offered]
+
+
+@dataclass
+class PadCheck:
+    """dims.<name>.pad judged on one artifact (issue 26): the pad samples (sizes it does not accept) zero-padded up to
+    accepted ones, run, trimmed back along the output axes that follow the padded dim, against the source at the
+    sizes asked. `trims` is what the served model.py cuts: output -> [[axis, dim], ...]."""
+
+    passed: bool
+    samples: list[str] = field(default_factory=list)  # "seq 9 -> 16" per pad sample
+    trims: dict[str, list[list]] = field(default_factory=dict)
+    worst_cosine: float | None = None
+    failure: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "samples": self.samples, "trims": self.trims, "worst_cosine": self.worst_cosine, "failure": self.failure}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PadCheck:
+        return cls(d["passed"], d.get("samples", []), d.get("trims", {}), d.get("worst_cosine"), d.get("failure"))

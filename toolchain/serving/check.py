@@ -28,6 +28,7 @@ from toolchain.serving.embedded_check import check_embedded
 from toolchain.serving.pipeline_check import check_pipeline
 from toolchain.serving.results import CheckStatus, ModelCheck, ServeCheckResult
 from toolchain.serving.server import TritonServer, find_triton
+from toolchain.serving.size_check import check_sizes
 from toolchain.serving.standin import Served, native_backend, parse_config, prepare
 from toolchain.serving.tfserving_check import check_tfserving
 from toolchain.serving.triton import check_config_against_signature
@@ -178,15 +179,23 @@ def _check_model(srv, m: ServedModel, s, target: TargetResult, samples, referenc
         progress.end(m.name, "refused", error)
         return check
     check.parity = judge_again(target.parity, reference, outputs)
+    model_py = next((root / m.path).glob("*/model.py"), root / m.path / "model.py")
+    check.sizes = check_sizes(lambda feeds: replay(srv.url, cfg, sig, feeds), target, root, model_py, samples)
     abs_err, cos = check.parity.worst()
     if check.native_check:  # a config the native backend refuses explains any mismatch too
         check.status = CheckStatus.REFUSED
         check.reason = f"the native {s.native_backend} backend would refuse this config: " + "; ".join(check.native_check)
     elif not check.parity.passed:
         check.status, check.reason = CheckStatus.MISMATCH, "served outputs differ from the source model beyond the build's tolerance"
+    elif check.sizes and not check.sizes["passed"]:
+        check.status, check.reason = CheckStatus.MISMATCH, f"sizes: {check.sizes['problem']}"
     else:
         check.status = CheckStatus.OK
-    progress.end(m.name, check.status.value, f"{check.requests} requests, max_abs_err {abs_err:.2e}, cosine {cos:.6f}")
+    said = ""
+    if check.sizes:
+        said += f", padded sizes cosine {check.sizes['pad']['worst_cosine']:.6f}" if check.sizes.get("pad") else ""
+        said += f", {check.sizes['refused']['dim']} {check.sizes['refused']['size']} refused" if (check.sizes.get("refused") or {}).get("error") else ""
+    progress.end(m.name, check.status.value, f"{check.requests} requests, max_abs_err {abs_err:.2e}, cosine {cos:.6f}{said}")
     return check
 
 

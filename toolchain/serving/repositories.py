@@ -7,22 +7,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from toolchain import cache, kinds, pipeline
+from toolchain import cache, kinds, padcheck, pipeline
 from toolchain.feeds import load_feeds
 from toolchain.progress import Progress
 from toolchain.recipe import Recipe
-from toolchain.records import Selection, ServedModel, Serving, Stage, Status, TargetResult
+from toolchain.records import AcceptedDim, Selection, ServedModel, Serving, Stage, Status, TargetResult
 from toolchain.serving.generator import write_generator_model
 from toolchain.serving.pipeline import write_pipeline_models
 from toolchain.serving.tfserving import write_tfserving, write_warmup
-from toolchain.serving.triton import triton_model_name, write_triton_model
+from toolchain.serving.triton import SizeGate, triton_model_name, write_triton_model
 from toolchain.serving.vllm import write_vllm
 
 
-def write_repositories(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress, selection: Selection | None) -> Serving:
+def write_repositories(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress, selection: Selection | None,
+                       dims: dict[str, AcceptedDim] | None = None) -> Serving:  # fmt: skip
+    """`dims`: the sizes the artifacts accept (the plan's), which served models refuse or pad to."""
     serving = Serving()
     if recipe.serve.triton and recipe.serve.triton.targets:
-        _write_triton(recipe, results, staging, progress, serving, selection)
+        _write_triton(recipe, results, staging, progress, serving, selection, dims or {})
     if recipe.serve.tfserving and recipe.serve.tfserving.targets:
         _write_tfserving(recipe, results, staging, progress, serving)
     if recipe.serve.vllm is not None:
@@ -55,7 +57,19 @@ def _servable(tname: str, results: list[TargetResult], server: str, progress: Pr
     return res
 
 
-def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress, serving: Serving, selection: Selection | None) -> None:
+def size_gate(recipe: Recipe, res: TargetResult, dims: dict[str, AcceptedDim]) -> SizeGate:
+    """What model.py refuses and pads for this artifact, under its own tensor names (paired with the recipe's by position)."""
+    table = padcheck.accepts_table(recipe, dims)
+    names = {spec.name: s.name for spec, s in zip(recipe.inputs, res.signature.inputs)} if res.signature else {}
+    accepts = {names.get(n, n): rows for n, rows in table.items()}
+    used = {row[1] for rows in table.values() for row in rows}
+    said = [f"{n}: {a.served}" for n, a in dims.items() if n in used]
+    beyond = [f"{n}: {a.served}" for n, a in dims.items() if n in used and (a.multiple or a.pad is not None)]
+    return SizeGate(accepts, res.pad.trims if res.pad else {}, said, beyond)
+
+
+def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress, serving: Serving, selection: Selection | None,
+                  dims: dict[str, AcceptedDim]) -> None:  # fmt: skip
     tri = recipe.serve.triton
     # The fastest artifact that Triton serves takes the model's plain name; the others stay <name>_<target>.
     ranked = [r.target for r in selection.ranking] if selection else []
@@ -70,7 +84,12 @@ def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, pr
             if recipe.generates:  # text in, tokens streamed out (serving/generator.py)
                 model_dir = write_generator_model(staging / "triton", model, recipe, res.kind, staging / tname, res.device, tri.instance_group.count)
             else:
-                model_dir = write_triton_model(staging / "triton", model, recipe.version, res.kind, staging / tname, res.signature, tri, res.device)
+                gate = size_gate(recipe, res, dims)
+                model_dir = write_triton_model(staging / "triton", model, recipe.version, res.kind, staging / tname, res.signature, tri, res.device, gate=gate)
+                if gate.beyond_config:
+                    progress.note(f"triton: {model}: its config cannot say {'; '.join(gate.beyond)}: " + (
+                        "served by model.py (Python backend), which refuses other sizes or pads them"
+                        if (model_dir / str(recipe.version) / "model.py").exists() else "clients must send only these sizes"))  # fmt: skip
         except (ValueError, FileNotFoundError) as e:
             res.fail(Stage.SERVING, f"triton: {e}")
             continue
@@ -80,7 +99,8 @@ def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, pr
         if tname == fastest:
             selection.served_as = model
             progress.note(f"triton: {model} serves {tname}, the fastest artifact ({selection.metric}, measured here)")
-        note = None if recipe.generates else kinds.get(res.kind).triton_note(tri.backend)  # a generator is always model.py
+        python = recipe.generates or (model_dir / str(recipe.version) / "model.py").exists()  # a generator is always model.py
+        note = None if python else kinds.get(res.kind).triton_note(tri.backend)
         if note:
             progress.note(f"triton: {model}: {note}")
     if recipe.pipeline and written:  # raw inputs in, answers out, around the fastest served artifact

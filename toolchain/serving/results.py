@@ -38,6 +38,7 @@ class ModelCheck:
     generation: dict | None = None  # a streaming generator's: tokens streamed against the source's greedy tokens
     role: str = "artifact"  # or "pipeline": the raw-input ensemble (serving/pipeline_check.py); "source", "w8a8", "w4a16": vLLM
     pipeline: dict | None = None  # the ensemble's: raw samples to answers, stage by stage (records.PipelineReport)
+    sizes: dict | None = None  # the sizes model.py pads and refuses, sent over the server (serving/size_check.py)
 
     @property
     def key(self) -> str:
@@ -48,6 +49,7 @@ class ModelCheck:
         return (
             ({"generation": self.generation} if self.generation is not None else {})
             | ({"pipeline": self.pipeline} if self.pipeline is not None else {})
+            | ({"sizes": self.sizes} if self.sizes is not None else {})
             | {
                 "server": self.server,
                 "server_version": self.server_version,

@@ -10,6 +10,7 @@ demand, so the writer and the checker cannot disagree.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolchain import kinds
@@ -20,6 +21,23 @@ from toolchain.serving import protos
 from toolchain.tensors import TRITON_DTYPE, Signature, TensorSig
 
 TEMPLATE = Path(__file__).with_name("model_py.txt")
+PADDING = Path(__file__).with_name("padding.py")
+
+
+@dataclass
+class SizeGate:
+    """The sizes a served model takes (issue 26), for model.py: ACCEPTS/TRIMS of serving/padding.py, keyed by the
+    artifact's own tensor names, and what the config's comments say."""
+
+    accepts: dict[str, list[list]] = field(default_factory=dict)
+    trims: dict[str, list[list]] = field(default_factory=dict)
+    said: list[str] = field(default_factory=list)  # "seq: multiples of 8 in [8, 64]"
+    beyond: list[str] = field(default_factory=list)  # those of `said` a config cannot express
+
+    @property
+    def beyond_config(self) -> bool:
+        """Whether Triton's config cannot say it (a multiple, or padding): only model.py can refuse or pad."""
+        return any(row[4] or row[5] is not None for rows in self.accepts.values() for row in rows)
 
 
 def _kind(kind: str) -> tuple[Kind, TritonModel]:
@@ -86,7 +104,7 @@ def _fill_io(field, tensors: list[TensorSig], prefix: str, by_position: bool, ma
             entry.reshape.shape.extend(reshape)
 
 
-def build_config(model_name: str, kind: str, signature: Signature, serve: TritonServe, device: str, backend: str | None = None):
+def build_config(model_name: str, kind: str, signature: Signature, serve: TritonServe, device: str, backend: str | None = None, gate: SizeGate | None = None):
     """(ModelConfig, comment lines) for one served artifact; ValueError on a setup Triton would reject."""
     k, t = _kind(kind)
     b = backend_for(kind, serve, backend)
@@ -108,6 +126,13 @@ def build_config(model_name: str, kind: str, signature: Signature, serve: Triton
             [f"{s.name}->INPUT__{i}" for i, s in enumerate(signature.inputs)] + [f"{s.name}->OUTPUT__{i}" for i, s in enumerate(signature.outputs)]
         )
         comments.append(f"# Tensor names: {mapping}")
+    if gate and gate.said:
+        how = (
+            "model.py refuses other sizes" + (", pads" if any(r[5] is not None for rows in gate.accepts.values() for r in rows) else "")
+            if b == "python"
+            else "Triton cannot refuse other sizes: clients must send only these"
+        )
+        comments.append(f"# Sizes the artifact accepts ({how}): " + "; ".join(gate.said))
     protos.set_version_policy(cfg.version_policy, serve.version_policy)
     _fill_io(cfg.input, signature.inputs, "INPUT", by_position, mbs)
     _fill_io(cfg.output, signature.outputs, "OUTPUT", by_position, mbs)
@@ -127,18 +152,22 @@ def build_config(model_name: str, kind: str, signature: Signature, serve: Triton
     return cfg, comments
 
 
-def render_config(model_name: str, kind: str, signature: Signature, serve: TritonServe, device: str, backend: str | None = None) -> str:
+def render_config(model_name: str, kind: str, signature: Signature, serve: TritonServe, device: str, backend: str | None = None,
+                  gate: SizeGate | None = None) -> str:  # fmt: skip
     """The config.pbtxt text for one served artifact; raises ValueError on a setup Triton would reject."""
-    cfg, comments = build_config(model_name, kind, signature, serve, device, backend)
+    cfg, comments = build_config(model_name, kind, signature, serve, device, backend, gate)
     return protos.to_text(cfg, comments)
 
 
-def render_model_py(kind: str, device: str) -> str:
-    """The Python-backend model.py: the one template, with the kind's loader."""
+def render_model_py(kind: str, device: str, gate: SizeGate | None = None) -> str:
+    """The Python-backend model.py: the one template, with the kind's loader and the sizes it takes."""
     k, t = _kind(kind)
     if t.python_backend is None:
         raise ValueError(f"mlpack has no Python-backend model.py for {kind} artifacts")
-    values = {'"@RUNTIME@"': repr(kind), '"@ARTIFACT@"': repr(t.served_as or t.artifact), '"@DEVICE@"': repr(device), "@LOADER@": t.python_backend.strip("\n")}
+    gate = gate or SizeGate()
+    padding = PADDING.read_text(encoding="utf-8").split('"""', 2)[2].strip("\n")  # the module without its docstring
+    values = {'"@RUNTIME@"': repr(kind), '"@ARTIFACT@"': repr(t.served_as or t.artifact), '"@DEVICE@"': repr(device), "@LOADER@": t.python_backend.strip("\n"),
+              '"@ACCEPTS@"': repr(gate.accepts), '"@TRIMS@"': repr(gate.trims), "@PADDING@": padding}  # fmt: skip
     text = TEMPLATE.read_text(encoding="utf-8")
     for token, value in values.items():
         if token not in text:
@@ -157,15 +186,17 @@ def write_triton_model(
     serve: TritonServe,
     device: str,
     backend: str | None = None,
+    gate: SizeGate | None = None,
 ) -> Path:
     """Write repo/<model_name>/config.pbtxt and <version>/ files; returns the model dir.
 
     For kinds with `siblings` every file of artifact_dir is copied, so external
     weights (model.onnx.data) sit beside the model, where the runtime looks.
+    Sizes a config cannot express (`gate.beyond_config`) are served by model.py, which refuses or pads them.
     """
     _, t = _kind(kind)
-    b = backend_for(kind, serve, backend)
-    text = render_config(model_name, kind, signature, serve, device, b)  # validate before touching disk
+    b = "python" if gate and gate.beyond_config and t.python_backend is not None and not t.native_only else backend_for(kind, serve, backend)
+    text = render_config(model_name, kind, signature, serve, device, b, gate)  # validate before touching disk
     artifact_dir = Path(artifact_dir)
     main = artifact_dir / t.artifact
     if not (main.is_dir() if t.directory else main.is_file()):
@@ -185,7 +216,7 @@ def write_triton_model(
     else:
         link_or_copy(main, served)
     if b == "python":
-        (vdir / "model.py").write_text(render_model_py(kind, device), encoding="utf-8")
+        (vdir / "model.py").write_text(render_model_py(kind, device, gate), encoding="utf-8")
     (model_dir / "config.pbtxt").write_text(text, encoding="utf-8")
     return model_dir
 
@@ -213,22 +244,22 @@ def check_config_against_signature(config_text: str, signature: Signature, kind:
         problems.append(f"{t.platform or t.backend} has no batching but max_batch_size is {cfg.max_batch_size}")
     mbs = cfg.max_batch_size
     dtype_name = pb2.DataType.Name
-    for field, sigs, prefix in (("input", signature.inputs, "INPUT"), ("output", signature.outputs, "OUTPUT")):
-        got = list(getattr(cfg, field))
+    for part, sigs, prefix in (("input", signature.inputs, "INPUT"), ("output", signature.outputs, "OUTPUT")):
+        got = list(getattr(cfg, part))
         if len(got) != len(sigs):
-            problems.append(f"{field}: config has {len(got)}, artifact has {len(sigs)}")
+            problems.append(f"{part}: config has {len(got)}, artifact has {len(sigs)}")
         for i, (c, s) in enumerate(zip(got, sigs)):
             try:
                 want_name, want_dtype, want_dims, want_reshape = expected_tensor(s, i, prefix, by_position, mbs)
             except ValueError:
-                problems.append(f"{field} {s.name}: max_batch_size {mbs} but artifact shape {s.shape} has no dynamic batch dim")
+                problems.append(f"{part} {s.name}: max_batch_size {mbs} but artifact shape {s.shape} has no dynamic batch dim")
                 continue
             if c.name != want_name:
-                problems.append(f"{field} {i}: config name {c.name!r}, expected {want_name!r}")
+                problems.append(f"{part} {i}: config name {c.name!r}, expected {want_name!r}")
             if dtype_name(c.data_type) != want_dtype:
-                problems.append(f"{field} {s.name}: config data_type {dtype_name(c.data_type)}, artifact {s.dtype} ({want_dtype})")
+                problems.append(f"{part} {s.name}: config data_type {dtype_name(c.data_type)}, artifact {s.dtype} ({want_dtype})")
             dims = list(c.reshape.shape) if c.HasField("reshape") else list(c.dims)
             want = want_reshape if want_reshape is not None else want_dims
             if dims != want:
-                problems.append(f"{field} {s.name}: config dims {dims}{' (+batch)' if mbs > 0 else ''}, artifact shape {s.shape}")
+                problems.append(f"{part} {s.name}: config dims {dims}{' (+batch)' if mbs > 0 else ''}, artifact shape {s.shape}")
     return problems

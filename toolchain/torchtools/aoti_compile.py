@@ -176,6 +176,19 @@ def _exported(source, device: str, label: str, oblivious: bool, module, for_comp
     return program, label
 
 
+def _value_site(program) -> str:
+    """Where the exported program reads a value into a size (`.item()`), as the frame torch.export's own data-dependent
+    errors print, so export_errors.data_dependent_site names the model's line; "" when no node says."""
+    import torch
+
+    reads = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default)
+    for node in program.graph.nodes:
+        frames = re.findall(r'File "[^"]+", line \d+, in \w+', node.meta.get("stack_trace") or "") if node.target in reads else []
+        if frames:
+            return f"\n\nThe following call raised this error:\n  {frames[-1]}\n"
+    return ""
+
+
 def _compile_strategies(source, device: str, path: Path, module, configs: dict, exported: dict, precision: str | None = None):
     """Per export variant: export and compile, then (after a failure in Inductor's loop-body passes) compile again without them."""
     import torch
@@ -202,7 +215,8 @@ def _compile_strategies(source, device: str, path: Path, module, configs: dict, 
                 ):
                     torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=run_configs or None)
             except Exception as e:
-                raise AttemptFailed("compile", one_line(e), strategy=shown, configs=run_configs, detail=str(e)) from e
+                detail = str(e) + (_value_site(program) if "GuardOnDataDependentSymNode" in str(e) else "")
+                raise AttemptFailed("compile", one_line(e), strategy=shown, configs=run_configs, detail=detail) from e
             problem = _probe(path, source, device, program if module is None else None)
             if problem is not None:
                 raise AttemptFailed(problem[0], problem[1], strategy=shown, configs=run_configs)
@@ -229,8 +243,14 @@ class CompileFailed(StepError):
     def __init__(self, tried: list[Attempt], source):
         summary = "; ".join(f"{t.strategy} ({t.stage}): {t.error}" for t in tried)
         errors = [t.detail or t.error or "" for t in tried if t.stage == "export"]
-        super().__init__(f"AOTInductor could not build a package that runs over the recipe's dims: {summary}", hint=constraint_hint(tried, source),
-                         dims=export_errors.dynamic_fix(errors, source.recipe.dims) if source is not None else None)  # fmt: skip
+        dims, hint = (export_errors.dynamic_fix(errors, source.recipe.dims), constraint_hint(tried, source)) if source is not None else ({}, None)
+        kept = (
+            export_errors.corner_assertion_sizes([t.error or "" for t in tried if t.stage == "run"], source.recipe) if source is not None and not dims else {}
+        )
+        if kept:  # a guard on `s % k` kept as a run-time check: the package runs at multiples only
+            dims, hint = kept, (f"it runs at {', '.join(f'{n} {a.text}' for n, a in kept.items())} only (the model branches on the size, and export "
+                                f"kept the branch taken at the example size); the build takes those sizes, or set {export_errors.dims_fix(kept)} in the recipe")  # fmt: skip
+        super().__init__(f"AOTInductor could not build a package that runs over the recipe's dims: {summary}", hint=hint, dims=dims)
         self.tried = tried
 
 
@@ -268,6 +288,11 @@ def constraint_hint(tried: list[Attempt], source=None) -> str | None:
     suggested = export_errors.suggested_hint(errors, source.recipe.dims) if source is not None else None
     if suggested:
         return suggested
+    dynamic = [d for d, v in source.recipe.dims.items() if v.min != v.max] if source is not None else []
+    compiled = [t.detail or "" for t in tried if t.stage == "compile"]
+    site = next((x for x in map(export_errors.data_dependent_site, compiled) if x and x != "the model"), None)
+    if site:  # Inductor met a size read from a value (`.item()`) that export had kept as an unbacked symbol
+        return export_errors.data_dependent_hint(site, dynamic)
     dims = list(source.recipe.dims) if source is not None else []
     tied = [d for d in dims if any(re.search(rf"\b{re.escape(d)}\b", t) for t in errors if "Expected op to be" in t)]
     wrong = any(t.stage == "values" for t in tried)

@@ -3,8 +3,11 @@ read from their text: the AOTI and ONNX kinds both turn these into a hint that n
 
 from __future__ import annotations
 
+import math
 import re
+from pathlib import Path
 
+from toolchain.corners import LEVELS
 from toolchain.records import AcceptedDim
 
 # torch.export fixed a dim the recipe declares dynamic to the example's size.
@@ -25,24 +28,32 @@ def specialized_dims(text: str) -> list[str]:
 def data_dependent_site(text: str) -> str | None:
     """Where the model computes a shape from a value export cannot keep symbolic
     (GuardOnDataDependentSymNode: Longformer chunking its sequence by its attention window),
-    as "file.py:line in function", or None when the failure is another."""
+    as "file.py:line in function: `the line`", or None when the failure is another."""
     if "GuardOnDataDependentSymNode" not in text and "data-dependent expression" not in text:
         return None
     frames = re.findall(r'File "([^"]+)", line (\d+), in (\w+)', text.split("The following call raised this error:", 1)[-1])
     if not frames:
         return "the model"
     path, line, func = frames[0]
-    return f"{path.rsplit('/', 1)[-1]}:{line} in {func}"
+    try:  # the line itself, read as text (never run)
+        code = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()[int(line) - 1].strip()
+    except (OSError, IndexError):
+        code = ""
+    return f"{path.rsplit('/', 1)[-1]}:{line} in {func}" + (f": `{code}`" if code else "")
 
 
 def data_dependent_hint(site: str, dynamic: list[str]) -> str:
-    """The fix for a shape computed from data (`site`), naming the recipe's dynamic dims."""
+    """The fix for a shape computed from data (`site`), naming the recipe's dynamic dims, with the snippets."""
     dims = ", ".join(f"dims.{d}" for d in dynamic) or "the dynamic dims"
-    return (f"the model computes a shape from a value torch.export treats as data ({site}): either a dynamic size reached "
-            f"through arithmetic export cannot follow (a padding to a multiple of a window), which exports once the dims it "
-            f"depends on are static for this target (of {dims}; min == max, at a size the model does not pad), or the inputs' "
-            f"values themselves (how many tokens are marked), which an exported graph cannot express: then no export "
-            f"target takes the model as written")  # fmt: skip
+    pinned = ", ".join(f"dims.{d}: {{min: N, max: N}}" for d in dynamic) or "min == max"
+    item = ".item()" in site
+    return (f"the model computes a shape from a value torch.export treats as data ({site}). Two ways out: (1) change the model "
+            f"so the size stays arithmetic on shapes, which export keeps symbolic: "
+            + ("a remainder from the size, `pad = (-x.shape[1]) % 4` instead of `.item()` on a tensor, " if item else "")
+            + "or, where a value must decide a size, bound it right after reading it: `n = t.item(); torch._check(n >= 0); "
+            f"torch._check(n <= x.shape[1])`; (2) make the dims it depends on static for this target, at a size the model does "
+            f"not pad ({pinned}, of {dims}). A size that depends on the inputs' values themselves (how many tokens are "
+            f"marked) cannot be expressed in an exported graph at all")  # fmt: skip
 
 
 def suggested_dims(text: str, dims: dict) -> dict | None:
@@ -78,7 +89,33 @@ def suggested_dims(text: str, dims: dict) -> dict | None:
 
 def dims_fix(accepted: dict) -> str:
     """The recipe change for suggested_dims' answer: `dims.seq: {min: 8, max: 128, multiple: 8}`."""
-    return ", ".join(f"dims.{n}: {{min: {a.min}, max: {a.max}{f', multiple: {a.multiple}' if a.multiple else ''}}}" for n, a in accepted.items())
+    return ", ".join(f"dims.{n}: {{min: {a.min}, max: {a.max}{f', multiple: {a.multiple}' if a.multiple else ''}{', pad: true' if a.pad is not None else ''}}}"
+                     for n, a in accepted.items())  # fmt: skip
+
+
+def assertion_sizes(text: str, dims: dict, sizes: dict[str, int]) -> dict:
+    """A compiled artifact's failed runtime assertion that a size be a multiple (torch.export kept a guard such as
+    `Mod(8 - (Mod(s40, 8)), 8) <= 0` from a branch on `s % 8`, traced at a multiple) as {name: AcceptedDim}: the one
+    dynamic dim (of `dims`, {name: DimSpec}) whose size in the failing call (`sizes`) is not a multiple. {} when the
+    text or the sizes are not that plain: its symbol names no dim, so a single candidate is the only safe reading."""
+    m = re.search(r"[Rr]untime assertion failed for expression (.*)", text)
+    ks = {int(k) for k in re.findall(r"Mod\(s\d+, (\d+)\)", m.group(1))} if m else set()
+    if len(ks) != 1:
+        return {}
+    k = ks.pop()
+    fits = {n: AcceptedDim.snapped(d.min, d.max, math.lcm(k, d.multiple or 1)) for n, d in dims.items() if d.min < d.max}
+    off = [n for n, size in sizes.items() if size % k and fits.get(n) is not None and fits[n].min < fits[n].max]  # dims that can be multiples
+    return {off[0]: fits[off[0]]} if len(off) == 1 else {}
+
+
+def corner_assertion_sizes(texts: list[str], recipe) -> dict:
+    """assertion_sizes for an export that fails "at every dim's <level>" of the corner check (toolchain/corners.py)."""
+    for text in texts:
+        level = re.search(r"at every dim's (min\+1|max-1|min|max|opt)", text)
+        fix = assertion_sizes(text, recipe.dims, {n: LEVELS[level.group(1)](d) for n, d in recipe.dims.items()}) if level else {}
+        if fix:
+            return fix
+    return {}
 
 
 def dynamic_fix(errors: list[str], dims: dict) -> dict:

@@ -317,3 +317,46 @@ def dpt(image: int = 64, seed: int = 0):
                 if m.bias is not None:
                     m.bias.zero_()
     return model.eval()
+
+
+# Audio encoders with a convolutional feature extractor: samples -> frames by integer arithmetic (issue 26).
+AUDIO = {
+    "wavlm": ("WavLMConfig", "WavLMModel", dict(num_buckets=32, max_bucket_distance=64)),
+    "sew": ("SEWConfig", "SEWModel", dict(squeeze_factor=2)),  # squeezes the frames by 2 and pads them back: another size rule
+    "data2vec-audio": ("Data2VecAudioConfig", "Data2VecAudioModel", dict(num_conv_pos_embeddings=4, conv_pos_kernel_size=4)),
+    "unispeech": ("UniSpeechConfig", "UniSpeechModel", {}),
+}
+
+
+def audio_encoder(arch: str = "wavlm", seed: int = 0):
+    """A wav2vec2-style encoder of another family: raw audio [batch, samples] -> last_hidden_state."""
+    import transformers
+
+    config_name, model_name, extra = AUDIO[arch]
+    sizes = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, conv_dim=(32, 32, 32), conv_stride=(5, 4, 4),
+                 conv_kernel=(10, 4, 4), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)  # fmt: skip
+    config = getattr(transformers, config_name)(**(sizes | extra))
+    torch.manual_seed(seed)
+    return getattr(transformers, model_name)(config).eval()
+
+
+def canine(seed: int = 0):
+    """CANINE: a character-level encoder (Unicode code points) that downsamples the characters by 4 with a strided
+    convolution and upsamples back: input_ids -> last_hidden_state [batch, chars, hidden]."""
+    from transformers import CanineConfig, CanineModel
+
+    config = CanineConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, downsampling_rate=4,
+                          num_hash_functions=2, num_hash_buckets=64, local_transformer_stride=16, max_position_embeddings=256)  # fmt: skip
+    torch.manual_seed(seed)
+    return CanineModel(config).eval()
+
+
+def mamba2(seed: int = 0, vocab: int = 1000):
+    """Mamba-2 (transformers config, random weights): its torch path pads the sequence up to a multiple of its chunk
+    size (8 here) and scans chunk by chunk: input_ids -> last_hidden_state."""
+    from transformers import Mamba2Config, Mamba2Model
+
+    config = Mamba2Config(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, state_size=16, num_heads=4, head_dim=32, expand=2, n_groups=1,
+                          chunk_size=8, use_cache=False)  # fmt: skip
+    torch.manual_seed(seed)
+    return Mamba2Model(config).eval()
