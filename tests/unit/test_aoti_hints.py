@@ -88,7 +88,9 @@ The following call raised this error:
 def test_an_item_on_a_size_names_the_line_and_the_snippet(tmp_path):
     model = tmp_path / "char.py"
     model.write_text("import torch\n\n\ndef forward(ids):\n    rem = (torch.tensor(ids.shape[1]) % 4).item()\n")
-    text = LONGFORMER.replace("/site-packages/transformers/models/longformer/modeling_longformer.py", str(model)).replace("line 707, in _chunk", "line 5, in forward")
+    text = LONGFORMER.replace("/site-packages/transformers/models/longformer/modeling_longformer.py", str(model)).replace(
+        "line 707, in _chunk", "line 5, in forward"
+    )
     from toolchain.torchtools.export_errors import data_dependent_hint, data_dependent_site
 
     site = data_dependent_site(text)
