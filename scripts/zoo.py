@@ -108,6 +108,8 @@ def summarize(t: TargetResult) -> dict:
             fails = [f"{n}: {'; '.join(o.failures[:2])}" for n, o in t.parity.outputs.items() if not o.passed]
             reason = "parity: " + " | ".join(fails)
         cell["reason"] = reason.splitlines()[0][:400] if reason else ""
+        if t.hint:  # what to change: the zoo's failures are the cases users hit
+            cell["hint"] = t.hint.splitlines()[0][:600]
     return cell
 
 
@@ -132,11 +134,13 @@ def fmt_cell(c: dict | None) -> str:
         if c.get("top1") is not None:
             bits.append(f"top1 {c['top1']:.2f}")
         if c.get("export"):
-            bits.append(f"via {c['export']}")
+            export = c["export"]  # the manifest's export record (older results: its strategy name alone)
+            bits.append(f"via {export.get('strategy') if isinstance(export, dict) else export}")
         if c.get("excluded_nodes"):
             bits.append(f"{c['excluded_nodes']} nodes kept in float")
         return "ok: " + ", ".join(bits)
-    return f"**{c['status']}** ({c.get('stage')}): {c.get('reason', '').replace('|', '/')}"
+    hint = f" - fix: {c['hint']}" if c.get("hint") else ""
+    return f"**{c['status']}** ({c.get('stage')}): {c.get('reason', '').replace('|', '/')}{hint.replace('|', '/')}"
 
 
 def write_matrix(path: Path, doc: dict) -> None:

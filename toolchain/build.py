@@ -77,17 +77,25 @@ def build(recipe: Recipe, out_root: Path, only: list[str] | None = None, progres
         cache = BuildCache.open(out_root, cache_url, force)
         steps = open_executor(executor)
         try:
-            result = _build_locked(plan, out_root, progress, jobs or default_jobs(), cache, steps, retry=True)
-            if isinstance(result, dict):  # torch.export rejected the recipe's sizes and said which it takes: once more, over those
-                fixed = {n: AcceptedDim(a.min, a.max, a.multiple, recipe.dims[n].describe(), recipe.dims[n].accepted().pad) for n, a in result.items()}
+            fixed: dict[str, AcceptedDim] = {}
+            for attempt in range(1, MAX_ATTEMPTS + 1):  # torch.export's fixes, or a package's checks, reveal sizes one at a time
+                result = _build_locked(plan, out_root, progress, jobs or default_jobs(), cache, steps, retry=attempt < MAX_ATTEMPTS)
+                if not isinstance(result, dict):
+                    break
+                fixed = {
+                    n: AcceptedDim(a.min, a.max, a.multiple, recipe.dims[n].describe(), recipe.dims[n].accepted().pad) for n, a in (fixed | result).items()
+                }
                 progress.note("torch.export accepts " + ", ".join(f"{n} {a.text} (the recipe says {a.recipe})" for n, a in fixed.items())
                               + ": building every target again over those sizes; " + export_errors.dims_fix(fixed) + " in the recipe says so")  # fmt: skip
-                result = _build_locked(make_plan(recipe, only, out_root, fixed), out_root, progress, jobs or default_jobs(), cache, steps)
+                plan = make_plan(recipe, only, out_root, fixed)
         finally:
             steps.close()
         if cache.summary():
             progress.note(cache.summary())
         return result
+
+
+MAX_ATTEMPTS = 3  # builds of one recipe: its own dims, then up to two narrowings
 
 
 def check_out_root(out_root: Path) -> None:

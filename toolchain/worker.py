@@ -55,6 +55,7 @@ from toolchain.sources import load_source
 from toolchain.sources.decoder import encode_prompts, text_chunks
 from toolchain.timing import interleaved, load_average
 from toolchain.torchtools import export_errors
+from toolchain.torchtools.assertions import accepted_sizes, sizes_hint
 
 
 def run_reference(step: StepSpec, root: Path) -> ReferenceOutcome:
@@ -122,7 +123,10 @@ def _run_samples(runner, samples: list[dict], failure) -> list[dict]:
 def _artifact_failure(recipe):
     def failure(what: str, e: Exception, feed: dict) -> StepError:
         sizes = {d: feed[spec.name].shape[j] for spec in recipe.inputs if spec.name in feed for j, d in enumerate(spec.shape) if isinstance(d, str)}
-        fix = export_errors.assertion_sizes(str(e), recipe.dims, sizes)  # a kept guard `Mod(s, 8)`: the sizes it runs at
+        fix = accepted_sizes(str(e), recipe.dims, sizes)  # a kept guard `Mod(s, 8)`: the sizes it runs at
+        other = None if fix else sizes_hint(str(e), recipe.dims, sizes)
+        if other:
+            return StepError(f"the built artifact fails on {what}: {one_line(e)}", hint=other)
         if fix:
             said = ", ".join(f"{n} {a.text}" for n, a in fix.items())
             return StepError(f"the built artifact fails on {what}: {one_line(e)}; it runs at {said} (the model branches on the size, "
@@ -142,7 +146,19 @@ def run_target(step: StepSpec, root: Path, workdir: Path) -> TargetOutcome:
     workdir.mkdir(parents=True, exist_ok=True)
     ctx = BuildContext(workdir=workdir, root=root, out_root=Path(step.out_root or root.parent), deps=step.deps)
     t0 = time.perf_counter()
-    artifact = kind.build(source, spec, ctx)
+    try:
+        artifact = kind.build(source, spec, ctx)
+    except MlpackError:
+        raise
+    except Exception as e:  # a package's own size check failed on a sample: the sizes it holds at, when the text says
+        fix, hint = accepted_sizes(str(e), recipe.dims), sizes_hint(str(e), recipe.dims)
+        if fix or hint:
+            hint = (
+                hint
+                or f"it runs at {', '.join(f'{n} {a.text}' for n, a in fix.items())} only; the build takes those sizes, or set {export_errors.dims_fix(fix)} in the recipe"
+            )
+            raise StepError(f"the built package fails its own size check: {one_line(e)}", hint=hint, dims=fix) from e
+        raise
     seconds = time.perf_counter() - t0
     if recipe.generates:  # a generator ships with its tokenizer, beside every artifact
         artifact.files = [*artifact.files, *package_tokenizer(recipe, workdir)]

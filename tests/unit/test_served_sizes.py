@@ -12,6 +12,7 @@ from toolchain.serving.padding import fit_inputs, trim_outputs
 from toolchain.serving.size_check import _refused_size, _resized
 from toolchain.serving.triton import SizeGate, render_model_py
 from toolchain.torchtools import export_errors
+from toolchain.torchtools.assertions import accepted_sizes, holds, sizes_hint
 
 # x: [batch, seq, 4]; seq takes multiples of 8 in [8, 64]
 STRICT = {"x": [[0, "batch", 1, 4, None, None], [1, "seq", 8, 64, 8, None]]}
@@ -61,14 +62,21 @@ def test_serve_check_probes_a_size_off_the_multiple_or_past_the_max():
     assert _resized(feed, STRICT, "seq", 9)["x"].shape == (1, 9, 4)
 
 
-def test_a_kept_runtime_assertion_on_a_remainder_names_the_multiple_of_the_one_dim_that_can_be_one():
-    text = "RuntimeError: Runtime assertion failed for expression (Mod(8 - (Mod(s40, 8)), 8)) <= 0 on node 'le'"
+def test_a_kept_runtime_assertion_is_read_as_the_sizes_it_holds_at():
     dims = {"batch": DimSpec(min=1, max=4), "seq": DimSpec(min=1, opt=16, max=64)}
-    fix = export_errors.assertion_sizes(text, dims, {"batch": 1, "seq": 1})
-    assert {n: a.text for n, a in fix.items()} == {"seq": "multiples of 8 in [8, 64]"}  # batch [1, 4] holds no multiple of 8 range
+    at_min = {"batch": 1, "seq": 1}
+    pad_branch = "RuntimeError: Runtime assertion failed for expression (Mod(8 - (Mod(s40, 8)), 8)) <= 0 on node 'le'"
+    fix = accepted_sizes(pad_branch, dims, at_min)
+    assert {n: a.text for n, a in fix.items()} == {"seq": "multiples of 8 in [8, 64]"}  # batch [1, 4] holds no multiple of 8
+    chunked = "RuntimeError: Runtime assertion failed for expression Ne(s40 + (Mod(8 - (Mod(s40, 8)), 8)), 8) on node 'sym_not'"
+    assert {n: a.text for n, a in accepted_sizes(chunked, dims, at_min).items()} == {"seq": "[9, 64]"}  # Mamba-2: more than one chunk
     two = {"a": DimSpec(min=1, max=64), "b": DimSpec(min=1, max=64)}
-    assert export_errors.assertion_sizes(text, two, {"a": 3, "b": 5}) == {}  # which symbol is which: not guessed
-    assert export_errors.assertion_sizes("RuntimeError: Expected 2*Min(s1, 4) + 1 < s1//20", dims, {"seq": 3}) == {}
+    assert accepted_sizes(pad_branch, two, {"a": 3, "b": 5}) == {}  # which symbol is which: not guessed ...
+    assert accepted_sizes(pad_branch, two, {"a": 3, "b": 5}, {"s40": "b"}) == {"b": AcceptedDim(8, 64, 8)}  # ... unless the program says
+    assert accepted_sizes("Runtime assertion failed for expression Ne(s4, 1) on node 'x'", dims, at_min, {"s4": "batch"}) == {"batch": AcceptedDim(2, 4)}
+    assert accepted_sizes("Runtime assertion failed for expression Ne(Mod(s1, 3), s2) on node 'x'", dims, at_min) == {}  # two symbols
+    assert accepted_sizes("Runtime assertion failed for expression __import__('os').system('x') on node 'x'", dims, at_min) == {}  # never run
+    assert holds("Eq(FloorDiv(s0, 4) * 4, s0) & (s0 >= 8)", {"s0": 16}) and holds("().__class__", {}) is None
 
 
 def test_the_manifest_says_what_a_padding_server_takes():
@@ -78,3 +86,22 @@ def test_the_manifest_says_what_a_padding_server_takes():
     assert AcceptedDim(1, 64).served == "[1, 64]" and "pad_from" not in AcceptedDim(1, 64).to_dict()
     assert DimSpec(min=8, max=64, multiple=8, pad=True).accepted() == AcceptedDim(8, 64, 8, pad=8)
     assert export_errors.dims_fix({"seq": a}) == "dims.seq: {min: 8, max: 64, multiple: 8, pad: true}"
+
+
+SEW = (
+    "RuntimeError: Expected 2*Min((((((((((((s40//5)) - 5)//4)) - 3)//4)) - 1)//2)) + 1, ((((((((((s40//5)) - 5)//4)) - 3)//4)) + 1)//2)) "
+    "< ((((((((s40//5)) - 5)//4)) - 3)//4)) + 1 to be True but received 7237"
+)
+
+
+def test_a_check_that_holds_at_no_range_of_multiples_names_a_static_size_it_holds_at():
+    """SEW squeezes its frames by 2: the package's own check holds where the frame count is odd, at half the sample
+    counts, in runs no `k*Dim` expresses. The hint says so and names a static size it holds at."""
+    dims = {"batch": DimSpec(min=1, opt=2, max=4), "samples": DimSpec(min=4000, opt=8000, max=16000)}
+    assert accepted_sizes(SEW, dims) == {}
+    unsized = SEW.replace("RuntimeError: Expected", "Runtime assertion failed for expression").replace(" to be True but received 7237", " on node 'lt_1'")
+    assert sizes_hint(unsized, dims).split(" (")[0] == sizes_hint(SEW, dims).split(" (")[0]  # no failing size: the one dim it can be
+    hint = sizes_hint(SEW, dims)
+    assert "holds at 6001 of the 12001 sizes of samples in [4000, 16000] (4000-4004, 4085-4164, 4245-4324, ...)" in hint, hint
+    pick = int(hint.split("dims.samples: {min: ")[1].split(",")[0])
+    assert holds(SEW.split("Expected ")[1].split(" to be True")[0], {"s40": pick}) and abs(pick - 8000) < 100

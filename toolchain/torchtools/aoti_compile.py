@@ -19,6 +19,7 @@ from toolchain.records import Attempt, ExportRecord
 from toolchain.samples import Feed
 from toolchain.tensors import to_numpy
 from toolchain.torchtools import export_errors, inductor_patches, isa, rewrites
+from toolchain.torchtools.assertions import sizes_hint
 
 # Export variants, in order. "size-oblivious" keeps a dim dynamic through size-0/1
 # checks (a CNN whose smallest input makes a 1x1 feature map); an RNN loses batch 1
@@ -172,8 +173,21 @@ def _exported(source, device: str, label: str, oblivious: bool, module, for_comp
         _contiguous_one_channel_convs(program)
     problem = _fails_eagerly(program, source, device)
     if problem:  # a size-oblivious RNN asserts seq != 1: no compile would run at the min
-        raise AttemptFailed("run", f"the exported program {problem}", strategy=label)
+        raise AttemptFailed("run", f"the exported program {problem}", strategy=label, detail=f"the exported program {problem}{_symbols_text(program, source)}")
     return program, label
+
+
+def _symbols_text(program, source) -> str:
+    """ "\nsymbols: s4=batch s40=seq": which recipe dim each size symbol of the exported program's inputs is, so a failed
+    run-time assertion over those symbols can be read as sizes (torchtools/assertions.py)."""
+    names = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
+    pairs = {}
+    for spec, node in zip(source.recipe.inputs, names):
+        shape = getattr(node.meta.get("val"), "shape", ())
+        for dim, size in zip(spec.shape, shape):
+            if isinstance(dim, str) and re.fullmatch(r"s\d+", str(size)):
+                pairs[str(size)] = dim
+    return ("\nsymbols: " + " ".join(f"{k}={v}" for k, v in pairs.items())) if pairs else ""
 
 
 def _value_site(program) -> str:
@@ -237,6 +251,24 @@ def _compile_strategies(source, device: str, path: Path, module, configs: dict, 
         yield Strategy(label, partial(attempt, extra=LOOP_SAFE_CONFIGS), loop_body_broke)
 
 
+def _run_failures(tried: list[Attempt]) -> tuple[list[str], dict[str, str]]:
+    """The run-stage failures' texts, and the size symbols their exported programs named (_symbols_text)."""
+    texts = [t.detail or t.error or "" for t in tried if t.stage == "run"]
+    symbols = dict(p.split("=", 1) for t in texts for line in re.findall(r"^symbols: (.*)$", t, re.M) for p in line.split())
+    return texts, symbols
+
+
+def _kept_sizes(tried: list[Attempt], source) -> tuple[dict, str] | None:
+    """(dims, hint) when the attempts failed on run-time assertions that hold over a narrower range of sizes."""
+    texts, symbols = _run_failures(tried)
+    kept = export_errors.corner_assertion_sizes(texts, source.recipe, symbols)
+    if not kept:
+        return None
+    return kept, (f"it runs at {', '.join(f'{n} {a.text}' for n, a in kept.items())} only (the model branches on the size, and export kept "
+                  f"the branch taken at the example size as a run-time check); the build takes those sizes, or set {export_errors.dims_fix(kept)} "
+                  "in the recipe")  # fmt: skip
+
+
 class CompileFailed(StepError):
     """No package runs over the recipe's dims; `tried` says how each attempt failed."""
 
@@ -244,12 +276,12 @@ class CompileFailed(StepError):
         summary = "; ".join(f"{t.strategy} ({t.stage}): {t.error}" for t in tried)
         errors = [t.detail or t.error or "" for t in tried if t.stage == "export"]
         dims, hint = (export_errors.dynamic_fix(errors, source.recipe.dims), constraint_hint(tried, source)) if source is not None else ({}, None)
-        kept = (
-            export_errors.corner_assertion_sizes([t.error or "" for t in tried if t.stage == "run"], source.recipe) if source is not None and not dims else {}
-        )
-        if kept:  # a guard on `s % k` kept as a run-time check: the package runs at multiples only
-            dims, hint = kept, (f"it runs at {', '.join(f'{n} {a.text}' for n, a in kept.items())} only (the model branches on the size, and export "
-                                f"kept the branch taken at the example size); the build takes those sizes, or set {export_errors.dims_fix(kept)} in the recipe")  # fmt: skip
+        kept = _kept_sizes(tried, source) if source is not None and not dims else None
+        if kept:  # a branch on a size kept as a run-time check: the sizes at which it holds
+            dims, hint = kept
+        elif source is not None and not dims:
+            texts, symbols = _run_failures(tried)
+            hint = next((h for h in (sizes_hint(t, source.recipe.dims, export_errors.level_sizes(t, source.recipe), symbols) for t in texts) if h), hint)
         super().__init__(f"AOTInductor could not build a package that runs over the recipe's dims: {summary}", hint=hint, dims=dims)
         self.tried = tried
 
@@ -277,7 +309,8 @@ def runnable_export(source, module=None):
         return climb(strategies, "AOTInductor").value[0]
     except CaptureFailed as e:
         errors = "; ".join(f"{t.strategy}: {t.error}" for t in e.tried)
-        raise StepError(f"no export of the model runs over the recipe's dims for INT8 quantization: {errors}") from None
+        dims, hint = _kept_sizes(e.tried, source) or ({}, constraint_hint(e.tried, source))
+        raise StepError(f"no export of the model runs over the recipe's dims for INT8 quantization: {errors}", hint=hint, dims=dims) from None
 
 
 def constraint_hint(tried: list[Attempt], source=None) -> str | None:

@@ -3,12 +3,12 @@ read from their text: the AOTI and ONNX kinds both turn these into a hint that n
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
 from toolchain.corners import LEVELS
 from toolchain.records import AcceptedDim
+from toolchain.torchtools.assertions import accepted_sizes
 
 # torch.export fixed a dim the recipe declares dynamic to the example's size.
 _SPECIALIZED = ("Constraints violated", "specialized value", "Specializations unexpectedly required")
@@ -21,7 +21,7 @@ def specialized(text: str) -> bool:
 
 def specialized_dims(text: str) -> list[str]:
     """The dims a "Constraints violated (a, b)" failure names."""
-    m = re.search(r"Constraints violated \(([^)]*)\)", text)
+    m = re.search(r"(?:Constraints violated|Specializations unexpectedly required) \(([^)]*)\)", text)
     return [d.strip() for d in m.group(1).split(",")] if m else []
 
 
@@ -46,14 +46,12 @@ def data_dependent_hint(site: str, dynamic: list[str]) -> str:
     """The fix for a shape computed from data (`site`), naming the recipe's dynamic dims, with the snippets."""
     dims = ", ".join(f"dims.{d}" for d in dynamic) or "the dynamic dims"
     pinned = ", ".join(f"dims.{d}: {{min: N, max: N}}" for d in dynamic) or "min == max"
-    item = ".item()" in site
+    change = "a remainder from the size, `pad = (-x.shape[1]) % 4` instead of `.item()` on a tensor; or, " if ".item()" in site else ""
     return (f"the model computes a shape from a value torch.export treats as data ({site}). Two ways out: (1) change the model "
-            f"so the size stays arithmetic on shapes, which export keeps symbolic: "
-            + ("a remainder from the size, `pad = (-x.shape[1]) % 4` instead of `.item()` on a tensor, " if item else "")
-            + "or, where a value must decide a size, bound it right after reading it: `n = t.item(); torch._check(n >= 0); "
-            f"torch._check(n <= x.shape[1])`; (2) make the dims it depends on static for this target, at a size the model does "
-            f"not pad ({pinned}, of {dims}). A size that depends on the inputs' values themselves (how many tokens are "
-            f"marked) cannot be expressed in an exported graph at all")  # fmt: skip
+            f"so the size stays arithmetic on shapes, which export keeps symbolic ({change}where a value must decide a size, bound "
+            f"it right after reading it: `n = t.item(); torch._check(n >= 0); torch._check(n <= x.shape[1])`); (2) make the dims it "
+            f"depends on static, at a size the model does not pad ({pinned}, of {dims}). A size that depends on the inputs' values "
+            f"themselves (how many tokens are marked) cannot be expressed in an exported graph at all")  # fmt: skip
 
 
 def suggested_dims(text: str, dims: dict) -> dict | None:
@@ -93,29 +91,24 @@ def dims_fix(accepted: dict) -> str:
                      for n, a in accepted.items())  # fmt: skip
 
 
-def assertion_sizes(text: str, dims: dict, sizes: dict[str, int]) -> dict:
-    """A compiled artifact's failed runtime assertion that a size be a multiple (torch.export kept a guard such as
-    `Mod(8 - (Mod(s40, 8)), 8) <= 0` from a branch on `s % 8`, traced at a multiple) as {name: AcceptedDim}: the one
-    dynamic dim (of `dims`, {name: DimSpec}) whose size in the failing call (`sizes`) is not a multiple. {} when the
-    text or the sizes are not that plain: its symbol names no dim, so a single candidate is the only safe reading."""
-    m = re.search(r"[Rr]untime assertion failed for expression (.*)", text)
-    ks = {int(k) for k in re.findall(r"Mod\(s\d+, (\d+)\)", m.group(1))} if m else set()
-    if len(ks) != 1:
-        return {}
-    k = ks.pop()
-    fits = {n: AcceptedDim.snapped(d.min, d.max, math.lcm(k, d.multiple or 1)) for n, d in dims.items() if d.min < d.max}
-    off = [n for n, size in sizes.items() if size % k and fits.get(n) is not None and fits[n].min < fits[n].max]  # dims that can be multiples
-    return {off[0]: fits[off[0]]} if len(off) == 1 else {}
-
-
-def corner_assertion_sizes(texts: list[str], recipe) -> dict:
-    """assertion_sizes for an export that fails "at every dim's <level>" of the corner check (toolchain/corners.py)."""
+def corner_assertion_sizes(texts: list[str], recipe, symbols: dict[str, str] | None = None) -> dict:
+    """assertions.accepted_sizes for exports that fail "at every dim's <level>" of the corner check (corners.py): the
+    sizes every one of their checks holds at, per level (each export strategy reveals the first check it fails)."""
+    groups: dict[tuple, list[str]] = {}
     for text in texts:
-        level = re.search(r"at every dim's (min\+1|max-1|min|max|opt)", text)
-        fix = assertion_sizes(text, recipe.dims, {n: LEVELS[level.group(1)](d) for n, d in recipe.dims.items()}) if level else {}
+        sizes = level_sizes(text, recipe)
+        groups.setdefault(tuple(sorted(sizes.items())) if sizes else (), []).append(text)
+    for key, group in groups.items():
+        fix = accepted_sizes("\n".join(group), recipe.dims, dict(key) or None, symbols)
         if fix:
             return fix
     return {}
+
+
+def level_sizes(text: str, recipe) -> dict[str, int] | None:
+    """Each dim's size at the corner level a failure names ("fails at every dim's min"), or None."""
+    level = re.search(r"at every dim's (min\+1|max-1|min|max|opt)", text)
+    return {n: LEVELS[level.group(1)](d) for n, d in recipe.dims.items()} if level else None
 
 
 def dynamic_fix(errors: list[str], dims: dict) -> dict:
