@@ -120,3 +120,32 @@ def test_a_value_error_is_not_taken_for_a_size_error(tmp_path):
     (tmp_path / "recipe.yaml").write_text(RECIPE.format(seq="min: 8, max: 64, multiple: 8"))
     proc = mlpack("build", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "out"))
     assert proc.returncode != 0 and "needs negatives" in proc.stderr and "building every target again" not in proc.stderr, proc.stderr
+
+
+LOOP = """\
+import torch
+
+
+class Steps(torch.nn.Module):
+    def forward(self, x):
+        h = x[:, 0]
+        for i in range(x.shape[1]):  # a Python loop over the sequence: export fixes seq to the example's size
+            h = torch.tanh(h + x[:, i])
+        return h
+
+
+def build():
+    return Steps().eval()
+"""
+
+
+def test_a_dim_the_model_fixes_is_named_with_the_line_that_fixes_it(tmp_path):
+    from toolchain.recipe import load_recipe
+    from toolchain.sources import load_source
+    from toolchain.torchtools import export_errors
+
+    (tmp_path / "windows.py").write_text(LOOP)
+    (tmp_path / "recipe.yaml").write_text(RECIPE.format(seq="min: 2, opt: 16, max: 64"))
+    source = load_source(load_recipe(tmp_path / "recipe.yaml"))
+    site = export_errors.specialization_site(source, ["seq"])
+    assert site == "windows.py:7 in forward: `for i in range(x.shape[1]):  # a Python loop over the sequence: export fixes seq to the example's size`", site

@@ -198,8 +198,11 @@ def _export_hint(source, tried: list[Attempt]) -> str:
         dynamic = ", ".join(
             f"dims.{n}: {{min: {sizes[n]}, max: {sizes[n]}}}" for n, d in source.recipe.dims.items() if d.min < d.max and (n in named or not named)
         )
-        return (f"the model's computation depends on the value of a dynamic dim (a Python loop over it, or a branch on it), which no exporter "
-                f"keeps symbolic: make the dims static ({dynamic}) and pad or cut inputs to those sizes")  # fmt: skip
+        which = [n for n, d in source.recipe.dims.items() if d.min < d.max and (n in named or not named)]
+        site = export_errors.specialization_site(source, which) if hasattr(source, "dynamic_shapes") else None
+        where = f" (at {site})" if site else ""
+        return (f"the model's computation depends on the value of a dynamic dim (a Python loop over it, or a branch on it){where}, which no "
+                f"exporter keeps symbolic: make the dims static ({dynamic}) and pad or cut inputs to those sizes")  # fmt: skip
     return hint
 
 

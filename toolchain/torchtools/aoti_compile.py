@@ -356,7 +356,9 @@ def constraint_hint(tried: list[Attempt], source=None) -> str | None:
         if dims:
             fixes = re.findall(r"^\s*(\w+) = (\d+)\s*$", text, flags=re.M)
             pinned = ", ".join(f"dims.{d}: {{min: {v}, max: {v}}}" for d, v in fixes) or ", ".join(f"dims.{d} static" for d in dims)
-            return (f"torch.export cannot keep {', '.join(dims)} dynamic for this model; make {'it' if len(dims) == 1 else 'them'} static for "
+            site = export_errors.specialization_site(source, dims) if source is not None else None
+            where = f" (the model fixes {'it' if len(dims) == 1 else 'them'} at {site})" if site else ""
+            return (f"torch.export cannot keep {', '.join(dims)} dynamic for this model{where}; make {'it' if len(dims) == 1 else 'them'} static for "
                     f"this target ({pinned}), or build the onnx target, which keeps {'it' if len(dims) == 1 else 'them'} dynamic")  # fmt: skip
     return None
 

@@ -138,3 +138,42 @@ def probe_sizes(source) -> dict:
     except Exception as e:  # torch.export's own words, suggested fixes included
         return dynamic_fix([str(e)], source.recipe.dims)
     return {}
+
+
+def specialization_site(source, dims: list[str]) -> str | None:
+    """Where the model fixes one of `dims` to its example size ("modeling_x.py:818 in _repeat: `the line`"), found by
+    exporting once more with torch's guard log on and reading the stack where the guard `Eq(s, size)` is added. Run
+    only after export failed on those dims. None when no frame outside torch says."""
+    import logging
+    import traceback
+
+    import torch
+
+    sizes = {str(v) for d in dims for v in [source.recipe.dims[d].opt] if d in source.recipe.dims}
+    found: list[traceback.FrameSummary] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            m = re.search(r"Eq\(s\d+, (\d+)\) \[guard added\]", record.getMessage())
+            if m and m.group(1) in sizes and not found:
+                ours = ("/torch/", "/logging/", "/toolchain/", "/contextlib.py", "/threading.py")
+                frames = [f for f in traceback.extract_stack() if not any(p in f.filename for p in ours) and not f.filename.startswith("<")]
+                found.extend(frames[-1:])
+
+    log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    handler, level = Catch(level=logging.INFO), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    propagate, log.propagate = log.propagate, False  # torch's own handlers would print every guard
+    try:
+        torch.export.export(source.module, source.example_args(), dynamic_shapes=source.dynamic_shapes(), strict=False)
+    except Exception:  # the failure is known; only the guard's stack is wanted
+        pass
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
+    if not found:
+        return None
+    f = found[0]
+    return f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}" + (f": `{f.line.strip()}`" if f.line else "")
