@@ -151,14 +151,18 @@ def specialization_site(source, dims: list[str]) -> str | None:
 
     sizes = {str(v) for d in dims for v in [source.recipe.dims[d].opt] if d in source.recipe.dims}
     found: list[traceback.FrameSummary] = []
+    fallback: list[traceback.FrameSummary] = []  # the first equality on sizes the model's own code added (RAFT's cat/split)
 
     class Catch(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            m = re.search(r"Eq\(s\d+, (\d+)\) \[guard added\]", record.getMessage())
-            if m and m.group(1) in sizes and not found:
-                ours = ("/torch/", "/logging/", "/toolchain/", "/contextlib.py", "/threading.py")
-                frames = [f for f in traceback.extract_stack() if not any(p in f.filename for p in ours) and not f.filename.startswith("<")]
-                found.extend(frames[-1:])
+            msg = record.getMessage()
+            pinned = re.search(r"Eq\(s\d+, (\d+)\) \[guard added\]", msg)
+            equal = re.search(r"eval Eq\((?!Mod\().*\bs\d+.*\) \[guard added\]", msg)  # divisibility (Eq(Mod(..), 0)) holds anyway
+            if found or not (pinned and pinned.group(1) in sizes or equal and not fallback):
+                return
+            ours = ("/torch/", "/logging/", "/toolchain/", "/contextlib.py", "/threading.py")
+            frames = [f for f in traceback.extract_stack() if not any(p in f.filename for p in ours) and not f.filename.startswith("<")]
+            (found if pinned and pinned.group(1) in sizes else fallback).extend(frames[-1:])
 
     log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
     handler, level = Catch(level=logging.INFO), log.level
@@ -173,7 +177,7 @@ def specialization_site(source, dims: list[str]) -> str | None:
         log.removeHandler(handler)
         log.setLevel(level)
         log.propagate = propagate
-    if not found:
+    if not (found or fallback):
         return None
-    f = found[0]
+    f = (found or fallback)[0]
     return f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}" + (f": `{f.line.strip()}`" if f.line else "")
