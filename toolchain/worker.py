@@ -124,16 +124,9 @@ def _artifact_failure(recipe):
     def failure(what: str, e: Exception, feed: dict) -> StepError:
         sizes = {d: feed[spec.name].shape[j] for spec in recipe.inputs if spec.name in feed for j, d in enumerate(spec.shape) if isinstance(d, str)}
         fix = accepted_sizes(str(e), recipe.dims, sizes)  # a kept guard `Mod(s, 8)`: the sizes it runs at
-        other = None if fix else sizes_hint(str(e), recipe.dims, sizes)
-        if other:
-            return StepError(f"the built artifact fails on {what}: {one_line(e)}", hint=other)
-        if fix:
-            said = ", ".join(f"{n} {a.text}" for n, a in fix.items())
-            return StepError(f"the built artifact fails on {what}: {one_line(e)}; it runs at {said} (the model branches on the size, "
-                             "and export kept the branch taken at the example size)", hint=f"the build takes those sizes; to say so in "
-                             f"the recipe: {export_errors.dims_fix(fix)}", dims=fix)  # fmt: skip
-        return StepError(f"the built artifact fails on {what}: {one_line(e)}",
-                         hint="the log has the runtime's error; an artifact that runs at some sizes only was exported for fixed ones (make those dims static)")  # fmt: skip
+        hint = export_errors.kept_hint(fix) if fix else sizes_hint(str(e), recipe.dims, sizes)
+        return StepError(f"the built artifact fails on {what}: {one_line(e)}", dims=fix,
+                         hint=hint or "the log has the runtime's error; an artifact that runs at some sizes only was exported for fixed ones (make those dims static)")  # fmt: skip
 
     return failure
 
@@ -151,12 +144,9 @@ def run_target(step: StepSpec, root: Path, workdir: Path) -> TargetOutcome:
     except MlpackError:
         raise
     except Exception as e:  # a package's own size check failed on a sample: the sizes it holds at, when the text says
-        fix, hint = accepted_sizes(str(e), recipe.dims), sizes_hint(str(e), recipe.dims)
-        if fix or hint:
-            hint = (
-                hint
-                or f"it runs at {', '.join(f'{n} {a.text}' for n, a in fix.items())} only; the build takes those sizes, or set {export_errors.dims_fix(fix)} in the recipe"
-            )
+        fix = accepted_sizes(str(e), recipe.dims)
+        hint = export_errors.kept_hint(fix) if fix else sizes_hint(str(e), recipe.dims)
+        if hint:
             raise StepError(f"the built package fails its own size check: {one_line(e)}", hint=hint, dims=fix) from e
         raise
     seconds = time.perf_counter() - t0

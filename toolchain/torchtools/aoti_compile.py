@@ -264,9 +264,7 @@ def _kept_sizes(tried: list[Attempt], source) -> tuple[dict, str] | None:
     kept = export_errors.corner_assertion_sizes(texts, source.recipe, symbols)
     if not kept:
         return None
-    return kept, (f"it runs at {', '.join(f'{n} {a.text}' for n, a in kept.items())} only (the model branches on the size, and export kept "
-                  f"the branch taken at the example size as a run-time check); the build takes those sizes, or set {export_errors.dims_fix(kept)} "
-                  "in the recipe")  # fmt: skip
+    return kept, export_errors.kept_hint(kept)
 
 
 class CompileFailed(StepError):

@@ -91,6 +91,12 @@ def dims_fix(accepted: dict) -> str:
                      for n, a in accepted.items())  # fmt: skip
 
 
+def kept_hint(fix: dict) -> str:
+    """The hint for the sizes a package's own failed checks hold at ({name: AcceptedDim}: torchtools/assertions.py)."""
+    return (f"it runs at {', '.join(f'{n} {a.text}' for n, a in fix.items())} only (the model branches on the size, and export kept "
+            f"the branch taken at the example size as a run-time check); the build takes those sizes, or set {dims_fix(fix)} in the recipe")  # fmt: skip
+
+
 def corner_assertion_sizes(texts: list[str], recipe, symbols: dict[str, str] | None = None) -> dict:
     """assertions.accepted_sizes for exports that fail "at every dim's <level>" of the corner check (corners.py): the
     sizes every one of their checks holds at, per level (each export strategy reveals the first check it fails)."""
