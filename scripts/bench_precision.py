@@ -52,8 +52,21 @@ targets:
   - {kind: aoti, name: aoti-bf16, precision: bf16}
   - {kind: aoti, name: aoti-int8, precision: int8, fallback: auto}
 select: {metric: latency, batch: 1, threads: 1}
-serve: {cpus: CPUS, triton: {backend: python, max_batch_size: 8, targets: [onnx-fp32, onnx-int8-dynamic, onnx-int8-static, aoti-fp32, aoti-bf16, aoti-int8]}}
+serve: {cpus: CPUS, triton: {backend: python, max_batch_size: 8, targets: SERVED}}
 """
+DEFAULT_TARGETS = ["onnx-fp32", "onnx-int8-dynamic", "onnx-int8-static", "aoti-fp32", "aoti-bf16", "aoti-int8"]
+# built only when --targets names it: INT8 with ATen's FP32 attention, beside aoti-int8's choice (torchtools/attention.py)
+EXTRA_TARGETS = {"aoti-int8-float-attention": "  - {kind: aoti, name: aoti-int8-float-attention, precision: int8, fallback: auto, attention: float}\n"}
+
+
+def targets_yaml(names: list[str]) -> str:
+    """TARGETS with the named targets only (in its order, extras after)."""
+    head, rest = TARGETS.split("select:")
+    lines = [ln for ln in head.splitlines(keepends=True) if "name: " not in ln or ln.split("name: ")[1].split(",")[0].rstrip("}\n") in names]
+    lines += [EXTRA_TARGETS[n] for n in names if n in EXTRA_TARGETS]
+    return "".join(lines) + "select:" + rest.replace("SERVED", "[" + ", ".join(n for n in DEFAULT_TARGETS + list(EXTRA_TARGETS) if n in names) + "]")
+
+
 MODELS = {
     "bert-base": {
         "factory": """\
@@ -106,7 +119,7 @@ parity: {samples: 4, scores: [logits]}
 }
 
 
-def build_model(name: str, out: Path, cpus: list[str] | None = None) -> tuple[object, Path, object]:
+def build_model(name: str, out: Path, cpus: list[str] | None = None, targets: list[str] | None = None) -> tuple[object, Path, object]:
     from toolchain import manifest as mf
     from toolchain.build import build
     from toolchain.progress import Progress
@@ -115,7 +128,7 @@ def build_model(name: str, out: Path, cpus: list[str] | None = None) -> tuple[ob
     work = out / f"{name}-src"
     work.mkdir(parents=True, exist_ok=True)
     (work / "model.py").write_text(MODELS[name]["factory"])
-    (work / "recipe.yaml").write_text(MODELS[name]["recipe"] + TARGETS.replace("CPUS", json.dumps(cpus or [])))
+    (work / "recipe.yaml").write_text(MODELS[name]["recipe"] + targets_yaml(targets or DEFAULT_TARGETS).replace("CPUS", json.dumps(cpus or [])))
     recipe = load_recipe(work / "recipe.yaml")
     published = out / recipe.name
     if (published / "manifest.json").is_file() and mf.read(published / "manifest.json").recipe_sha256 == mf.sha256_file(recipe.path):
@@ -281,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
     ap.add_argument("--cpus", default="", help="the fleet's CPU classes (serve.cpus), comma-separated: the manifest proves each artifact per class")
     ap.add_argument("--ceiling", action="store_true", help="BERT-base: time the GEMM ceilings alongside and show each artifact as a share of its own")
+    ap.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                    help=f"the targets to build, comma-separated (--peers needs onnx-fp32); also: {', '.join(EXTRA_TARGETS)}")  # fmt: skip
     ap.add_argument("--peers", action="store_true", help="also OpenVINO (FP32, default, NNCF INT8) and ONNX Runtime's best settings (make peers)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # cpu_ceiling
@@ -295,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         for name in models:
-            manifest, root, recipe = build_model(name, out, [c for c in args.cpus.split(",") if c])
+            manifest, root, recipe = build_model(name, out, [c for c in args.cpus.split(",") if c], args.targets.split(","))
             built[name] = (manifest, root)
             for n in threads:
                 rows += measure(name, manifest, root, recipe, n, args.rounds, ceiling=args.ceiling and name == "bert-base", with_peers=args.peers)

@@ -12,7 +12,7 @@ from toolchain.errors import StepError, one_line
 from toolchain.feeds import load_feeds, save_feeds
 from toolchain.parity import compare
 from toolchain.records import AcceptedDim, PadCheck
-from toolchain.samples import pad_samples
+from toolchain.samples import feed_sizes, pad_samples
 from toolchain.serving.padding import fit_inputs, trim_outputs
 
 SAMPLES = "parity/pad_samples.npz"
@@ -35,9 +35,9 @@ def make_reference(recipe, accepted: dict[str, AcceptedDim], infer, root: Path) 
     pads = pad_samples(recipe, accepted)
     if not pads:
         return []
-    outputs, table = [], accepts_table(recipe, accepted)
+    outputs = []
     for dim, feed in pads:
-        n = next(feed[name].shape[axis] for name, rows in table.items() for axis, d, *_ in rows if d == dim)
+        n = feed_sizes(recipe, feed)[dim]
         try:
             outputs.append(infer(feed))
         except Exception as e:
@@ -58,7 +58,7 @@ def judge(recipe, accepted: dict[str, AcceptedDim], root: Path, infer, tol, scor
     said, trimmed = [], []
     for feed, ref in zip(samples, reference):
         arrays, asked = fit_inputs(table, names, [feed[n] for n in names])
-        padded = {d: next(a.shape[axis] for name, a in zip(names, arrays) for axis, dd, *_ in table.get(name, []) if dd == d) for d in asked}
+        padded = feed_sizes(recipe, dict(zip(names, arrays)))
         grown = {d: (asked[d], padded[d]) for d in asked if padded[d] != asked[d]}
         said.append(", ".join(f"{d} {n} -> {m}" for d, (n, m) in grown.items()))
         got = infer(dict(zip(names, arrays)))

@@ -159,6 +159,17 @@ def generate_samples(recipe: Recipe, n: int | None = None, seed: int | list[int]
     return [make_feed(recipe, sizes, rng) for sizes in dim_draws(recipe, n, rng)]
 
 
+def feed_sizes(recipe: Recipe, feed: Feed) -> dict[str, int]:
+    """The size of each named dim in a feed, read from the first input that has it."""
+    sizes: dict[str, int] = {}
+    for spec in recipe.inputs:
+        if spec.name in feed:
+            for axis, d in enumerate(spec.shape):
+                if isinstance(d, str):
+                    sizes.setdefault(d, int(np.shape(feed[spec.name])[axis]))
+    return sizes
+
+
 PAD_STREAM = 2  # pad samples draw from seed sequence [parity.seed, 2]
 
 

@@ -50,7 +50,7 @@ from toolchain.parity import compare
 from toolchain.recipe import accepted_dims, load_recipe, with_dims
 from toolchain.records import ReferenceOutcome, SelectOutcome, StepResult, StepSpec, TargetOutcome
 from toolchain.runners import open_runner
-from toolchain.samples import example_feed, model_failure
+from toolchain.samples import example_feed, feed_sizes, model_failure
 from toolchain.sources import load_source
 from toolchain.sources.decoder import encode_prompts, text_chunks
 from toolchain.timing import interleaved, load_average
@@ -95,8 +95,7 @@ def _with_export_sizes(e: StepError, recipe, source, samples: list[dict]) -> Ste
     if recipe.source.framework != "pytorch" or recipe.generates or not dynamic or not hasattr(source, "dynamic_shapes"):
         return e
     fix = export_errors.probe_sizes(source)
-    axes = [(spec.name, j, d) for spec in recipe.inputs for j, d in enumerate(spec.shape) if d in fix]
-    outside = [f for f in samples if any(not fix[d].accepts(f[n].shape[j]) for n, j, d in axes if n in f)]
+    outside = [f for f in samples if any(not fix[d].accepts(n) for d, n in feed_sizes(recipe, f).items() if d in fix)]
     if not fix or not outside:
         return e
     said = ", ".join(f"{n} {a.text}" for n, a in fix.items())
@@ -122,7 +121,7 @@ def _run_samples(runner, samples: list[dict], failure) -> list[dict]:
 
 def _artifact_failure(recipe):
     def failure(what: str, e: Exception, feed: dict) -> StepError:
-        sizes = {d: feed[spec.name].shape[j] for spec in recipe.inputs if spec.name in feed for j, d in enumerate(spec.shape) if isinstance(d, str)}
+        sizes = feed_sizes(recipe, feed)
         fix = accepted_sizes(str(e), recipe.dims, sizes)  # a kept guard `Mod(s, 8)`: the sizes it runs at
         hint = export_errors.kept_hint(fix) if fix else sizes_hint(str(e), recipe.dims, sizes)
         return StepError(f"the built artifact fails on {what}: {one_line(e)}", dims=fix,

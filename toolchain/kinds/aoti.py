@@ -43,6 +43,9 @@ class AotiTarget(TargetOptions):
     # for fp32 on a CPU, both are built and the faster one that passes parity is kept.
     freezing: Annotated[Literal["auto", "on", "off"], YamlOff] = "auto"
     fallback: Annotated[Literal["off", "auto"], YamlOff] = "off"  # int8: keep the modules that break the budget in float
+    # int8: auto = attention's two matmuls in BF16 when this machine and every serve.cpus class have native BF16
+    # (torchtools/attention.py); float = ATen's FP32 attention kernel
+    attention: Literal["auto", "float"] = "auto"
 
     @model_validator(mode="after")
     def _precision_device(self) -> AotiTarget:
@@ -50,6 +53,8 @@ class AotiTarget(TargetOptions):
             raise PydanticCustomError("fp16_cuda", "precision: fp16 needs device: cuda (a CPU runs FP16 kernels no faster than FP32); use bf16 on CPUs", {})
         if self.precision in ("int8", "int8-weight") and self.device != "cpu":
             raise PydanticCustomError("int8_cpu", "precision: int8 builds for x86 CPUs (oneDNN); use device: cpu, or a tensorrt int8 target for GPUs", {})
+        if self.attention != "auto" and self.precision != "int8":
+            raise PydanticCustomError("attention_int8", "attention: float applies to precision: int8 only (the other precisions keep theirs)", {})
         if self.fallback == "auto" and self.precision != "int8":
             raise PydanticCustomError("fallback_int8", "fallback: auto applies to precision: int8 only", {})
         return self
@@ -97,6 +102,12 @@ AOTI_SCHEMA: dict = {
             "description": "the CPU class its code was compiled for (serve.cpus); null: the build machine (-march=native)",
         },
         "io": {"type": "string"},
+        "attention": {
+            "type": "object",
+            "description": "int8: the dtype of attention's matmuls (bfloat16 only where every class serving it has native BF16) and why",
+            "required": ["dtype", "why"],
+            "properties": {"dtype": {"enum": ["float32", "bfloat16"]}, "why": {"type": "string"}, "rewritten": {"type": "integer"}},
+        },
         "freezing_choice": {"type": "array", "items": {"type": "object"}},
         "kernels": {
             "type": "object",
@@ -162,7 +173,7 @@ class AotiKind(Kind):
         choice = None
         if spec.precision == "int8":
             program, record, extra, choice = aoti_precision.int8_package(source, spec, ctx, path)
-            aoti = {"precision": "int8", "freezing": spec.freezing != "off"}
+            aoti = {"precision": "int8", "freezing": spec.freezing != "off", "attention": extra.pop("attention")}
         elif spec.precision in ("bf16", "fp16"):
             dtype = {"bf16": "bfloat16", "fp16": "float16"}[spec.precision]
             module = aoti_precision.autocast(source.module, len(source.input_names), spec.device, dtype)

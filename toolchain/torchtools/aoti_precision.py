@@ -18,7 +18,7 @@ from toolchain.records import ParityReport
 from toolchain.runners.aoti import AotiRunner
 from toolchain.samples import calibration_samples
 from toolchain.timing import interleaved
-from toolchain.torchtools import package_kernels, pt2e
+from toolchain.torchtools import attention, package_kernels, pt2e
 from toolchain.torchtools.aoti_compile import CompileFailed, compile_package, runnable_export
 from toolchain.torchtools.package_kernels import Kernels
 
@@ -207,7 +207,9 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
     tol = source.recipe.tolerance(spec)
     deadline = time.monotonic() + spec.timeout * 0.5
     choice = _int8_module(source, spec, ctx, tol, deadline)
-    configs = {"freezing": spec.freezing != "off"}
+    bf16, in_bf16 = attention.bf16_reason(source.recipe, spec.device, spec.attention)
+    rewritten = attention.to_bf16(choice.module) if bf16 else 0
+    configs = {"freezing": spec.freezing != "off"} | (attention.COMPILE_CONFIGS if rewritten else {})
     try:
         program, record = compile_package(source, spec.device, path, module=choice.module, precision=spec.precision, configs=configs)
     except CompileFailed as e:
@@ -219,6 +221,7 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
         why = f"Inductor could not compile the model with its Conv1d layers in INT8 (torch 2.13): {str(e)[:200]}"
         print(f"int8: {why}; compiling again with them in float")
         choice = _int8_module(source, spec, ctx, tol, deadline + spec.timeout * 0.2, hazards=dict.fromkeys(convs, why))
+        rewritten = attention.to_bf16(choice.module) if bf16 else 0
         program, record = compile_package(source, spec.device, path, module=choice.module, precision=spec.precision, configs=configs)
     eager = choice.eager
     compiled = _judge_compiled(source, path, ctx, tol)
@@ -228,6 +231,8 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
         print(f"int8: the compiled package reached cosine {compiled.worst_cosine:.6f} where its eager form reached {eager.worst_cosine:.6f}; "
               f"searching again with floor {raised:.6f}")  # fmt: skip
         second = _int8_module(source, spec, ctx, tol.model_copy(update={"cosine": raised}), deadline + spec.timeout * 0.2)
+        if bf16:
+            attention.to_bf16(second.module)
         retry = path.with_name("retry.pt2")
         program2, record2 = compile_package(source, spec.device, retry, module=second.module, precision=spec.precision, configs=configs)
         again = _judge_compiled(source, retry, ctx, tol)
@@ -246,7 +251,9 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
             f"{best:.6f}: Inductor's INT8 lowering (oneDNN qconv/qlinear) changes this model's results; "
             "serve another target for it (the ONNX INT8 target, or aoti bf16)"
         )
-    return program, record, choice.fields(checks), choice
+    dtype = "bfloat16" if rewritten else "float32"
+    said = in_bf16 if rewritten or not bf16 else "the model has no scaled_dot_product_attention to rewrite"
+    return program, record, choice.fields(checks) | {"attention": {"dtype": dtype, "why": said, "rewritten": rewritten}}, choice
 
 
 def int8_kernel_warnings(choice: Int8Choice, kernels: Kernels, source_module) -> list[str]:

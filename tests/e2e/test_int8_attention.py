@@ -1,0 +1,56 @@
+"""INT8 AOTI with attention in BF16 (issue 23, toolchain/torchtools/attention.py): a tiny BERT built by `mlpack build`,
+its attention's matmuls in BF16 where this machine has native BF16 (as the manifest says), FP32 elsewhere, and the
+package judged by the same parity gate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e.conftest import mlpack
+from toolchain import cpuclass
+
+MODEL = """\
+import torch
+
+
+def build(seed: int = 0):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    return BertModel(config).eval()
+"""
+RECIPE = """\
+name: tiny-bert
+source: {framework: pytorch, factory: model.py:build}
+inputs:
+  - {name: input_ids, dtype: int64, shape: [batch, seq], range: [0, 100]}
+  - {name: attention_mask, dtype: int64, shape: [batch, seq], range: [1, 2]}
+outputs: [last_hidden_state]
+dims:
+  batch: {min: 1, opt: 2, max: 4}
+  seq: {min: 4, opt: 16, max: 32}
+targets:
+  - {kind: aoti, name: aoti-int8, precision: int8, fallback: auto}
+parity: {samples: 4}
+"""
+
+
+@pytest.mark.slow
+def test_int8_package_runs_attention_in_bf16_only_where_bf16_is_native(tmp_path):
+    (tmp_path / "model.py").write_text(MODEL)
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    proc = mlpack("build", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "out"), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    t = json.loads(proc.stdout)["targets"][0]
+    assert t["status"] == "ok", t.get("reason")
+    att = t["aoti"]["attention"]
+    if cpuclass.machine_class() in cpuclass.NATIVE_BF16:
+        assert att["dtype"] == "bfloat16" and att["rewritten"] == 2, att  # one attention per layer
+        assert cpuclass.machine_class() in att["why"]
+        assert t["export"]["inductor_configs"]["realize_opcount_threshold"] == 4
+    else:
+        assert att["dtype"] == "float32" and att["rewritten"] == 0 and "no native BF16" in att["why"], att
+    assert t["parity"]["passed"] and min(o["cosine"] for o in t["parity"]["outputs"].values()) >= 0.99
