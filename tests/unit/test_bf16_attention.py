@@ -77,3 +77,17 @@ def test_bf16_only_where_every_class_has_it_natively(tmp_path, monkeypatch):
 def test_bf16_on_a_native_machine_for_its_own_class(tmp_path):
     ok, why = attention.bf16_reason(_recipe(tmp_path, []), "cpu", "auto")
     assert ok and cpuclass.machine_class() in why
+
+
+def test_a_row_masked_everywhere_gives_zeros_as_sdpa_does():
+    torch.manual_seed(1)
+    x, keep = torch.randn(2, 8, 32), torch.ones(2, 8)
+    keep[0] = 0  # every key of the first sequence masked
+    module = Attn()
+    gm = _graph(module, x, keep)
+    assert attention.to_bf16(gm) == 2
+    with torch.no_grad():
+        want, got = module(x, keep), gm(x, keep)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got[0], want[0], atol=2e-2, rtol=2e-2)
+    assert F.cosine_similarity(want[1].flatten(), got[1].flatten(), dim=0) > 0.9999

@@ -28,7 +28,7 @@ from toolchain.serving.embedded_check import check_embedded
 from toolchain.serving.pipeline_check import check_pipeline
 from toolchain.serving.results import CheckStatus, ModelCheck, ServeCheckResult
 from toolchain.serving.server import TritonServer, find_triton
-from toolchain.serving.size_check import check_sizes
+from toolchain.serving.size_check import check_sizes, served_table
 from toolchain.serving.standin import Served, native_backend, parse_config, prepare
 from toolchain.serving.tfserving_check import check_tfserving
 from toolchain.serving.triton import check_config_against_signature
@@ -180,7 +180,7 @@ def _check_model(srv, m: ServedModel, s, target: TargetResult, samples, referenc
         return check
     check.parity = judge_again(target.parity, reference, outputs)
     model_py = next((root / m.path).glob("*/model.py"), root / m.path / "model.py")
-    check.sizes = check_sizes(lambda feeds: replay(srv.url, cfg, sig, feeds), target, root, model_py, samples)
+    check.sizes = check_sizes(lambda feeds: replay(srv.url, cfg, sig, feeds), target, root, served_table(model_py), samples)
     abs_err, cos = check.parity.worst()
     if check.native_check:  # a config the native backend refuses explains any mismatch too
         check.status = CheckStatus.REFUSED

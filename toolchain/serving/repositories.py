@@ -26,7 +26,7 @@ def write_repositories(recipe: Recipe, results: list[TargetResult], staging: Pat
     if recipe.serve.triton and recipe.serve.triton.targets:
         _write_triton(recipe, results, staging, progress, serving, selection, dims or {})
     if recipe.serve.tfserving and recipe.serve.tfserving.targets:
-        _write_tfserving(recipe, results, staging, progress, serving)
+        _write_tfserving(recipe, results, staging, progress, serving, dims or {})
     if recipe.serve.vllm is not None:
         try:
             folders, problems = write_vllm(recipe, staging)
@@ -117,10 +117,13 @@ def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, pr
         progress.note(f"triton: {made['pipeline'].name} takes raw {'text' if recipe.preprocess.text else 'image bytes'} and answers through {model} ({tname})")
 
 
-def _write_tfserving(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress, serving: Serving) -> None:
-    served = [(t, res.kind, staging / t) for t in recipe.serve.tfserving.targets if (res := _servable(t, results, "tfserving", progress))]
+def _write_tfserving(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress, serving: Serving,
+                     dims: dict[str, AcceptedDim]) -> None:  # fmt: skip
+    ok = {t: res for t in recipe.serve.tfserving.targets if (res := _servable(t, results, "tfserving", progress))}
+    served = [(t, res.kind, staging / t) for t, res in ok.items()]
     if not served:
         return
+    gates = {t: size_gate(recipe, res, dims) for t, res in ok.items()}
     samples_file = staging / "parity" / "samples.npz"
     samples = load_feeds(samples_file)
 
@@ -131,9 +134,11 @@ def _write_tfserving(recipe: Recipe, results: list[TargetResult], staging: Path,
     # base_path in models.config is absolute: where the repository lies once published.
     final = staging.parent.resolve() / recipe.name / "tfserving"
     raw = pipeline.load(staging) if recipe.pipeline else None
-    written, why = write_tfserving(staging / "tfserving", final, recipe, served, samples, warmup, raw)
+    written, why = write_tfserving(staging / "tfserving", final, recipe, served, samples, warmup, raw, gates)
     for name, target, path, role in written:
         serving.models.append(ServedModel("tfserving", name, target, path.relative_to(staging).as_posix(), role))
+        if role == "artifact" and gates[target].beyond_config:
+            progress.note(f"tfserving: {name} takes {'; '.join(gates[target].said)}; its signature wraps the artifact, which runs at those sizes only")
         if role == "pipeline":
             progress.note(f"tfserving: {name} takes image bytes (signature serving_default) and answers through {target}")
     if why:

@@ -1,7 +1,7 @@
 """serve-check of the sizes a served model takes (issue 26), through the real server: the pad samples (sizes no
 artifact accepts) answered as the source answers them when the model pads, and a size the artifact cannot run
-refused with the model's own error, never run. The sizes are read from the served model.py (its ACCEPTS table),
-which is what the server runs.
+refused with the model's own error, never run. The sizes are read from what the server runs: a Triton model.py's
+ACCEPTS table, a TF Serving model's assets.extra/mlpack_sizes.json (serving/tfserving_sizes.py).
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ def _resized(feed: dict, table: dict[str, list[list]], dim: str, size: int) -> d
     return out
 
 
-def check_sizes(replay, target, root: Path, model_py: Path, samples: list[dict]) -> dict | None:
-    """{"pad": ..., "refused": ..., "passed": bool, "problem": str | None}; None when the model has no size table.
-    `replay(samples) -> (outputs, first error, requests)` sends over the server."""
-    table = served_table(model_py)
+def check_sizes(replay, target, root: Path, table: dict[str, list[list]], samples: list[dict]) -> dict | None:
+    """{"pad": ..., "refused": ..., "passed": bool, "problem": str | None}; None when the model has no size table
+    (`table`: the ACCEPTS the served model holds). `replay(samples) -> (outputs, first error, requests)` sends over
+    the server."""
     if not table:
         return None
     out: dict = {"passed": True, "problem": None}

@@ -19,6 +19,7 @@ from toolchain.fsutil import link_or_copy
 from toolchain.recipe import Recipe, TFServingBatching, VersionPolicy
 from toolchain.serving import protos
 from toolchain.serving import tfserving_pipeline as tfp
+from toolchain.serving.tfserving_sizes import write_gated
 
 SIGNATURE = "serving_default"  # TF Serving's default signature key: what clients call unless they name one
 WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"
@@ -128,6 +129,7 @@ def write_tfserving(
     samples: list[dict],
     warmup: Callable[[Path, str], None] | None = None,
     raw=None,
+    gates: dict | None = None,
 ) -> tuple[list[tuple[str, str, Path, str]], str | None]:
     """Write repo/<model>/<version>/ for each (target, kind, artifact dir), models.config, batching and README.
 
@@ -135,7 +137,8 @@ def write_tfserving(
     README's command line name it. `warmup(path, model_name)` writes the warmup
     records (default: write_warmup from `samples`; the build passes a cached one).
     `raw` (the reference step's pipeline.Stored) adds <name>_pipeline, which takes image bytes
-    around the first target (serving/tfserving_pipeline.py).
+    around the first target (serving/tfserving_pipeline.py). `gates`: {target: SizeGate} for the targets whose
+    artifacts run at some sizes only (serving/tfserving_sizes.py wraps them).
     Returns ([(model name, target, model dir, role)], why no raw-input model was written).
     """
     warmup = warmup or (lambda path, name: write_warmup(path, name, samples))
@@ -145,7 +148,11 @@ def write_tfserving(
     for target, kind, artifact_dir in served:
         name = name_of[target]
         vdir = repo / name / str(recipe.version)
-        shutil.copytree(artifact_dir / kinds.get(kind).tfserving.artifact, vdir, copy_function=link_or_copy)
+        gate = (gates or {}).get(target)
+        if gate is not None and gate.beyond_config:  # a signature takes any size: the wrapper refuses or pads
+            write_gated(artifact_dir / kinds.get(kind).tfserving.artifact, vdir, gate.accepts, gate.trims, kinds.get(kind).tfserving.signature or SIGNATURE)
+        else:
+            shutil.copytree(artifact_dir / kinds.get(kind).tfserving.artifact, vdir, copy_function=link_or_copy)
         warmup(vdir / WARMUP, name)
         out.append((name, target, repo / name, "artifact"))
     models = [(name_of[t], final_repo / name_of[t]) for t, _, _ in served]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,9 @@ from toolchain.records import Manifest, PipelineReport, ServedModel, TargetResul
 from toolchain.serving import protos
 from toolchain.serving import tfserving_pipeline as tfp
 from toolchain.serving.results import CheckStatus, ModelCheck
+from toolchain.serving.size_check import check_sizes
 from toolchain.serving.tfserving import SIGNATURE, WARMUP
+from toolchain.serving.tfserving_sizes import served_table
 
 LOADER = "tensorflow (no tensorflow_model_server here)"
 
@@ -55,7 +58,7 @@ def check_tfserving(root: Path, manifest: Manifest, models: list[ServedModel], s
             check.role = "pipeline"
             _check_raw(check, root, root / m.path, configs[m.name], manifest.target(m.target))
         else:
-            _check_versions(check, root / m.path, configs[m.name], manifest.target(m.target), samples, reference)
+            _check_versions(check, root, root / m.path, configs[m.name], manifest.target(m.target), samples, reference)
         progress.end(m.name, check.status.value, check.reason or f"{check.requests} requests")
         checks.append(check)
     return checks, None
@@ -67,7 +70,7 @@ def _tf_version() -> str:
     return version("tensorflow")
 
 
-def _check_versions(check: ModelCheck, model_dir: Path, config, target: TargetResult, samples, reference) -> None:
+def _check_versions(check: ModelCheck, root: Path, model_dir: Path, config, target: TargetResult, samples, reference) -> None:
     versions = served_versions(model_dir, config)
     if not versions:
         check.status, check.reason = CheckStatus.REFUSED, f"no version directory under {model_dir} matches the model_version_policy"
@@ -91,7 +94,22 @@ def _check_versions(check: ModelCheck, model_dir: Path, config, target: TargetRe
         if not check.parity.passed:
             check.status, check.reason = CheckStatus.MISMATCH, f"version {v}: outputs differ from the source model beyond the build's tolerance"
             return
+        check.sizes = check_sizes(partial(_replay, model_dir / str(v), signature, names), target, root, served_table(model_dir / str(v)), samples)
+        if check.sizes and not check.sizes["passed"]:
+            check.status, check.reason = CheckStatus.MISMATCH, f"version {v}: sizes: {check.sizes['problem']}"
+            return
     check.status = CheckStatus.OK
+
+
+def _replay(version_dir: Path, signature: str, names: list[str], feeds: list[dict]) -> tuple[list[dict], str | None, int]:
+    """check_sizes' replay: (outputs, the first error, requests) through the loaded version."""
+    try:
+        outputs, _ = load_and_run(version_dir, feeds, signature)
+    except Exception as e:  # TensorFlow's own message: for a refused size, the wrapper's
+        return [], " ".join(str(e).split())[:500] or type(e).__name__, len(feeds)
+    if len(names) == 1 and outputs and len(outputs[0]) == 1:
+        outputs = [{names[0]: next(iter(o.values()))} for o in outputs]
+    return outputs, None, len(feeds)
 
 
 def _check_raw(check: ModelCheck, root: Path, model_dir: Path, config, target: TargetResult) -> None:

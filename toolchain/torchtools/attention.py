@@ -39,6 +39,7 @@ def to_bf16(gm) -> int:
 
     aten = torch.ops.aten
     graph, done = gm.graph, 0
+    live: dict = {}  # mask node -> its rows with a key left, computed once for every layer that shares the mask
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target is not aten.scaled_dot_product_attention.default:
             continue
@@ -60,13 +61,21 @@ def to_bf16(gm) -> int:
             bf = lambda t: call(aten._to_copy.default, t, dtype=torch.bfloat16)  # noqa: E731
             scores = call(aten._to_copy.default, call(aten.matmul.default, bf(q), call(aten.transpose.int, bf(k), -2, -1)), dtype=torch.float32)
             scores = call(aten.mul.Tensor, scores, scale)
-            if isinstance(mask, torch.fx.Node):
-                if mask.meta["val"].dtype == torch.bool:
+            masked = isinstance(mask, torch.fx.Node)
+            if masked:
+                is_bool = mask.meta["val"].dtype == torch.bool
+                if mask not in live:
+                    with graph.inserting_after(mask):
+                        keep = mask if is_bool else graph.call_function(aten.gt.Scalar, (mask, float("-inf")))
+                    with graph.inserting_after(keep):
+                        live[mask] = graph.call_function(aten.any.dim, (keep, -1, True))
+                if is_bool:
                     scores = call(aten.masked_fill.Scalar, scores, call(aten.logical_not.default, mask), float("-inf"))
                 else:
                     scores = call(aten.add.Tensor, scores, mask)
-            # _safe_softmax: a row masked everywhere gives zeros, as SDPA's math path does, not NaN
-            probs = call(aten._safe_softmax.default, scores, -1) if hasattr(aten, "_safe_softmax") else call(aten._softmax.default, scores, -1, False)
+            probs = call(aten._softmax.default, scores, -1, False)
+            if masked:  # a row masked everywhere gives zeros, as SDPA does, not NaN (cheaper than _safe_softmax's own reduction)
+                probs = call(aten.where.ScalarOther, live[mask], probs, 0.0)
             out = call(aten._to_copy.default, call(aten.matmul.default, bf(probs), bf(v)), dtype=torch.float32)
         node.replace_all_uses_with(out)
         graph.erase_node(node)
