@@ -85,7 +85,13 @@ def build(recipe: Recipe, out_root: Path, only: list[str] | None = None, progres
                 fixed = {
                     n: AcceptedDim(a.min, a.max, a.multiple, recipe.dims[n].describe(), recipe.dims[n].accepted().pad) for n, a in (fixed | result).items()
                 }
-                progress.note("torch.export accepts " + ", ".join(f"{n} {a.text} (the recipe says {a.recipe})" for n, a in fixed.items())
+                static = [n for n, a in result.items() if a.min == a.max and recipe.dims[n].min < recipe.dims[n].max]
+                why = (
+                    f"no target builds with {', '.join(static)} dynamic (the exporters fix {'it' if len(static) == 1 else 'them'} to the example's size); "
+                    if static
+                    else ""
+                )
+                progress.note(why + "torch.export accepts " + ", ".join(f"{n} {a.text} (the recipe says {a.recipe})" for n, a in fixed.items())
                               + ": building every target again over those sizes; " + export_errors.dims_fix(fixed) + " in the recipe says so")  # fmt: skip
                 plan = make_plan(recipe, only, out_root, fixed)
         finally:
@@ -145,6 +151,8 @@ def _build_locked(plan: Plan, out_root: Path, progress: Progress, jobs: int, cac
         serving = write_repositories(recipe, results, staging, progress, chosen, plan.accepted)
         code = exit_code_for(results)
         suggested = run.suggested_dims() if retry and code != EXIT_OK else {}
+        if any(r.ok for r in results):  # a static size would cost the targets that built its range: named, not applied
+            suggested = {n: a for n, a in suggested.items() if a.min < a.max or plan.recipe.dims[n].min == plan.recipe.dims[n].max}
         if suggested and any(plan.recipe.dims[n].describe() != a.text for n, a in suggested.items() if n in plan.recipe.dims):
             shutil.rmtree(staging, ignore_errors=True)
             return suggested

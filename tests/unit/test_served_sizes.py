@@ -105,3 +105,17 @@ def test_a_check_that_holds_at_no_range_of_multiples_names_a_static_size_it_hold
     assert "holds at 6001 of the 12001 sizes of samples in [4000, 16000] (4000-4004, 4085-4164, 4245-4324, ...)" in hint, hint
     pick = int(hint.split("dims.samples: {min: ")[1].split(",")[0])
     assert holds(SEW.split("Expected ")[1].split(" to be True")[0], {"s40": pick}) and abs(pick - 8000) < 100
+
+
+def test_static_fix_names_the_dims_export_fixed_at_the_example_size():
+    from types import SimpleNamespace
+
+    from toolchain.torchtools.export_errors import static_fix
+
+    dims = {"batch": SimpleNamespace(min=1, max=4), "seq": SimpleNamespace(min=4, max=16), "chan": SimpleNamespace(min=3, max=3)}
+    source = SimpleNamespace(recipe=SimpleNamespace(dims=dims), export_sizes=lambda: {"batch": 2, "seq": 8, "chan": 3})
+    fixed = static_fix(["the exported graph fixed x[1] (seq) = 8: the example's sizes"], source)
+    assert {n: (a.min, a.max) for n, a in fixed.items()} == {"seq": (8, 8)}
+    fixed = static_fix(["Constraints violated (batch, seq)! ..."], source)
+    assert set(fixed) == {"batch", "seq"}
+    assert set(static_fix(["no dim named"], source)) == {"batch", "seq"}  # every dynamic dim, never a static one

@@ -7,7 +7,6 @@ TensorFlow; both end in the same runner. Heavy imports stay inside the functions
 from __future__ import annotations
 
 import contextlib
-import re
 from functools import partial
 from pathlib import Path
 
@@ -176,8 +175,9 @@ def _export_torch(source, opset: int, path: Path) -> ExportRecord:
     try:
         captured = climb(_export_strategies(source, opset, path), "ONNX export")
     except CaptureFailed as e:
+        dims = export_errors.dynamic_fix([t.detail or t.error or "" for t in e.tried], source.recipe.dims) or _static_dims(source, e.tried)
         raise StepError("torch.onnx.export failed with every strategy: " + "; ".join(f"{t.strategy}: {t.error}" for t in e.tried),
-                        hint=_export_hint(source, e.tried), dims=export_errors.dynamic_fix([t.detail or t.error or "" for t in e.tried], source.recipe.dims)) from None  # fmt: skip
+                        hint=_export_hint(source, e.tried), dims=dims) from None  # fmt: skip
     return ExportRecord(captured.strategy, captured.tried, rewrites=rewrites.found(source.module))
 
 
@@ -190,20 +190,22 @@ def _export_hint(source, tried: list[Attempt]) -> str:
     suggested = export_errors.suggested_hint([t.detail or t.error or "" for t in tried], source.recipe.dims)
     if suggested:
         return suggested
-    if tried and all(_sized(t.error) for t in tried):
-        sizes = source.export_sizes()
-        named = {
-            n for t in tried for m in re.findall(r"\(([\w-]+)\) = \d+|Constraints violated \(([^)]*)\)", t.error) for part in m for n in part.split(", ") if n
-        }
-        dynamic = ", ".join(
-            f"dims.{n}: {{min: {sizes[n]}, max: {sizes[n]}}}" for n, d in source.recipe.dims.items() if d.min < d.max and (n in named or not named)
-        )
-        which = [n for n, d in source.recipe.dims.items() if d.min < d.max and (n in named or not named)]
+    static = _static_dims(source, tried)
+    if static:
+        dynamic = export_errors.dims_fix(static)
+        which = list(static)
         site = export_errors.specialization_site(source, which) if hasattr(source, "dynamic_shapes") else None
         where = f" (at {site})" if site else ""
         return (f"the model's computation depends on the value of a dynamic dim (a Python loop over it, or a branch on it){where}, which no "
                 f"exporter keeps symbolic: make the dims static ({dynamic}) and pad or cut inputs to those sizes")  # fmt: skip
     return hint
+
+
+def _static_dims(source, tried: list[Attempt]) -> dict:
+    """export_errors.static_fix when every exporter failed because it fixed a dynamic dim, else {}."""
+    if not tried or not all(_sized(t.error) for t in tried) or any(export_errors.data_dependent_site(t.error) for t in tried):
+        return {}
+    return export_errors.static_fix([t.error for t in tried], source) if hasattr(source, "export_sizes") else {}
 
 
 def _sized(error: str) -> bool:

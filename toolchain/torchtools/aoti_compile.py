@@ -280,6 +280,8 @@ class CompileFailed(StepError):
         elif source is not None and not dims:
             texts, symbols = _run_failures(tried)
             hint = next((h for h in (sizes_hint(t, source.recipe.dims, export_errors.level_sizes(t, source.recipe), symbols) for t in texts) if h), hint)
+            if tried and all(t.stage == "export" and export_errors.specialized(t.detail or t.error or "") for t in tried):
+                dims = export_errors.static_fix(errors, source)  # applied only where no target keeps the range (build.py)
         super().__init__(f"AOTInductor could not build a package that runs over the recipe's dims: {summary}", hint=hint, dims=dims)
         self.tried = tried
 

@@ -124,6 +124,17 @@ def dynamic_fix(errors: list[str], dims: dict) -> dict:
     return accepted if accepted and any(a.min < a.max for a in accepted.values()) else {}
 
 
+def static_fix(texts: list[str], source) -> dict:
+    """{dim: AcceptedDim(n, n)} for the dynamic dims an exporter fixed to the example's size (named in `texts`: "(seq) =
+    16", "Constraints violated (seq)"; every dynamic dim when none is named), n the example's size. The build applies
+    it only when no target built over the recipe's range (build.py): a static size costs the others their range."""
+    named = {n for t in texts for m in re.findall(r"\(([\w-]+)\) = \d+|(?:Constraints violated|Specializations unexpectedly required) \(([^)]*)\)", t)
+             for part in m for n in part.split(", ") if n}  # fmt: skip
+    sizes = source.export_sizes()
+    dynamic = [n for n, d in source.recipe.dims.items() if d.min < d.max]
+    return {n: AcceptedDim(sizes[n], sizes[n]) for n in dynamic if n in named or not named}
+
+
 def suggested_hint(errors: list[str], dims: dict) -> str | None:
     """torch.export's suggested fixes that keep a dim dynamic, as the recipe's dims (a multiple, a narrower range)."""
     accepted = dynamic_fix(errors, dims)
