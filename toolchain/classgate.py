@@ -42,24 +42,26 @@ def needs_of(code: list[Path]) -> str | None:
 
 
 def prove(recipe, precision: str | None, runner: RunnerSpec, base: Path, root: Path, code: list[Path], passed_here: tuple[bool, float, float],
-          quantization: dict | None, compiled_for: str | None, judge=None, capped: bool = False) -> CpuProof:  # fmt: skip
+          quantization: dict | None, compiled_for: str | None, judge=None, capped: bool = False, bf16_parts: bool = False) -> CpuProof:  # fmt: skip
     """The artifact's verdict per class. passed_here: (passed, worst cosine, worst abs error) of the gate that just ran
     natively; judge(outputs) -> (passed, cosine, abs error) judges outputs of the parity samples like that gate (None: the
-    artifact is not re-run under other classes); code: its files of machine code; capped: its runtime obeys the ISA caps."""
+    artifact is not re-run under other classes); code: its files of machine code; capped: its runtime obeys the ISA caps;
+    bf16_parts: some of it computes in BF16 (an INT8 package's attention), so it is offered where BF16 is native only."""
     here = cpuclass.machine_class()
     group = _precision_group(precision)
     features = cpuclass.machine_features()
     needs = needs_of(code)
     checks = []
     for cls in recipe.serve.cpus or ([here] if here else []):
-        checks.append(_check(cls, here, group, runner, base, root, needs, passed_here, quantization or {}, judge, capped))
-    fast = [f for f in _FAST.get(group, ()) if f in features]
+        checks.append(_check(cls, here, group, runner, base, root, needs, passed_here, quantization or {}, judge, capped, bf16_parts))
+    fast = [f for f in _FAST.get(group, ()) + (_FAST["bf16"] if bf16_parts else ()) if f in features]
     return CpuProof(here, features, needs, compiled_for, fast, checks)
 
 
-def _check(cls, here, group, runner, base, root, needs, passed_here, quantization, judge, capped) -> ClassCheck:
-    if cls != here and group == "bf16" and cls not in cpuclass.NATIVE_BF16:  # never offered there: emulated BF16 is slower than FP32
-        return ClassCheck(cls, "untested", "none", False, f"not run: {cls} has no native BF16, so a BF16 artifact is not offered there "
+def _check(cls, here, group, runner, base, root, needs, passed_here, quantization, judge, capped, bf16_parts=False) -> ClassCheck:
+    if cls != here and (group == "bf16" or bf16_parts) and cls not in cpuclass.NATIVE_BF16:  # never offered there: emulated BF16 is slower than FP32
+        what = "an artifact with BF16 parts (attention)" if bf16_parts and group != "bf16" else "a BF16 artifact"
+        return ClassCheck(cls, "untested", "none", False, f"not run: {cls} has no native BF16, so {what} is not offered there "
                           "(its BF16 kernels are emulated: 5.6x slower than FP32 on a Zen 3); FP32 or INT8 artifacts serve that class")  # fmt: skip
     if needs is not None and cpuclass.rank(needs) > cpuclass.rank(cls):
         return ClassCheck(cls, "failed", "code", False, f"its compiled code uses {needs} instructions, which {cls} does not have (it would die "

@@ -145,6 +145,8 @@ def run_target(step: StepSpec, root: Path, workdir: Path) -> TargetOutcome:
     except Exception as e:  # a package's own size check failed on a sample: the sizes it holds at, when the text says
         fix = accepted_sizes(str(e), recipe.dims)
         hint = export_errors.kept_hint(fix) if fix else sizes_hint(str(e), recipe.dims)
+        site = export_errors.assertion_site(source, str(e)) if hint and not fix and hasattr(source, "dynamic_shapes") else None
+        hint = f"the check comes from {site}; {hint}" if site else hint
         if hint:
             raise StepError(f"the built package fails its own size check: {one_line(e)}", hint=hint, dims=fix) from e
         raise
@@ -184,7 +186,7 @@ def _prove_classes(kind, recipe, spec, artifact, runner, base: Path, root: Path,
     here = (report.passed and (generation is None or generation.passed), report.worst_cosine, report.worst()[0])
     return classgate.prove(recipe, kind.precision_of(spec, recipe), runner, base, root, kind.compiled_code([Path(f) for f in artifact.files]), here,
                            artifact.extra.get("quantization"), kind.compiled_for(artifact.extra), None if recipe.generates else judge,
-                           kind.isa_capped)  # fmt: skip
+                           kind.isa_capped, kind.bf16_parts(artifact.extra))  # fmt: skip
 
 
 def _judge_generation(kind, artifact, recipe, spec, runner, base: Path, root: Path):

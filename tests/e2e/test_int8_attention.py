@@ -51,6 +51,7 @@ def test_int8_package_runs_attention_in_bf16_only_where_bf16_is_native(tmp_path)
         assert att["dtype"] == "bfloat16" and att["rewritten"] == 2, att  # one attention per layer
         assert cpuclass.machine_class() in att["why"]
         assert t["export"]["inductor_configs"]["realize_opcount_threshold"] == 4
+        assert set(t["cpu"]["fast_on"]) & {"avx512_bf16", "amx_bf16"}, t["cpu"]  # the BF16 it needs to run at its speed
     else:
         assert att["dtype"] == "float32" and att["rewritten"] == 0 and "no native BF16" in att["why"], att
     assert t["parity"]["passed"] and min(o["cosine"] for o in t["parity"]["outputs"].values()) >= 0.99

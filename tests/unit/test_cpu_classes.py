@@ -67,12 +67,12 @@ class _Recipe:
         self.serve = type("Serve", (), {"cpus": cpus})()
 
 
-def _prove(cpus, runner="onnxruntime", precision=None, quantization=None, here="amx", needs=None, monkeypatch=None, judge=None):
+def _prove(cpus, runner="onnxruntime", precision=None, quantization=None, here="amx", needs=None, monkeypatch=None, judge=None, bf16_parts=False):
     monkeypatch.setattr(cpuclass, "machine_class", lambda: here)
     monkeypatch.setattr(classgate, "needs_of", lambda code: needs)
     spec = RunnerSpec(runner=runner, path="x", inputs=["x"], outputs=["y"])
     return classgate.prove(_Recipe(cpus), precision, spec, Path("."), Path("."), [], (True, 0.9999, 1e-3), quantization, None,
-                           judge or (lambda outputs: (True, 1.0, 0.0)), capped=runner == "aoti")  # fmt: skip
+                           judge or (lambda outputs: (True, 1.0, 0.0)), capped=runner == "aoti", bf16_parts=bf16_parts)  # fmt: skip
 
 
 def test_onnx_int8_that_can_saturate_is_not_offered_to_classes_without_vnni(monkeypatch):
@@ -97,6 +97,14 @@ def test_a_class_above_the_machine_is_untested_and_bf16_is_not_offered_without_n
     assert (amx.status, amx.offered) == ("untested", True) and "cannot run amx" in amx.reason
     avx2 = proof.check("avx2")
     assert (avx2.status, avx2.offered) == ("untested", False) and "no native BF16" in avx2.reason
+
+
+def test_int8_with_bf16_attention_is_offered_where_bf16_is_native_only(monkeypatch):
+    monkeypatch.setattr(classgate, "_emulated", lambda cls, *a: ClassCheck(cls, "passed", "emulated", True, ""))
+    proof = _prove(["avx512_vnni", "avx512_bf16", "amx"], runner="aoti", precision="int8", monkeypatch=monkeypatch, bf16_parts=True)
+    vnni = proof.check("avx512_vnni")
+    assert (vnni.status, vnni.offered) == ("untested", False) and "BF16 parts (attention)" in vnni.reason
+    assert proof.check("avx512_bf16").offered and proof.check("amx").offered
 
 
 def test_code_compiled_above_a_class_fails_it_without_running(monkeypatch):

@@ -149,6 +149,9 @@ class AotiKind(Kind):
     def compiled_for(self, extra: dict) -> str | None:
         return extra.get("aoti", {}).get("compiled_for")
 
+    def bf16_parts(self, extra: dict) -> bool:
+        return (extra.get("aoti", {}).get("attention") or {}).get("dtype") == "bfloat16"
+
     def cache_parts(self, spec: AotiTarget) -> dict:
         if spec.device == "cuda":
             return super().cache_parts(spec)

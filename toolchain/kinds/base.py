@@ -179,6 +179,11 @@ class Kind:
         """The CPU class the artifact's code was compiled for (from its manifest fields); None: the build machine's."""
         return None
 
+    def bf16_parts(self, extra: dict) -> bool:
+        """Whether an artifact of another precision computes some parts in BF16 (an INT8 package's attention), so that
+        it is offered only to classes with native BF16 (from its manifest fields)."""
+        return False
+
     def fingerprint_files(self) -> list[Path]:
         """Source files whose change must invalidate what this kind built (its module)."""
         return [Path(inspect.getsourcefile(type(self)) or "")]

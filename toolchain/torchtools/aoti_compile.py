@@ -279,7 +279,11 @@ class CompileFailed(StepError):
             dims, hint = kept
         elif source is not None and not dims:
             texts, symbols = _run_failures(tried)
-            hint = next((h for h in (sizes_hint(t, source.recipe.dims, export_errors.level_sizes(t, source.recipe), symbols) for t in texts) if h), hint)
+            said = next(
+                ((t, h) for t, h in ((t, sizes_hint(t, source.recipe.dims, export_errors.level_sizes(t, source.recipe), symbols)) for t in texts) if h), None
+            )
+            site = export_errors.assertion_site(source, said[0]) if said and hasattr(source, "dynamic_shapes") else None
+            hint = (f"the check comes from {site}; " if site else "") + said[1] if said else hint
             if tried and all(t.stage == "export" and export_errors.specialized(t.detail or t.error or "") for t in tried):
                 dims = export_errors.static_fix(errors, source)  # applied only where no target keeps the range (build.py)
         super().__init__(f"AOTInductor could not build a package that runs over the recipe's dims: {summary}", hint=hint, dims=dims)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from toolchain.corners import LEVELS
 from toolchain.records import AcceptedDim
-from toolchain.torchtools.assertions import accepted_sizes
+from toolchain.torchtools.assertions import accepted_sizes, failed_expressions, holds
 
 # torch.export fixed a dim the recipe declares dynamic to the example's size.
 _SPECIALIZED = ("Constraints violated", "specialized value", "Specializations unexpectedly required")
@@ -161,25 +161,69 @@ def specialization_site(source, dims: list[str]) -> str | None:
     """Where the model fixes one of `dims` to its example size ("modeling_x.py:818 in _repeat: `the line`"), found by
     exporting once more with torch's guard log on and reading the stack where the guard `Eq(s, size)` is added. Run
     only after export failed on those dims. None when no frame outside torch says."""
+    sizes = {str(v) for d in dims for v in [source.recipe.dims[d].opt] if d in source.recipe.dims}
+    found: list = []
+    fallback: list = []  # the first equality on sizes the model's own code added (RAFT's cat/split)
+
+    def seen(msg: str, frame) -> None:
+        pinned = re.search(r"Eq\(s\d+, (\d+)\) \[guard added\]", msg)
+        equal = re.search(r"eval Eq\((?!Mod\().*\bs\d+.*\) \[guard added\]", msg)  # divisibility (Eq(Mod(..), 0)) holds anyway
+        if not found and (pinned and pinned.group(1) in sizes or equal and not fallback):
+            (found if pinned and pinned.group(1) in sizes else fallback).append(frame)
+
+    _export_with_guard_log(source, seen, deferred=False)
+    return _site((found or fallback)[0]) if found or fallback else None
+
+
+def assertion_site(source, text: str) -> str | None:
+    """Where the model's code makes the size check a compiled package failed (`text`: the failure, "Expected <expr> to
+    be True" or "Runtime assertion failed for expression <expr>"): one more export, as the compile exports (run-time
+    assertions deferred), with torch's guard log on; the stack where an assertion equal to it over the recipe's dynamic
+    ranges is added (compared by value: torch and Inductor print the same expression differently). None when none."""
+    wanted = next((e for e, _ in failed_expressions(text) if len(set(re.findall(r"\bs\d+\b", e))) == 1), None)
+    if wanted is None:
+        return None
+    sym = re.findall(r"\bs\d+\b", wanted)[0]
+    values = sorted({v for d in source.recipe.dims.values() if d.min < d.max for v in range(d.min, d.max + 1, max(1, (d.max - d.min) // 400))})
+    truth = [holds(wanted, {sym: v}) for v in values]
+    if not values or None in truth or all(truth):
+        return None
+    found: list = []
+
+    def seen(msg: str, frame) -> None:
+        m = re.match(r"(?:runtime_assert|eval)(?: \[guard suppressed\])? (.+?) \[guard added\]", msg)
+        names = set(re.findall(r"\bs\d+\b", m.group(1))) if m else set()
+        if found or len(names) != 1:
+            return
+        other = names.pop()
+        if [holds(m.group(1), {other: v}) for v in values] == truth:
+            found.append(frame)
+
+    _export_with_guard_log(source, seen, deferred=True)
+    return _site(found[0]) if found else None
+
+
+def _site(f) -> str:
+    return f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}" + (f": `{f.line.strip()}`" if f.line else "")
+
+
+def _export_with_guard_log(source, seen, deferred: bool) -> None:
+    """torch.export of the source over the recipe's dims, calling seen(message, the model's innermost frame) for each
+    guard torch logs; the export's own failure is ignored (it is known: only the stacks are wanted)."""
     import logging
     import traceback
 
     import torch
 
-    sizes = {str(v) for d in dims for v in [source.recipe.dims[d].opt] if d in source.recipe.dims}
-    found: list[traceback.FrameSummary] = []
-    fallback: list[traceback.FrameSummary] = []  # the first equality on sizes the model's own code added (RAFT's cat/split)
-
     class Catch(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             msg = record.getMessage()
-            pinned = re.search(r"Eq\(s\d+, (\d+)\) \[guard added\]", msg)
-            equal = re.search(r"eval Eq\((?!Mod\().*\bs\d+.*\) \[guard added\]", msg)  # divisibility (Eq(Mod(..), 0)) holds anyway
-            if found or not (pinned and pinned.group(1) in sizes or equal and not fallback):
+            if "[guard added]" not in msg:
                 return
             ours = ("/torch/", "/logging/", "/toolchain/", "/contextlib.py", "/threading.py")
             frames = [f for f in traceback.extract_stack() if not any(p in f.filename for p in ours) and not f.filename.startswith("<")]
-            (found if pinned and pinned.group(1) in sizes else fallback).extend(frames[-1:])
+            if frames:
+                seen(msg, frames[-1])
 
     log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
     handler, level = Catch(level=logging.INFO), log.level
@@ -187,14 +231,11 @@ def specialization_site(source, dims: list[str]) -> str | None:
     log.setLevel(logging.INFO)
     propagate, log.propagate = log.propagate, False  # torch's own handlers would print every guard
     try:
-        torch.export.export(source.module, source.example_args(), dynamic_shapes=source.dynamic_shapes(), strict=False)
-    except Exception:  # the failure is known; only the guard's stack is wanted
+        torch.export.export(source.module, source.example_args(), dynamic_shapes=source.dynamic_shapes(), strict=False,
+                            prefer_deferred_runtime_asserts_over_guards=deferred)  # fmt: skip
+    except Exception:  # the failure is known; only the guards' stacks are wanted
         pass
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
         log.propagate = propagate
-    if not (found or fallback):
-        return None
-    f = (found or fallback)[0]
-    return f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}" + (f": `{f.line.strip()}`" if f.line else "")
