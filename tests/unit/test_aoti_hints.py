@@ -111,3 +111,23 @@ def test_a_shape_computed_from_data_names_where_and_both_ways_it_can_be():
 
     assert data_dependent_site("UserError: Constraints violated (seq)!") is None
     assert specialized("UserError: Constraints violated (seq)!") and specialized_dims("Constraints violated (height, width)! ...") == ["height", "width"]
+
+
+def test_a_shape_from_data_is_located_by_torch_export_when_the_exporter_message_has_no_frames(tmp_path):
+    """The ONNX exporters' message of a data-dependent failure carries no frames; torch.export's does."""
+    import importlib.util
+
+    import torch
+
+    from toolchain.torchtools.export_errors import exported_site
+
+    (tmp_path / "chunky.py").write_text(
+        "import torch\n\n\nclass Chunky(torch.nn.Module):\n    def forward(self, x):\n"
+        "        n = (x > 0).sum().item()\n        if n > x.shape[1]:\n            return x[:, :1]\n        return x\n"
+    )
+    spec = importlib.util.spec_from_file_location("chunky", tmp_path / "chunky.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    seq = torch.export.Dim("seq", min=4, max=64)
+    source = SimpleNamespace(module=mod.Chunky(), example_args=lambda: (torch.randn(2, 8),), dynamic_shapes=lambda: ({1: seq},))
+    assert exported_site(source) == "chunky.py:7 in forward: `if n > x.shape[1]:`"

@@ -186,6 +186,8 @@ def _export_hint(source, tried: list[Attempt]) -> str:
     site = next((export_errors.data_dependent_site(t.error) for t in tried if export_errors.data_dependent_site(t.error)), None)
     if tried and site and all(_sized(t.error) or export_errors.data_dependent_site(t.error) for t in tried):
         dynamic = [n for n, d in source.recipe.dims.items() if d.min < d.max]
+        if site == "the model" and hasattr(source, "dynamic_shapes"):  # the exporter's message has no frames: torch.export's has
+            site = export_errors.exported_site(source) or site
         return export_errors.data_dependent_hint(site, dynamic)
     suggested = export_errors.suggested_hint([t.detail or t.error or "" for t in tried], source.recipe.dims)
     if suggested:

@@ -354,7 +354,8 @@ def constraint_hint(tried: list[Attempt], source=None) -> str | None:
                 "with the spatial or sequence dims static for this target (min == max; SegFormer's did), or build the onnx target")  # fmt: skip
     sites = [export_errors.data_dependent_site(text) for text in errors]
     if errors and all(sites):
-        return export_errors.data_dependent_hint(sites[0], dynamic)
+        first = sites[0] if sites[0] != "the model" or source is None else export_errors.exported_site(source) or sites[0]
+        return export_errors.data_dependent_hint(first, dynamic)
     for text in errors:
         dims = export_errors.specialized_dims(text)
         if dims:

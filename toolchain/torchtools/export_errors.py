@@ -42,6 +42,26 @@ def data_dependent_site(text: str) -> str | None:
     return f"{path.rsplit('/', 1)[-1]}:{line} in {func}" + (f": `{code}`" if code else "")
 
 
+def exported_site(source) -> str | None:
+    """data_dependent_site of torch.export's own failure on the source (its message holds the model's frames, which the
+    ONNX exporters' do not). Run only after an exporter failed on a shape computed from data: it costs one export."""
+    import torch
+
+    try:
+        torch.export.export(source.module, source.example_args(), dynamic_shapes=source.dynamic_shapes(), strict=False)
+    except Exception as e:  # the failure is known; only its frames are wanted
+        site = data_dependent_site(str(e))
+        if site != "the model":
+            return site
+        # a guard in the model's own code: "Caused by: (ch/model.py:7 in forward)", its path cut short; the model's files
+        cause = re.search(r"Caused by: \(([^():]+\.py):(\d+) in (\w+)\)", str(e))
+        files = {getattr(getattr(type(m).forward, "__code__", None), "co_filename", "") for m in source.module.modules()}
+        path = next((f for f in sorted(files) if cause and f.endswith(cause.group(1))), None)
+        if path:
+            return data_dependent_site(f'GuardOnDataDependentSymNode File "{path}", line {cause.group(2)}, in {cause.group(3)}')
+    return None
+
+
 def data_dependent_hint(site: str, dynamic: list[str]) -> str:
     """The fix for a shape computed from data (`site`), naming the recipe's dynamic dims, with the snippets."""
     dims = ", ".join(f"dims.{d}" for d in dynamic) or "the dynamic dims"
