@@ -260,8 +260,12 @@ def measure(name: str, manifest, root: Path, recipe, threads: int, rounds: int, 
         import cpu_ceiling
 
         seq = MODELS[name]["shape"]["seq"]
-        stacks = {f"ceiling {p}": make() for p, make in (("fp32", lambda: cpu_ceiling._fp32_stack(seq, torch.float32)),
-                  ("bf16", lambda: cpu_ceiling._fp32_stack(seq, torch.bfloat16)), ("int8", lambda: cpu_ceiling._int8_stack(seq)))}  # fmt: skip
+        makers = [("fp32", lambda: cpu_ceiling._fp32_stack(seq, torch.float32)), ("int8", lambda: cpu_ceiling._int8_stack(seq))]
+        if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # oneDNN's BF16 linear needs AVX-512 (it raised on a Zen 1)
+            makers.insert(1, ("bf16", lambda: cpu_ceiling._fp32_stack(seq, torch.bfloat16)))
+        else:
+            print(f"{name}: no BF16 ceiling: oneDNN has no BF16 linear on this CPU (no AVX-512)")
+        stacks = {f"ceiling {p}": make() for p, make in makers}
         stacks[CACHED] = cpu_ceiling._int8_stack(seq, distinct=False)  # the former ceiling, beside it
     with torch.no_grad():
         lat = interleaved({k: partial(r.infer, b1) for k, r in opened.items()} | stacks, rounds=rounds, seconds=0.5)
