@@ -109,7 +109,7 @@ def target_key(recipe: Recipe, spec, src_key: str) -> str:
         # a fleet's classes: which of them this machine could emulate decides the verdicts, and CPU packages' code
         **({"cpus": recipe.serve.cpus, "cpu_class": cpuclass.machine_class()} if recipe.serve.cpus else {}),
         # without a fleet, INT8 is quantized for this machine's class when it saturates (7-bit forms)
-        **({"saturating": cpuclass.saturating([])} if not recipe.serve.cpus and cpuclass.saturating([]) else {}),
+        **({"saturating": own} if not recipe.serve.cpus and (own := cpuclass.saturating([])) else {}),
     }
     return _hash_json(parts)
 
