@@ -97,6 +97,9 @@ format: install
 # go to one worker (tests/conftest.py). PYTEST_WORKERS=0 runs the suite in one process.
 PYTEST_WORKERS ?= 2
 
+# --durations: every CI log lists the slowest tests, so the suite's budget can be kept per CPU class.
+PYTEST_ARGS ?= --durations=25
+
 # pytest exits 5 when it collects nothing; that is not a failure of the suite.
 test: install triton vllm zoo-deps lint
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc

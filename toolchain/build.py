@@ -326,11 +326,15 @@ class Run:
             self.progress.note(f"selection: cache hit ({key[:12]}): timings measured earlier on this machine type ({machine.model})")
             chosen = out.entry.selection
             chosen.cache = CacheRef(key, True)
+        chosen = selection.prefer_closest(chosen, results, sel.tie)
+        if chosen.tie_break:
+            self.progress.note(f"selection: {chosen.tie_break}")
         if recipe.serve.cpus and chosen.ranking:  # the fleet's classes: the fastest artifact offered to each
             here = cpuclass.machine_class()
             timed = {cls: self._select_as(cls, results, candidates, machine) for cls in recipe.serve.cpus
                      if here is not None and cpuclass.rank(cls) < cpuclass.rank(here) and not recipe.generates}  # fmt: skip
-            chosen.per_class = selection.per_class(chosen, results, recipe.serve.cpus, here, {c: t for c, t in timed.items() if t is not None})
+            timed = {c: selection.prefer_closest(t, results, sel.tie) for c, t in timed.items() if t is not None}
+            chosen.per_class = selection.per_class(chosen, results, recipe.serve.cpus, here, timed)
         return chosen
 
     def _select_as(self, cls: str, results: list[TargetResult], candidates: dict, machine: Machine) -> Selection | None:

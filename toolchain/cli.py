@@ -333,6 +333,8 @@ def _selection_table(sel: Selection):
                else f"not timed as {c.cls}: the order measured on {c.timed_on}")  # fmt: skip
         extra = (f"; not timed as it: {', '.join(c.untimed)}" if c.untimed else "") + (f"; not offered: {', '.join(c.excluded)}" if c.excluded else "")
         t.add_row("", f"{c.cls}: {c.winner or 'none'}", "", "", "", "", how + extra)
+    if sel.tie_break:
+        t.caption = sel.tie_break
     return t
 
 

@@ -27,8 +27,9 @@ class Plan:
         return accepted_dims(self.recipe, self.fixed)
 
     def selection_key(self, candidates: list[str], machine: Machine) -> str:
-        """The selection's timings: the artifacts timed (by their keys), how, and on which machine type."""
-        return cache.selection_key(self.recipe.select.model_dump(mode="json"), {n: self.keys[n] for n in candidates}, machine.to_dict())
+        """The selection's timings: the artifacts timed (by their keys), how, and on which machine type. Not `tie`:
+        it reorders the timings, it does not change them."""
+        return cache.selection_key(self.recipe.select.model_dump(mode="json", exclude={"tie"}), {n: self.keys[n] for n in candidates}, machine.to_dict())
 
 
 def make_plan(recipe: Recipe, only: list[str] | None, out_root: Path | None = None, fixed: dict[str, AcceptedDim] | None = None) -> Plan:

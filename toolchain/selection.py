@@ -5,6 +5,9 @@ Pure data: the step that times the artifacts runs in a worker (toolchain.worker.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from toolchain.recipe import Select
 from toolchain.records import CacheRef, ClassChoice, Machine, Ranked, Selection, SelectOutcome, Speed, TargetResult
 
@@ -32,6 +35,45 @@ def rank(sel: Select, outcome: SelectOutcome, kinds_of: dict[str, str], machine:
         eager=Speed(round(eager.median_ms, 4), round(eager.samples_per_s, 2)),
         log=log,
     )
+
+
+def closeness(r: TargetResult) -> tuple[float, float] | None:
+    """How close an artifact came to the source in its gate, higher is closer: (greedy token agreement, smallest
+    cosine). Rounded, so that artifacts apart in the sixth decimal (two FP32 runtimes) are equally close."""
+    if r.generation is not None:
+        return round(r.generation.token_match, 4), round(r.generation.logits.worst()[1], 5)
+    if r.parity is not None and r.parity.outputs:
+        return 1.0, round(r.parity.worst()[1], 5)
+    return None
+
+
+def prefer_closest(chosen: Selection, results: list[TargetResult], tie: float) -> Selection:
+    """Artifacts timed within `tie` of the fastest are a tie, ordered by closeness to the source: an INT8 artifact
+    no faster than FP32 on this CPU (AVX2 without VNNI) is not worth its error. The rest keep their speed order."""
+    if tie <= 0 or len(chosen.ranking) < 2:
+        return dataclasses.replace(chosen, tie=tie)
+    close = {r.name: closeness(r) for r in results}
+    lead = chosen.ranking[0]
+
+    def slower(r: Ranked) -> float:  # how much slower than the fastest, as a fraction
+        if chosen.metric == "latency":
+            return r.median_ms / lead.median_ms - 1 if lead.median_ms > 0 else math.inf
+        return lead.samples_per_s / r.samples_per_s - 1 if r.samples_per_s > 0 else math.inf
+
+    n = next((i for i, r in enumerate(chosen.ranking) if slower(r) > tie), len(chosen.ranking))
+    group = sorted(chosen.ranking[:n], key=lambda r: tuple(-x for x in close.get(r.target) or (-math.inf, -math.inf)))
+    first, note = group[0], None
+    if first.target != lead.target:
+        how = (
+            f"{first.median_ms:.3f} against {lead.median_ms:.3f} ms"
+            if chosen.metric == "latency"
+            else f"{first.samples_per_s:.1f} against {lead.samples_per_s:.1f} samples/s"
+        )
+        a, b = close[first.target], close[lead.target] or (0.0, 0.0)
+        closer = f"token agreement {a[0]:.4f} against {b[0]:.4f}" if a[0] != b[0] else f"cosine {a[1]:.5f} against {b[1]:.5f}"
+        note = (f"{first.target} is served: {slower(first):.1%} slower than {lead.target} ({how}), within select.tie "
+                f"({tie:.0%}), and closer to the source ({closer})")  # fmt: skip
+    return dataclasses.replace(chosen, ranking=group + chosen.ranking[n:], tie=tie, tie_break=note)
 
 
 def failed(sel: Select, machine: Machine, cache: CacheRef, reason: str, log: str | None) -> Selection:

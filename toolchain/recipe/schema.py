@@ -448,6 +448,9 @@ class Select(Strict):
     batch: Annotated[StrictInt, Field(ge=1)] | None = Field(None, description="rows per call (default: the batch dim's opt; other dims at opt)")
     threads: Annotated[StrictInt, Field(ge=1, le=1024)] = Field(1, description="intra-op threads while timing (1: figures a busy neighbour skews least)")
     rounds: Annotated[StrictInt, Field(ge=3, le=101)] = 7
+    tie: Annotated[float, Field(ge=0.0, le=0.5)] = Field(
+        0.03, description="artifacts timed within this fraction of the fastest are a tie, won by the one closest to the source (0: speed alone)"
+    )
 
 
 class Generation(Strict):

@@ -236,6 +236,8 @@ class Selection:
     log: str | None = None
     error: str | None = None
     per_class: list[ClassChoice] = field(default_factory=list)  # the fleet's classes (serve.cpus)
+    tie: float = 0.0  # select.tie: artifacts this close to the fastest ranked by closeness to the source
+    tie_break: str | None = None  # why the first of the ranking is not the fastest
 
     @property
     def winner(self) -> str | None:
@@ -260,6 +262,8 @@ class Selection:
             "log": self.log,
             "cache": self.cache.to_dict(),
             **({"per_class": [c.to_dict() for c in self.per_class]} if self.per_class else {}),
+            "tie": self.tie,
+            "tie_break": self.tie_break,
         }
 
     @classmethod
@@ -279,6 +283,8 @@ class Selection:
             d.get("log"),
             d.get("error"),
             [ClassChoice.from_dict(c) for c in d.get("per_class", [])],
+            d.get("tie", 0.0),
+            d.get("tie_break"),
         )
 
 

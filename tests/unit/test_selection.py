@@ -1,0 +1,62 @@
+"""Selection's tie rule: artifacts timed within `select.tie` of the fastest rank by closeness to the source."""
+
+from __future__ import annotations
+
+import pytest
+
+from toolchain import selection
+from toolchain.recipe import Select
+from toolchain.records import CacheRef, Machine, Ranked, Selection, Status, TargetResult
+from toolchain.records.verdicts import OutputDiff, ParityReport
+
+
+def _result(name: str, cosine: float) -> TargetResult:
+    return TargetResult(name, "onnx", Status.OK, parity=ParityReport(True, 4, {}, {"y": OutputDiff(cosine=cosine)}))
+
+
+def _chosen(ms: dict[str, float], metric: str = "latency") -> Selection:
+    ranked = [Ranked(n, "onnx", t, t, t, 1000.0 / t, 700.0 / t) for n, t in ms.items()]
+    ranked.sort(key=lambda r: r.median_ms if metric == "latency" else -r.samples_per_s)
+    return Selection(metric, Machine("cpu", 2, []), CacheRef("k", False), ranked)
+
+
+# The Zen 1 (AVX2, no VNNI) BERT-base figures: INT8 no faster than FP32 there.
+RESULTS = [_result("onnx-int8-dynamic", 0.999303), _result("aoti-int8", 0.999468), _result("onnx-fp32", 0.9999999)]
+ZEN1 = {"onnx-int8-dynamic": 654.629, "aoti-int8": 660.722, "onnx-fp32": 661.212}
+
+
+def test_int8_no_faster_than_fp32_loses_the_tie_to_fp32():
+    out = selection.prefer_closest(_chosen(ZEN1), RESULTS, 0.03)
+    assert [r.target for r in out.ranking] == ["onnx-fp32", "aoti-int8", "onnx-int8-dynamic"] and out.winner == "onnx-fp32"
+    assert out.tie == 0.03 and "onnx-fp32 is served: 1.0% slower than onnx-int8-dynamic" in out.tie_break
+    assert "cosine 1.00000 against 0.99930" in out.tie_break
+    again = Selection.from_dict(out.to_dict())
+    assert (again.tie, again.tie_break, again.winner) == (0.03, out.tie_break, "onnx-fp32")
+
+
+def test_a_real_speed_gain_is_kept_and_tie_zero_is_speed_alone():
+    fast = {"onnx-int8-dynamic": 400.0, "aoti-int8": 660.7, "onnx-fp32": 661.2}
+    out = selection.prefer_closest(_chosen(fast), RESULTS, 0.03)
+    assert out.winner == "onnx-int8-dynamic" and out.tie_break is None
+    # past the fastest's tie group the speed order stands: onnx-fp32, as close as it is, stays behind aoti-int8
+    assert [r.target for r in out.ranking] == ["onnx-int8-dynamic", "aoti-int8", "onnx-fp32"]
+    plain = selection.prefer_closest(_chosen(ZEN1), RESULTS, 0.0)
+    assert plain.winner == "onnx-int8-dynamic" and plain.tie_break is None
+
+
+def test_throughput_ties_and_equally_close_artifacts_keep_their_speed_order():
+    results = [_result("onnx-fp32", 0.9999999), _result("aoti", 0.99999995), _result("onnx-int8", 0.9993)]
+    out = selection.prefer_closest(_chosen({"onnx-int8": 100.0, "aoti": 101.0, "onnx-fp32": 102.0}, "throughput"), results, 0.05)
+    assert [r.target for r in out.ranking] == ["aoti", "onnx-fp32", "onnx-int8"] and "samples/s" in out.tie_break
+
+
+def test_an_artifact_without_a_parity_report_is_never_promoted():
+    results = [_result("a", 0.99), TargetResult("b", "onnx", Status.OK)]
+    assert selection.prefer_closest(_chosen({"a": 10.0, "b": 10.1}), results, 0.03).winner == "a"
+    assert selection.prefer_closest(_chosen({"b": 10.0, "a": 10.1}), results, 0.03).winner == "a"
+
+
+@pytest.mark.parametrize("tie", [-0.01, 0.6])
+def test_select_tie_is_bounded(tie):
+    with pytest.raises(ValueError):
+        Select(tie=tie)
