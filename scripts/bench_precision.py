@@ -46,7 +46,9 @@ sys.path.insert(0, str(ROOT))
 TARGETS = """\
 targets:
   - {kind: onnx, name: onnx-fp32}
+  - {kind: onnx, name: onnx-fp32-fused, optimize: true}
   - {kind: onnx, name: onnx-int8-dynamic, quantize: int8-dynamic, fallback: auto}
+  - {kind: onnx, name: onnx-int8-fused, optimize: true, quantize: int8-dynamic, fallback: auto}
   - {kind: onnx, name: onnx-int8-static, quantize: int8, fallback: auto}
   - {kind: aoti, name: aoti-fp32}
   - {kind: aoti, name: aoti-bf16, precision: bf16}
@@ -55,7 +57,8 @@ select: {metric: latency, batch: 1, threads: 1}
 serve: {cpus: CPUS, triton: {backend: python, max_batch_size: 8, targets: SERVED}}
 """
 CACHED = "cached int8"
-DEFAULT_TARGETS = ["onnx-fp32", "onnx-int8-dynamic", "onnx-int8-static", "aoti-fp32", "aoti-bf16", "aoti-int8"]
+# -fused: `optimize: true`, ONNX Runtime's transformer fusions (attention, LayerNorm, GELU), as its best peer row has
+DEFAULT_TARGETS = ["onnx-fp32", "onnx-fp32-fused", "onnx-int8-dynamic", "onnx-int8-fused", "onnx-int8-static", "aoti-fp32", "aoti-bf16", "aoti-int8"]
 # built only when --targets names it: INT8 with ATen's FP32 attention, beside aoti-int8's choice (torchtools/attention.py)
 EXTRA_TARGETS = {"aoti-int8-float-attention": "  - {kind: aoti, name: aoti-int8-float-attention, precision: int8, fallback: auto, attention: float}\n"}
 

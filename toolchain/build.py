@@ -333,8 +333,8 @@ class Run:
             here = cpuclass.machine_class()
             timed = {cls: self._select_as(cls, results, candidates, machine) for cls in recipe.serve.cpus
                      if here is not None and cpuclass.rank(cls) < cpuclass.rank(here) and not recipe.generates}  # fmt: skip
-            timed = {c: selection.prefer_closest(t, results, sel.tie) for c, t in timed.items() if t is not None}
-            chosen.per_class = selection.per_class(chosen, results, recipe.serve.cpus, here, timed)
+            timed = {c: t for c, t in timed.items() if t is not None}
+            chosen.per_class = selection.per_class(chosen, results, recipe.serve.cpus, here, timed, sel.tie)
         return chosen
 
     def _select_as(self, cls: str, results: list[TargetResult], candidates: dict, machine: Machine) -> Selection | None:

@@ -47,33 +47,41 @@ def closeness(r: TargetResult) -> tuple[float, float] | None:
     return None
 
 
-def prefer_closest(chosen: Selection, results: list[TargetResult], tie: float) -> Selection:
-    """Artifacts timed within `tie` of the fastest are a tie, ordered by closeness to the source: an INT8 artifact
-    no faster than FP32 on this CPU (AVX2 without VNNI) is not worth its error. The rest keep their speed order."""
-    if tie <= 0 or len(chosen.ranking) < 2:
-        return dataclasses.replace(chosen, tie=tie)
-    close = {r.name: closeness(r) for r in results}
-    lead = chosen.ranking[0]
+def _pick(ranking: list[Ranked], close: dict[str, tuple[float, float] | None], metric: str, tie: float) -> tuple[int, str | None]:
+    """The winner's index in a ranking in speed order: the closest to the source among the artifacts within `tie` of
+    the fastest (the fastest of the equally close), and why, when it is not the fastest."""
+    if tie <= 0 or len(ranking) < 2:
+        return 0, None
+    lead = ranking[0]
 
     def slower(r: Ranked) -> float:  # how much slower than the fastest, as a fraction
-        if chosen.metric == "latency":
+        if metric == "latency":
             return r.median_ms / lead.median_ms - 1 if lead.median_ms > 0 else math.inf
         return lead.samples_per_s / r.samples_per_s - 1 if r.samples_per_s > 0 else math.inf
 
-    n = next((i for i, r in enumerate(chosen.ranking) if slower(r) > tie), len(chosen.ranking))
-    group = sorted(chosen.ranking[:n], key=lambda r: tuple(-x for x in close.get(r.target) or (-math.inf, -math.inf)))
-    first, note = group[0], None
-    if first.target != lead.target:
-        how = (
-            f"{first.median_ms:.3f} against {lead.median_ms:.3f} ms"
-            if chosen.metric == "latency"
-            else f"{first.samples_per_s:.1f} against {lead.samples_per_s:.1f} samples/s"
-        )
-        a, b = close[first.target], close[lead.target] or (0.0, 0.0)
-        closer = f"token agreement {a[0]:.4f} against {b[0]:.4f}" if a[0] != b[0] else f"cosine {a[1]:.5f} against {b[1]:.5f}"
-        note = (f"{first.target} is served: {slower(first):.1%} slower than {lead.target} ({how}), within select.tie "
-                f"({tie:.0%}), and closer to the source ({closer})")  # fmt: skip
-    return dataclasses.replace(chosen, ranking=group + chosen.ranking[n:], tie=tie, tie_break=note)
+    n = next((i for i, r in enumerate(ranking) if slower(r) > tie), len(ranking))
+    best = max(range(n), key=lambda i: (close.get(ranking[i].target) or (-math.inf, -math.inf), -i))
+    if best == 0:
+        return 0, None
+    first = ranking[best]
+    how = (
+        f"{first.median_ms:.3f} against {lead.median_ms:.3f} ms"
+        if metric == "latency"
+        else f"{first.samples_per_s:.1f} against {lead.samples_per_s:.1f} samples/s"
+    )
+    a, b = close[first.target], close.get(lead.target) or (0.0, 0.0)
+    closer = f"token agreement {a[0]:.4f} against {b[0]:.4f}" if a[0] != b[0] else f"cosine {a[1]:.5f} against {b[1]:.5f}"
+    return best, (f"{first.target} is served: {slower(first):.1%} slower than {lead.target} ({how}), within select.tie ({tie:.0%}), "
+                  f"and closer to the source ({closer})")  # fmt: skip
+
+
+def prefer_closest(chosen: Selection, results: list[TargetResult], tie: float) -> Selection:
+    """Artifacts timed within `tie` of the fastest are a tie, won by the one closest to the source: an INT8 artifact
+    no faster than FP32 on this CPU (AVX2 without VNNI) is not worth its error. The winner ranks first, the rest
+    keep their speed order."""
+    i, note = _pick(chosen.ranking, {r.name: closeness(r) for r in results}, chosen.metric, tie)
+    ranking = chosen.ranking[i : i + 1] + chosen.ranking[:i] + chosen.ranking[i + 1 :]
+    return dataclasses.replace(chosen, ranking=ranking, tie=tie, tie_break=note)
 
 
 def failed(sel: Select, machine: Machine, cache: CacheRef, reason: str, log: str | None) -> Selection:
@@ -82,25 +90,29 @@ def failed(sel: Select, machine: Machine, cache: CacheRef, reason: str, log: str
 
 
 def per_class(chosen: Selection, results: list[TargetResult], classes: list[str], here: str | None,
-              timed: dict[str, Selection] | None = None) -> list[ClassChoice]:  # fmt: skip
-    """For each class of the fleet, the fastest artifact offered to it. `timed`: per class below this machine's, the
-    artifacts whose runtime obeys the ISA caps timed as that class; the winner is the fastest of those offered, and
-    the others are listed as untimed. A class not timed takes this machine's order, labelled with the class it was
-    measured on."""
+              timed: dict[str, Selection] | None = None, tie: float = 0.0) -> list[ClassChoice]:  # fmt: skip
+    """For each class of the fleet, the fastest artifact offered to it (or within `tie` of it, the closest to the
+    source). `timed`: per class below this machine's, the artifacts whose runtime obeys the ISA caps timed as that
+    class; the winner is the fastest of those offered, and the others are listed as untimed. A class not timed takes
+    this machine's order, labelled with the class it was measured on."""
     proofs = {r.name: r.cpu for r in results}
+    close = {r.name: closeness(r) for r in results}
+    speed = (lambda r: r.median_ms) if chosen.metric == "latency" else (lambda r: -r.samples_per_s)
     timed = timed or {}
     out = []
     for cls in classes:
         own = timed.get(cls)
         ranking = own.ranking if own is not None and own.ranking else chosen.ranking
-        excluded, winner = {}, None
+        excluded, offered = {}, []
         for r in ranking:
             proof = proofs.get(r.target)
             check = proof.check(cls) if proof is not None else None
             if proof is not None and (check is None or not check.offered):
                 excluded[r.target] = check.reason if check is not None else f"not checked for {cls}"
-            elif winner is None:
-                winner = r.target
+            else:
+                offered.append(r)
+        offered.sort(key=speed)
+        winner = offered[_pick(offered, close, chosen.metric, tie)[0]].target if offered else None
         if own is not None and own.ranking:
             names = {r.target for r in own.ranking}
             out.append(ClassChoice(cls, winner, cls, excluded, own.ranking, [r.target for r in chosen.ranking if r.target not in names]))

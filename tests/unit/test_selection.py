@@ -6,7 +6,7 @@ import pytest
 
 from toolchain import selection
 from toolchain.recipe import Select
-from toolchain.records import CacheRef, Machine, Ranked, Selection, Status, TargetResult
+from toolchain.records import CacheRef, ClassCheck, CpuProof, Machine, Ranked, Selection, Status, TargetResult
 from toolchain.records.verdicts import OutputDiff, ParityReport
 
 
@@ -27,7 +27,8 @@ ZEN1 = {"onnx-int8-dynamic": 654.629, "aoti-int8": 660.722, "onnx-fp32": 661.212
 
 def test_int8_no_faster_than_fp32_loses_the_tie_to_fp32():
     out = selection.prefer_closest(_chosen(ZEN1), RESULTS, 0.03)
-    assert [r.target for r in out.ranking] == ["onnx-fp32", "aoti-int8", "onnx-int8-dynamic"] and out.winner == "onnx-fp32"
+    # the winner first, the rest in speed order
+    assert [r.target for r in out.ranking] == ["onnx-fp32", "onnx-int8-dynamic", "aoti-int8"] and out.winner == "onnx-fp32"
     assert out.tie == 0.03 and "onnx-fp32 is served: 1.0% slower than onnx-int8-dynamic" in out.tie_break
     assert "cosine 1.00000 against 0.99930" in out.tie_break
     again = Selection.from_dict(out.to_dict())
@@ -47,7 +48,7 @@ def test_a_real_speed_gain_is_kept_and_tie_zero_is_speed_alone():
 def test_throughput_ties_and_equally_close_artifacts_keep_their_speed_order():
     results = [_result("onnx-fp32", 0.9999999), _result("aoti", 0.99999995), _result("onnx-int8", 0.9993)]
     out = selection.prefer_closest(_chosen({"onnx-int8": 100.0, "aoti": 101.0, "onnx-fp32": 102.0}, "throughput"), results, 0.05)
-    assert [r.target for r in out.ranking] == ["aoti", "onnx-fp32", "onnx-int8"] and "samples/s" in out.tie_break
+    assert [r.target for r in out.ranking] == ["aoti", "onnx-int8", "onnx-fp32"] and "samples/s" in out.tie_break
 
 
 def test_an_artifact_without_a_parity_report_is_never_promoted():
@@ -60,3 +61,23 @@ def test_an_artifact_without_a_parity_report_is_never_promoted():
 def test_select_tie_is_bounded(tie):
     with pytest.raises(ValueError):
         Select(tie=tie)
+
+
+def test_each_class_of_the_fleet_breaks_its_own_tie_among_what_it_is_offered():
+    """avx2 is not offered onnx-fp32 (say, a BF16 part): of the two INT8 artifacts left, level in speed, the closer wins."""
+
+    def offered(r: TargetResult, avx2: bool) -> TargetResult:
+        checks = [ClassCheck("avx2", "passed" if avx2 else "failed", "native", avx2, "" if avx2 else "no"), ClassCheck("amx", "passed", "native", True, "")]
+        r.extra["cpu"] = CpuProof("amx", [], None, None, [], checks).to_dict()
+        return r
+
+    results = [
+        offered(_result("onnx-int8-dynamic", 0.999303), True),
+        offered(_result("aoti-int8", 0.999468), True),
+        offered(_result("onnx-fp32", 0.9999999), False),
+    ]
+    chosen = selection.prefer_closest(_chosen(ZEN1), results, 0.03)
+    per = {c.cls: c for c in selection.per_class(chosen, results, ["avx2", "amx"], "amx", tie=0.03)}
+    assert per["amx"].winner == chosen.winner == "onnx-fp32"
+    assert per["avx2"].winner == "aoti-int8" and set(per["avx2"].excluded) == {"onnx-fp32"}
+    assert {c.cls: c.winner for c in selection.per_class(chosen, results, ["avx2"], "amx")} == {"avx2": "onnx-int8-dynamic"}
