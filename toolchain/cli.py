@@ -22,7 +22,7 @@ from toolchain.errors import EXIT_CONVERSION, EXIT_OK, EXIT_UNEXPECTED, EXIT_USA
 from toolchain.junit import write_junit
 from toolchain.progress import make_progress
 from toolchain.recipe import load_recipe
-from toolchain.records import Manifest, Selection, Stage, Status, TargetResult
+from toolchain.records import Manifest, Selection, ServedModel, Stage, Status, TargetResult
 from toolchain.remote import open_remote
 from toolchain.samples import plan_data
 from toolchain.serving.check import serve_check
@@ -259,7 +259,7 @@ def cmd_build(args) -> int:
         result = build(recipe, args.out, only=args.target, progress=progress, jobs=args.jobs, force=args.force, cache_url=args.cache, executor=args.executor)
     _print_summary(result)
     if result.manifest.selection and result.manifest.selection.ranking:
-        _console(sys.stderr).print(_selection_table(result.manifest.selection))
+        _console(sys.stderr).print(_selection_table(result.manifest.selection, result.manifest.serving.models))
     if args.serve_check and result.exit_code == EXIT_OK:
         check = _serve_check(result.path)
         result.manifest, result.exit_code = check.manifest, check.exit_code
@@ -304,13 +304,13 @@ def cmd_inspect(args) -> int:
     if classes is not None:
         con.print(classes)
     if m.selection:
-        con.print(_selection_table(m.selection))
+        con.print(_selection_table(m.selection, m.serving.models))
     for model in m.serving.models:
         con.print(f"{model.server}: {model.path}")
     return EXIT_OK
 
 
-def _selection_table(sel: Selection):
+def _selection_table(sel: Selection, models: list[ServedModel]):
     from rich.table import Table
 
     machine = sel.machine
@@ -322,8 +322,9 @@ def _selection_table(sel: Selection):
     t = Table(title=title)
     for col in ("rank", "target", "kind", "ms per generation" if generator else "median ms", "tokens/s" if generator else "samples/s", "x eager", "served as"):
         t.add_column(col)
+    served_target = next((x.target for x in models if x.name == sel.served_as), None)  # Triton's winner among its targets
     for i, r in enumerate(sel.ranking, 1):
-        served = sel.served_as if r.target == sel.winner or (sel.served_as and i == 1) else ""
+        served = sel.served_as if r.target == served_target else ""
         t.add_row(str(i), r.target, r.kind, f"{r.median_ms:.3f}", f"{r.samples_per_s:.1f}", f"{r.vs_eager:.2f}", served or "")
     if sel.eager:
         t.add_row("-", "eager (source)", "-", f"{sel.eager.median_ms:.3f}", f"{sel.eager.samples_per_s:.1f}", "1.00", "")

@@ -37,14 +37,22 @@ def rank(sel: Select, outcome: SelectOutcome, kinds_of: dict[str, str], machine:
     )
 
 
+# Errors below this are equal: two FP32 runtimes apart in the sixth decimal of their cosine are equally close.
+EXACT = 1e-5
+
+
 def closeness(r: TargetResult) -> tuple[float, float] | None:
-    """How close an artifact came to the source in its gate, higher is closer: (greedy token agreement, smallest
-    cosine). Rounded, so that artifacts apart in the sixth decimal (two FP32 runtimes) are equally close."""
+    """How close an artifact came to the source in its gate, higher is closer: (greedy token agreement, minus the
+    smallest cosine's distance from 1, floored at EXACT)."""
     if r.generation is not None:
-        return round(r.generation.token_match, 4), round(r.generation.logits.worst()[1], 5)
+        return round(r.generation.token_match, 4), -max(1.0 - r.generation.logits.worst()[1], EXACT)
     if r.parity is not None and r.parity.outputs:
-        return 1.0, round(r.parity.worst()[1], 5)
+        return 1.0, -max(1.0 - r.parity.worst()[1], EXACT)
     return None
+
+
+def _cosine(close: tuple[float, float]) -> str:
+    return "1 to within 1e-5" if -close[1] <= EXACT else f"{1 + close[1]:.6f}"
 
 
 def _pick(ranking: list[Ranked], close: dict[str, tuple[float, float] | None], metric: str, tie: float) -> tuple[int, str | None]:
@@ -59,7 +67,7 @@ def _pick(ranking: list[Ranked], close: dict[str, tuple[float, float] | None], m
             return r.median_ms / lead.median_ms - 1 if lead.median_ms > 0 else math.inf
         return lead.samples_per_s / r.samples_per_s - 1 if r.samples_per_s > 0 else math.inf
 
-    n = next((i for i, r in enumerate(ranking) if slower(r) > tie), len(ranking))
+    n = max(1, next((i for i, r in enumerate(ranking) if slower(r) > tie), len(ranking)))
     best = max(range(n), key=lambda i: (close.get(ranking[i].target) or (-math.inf, -math.inf), -i))
     if best == 0:
         return 0, None
@@ -69,9 +77,14 @@ def _pick(ranking: list[Ranked], close: dict[str, tuple[float, float] | None], m
         if metric == "latency"
         else f"{first.samples_per_s:.1f} against {lead.samples_per_s:.1f} samples/s"
     )
-    a, b = close[first.target], close.get(lead.target) or (0.0, 0.0)
-    closer = f"token agreement {a[0]:.4f} against {b[0]:.4f}" if a[0] != b[0] else f"cosine {a[1]:.5f} against {b[1]:.5f}"
-    return best, (f"{first.target} is served: {slower(first):.1%} slower than {lead.target} ({how}), within select.tie ({tie:.0%}), "
+    a, b = close[first.target], close.get(lead.target)
+    if b is None:
+        closer = f"{lead.target} has no parity report"
+    elif a[0] != b[0]:
+        closer = f"token agreement {a[0]:.4f} against {b[0]:.4f}"
+    else:
+        closer = f"cosine {_cosine(a)} against {_cosine(b)}"
+    return best, (f"{first.target} is served: {slower(first):.1%} slower than {lead.target} ({how}), within select.tie ({tie * 100:g}%), "
                   f"and closer to the source ({closer})")  # fmt: skip
 
 
@@ -87,6 +100,14 @@ def prefer_closest(chosen: Selection, results: list[TargetResult], tie: float) -
 def failed(sel: Select, machine: Machine, cache: CacheRef, reason: str, log: str | None) -> Selection:
     """The timing step failed: an empty ranking, the reason and the log."""
     return Selection(sel.metric, machine, cache, error=reason, log=log)
+
+
+def served(chosen: Selection, results: list[TargetResult], names: list[str]) -> str | None:
+    """The artifact a server with these targets serves under the model's name: the selection's winner among them
+    (the fastest, or within select.tie of it the closest to the source)."""
+    speed = (lambda r: r.median_ms) if chosen.metric == "latency" else (lambda r: -r.samples_per_s)
+    offered = sorted((r for r in chosen.ranking if r.target in names), key=speed)
+    return offered[_pick(offered, {r.name: closeness(r) for r in results}, chosen.metric, chosen.tie)[0]].target if offered else None
 
 
 def per_class(chosen: Selection, results: list[TargetResult], classes: list[str], here: str | None,

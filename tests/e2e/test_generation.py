@@ -238,7 +238,13 @@ def test_select_ranks_generators_by_whole_generations(built, tmp_path):
     ranked = [r["target"] for r in sel["ranking"]]
     assert sorted(ranked) == sorted(t["name"] for t in m["targets"])
     speeds = [r["samples_per_s"] for r in sel["ranking"]]
-    assert speeds == sorted(speeds, reverse=True) and all(v > 0 for v in speeds) and sel["eager"]["samples_per_s"] > 0
+    assert all(v > 0 for v in speeds) and sel["eager"]["samples_per_s"] > 0
+    # the winner first: the fastest, or within select.tie of it the closest to the source; the rest in speed order
+    assert speeds[1:] == sorted(speeds[1:], reverse=True)
+    if sel["tie_break"] is None:
+        assert speeds[0] == max(speeds)
+    else:
+        assert max(speeds) / speeds[0] <= 1.03 and "closer to the source" in sel["tie_break"]
     assert "ms per generation" in proc.stderr or "tokens/s" in proc.stderr
 
 

@@ -21,6 +21,7 @@ from pydantic import (
     GetCoreSchemaHandler,
     PlainValidator,
     StrictBool,
+    StrictFloat,
     StrictInt,
     ValidationInfo,
     field_validator,
@@ -442,13 +443,14 @@ class Serve(Strict):
 
 
 class Select(Strict):
-    """After the gate, time every artifact that passed on this machine; the fastest is served as the model's plain name."""
+    """After the gate, time every artifact that passed on this machine; the fastest (or within `tie` of it, the one closest
+    to the source) is served as the model's plain name."""
 
     metric: Literal["latency", "throughput"] = "latency"
     batch: Annotated[StrictInt, Field(ge=1)] | None = Field(None, description="rows per call (default: the batch dim's opt; other dims at opt)")
     threads: Annotated[StrictInt, Field(ge=1, le=1024)] = Field(1, description="intra-op threads while timing (1: figures a busy neighbour skews least)")
     rounds: Annotated[StrictInt, Field(ge=3, le=101)] = 7
-    tie: Annotated[float, Field(ge=0.0, le=0.5)] = Field(
+    tie: Annotated[StrictFloat, Field(ge=0.0, le=0.5)] = Field(
         0.03, description="artifacts timed within this fraction of the fastest are a tie, won by the one closest to the source (0: speed alone)"
     )
 

@@ -198,7 +198,8 @@ class Ranked:
 
 @dataclass
 class ClassChoice:
-    """The artifact selection serves on one CPU class of the fleet: the first of the ranking offered to the class.
+    """The artifact selection serves on one CPU class of the fleet: the fastest offered to the class (within select.tie
+    of it, the closest to the source).
     `timed_on`: the class whose timings ordered it (this machine's: a lower class is not timed here, said as such)."""
 
     cls: str

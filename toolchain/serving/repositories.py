@@ -12,6 +12,7 @@ from toolchain.feeds import load_feeds
 from toolchain.progress import Progress
 from toolchain.recipe import Recipe
 from toolchain.records import AcceptedDim, Selection, ServedModel, Serving, Stage, Status, TargetResult
+from toolchain.selection import served
 from toolchain.serving.generator import write_generator_model
 from toolchain.serving.pipeline import write_pipeline_models
 from toolchain.serving.tfserving import write_tfserving, write_warmup
@@ -71,9 +72,8 @@ def size_gate(recipe: Recipe, res: TargetResult, dims: dict[str, AcceptedDim]) -
 def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, progress: Progress, serving: Serving, selection: Selection | None,
                   dims: dict[str, AcceptedDim]) -> None:  # fmt: skip
     tri = recipe.serve.triton
-    # The fastest artifact that Triton serves takes the model's plain name; the others stay <name>_<target>.
-    ranked = [r.target for r in selection.ranking] if selection else []
-    fastest = next((t for t in ranked if t in tri.targets), None)
+    # The selection's winner among Triton's targets takes the model's plain name; the others stay <name>_<target>.
+    fastest = served(selection, results, tri.targets) if selection else None
     written: list[tuple[str, str, Path]] = []
     for tname in tri.targets:
         res = _servable(tname, results, "triton", progress)
@@ -98,7 +98,8 @@ def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, pr
         written.append((tname, model, model_dir))
         if tname == fastest:
             selection.served_as = model
-            progress.note(f"triton: {model} serves {tname}, the fastest artifact ({selection.metric}, measured here)")
+            why = "the fastest artifact" if tname == selection.ranking[0].target and not selection.tie_break else "the selection's winner"
+            progress.note(f"triton: {model} serves {tname}, {why} ({selection.metric}, measured here)")
         python = recipe.generates or (model_dir / str(recipe.version) / "model.py").exists()  # a generator is always model.py
         note = None if python else kinds.get(res.kind).triton_note(tri.backend)
         if note:
