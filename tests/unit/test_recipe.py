@@ -160,6 +160,17 @@ ERRORS = {
         [(APPEND, "serve:\n  triton:\n    max_batch_size: 64\n")],
         [("serve.triton.max_batch_size", 16, "64 exceeds dims.batch.max (8)", "lower max_batch_size to at most 8 or raise dims.batch.max")],
     ),
+    "a quoted number": (
+        [(APPEND, "select: {tie: '0.05', rounds: 2.5}\n")],
+        [
+            ("select.rounds", 14, "2.5 is not an integer", "use an integer"),
+            ("select.tie", 14, "'0.05' is not a number", "use a number (a quoted value is a string in YAML: remove the quotes)"),
+        ],
+    ),
+    "a word for a number": (
+        [(APPEND, "select: {tie: small}\n")],
+        [("select.tie", 14, "'small' is not a number", "use a number")],
+    ),
     "version_policy typo": (
         [(APPEND, "serve:\n  triton:\n    version_policy: lastest\n")],
         [("serve.triton.version_policy", 16, "'lastest' is not allowed", "use 'latest' or 'all'")],

@@ -138,6 +138,17 @@ def _bound_hint(typ: str, ctx: dict, given) -> str:
     return f"use a value {bound[0]} {ctx[bound[1]]}"
 
 
+def _looks_unquoted(given) -> bool:
+    """A string that YAML would have read as a number or a boolean without its quotes."""
+    if not isinstance(given, str):
+        return False
+    try:
+        float(given)
+        return True
+    except ValueError:
+        return given.lower() in ("true", "false")
+
+
 def _pydantic_problem(err: dict, keys: tuple, root: yaml.Node | None) -> Problem:
     typ = err["type"]
     ctx = err.get("ctx") or {}
@@ -172,6 +183,10 @@ def _pydantic_problem(err: dict, keys: tuple, root: yaml.Node | None) -> Problem
         msg = f"{err.get('input')!r} is not allowed"
     elif typ == "model_type":  # pydantic names the model's class here
         msg = "Input should be a valid dictionary"
+    elif typ in _WANTED and hint is None:  # a value of the wrong type: what it is, and what the key takes
+        given = err.get("input")
+        msg = f"{yaml_text(given)} is not {_WANTED[typ]}"
+        hint = f"use {_WANTED[typ]}" + (" (a quoted value is a string in YAML: remove the quotes)" if _looks_unquoted(given) else "")
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     return Problem(key=_key_path(keys), message=msg, line=_line_of(root, keys), hint=hint)
