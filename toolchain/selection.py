@@ -21,7 +21,7 @@ def rank(sel: Select, outcome: SelectOutcome, kinds_of: dict[str, str], machine:
                round(eager.median_ms / f.median_ms, 3))
         for name, f in figures.items()
     ]  # fmt: skip
-    ranking.sort(key=lambda r: r.median_ms if sel.metric == "latency" else -r.samples_per_s)
+    ranking.sort(key=_speed(sel.metric))
     return Selection(
         sel.metric,
         machine,
@@ -102,12 +102,20 @@ def failed(sel: Select, machine: Machine, cache: CacheRef, reason: str, log: str
     return Selection(sel.metric, machine, cache, error=reason, log=log)
 
 
+def _speed(metric: str):
+    """The sort key that puts the fastest first."""
+    return (lambda r: r.median_ms) if metric == "latency" else (lambda r: -r.samples_per_s)
+
+
+def _winner(offered: list[Ranked], close: dict[str, tuple[float, float] | None], metric: str, tie: float) -> str | None:
+    """Of these artifacts, in any order, the one served: the fastest, or within `tie` of it the closest to the source."""
+    ordered = sorted(offered, key=_speed(metric))
+    return ordered[_pick(ordered, close, metric, tie)[0]].target if ordered else None
+
+
 def served(chosen: Selection, results: list[TargetResult], names: list[str]) -> str | None:
-    """The artifact a server with these targets serves under the model's name: the selection's winner among them
-    (the fastest, or within select.tie of it the closest to the source)."""
-    speed = (lambda r: r.median_ms) if chosen.metric == "latency" else (lambda r: -r.samples_per_s)
-    offered = sorted((r for r in chosen.ranking if r.target in names), key=speed)
-    return offered[_pick(offered, {r.name: closeness(r) for r in results}, chosen.metric, chosen.tie)[0]].target if offered else None
+    """The artifact a server with these targets serves under the model's name: the selection's winner among them."""
+    return _winner([r for r in chosen.ranking if r.target in names], {r.name: closeness(r) for r in results}, chosen.metric, chosen.tie)
 
 
 def per_class(chosen: Selection, results: list[TargetResult], classes: list[str], here: str | None,
@@ -118,7 +126,6 @@ def per_class(chosen: Selection, results: list[TargetResult], classes: list[str]
     this machine's order, labelled with the class it was measured on."""
     proofs = {r.name: r.cpu for r in results}
     close = {r.name: closeness(r) for r in results}
-    speed = (lambda r: r.median_ms) if chosen.metric == "latency" else (lambda r: -r.samples_per_s)
     timed = timed or {}
     out = []
     for cls in classes:
@@ -132,8 +139,7 @@ def per_class(chosen: Selection, results: list[TargetResult], classes: list[str]
                 excluded[r.target] = check.reason if check is not None else f"not checked for {cls}"
             else:
                 offered.append(r)
-        offered.sort(key=speed)
-        winner = offered[_pick(offered, close, chosen.metric, tie)[0]].target if offered else None
+        winner = _winner(offered, close, chosen.metric, tie)
         if own is not None and own.ranking:
             names = {r.target for r in own.ranking}
             out.append(ClassChoice(cls, winner, cls, excluded, own.ranking, [r.target for r in chosen.ranking if r.target not in names]))
