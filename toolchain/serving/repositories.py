@@ -73,13 +73,13 @@ def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, pr
                   dims: dict[str, AcceptedDim]) -> None:  # fmt: skip
     tri = recipe.serve.triton
     # The selection's winner among Triton's targets takes the model's plain name; the others stay <name>_<target>.
-    fastest = served(selection, results, tri.targets) if selection else None
+    winner = served(selection, results, tri.targets) if selection else None
     written: list[tuple[str, str, Path]] = []
     for tname in tri.targets:
         res = _servable(tname, results, "triton", progress)
         if res is None:
             continue
-        model = recipe.name if tname == fastest else triton_model_name(recipe.name, tname)
+        model = recipe.name if tname == winner else triton_model_name(recipe.name, tname)
         try:
             if recipe.generates:  # text in, tokens streamed out (serving/generator.py)
                 model_dir = write_generator_model(staging / "triton", model, recipe, res.kind, staging / tname, res.device, tri.instance_group.count)
@@ -96,7 +96,7 @@ def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, pr
         serving.triton = "triton"
         serving.models.append(ServedModel("triton", model, tname, model_dir.relative_to(staging).as_posix()))
         written.append((tname, model, model_dir))
-        if tname == fastest:
+        if tname == winner:
             selection.served_as = model
             why = "the fastest artifact" if tname == selection.ranking[0].target and not selection.tie_break else "the selection's winner"
             progress.note(f"triton: {model} serves {tname}, {why} ({selection.metric}, measured here)")
@@ -104,8 +104,8 @@ def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, pr
         note = None if python else kinds.get(res.kind).triton_note(tri.backend)
         if note:
             progress.note(f"triton: {model}: {note}")
-    if recipe.pipeline and written:  # raw inputs in, answers out, around the fastest served artifact
-        tname, model, model_dir = next((w for w in written if w[0] == fastest), written[0])
+    if recipe.pipeline and written:  # raw inputs in, answers out, around the served winner
+        tname, model, model_dir = next((w for w in written if w[0] == winner), written[0])
         try:
             made = write_pipeline_models(
                 staging / "triton", recipe.name, model, recipe.version, (model_dir / "config.pbtxt").read_text(), staging, tri.instance_group.count
