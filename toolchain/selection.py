@@ -107,14 +107,19 @@ def _speed(metric: str):
     return (lambda r: r.median_ms) if metric == "latency" else (lambda r: -r.samples_per_s)
 
 
-def _winner(offered: list[Ranked], close: dict[str, tuple[float, float] | None], metric: str, tie: float) -> str | None:
-    """Of these artifacts, in any order, the one served: the fastest, or within `tie` of it the closest to the source."""
+def _winner(offered: list[Ranked], close: dict[str, tuple[float, float] | None], metric: str, tie: float) -> tuple[str | None, str | None]:
+    """Of these artifacts, in any order, the one served: the fastest, or within `tie` of it the closest to the source
+    (and why, then)."""
     ordered = sorted(offered, key=_speed(metric))
-    return ordered[_pick(ordered, close, metric, tie)[0]].target if ordered else None
+    if not ordered:
+        return None, None
+    i, note = _pick(ordered, close, metric, tie)
+    return ordered[i].target, note
 
 
-def served(chosen: Selection, results: list[TargetResult], names: list[str]) -> str | None:
-    """The artifact a server with these targets serves under the model's name: the selection's winner among them."""
+def served(chosen: Selection, results: list[TargetResult], names: list[str]) -> tuple[str | None, str | None]:
+    """The artifact a server with these targets serves under the model's name, the selection's winner among them, and
+    why when it is not the fastest of them."""
     return _winner([r for r in chosen.ranking if r.target in names], {r.name: closeness(r) for r in results}, chosen.metric, chosen.tie)
 
 
@@ -139,7 +144,7 @@ def per_class(chosen: Selection, results: list[TargetResult], classes: list[str]
                 excluded[r.target] = check.reason if check is not None else f"not checked for {cls}"
             else:
                 offered.append(r)
-        winner = _winner(offered, close, chosen.metric, tie)
+        winner = _winner(offered, close, chosen.metric, tie)[0]
         if own is not None and own.ranking:
             names = {r.target for r in own.ranking}
             out.append(ClassChoice(cls, winner, cls, excluded, own.ranking, [r.target for r in chosen.ranking if r.target not in names]))

@@ -120,6 +120,9 @@ def test_triton_serves_the_winner_among_its_own_targets():
     """onnx wins the selection but is not a Triton target: of onnx-int8 and aoti, level in speed, aoti is closer."""
     results = [_result("onnx-int8", 0.9993), _result("onnx", 1.0), _result("aoti", 1.0)]
     chosen = selection.prefer_closest(_chosen({"onnx-int8": 100.0, "onnx": 101.0, "aoti": 102.0}), results, 0.03)
-    assert chosen.winner == "onnx" and selection.served(chosen, results, ["onnx-int8", "aoti"]) == "aoti"
-    assert selection.served(selection.prefer_closest(chosen, results, 0.0), results, ["onnx-int8", "aoti"]) == "onnx-int8"
-    assert selection.served(chosen, results, ["onnx-int8"]) == "onnx-int8" and selection.served(chosen, results, []) is None
+    winner, why = selection.served(chosen, results, ["onnx-int8", "aoti"])
+    assert chosen.winner == "onnx" and winner == "aoti"
+    # the reason names Triton's own tie: the selection's tie_break explains only the global winner
+    assert chosen.tie_break.startswith("onnx is served") and why.startswith("aoti is served: 2.0% slower than onnx-int8") and "cosine" in why, why
+    assert selection.served(selection.prefer_closest(chosen, results, 0.0), results, ["onnx-int8", "aoti"]) == ("onnx-int8", None)
+    assert selection.served(chosen, results, ["onnx-int8"]) == ("onnx-int8", None) and selection.served(chosen, results, []) == (None, None)

@@ -73,7 +73,7 @@ def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, pr
                   dims: dict[str, AcceptedDim]) -> None:  # fmt: skip
     tri = recipe.serve.triton
     # The selection's winner among Triton's targets takes the model's plain name; the others stay <name>_<target>.
-    winner = served(selection, results, tri.targets) if selection else None
+    winner, tie_break = served(selection, results, tri.targets) if selection else (None, None)
     written: list[tuple[str, str, Path]] = []
     for tname in tri.targets:
         res = _servable(tname, results, "triton", progress)
@@ -98,8 +98,12 @@ def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, pr
         written.append((tname, model, model_dir))
         if tname == winner:
             selection.served_as = model
-            why = "the fastest artifact" if tname == selection.ranking[0].target and not selection.tie_break else "the selection's winner"
-            progress.note(f"triton: {model} serves {tname}, {why} ({selection.metric}, measured here)")
+            fastest = selection.ranking[1 if selection.tie_break else 0].target  # a tie's winner ranks first, the rest by speed
+            if tie_break:
+                progress.note(f"triton: {model} serves {tname}: {tie_break.removeprefix(f'{tname} is served: ')}")
+            else:
+                why = "the fastest artifact" if tname == fastest else "the fastest of serve.triton.targets"
+                progress.note(f"triton: {model} serves {tname}, {why} ({selection.metric}, measured here)")
         python = recipe.generates or (model_dir / str(recipe.version) / "model.py").exists()  # a generator is always model.py
         note = None if python else kinds.get(res.kind).triton_note(tri.backend)
         if note:
