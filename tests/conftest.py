@@ -74,6 +74,7 @@ WEIGHTS = {
     "tests/unit/test_pt2e.py": 76,
     "tests/e2e/test_cpu_classes.py": 74,
     "tests/e2e/test_example_sizes.py": 61,
+    "tests/e2e/test_shared_export.py": 56,
     "tests/e2e/test_plugin_kind.py": 55,
     "tests/e2e/test_int8_attention.py": 50,
 }

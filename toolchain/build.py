@@ -28,6 +28,7 @@ from toolchain.executors import Executor, open_executor, resources_for
 from toolchain.feeds import save_feeds
 from toolchain.fsutil import clean_stale, publish
 from toolchain.generation import GENERATION_FILE, TEXT_FILE
+from toolchain.kinds.base import SHARED
 from toolchain.lock import build_lock
 from toolchain.machine import cpu_identity
 from toolchain.options import memory_bytes
@@ -147,6 +148,7 @@ def _build_locked(plan: Plan, out_root: Path, progress: Progress, jobs: int, cac
             pass
     try:
         results = run.targets(jobs)
+        shutil.rmtree(staging / SHARED, ignore_errors=True)  # what the targets shared (one ONNX export) is not published
         chosen = run.select(results) if recipe.select else None
         serving = write_repositories(recipe, results, staging, progress, chosen, plan.accepted)
         code = exit_code_for(results)

@@ -44,7 +44,7 @@ from toolchain.generation import (
     save_references,
     save_text_sample,
 )
-from toolchain.kinds.base import BuildContext
+from toolchain.kinds.base import SHARED, BuildContext
 from toolchain.machine import peak_rss_mb
 from toolchain.parity import compare
 from toolchain.recipe import accepted_dims, load_recipe, with_dims
@@ -136,7 +136,8 @@ def run_target(step: StepSpec, root: Path, workdir: Path) -> TargetOutcome:
     kind = kinds.get(spec.kind)
     source = load_source(recipe)
     workdir.mkdir(parents=True, exist_ok=True)
-    ctx = BuildContext(workdir=workdir, root=root, out_root=Path(step.out_root or root.parent), deps=step.deps)
+    ctx = BuildContext(workdir=workdir, root=root, out_root=Path(step.out_root or root.parent), deps=step.deps,
+                       shared=root / SHARED if workdir.is_relative_to(root) else None)  # fmt: skip
     t0 = time.perf_counter()
     try:
         artifact = kind.build(source, spec, ctx)

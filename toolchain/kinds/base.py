@@ -50,6 +50,9 @@ class Artifact:
     extra: dict = field(default_factory=dict)  # kind-specific manifest fields (see Kind.manifest_fields)
 
 
+SHARED = ".shared"  # under the build's staging root: see BuildContext.shared
+
+
 @dataclass
 class BuildContext:
     """Where a build step writes and what it may read."""
@@ -58,6 +61,9 @@ class BuildContext:
     root: Path  # the build's root: parity/ lies under it
     out_root: Path  # <out>: state that outlives one build (TensorRT timing caches)
     deps: dict[str, Dependency] = field(default_factory=dict)  # file paths relative to `root`
+    # What one step makes for the others of the same build (one FP32 ONNX export for onnx, onnx-fp16, onnx-int8):
+    # <root>/.shared while building, removed before publishing; None when a step runs alone (its reproduce.sh)
+    shared: Path | None = None
 
     def parity_data(self) -> tuple[list[dict], list[dict]]:
         """The parity samples and the source's outputs on them, saved before any target ran."""

@@ -7,6 +7,10 @@ TensorFlow; both end in the same runner. Heavy imports stay inside the functions
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
+import json
+import shutil
 from functools import partial
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from toolchain.sources.tensorflow import LOOKUP_HINT
 from toolchain.torchtools import export_errors, rewrites
 
 TORCHSCRIPT_MAX_OPSET = 20  # the TorchScript exporter's newest opset
+RECORD = "export.json"  # beside a shared export: how it was captured
 
 
 def export(source, opset: int, path: Path) -> ExportRecord:
@@ -28,6 +33,35 @@ def export(source, opset: int, path: Path) -> ExportRecord:
     runner. Returns the manifest's `export` record: which strategy produced it."""
     record = _export_tf(source, opset, path) if source.framework == "tensorflow" else _export_torch(source, opset, path)
     check(path)  # an invalid graph stops here, named, before any later step loads it
+    return record
+
+
+def shared_export(source, opset: int, path: Path, shared: Path | None, program: str) -> ExportRecord:
+    """export(), made once per build for every ONNX target of the same opset and program (onnx, onnx-fp16, onnx-int8
+    and the weight-only forms all start from it): the first target to get here exports into `shared` while the
+    others of the build wait on its lock, then each copies the files. A failed export is not kept (each target
+    climbs the ladder itself and reports its own attempts). `program`: which of the target's programs this is (an
+    encoder-decoder's prefill.onnx and model.onnx differ). `shared` None: export alone."""
+    if shared is None:
+        return export(source, opset, path)
+    io = json.dumps([source.recipe.model_dump(mode="json")["dims"], source.input_names, source.output_names], sort_keys=True)
+    memo = shared / f"onnx-{opset}-{Path(program).stem}-{hashlib.sha256(io.encode()).hexdigest()[:12]}"
+    shared.mkdir(parents=True, exist_ok=True)
+    with open(shared / f"{memo.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the holder ends, killed or not
+        if (memo / RECORD).is_file():
+            record = ExportRecord.from_dict(json.loads((memo / RECORD).read_text()))
+            print(f"onnx: {program}: the FP32 export another target of this build made (opset {opset}), not exported again", flush=True)
+        else:
+            work = memo.with_name(memo.name + ".partial")  # a killed exporter's leftovers are never read
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            record = export(source, opset, work / program)  # its external data, if any, named after the program
+            (work / RECORD).write_text(json.dumps(record.to_dict()))
+            work.rename(memo)
+    for f in memo.iterdir():  # the model at `path`, any external-data file it names beside it, under its own name
+        if f.name != RECORD:
+            shutil.copyfile(f, path if f.name == program else path.parent / f.name)
     return record
 
 

@@ -74,6 +74,10 @@ class Attempt:
             out["inductor_configs"] = self.inductor_configs
         return out | ({"error": self.error} if self.error is not None else {})
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Attempt:
+        return cls(d["strategy"], d.get("stage"), d.get("error"), d.get("inductor_configs"))
+
 
 @dataclass
 class ExportRecord:
@@ -88,6 +92,12 @@ class ExportRecord:
     @classmethod
     def of_phases(cls, phases: dict[str, ExportRecord]) -> ExportRecord:
         return cls("; ".join(f"{p}: {r.strategy}" for p, r in phases.items()), [t for r in phases.values() for t in r.tried], phases=phases)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ExportRecord:
+        """The record to_dict wrote (a shared export's, read by the other targets of the build)."""
+        return cls(d["strategy"], [Attempt.from_dict(t) for t in d.get("tried", [])], d.get("inductor_configs"), list(d.get("rewrites", [])),
+                   {p: cls.from_dict(r) for p, r in d.get("phases", {}).items()})  # fmt: skip
 
     def to_dict(self) -> dict:
         out: dict = {"strategy": self.strategy}
