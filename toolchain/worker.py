@@ -130,14 +130,14 @@ def _artifact_failure(recipe):
     return failure
 
 
-def run_target(step: StepSpec, root: Path, workdir: Path) -> TargetOutcome:
+def run_target(step: StepSpec, root: Path, workdir: Path, alone: bool = False) -> TargetOutcome:
+    """alone: a reproduce run (--workdir), which shares nothing with the build's other steps."""
     recipe = with_dims(load_recipe(step.recipe), step.dims)
     spec = recipe.target(step.target)
     kind = kinds.get(spec.kind)
     source = load_source(recipe)
     workdir.mkdir(parents=True, exist_ok=True)
-    ctx = BuildContext(workdir=workdir, root=root, out_root=Path(step.out_root or root.parent), deps=step.deps,
-                       shared=root / SHARED if workdir.is_relative_to(root) else None)  # fmt: skip
+    ctx = BuildContext(workdir=workdir, root=root, out_root=Path(step.out_root or root.parent), deps=step.deps, shared=None if alone else root / SHARED)
     t0 = time.perf_counter()
     try:
         artifact = kind.build(source, spec, ctx)
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         elif step.step == "select":
             result = StepResult(run_select(step, root))
         else:
-            result = StepResult(run_target(step, root, (args.workdir or root / step.target).resolve()))
+            result = StepResult(run_target(step, root, (args.workdir or root / step.target).resolve(), alone=args.workdir is not None))
     except MlpackError as e:  # a usage error (the recipe or a file it names) keeps its fix and exits 2
         traceback.print_exc()
         result = StepResult(error="usage" if e.exit_code == EXIT_USAGE else "step", reason=str(e), hint=getattr(e, "hint", None),

@@ -78,7 +78,7 @@ def load(path, device, on_gpu, device_id, input_names, output_names):
 def _convert(source, spec: OnnxTarget, scratch: Path, dst: Path, ctx: BuildContext) -> tuple[ExportRecord, dict]:
     """Export, then optimize and/or change precision; returns how it was exported and the other manifest fields."""
     current = scratch / MODEL
-    record, fields = shared_export(source, spec.opset, current, ctx.shared, dst.name), {}
+    record, fields = shared_export(source, spec.opset, current, ctx.shared, dst.name, ctx.workdir.name), {}
     if spec.optimize:
         optimized = scratch / "optimized.onnx" if spec.quantize else dst
         fields["optimization"] = optimize(source, current, optimized, spec.device)
@@ -154,7 +154,7 @@ class OnnxKind(Kind):
                 return _convert(source, spec, scratch, path, ctx)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
-        return shared_export(source, spec.opset, path, ctx.shared, path.name), {}
+        return shared_export(source, spec.opset, path, ctx.shared, path.name, ctx.workdir.name), {}
 
     def triton_configure(self, config, serve, backend: str) -> None:
         """ONNX Runtime's TensorRT execution provider on GPU instances (`serve.triton.onnx_tensorrt`).

@@ -36,28 +36,42 @@ def export(source, opset: int, path: Path) -> ExportRecord:
     return record
 
 
-def shared_export(source, opset: int, path: Path, shared: Path | None, program: str) -> ExportRecord:
+def shared_export(source, opset: int, path: Path, shared: Path | None, program: str, target: str) -> ExportRecord:
     """export(), made once per build for every ONNX target of the same opset and program (onnx, onnx-fp16, onnx-int8
     and the weight-only forms all start from it): the first target to get here exports into `shared` while the
-    others of the build wait on its lock, then each copies the files. A failed export is not kept (each target
-    climbs the ladder itself and reports its own attempts). `program`: which of the target's programs this is (an
-    encoder-decoder's prefill.onnx and model.onnx differ). `shared` None: export alone."""
+    others of the build wait on its lock, then each copies the files. An export that fails is failed for the others
+    too, at once (the same ladder would fail the same way, each wait eating into its target's timeout); one killed
+    leaves nothing (the next target exports itself). `program`: which of the target's programs this is (an
+    encoder-decoder's prefill.onnx and model.onnx differ); `target`: the one asking. `shared` None: export alone."""
     if shared is None:
         return export(source, opset, path)
     io = json.dumps([source.recipe.model_dump(mode="json")["dims"], source.input_names, source.output_names], sort_keys=True)
     memo = shared / f"onnx-{opset}-{Path(program).stem}-{hashlib.sha256(io.encode()).hexdigest()[:12]}"
     shared.mkdir(parents=True, exist_ok=True)
     with open(shared / f"{memo.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the holder ends, killed or not
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the holder ends, killed or not
+        except OSError:  # a file system without locks (NFS mounted nolock): export alone, as before
+            return export(source, opset, path)
         if (memo / RECORD).is_file():
-            record = ExportRecord.from_dict(json.loads((memo / RECORD).read_text()))
-            print(f"onnx: {program}: the FP32 export another target of this build made (opset {opset}), not exported again", flush=True)
+            made = json.loads((memo / RECORD).read_text())
+            record = ExportRecord.from_dict(made["export"])
+            print(f"onnx: {program}: the FP32 export (opset {opset}) {made['target']} made for this build, not exported again", flush=True)
+        elif (failed := memo.with_name(memo.name + ".failed.json")).is_file():
+            why = json.loads(failed.read_text())
+            raise StepError(f"{why['reason']} (the FP32 export of opset {opset} {why['target']} tried for this build: logs/{why['target']}.log has "
+                            "its tracebacks)", hint=why["hint"])  # fmt: skip
         else:
             work = memo.with_name(memo.name + ".partial")  # a killed exporter's leftovers are never read
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir()
-            record = export(source, opset, work / program)  # its external data, if any, named after the program
-            (work / RECORD).write_text(json.dumps(record.to_dict()))
+            try:
+                record = export(source, opset, work / program)  # its external data, if any, named after the program
+            except StepError as e:
+                if not e.dims:  # sizes torch.export suggested are the build's retry to make, not a verdict to share
+                    failed.write_text(json.dumps({"reason": str(e), "hint": e.hint, "target": target}))
+                raise
+            (work / RECORD).write_text(json.dumps({"export": record.to_dict(), "target": target}))
             work.rename(memo)
     for f in memo.iterdir():  # the model at `path`, any external-data file it names beside it, under its own name
         if f.name != RECORD:
