@@ -98,10 +98,10 @@ def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, pr
         written.append((tname, model, model_dir))
         if tname == winner:
             selection.served_as = model
-            fastest = selection.ranking[1 if selection.tie_break else 0].target  # a tie's winner ranks first, the rest by speed
             if tie_break:
                 progress.note(f"triton: {model} serves {tname}: {tie_break.removeprefix(f'{tname} is served: ')}")
             else:
+                fastest = selection.ranking[1 if selection.tie_break else 0].target  # a tie's winner ranks first, the rest by speed
                 why = "the fastest artifact" if tname == fastest else "the fastest of serve.triton.targets"
                 progress.note(f"triton: {model} serves {tname}, {why} ({selection.metric}, measured here)")
         python = recipe.generates or (model_dir / str(recipe.version) / "model.py").exists()  # a generator is always model.py
