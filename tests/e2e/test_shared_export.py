@@ -89,7 +89,7 @@ def test_targets_of_one_opset_share_one_export(tmp_path):
     assert all(f"(opset 18) {first} made for this build" in (root / "logs" / f"{n}.log").read_text() for n in reused)
     assert "not exported again" not in (root / "logs" / "onnx-17.log").read_text()
     assert {json.dumps(t["export"]) for t in m["targets"]} == {json.dumps({"strategy": "dynamo", "tried": []})}
-    assert not (root / ".shared").exists() and sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == []
+    assert not [p.name for p in root.iterdir() if p.name.startswith(".")]  # .shared, or any other hidden leftover
     # a step's reproduce.sh exports alone, even into a folder inside the build, and leaves nothing shared there
     env, before = {**os.environ, "MLPACK_TEST_TRACE": str(tmp_path / "exports.txt")}, (tmp_path / "exports.txt").read_text().split().count("onnx-int8")
     repro = subprocess.run([str(root / "logs" / "onnx-int8.reproduce.sh"), str(root / "again")], env=env, capture_output=True, text=True, timeout=300)
