@@ -53,7 +53,7 @@ from toolchain.records import (
 from toolchain.samples import samples_for
 from toolchain.serving.repositories import write_repositories
 from toolchain.sources import check_framework
-from toolchain.steps import Children, StepOutcome, log_files, reap_orphans, run_step
+from toolchain.steps import Children, StepOutcome, log_files, reap_orphans, run_step, server_for
 from toolchain.torchtools import export_errors
 
 DEFAULT_TIMEOUT = 1800.0
@@ -139,7 +139,8 @@ def _build_locked(plan: Plan, out_root: Path, progress: Progress, jobs: int, cac
     clean_stale(out_root, f".{recipe.name}.tmp-*")
     staging = out_root / f".{recipe.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
-    run = Run(plan, staging, out_root, progress, cache, steps)
+    # Local steps fork from one process that imported the frameworks once (toolchain.stepserver)
+    run = Run(plan, staging, out_root, progress, cache, steps, Children(server_for(staging, recipe) if steps.name == "local" else None))
     previous = {}
     for sig in (signal.SIGTERM, signal.SIGHUP):  # stop like Ctrl-C: children killed, staging removed
         try:
@@ -168,6 +169,7 @@ def _build_locked(plan: Plan, out_root: Path, progress: Progress, jobs: int, cac
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
+        run.children.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

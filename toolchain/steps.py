@@ -1,6 +1,6 @@
-"""Steps as processes: each step that imports a framework runs in a fresh
-interpreter (`python -m toolchain.worker STEP.json`) with a time limit, a log
-and a reproduce.sh. Imports no framework.
+"""Steps as processes: each step that imports a framework runs in a process of its own
+(`python -m toolchain.worker STEP.json`, or forked by the build's step server, toolchain.stepserver)
+with a time limit, a log and a reproduce.sh. Imports no framework.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from toolchain.fsutil import pid_alive, tail
 from toolchain.records import StepOutcome, StepResult, StepSpec
+from toolchain.stepserver import ForkedStep, StepServer, preload_for
 
 
 def log_files(name: str) -> list[str]:
@@ -26,10 +27,11 @@ def log_files(name: str) -> list[str]:
 
 
 class Children:
-    """Live step processes, so an interrupt can stop every one of them."""
+    """Live step processes, so an interrupt can stop every one of them, and the step server that forks them (if any)."""
 
-    def __init__(self):
-        self._procs: set[subprocess.Popen] = set()
+    def __init__(self, server: StepServer | None = None):
+        self.server = server
+        self._procs: set[subprocess.Popen | ForkedStep] = set()
         self._stoppers: list = []  # how to stop steps that are not local processes (Ray tasks)
         self._lock = threading.Lock()
         self.stopping = False
@@ -40,13 +42,13 @@ class Children:
             if self.stopping:
                 stop()
 
-    def add(self, p: subprocess.Popen) -> None:
+    def add(self, p: subprocess.Popen | ForkedStep) -> None:
         with self._lock:
             self._procs.add(p)
             if self.stopping:
                 kill_group(p)
 
-    def discard(self, p: subprocess.Popen) -> None:
+    def discard(self, p: subprocess.Popen | ForkedStep) -> None:
         with self._lock:
             self._procs.discard(p)
 
@@ -61,8 +63,34 @@ class Children:
                 except Exception:  # a task already finished, a cluster already gone
                     pass
 
+    def close(self) -> None:
+        """Stop the step server (the steps are done, or were stopped)."""
+        if self.server is not None:
+            self.server.close()
 
-def kill_group(p: subprocess.Popen) -> None:
+
+def server_for(staging: Path, recipe) -> StepServer | None:
+    """The step server of a local build run of `recipe` in `staging`; None where its steps keep fresh interpreters."""
+    preload = preload_for(recipe)
+    return StepServer(staging, preload, step_env(staging)) if preload else None
+
+
+def step_env(staging: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a step of the build in `staging` runs with; `extra`: its own variables (a CPU class's ISA caps)."""
+    env = {
+        **os.environ,
+        **(extra or {}),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONFAULTHANDLER": "1",
+        "MLPACK_PARENT_PID": str(os.getpid()),
+        "MLPACK_STAGING": str(staging),
+    }
+    here = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def kill_group(p: subprocess.Popen | ForkedStep) -> None:
     try:
         os.killpg(p.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -179,7 +207,8 @@ def reap_orphans(staging_prefix: str) -> list[int]:
 def run_step(step: StepSpec, staging: Path, name: str, timeout: float, children: Children, memory: int | None = None,
              env: dict[str, str] | None = None) -> StepOutcome:  # fmt: skip
     """Run one worker step in its own process and session; stop it after `timeout` seconds or
-    when its process group holds more than `memory` bytes. `env`: variables it runs with (a CPU class's ISA caps)."""
+    when its process group holds more than `memory` bytes. `env`: variables it runs with (a CPU class's ISA caps):
+    such a step starts a fresh interpreter; the others are forked by the build's step server where it has one."""
     logs = staging / "logs"
     logs.mkdir(exist_ok=True)
     step = replace(step, root=str(staging), result=f"logs/{name}.result.json")
@@ -187,24 +216,18 @@ def run_step(step: StepSpec, staging: Path, name: str, timeout: float, children:
     write_reproduce(logs / f"{name}.reproduce.sh", f"{name}.step.json", step.target)
     log = logs / f"{name}.log"
     rel = log.relative_to(staging).as_posix()
-    env = {
-        **os.environ,
-        **(env or {}),
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONFAULTHANDLER": "1",
-        "MLPACK_PARENT_PID": str(os.getpid()),
-        "MLPACK_STAGING": str(staging),
-    }
-    here = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    server = children.server if not env else None
+    env = step_env(staging, env)
     result_file = staging / step.result
     result_file.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "toolchain.worker", str(logs / f"{name}.step.json")]
     with open(log, "wb") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "toolchain.worker", str(logs / f"{name}.step.json")],
-            stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-            cwd=logs,  # not the user's folder: `-m` puts the cwd first on sys.path
-        )  # fmt: skip
+        proc = server.spawn(cmd, env, logs, f.fileno()) if server is not None else None
+        if proc is None:
+            proc = subprocess.Popen(
+                cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                cwd=logs,  # not the user's folder: `-m` puts the cwd first on sys.path
+            )  # fmt: skip
         children.add(proc)
         deadline = time.monotonic() + timeout
         peak = 0

@@ -127,6 +127,7 @@ class AotiKind(Kind):
     tasks = frozenset({"predict", "text-generation"})
     frameworks = frozenset({"pytorch"})
     tools = ("torch",)
+    preload = ("torch.export", "torch._inductor.compile_fx")
     runners = {RUNNER: "toolchain.runners.aoti:AotiRunner", DECODER_RUNNER: "toolchain.runners.aoti:AotiDecoderRunner"}
     # torch_aoti (beta) addresses tensors by position and has no batching.
     triton = TritonModel(platform="torch_aoti", backend="pytorch", artifact=MODEL, positional=True, batching=False, python_backend=PYTHON_BACKEND,

@@ -105,6 +105,8 @@ class Kind:
     frameworks: ClassVar[frozenset[str]]  # source frameworks it builds from
     tools: ClassVar[tuple[str, ...]] = ()  # distributions whose versions shape its artifacts
     runners: ClassVar[dict[str, str]] = {}  # runner name -> "module:Class", for the artifacts it builds
+    # Modules its build step imports from a pytorch source, beyond torch: the build's step server imports them once
+    preload: ClassVar[tuple[str, ...]] = ()
     triton: ClassVar[TritonModel | None] = None
     tfserving: ClassVar[TFServingModel | None] = None
     manifest_fields: ClassVar[dict[str, dict]] = {}  # JSON Schema of the fields it adds to its target entry

@@ -101,6 +101,7 @@ class OnnxKind(Kind):
     tasks = frozenset({"predict", "text-generation"})
     frameworks = frozenset({"pytorch", "tensorflow"})
     tools = ("onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "onnxconverter-common", "tf2onnx")
+    preload = ("onnx", "onnxscript", "torch.onnx._internal.exporter._core")
     runners = {RUNNER: "toolchain.runners.onnxruntime:OnnxRuntimeRunner"}
     triton = TritonModel(platform="onnxruntime_onnx", backend="onnxruntime", artifact=MODEL, siblings=True, python_backend=PYTHON_BACKEND,
                          generator_programs={"prefill": MODEL, "decode": MODEL})  # fmt: skip
