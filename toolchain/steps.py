@@ -251,6 +251,9 @@ def run_step(step: StepSpec, staging: Path, name: str, timeout: float, children:
         finally:
             kill_group(proc)  # whatever the step started and left behind (compilers, pools) goes with it
             children.discard(proc)
+    if getattr(proc, "lost", False):
+        return StepOutcome(None, f"the build's step server, which forked this step, died while it ran (the step died with it); log tail:\n{tail(log)}", rel,
+                           "build again; MLPACK_STEP_SERVER=0 runs every step in a fresh interpreter instead")  # fmt: skip
     if rc != 0:
         crash = crash_frames(log) if rc < 0 else None  # a native crash: the Python frames it happened under
         return StepOutcome(None, f"{describe_exit(rc)}; " + (f"where:\n{crash}" if crash else f"log tail:\n{tail(log)}"), rel)

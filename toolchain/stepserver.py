@@ -70,6 +70,7 @@ class ForkedStep:
         self.pid = pid
         self.args = args
         self.returncode: int | None = None
+        self.lost = False  # the server died before it reported the step's exit
         self._reply = reply
 
     def wait(self, timeout: float | None = None) -> int:
@@ -83,6 +84,7 @@ class ForkedStep:
         except OSError:
             data = b""
         # No answer: the server died (its children die with it, by their parent-death signal)
+        self.lost = not data
         self.returncode = int(json.loads(data)["rc"]) if data else -9
         self._reply.close()
         return self.returncode
