@@ -224,6 +224,9 @@ def run_step(step: StepSpec, staging: Path, name: str, timeout: float, children:
     with open(log, "wb") as f:
         proc = server.spawn(cmd, env, logs, f.fileno()) if server is not None else None
         if proc is None:
+            if server is not None:  # the server could not start (or stopped): said where the step's output goes
+                f.write(f"[mlpack] {server.failed}; this step runs in a fresh interpreter\n".encode())
+                f.flush()
             proc = subprocess.Popen(
                 cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
                 cwd=logs,  # not the user's folder: `-m` puts the cwd first on sys.path

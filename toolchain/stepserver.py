@@ -79,7 +79,7 @@ class ForkedStep:
         self._reply.settimeout(timeout)
         try:
             data = self._reply.recv(MAX_MESSAGE)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):  # BlockingIOError: timeout 0 (poll)
             raise subprocess.TimeoutExpired(self.args, timeout) from None
         except OSError:
             data = b""
@@ -132,7 +132,8 @@ class StepServer:
             ready = {"error": str(e)}
         if not ready.get("ready"):
             self.failed = f"the step server did not come up ({ready.get('error') or 'it exited'})"
-            self.close()
+            ours.close()
+            self._stop()
             return False
         ours.settimeout(None)
         self._ctrl = ours
@@ -171,13 +172,16 @@ class StepServer:
     def close(self) -> None:
         """Stop the server: closing its socket ends it; it kills any child still running first."""
         with self._lock:
-            if self._ctrl is not None:
-                self._ctrl.close()
-                self._ctrl = None
-            if self.proc is not None and self.proc.poll() is None:
-                deadline = time.monotonic() + 10
-                while self.proc.poll() is None and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                if self.proc.poll() is None:
-                    self.proc.kill()
-                    self.proc.wait()
+            self._stop()
+
+    def _stop(self) -> None:
+        if self._ctrl is not None:
+            self._ctrl.close()
+            self._ctrl = None
+        if self.proc is not None and self.proc.poll() is None:
+            deadline = time.monotonic() + 10
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()

@@ -80,7 +80,9 @@ def test_a_step_whose_server_dies_fails_saying_so_and_dies_too(tmp_path):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (children._procs and "forked by" in (log.read_text() if log.exists() else "")):
         time.sleep(0.1)
-    step_pid = next(iter(children._procs)).pid
+    step = next(iter(children._procs))
+    step_pid = step.pid
+    assert step.poll() is None  # running: Popen's answer
     os.kill(server.proc.pid, signal.SIGKILL)
     runner.join(60)
     children.close()
@@ -89,6 +91,19 @@ def test_a_step_whose_server_dies_fails_saying_so_and_dies_too(tmp_path):
     assert out.result is None and "step server" in out.reason and "died" in out.reason and "MLPACK_STEP_SERVER=0" in out.hint, out
     time.sleep(1.0)
     assert not Path(f"/proc/{step_pid}").exists() or "Z" in Path(f"/proc/{step_pid}/stat").read_text().split(")")[1][:3]
+
+
+def test_a_server_that_cannot_start_leaves_the_steps_to_fresh_interpreters(tmp_path):
+    staging = staging_of(tmp_path)
+    broken = {**step_env(staging), "PYTHONHOME": str(tmp_path / "nowhere")}  # its interpreter cannot start
+    children = Children(StepServer(staging, ["json"], broken))
+    try:
+        out = run_step(StepSpec("reference", str(tmp_path / "missing.yaml")), staging, "reference", 60, children)
+    finally:
+        children.close()
+    assert out.result is None and out.usage and "missing.yaml" in out.reason, out
+    log = (staging / "logs" / "reference.log").read_text()
+    assert "the step server did not come up" in log and "this step runs in a fresh interpreter" in log and "forked by" not in log, log
 
 
 def test_what_the_server_preloads(tmp_path, monkeypatch):
