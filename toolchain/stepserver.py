@@ -122,6 +122,7 @@ class StepServer:
             )  # fmt: skip
         except OSError as e:
             self.failed = f"the step server did not start: {e}"
+            ours.close()
             return False
         finally:
             theirs.close()

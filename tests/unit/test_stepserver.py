@@ -41,15 +41,20 @@ def recipe_file(tmp_path: Path, factory: str = "def build():\n    pass\n", targe
     return path
 
 
-def test_a_forked_step_is_the_worker_step_with_its_log_and_command_line(tmp_path):
-    staging = staging_of(tmp_path)
-    children = Children(StepServer(staging, ["json"], step_env(staging)))
+def run_missing_recipe(tmp_path: Path, staging: Path, children: Children) -> str:
+    """A reference step of a recipe that is not there: the worker reports the usage error (exit 0). Its log."""
     try:
         out = run_step(StepSpec("reference", str(tmp_path / "missing.yaml")), staging, "reference", 60, children)
     finally:
         children.close()
     assert out.result is None and out.usage and "missing.yaml" in out.reason, out
-    log = (staging / "logs" / "reference.log").read_text()
+    return (staging / "logs" / "reference.log").read_text()
+
+
+def test_a_forked_step_is_the_worker_step_with_its_log(tmp_path):
+    staging = staging_of(tmp_path)
+    children = Children(StepServer(staging, ["json"], step_env(staging)))
+    log = run_missing_recipe(tmp_path, staging, children)
     assert "forked by the build's step server" in log and "imported json once" in log, log
     assert children.server.proc.poll() == 0  # closed with the run, cleanly
 
@@ -83,6 +88,8 @@ def test_a_step_whose_server_dies_fails_saying_so_and_dies_too(tmp_path):
     step = next(iter(children._procs))
     step_pid = step.pid
     assert step.poll() is None  # running: Popen's answer
+    cmdline = Path(f"/proc/{step_pid}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[1:4] == [b"-m", b"toolchain.worker", str(staging / "logs" / "reference.step.json").encode()], cmdline[:5]  # as ps shows it
     os.kill(server.proc.pid, signal.SIGKILL)
     runner.join(60)
     children.close()
@@ -96,13 +103,7 @@ def test_a_step_whose_server_dies_fails_saying_so_and_dies_too(tmp_path):
 def test_a_server_that_cannot_start_leaves_the_steps_to_fresh_interpreters(tmp_path):
     staging = staging_of(tmp_path)
     broken = {**step_env(staging), "PYTHONHOME": str(tmp_path / "nowhere")}  # its interpreter cannot start
-    children = Children(StepServer(staging, ["json"], broken))
-    try:
-        out = run_step(StepSpec("reference", str(tmp_path / "missing.yaml")), staging, "reference", 60, children)
-    finally:
-        children.close()
-    assert out.result is None and out.usage and "missing.yaml" in out.reason, out
-    log = (staging / "logs" / "reference.log").read_text()
+    log = run_missing_recipe(tmp_path, staging, Children(StepServer(staging, ["json"], broken)))
     assert "the step server did not come up" in log and "this step runs in a fresh interpreter" in log and "forked by" not in log, log
 
 
