@@ -19,12 +19,17 @@ C = TypeVar("C")  # a configuration
 A = TypeVar("A")  # what evaluating it leaves (the model, or its outputs)
 
 
+class CandidateError(Exception):
+    """A configuration whose model cannot be built or run: the search records it as failed and goes on."""
+
+
 @dataclass
 class Tried(Generic[C, A]):
-    score: float  # ParityReport.margin(): >= 0 meets every floor
+    score: float  # ParityReport.margin(): >= 0 meets every floor; -inf for a candidate that failed
     config: C
-    report: ParityReport
-    artifact: A
+    report: ParityReport | None  # None: the candidate failed (error says why)
+    artifact: A | None
+    error: str | None = None
 
 
 class PrecisionSearch(Generic[C, A]):
@@ -47,7 +52,11 @@ class PrecisionSearch(Generic[C, A]):
         return time.monotonic() > self.deadline
 
     def run(self, config: C) -> Tried[C, A]:
-        report, artifact = self.evaluate(config)
+        try:
+            report, artifact = self.evaluate(config)
+        except CandidateError as e:
+            self.attempts.append(self.describe(config) | {"passed": False, "error": str(e)})
+            return Tried(float("-inf"), config, None, None, str(e))
         tried = Tried(report.margin(), config, report, artifact)
         self.attempts.append(self.describe(config) | report.summary())
         if self.best is None or (report.passed, tried.score) > (self.best.report.passed, self.best.score):
@@ -81,7 +90,10 @@ QUANTIZATION_SCHEMA: dict = {
         # INT8 for a fleet with CPUs without VNNI: ONNX 7-bit weights / PT2E 7-bit activations, whose products cannot saturate
         "reduce_range": {"type": "boolean"},
         "reduce_range_for": {"type": "array", "items": {"type": "string"}},
-        "kept_float_why": {"type": "object", "additionalProperties": {"type": "string"}},  # AOTI int8-weight: layers the kernel cannot take
+        "kept_float_why": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+        },  # AOTI int8-weight: layers the kernel cannot take; ONNX int8: non-finite ranges
         "nodes_kept_fp32": {"type": "array", "items": {"type": "string"}},  # fp16: Transposes into a MatMul (transposes_into_matmul)
         "calibration": {
             "type": "object",
@@ -121,14 +133,23 @@ QUANTIZATION_SCHEMA: dict = {
         "attempts": {
             "type": "array",
             "items": {
-                "type": "object",
-                "required": ["excluded", "passed", "cosine", "top1"],
-                "properties": {
-                    "excluded": {"type": "integer", "minimum": 0},
-                    "passed": {"type": "boolean"},
-                    "cosine": {"type": "number"},
-                    "top1": {"type": ["number", "null"]},
-                },
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "required": ["excluded", "passed", "cosine", "top1"],
+                        "properties": {
+                            "excluded": {"type": "integer", "minimum": 0},
+                            "passed": {"type": "boolean"},
+                            "cosine": {"type": "number"},
+                            "top1": {"type": ["number", "null"]},
+                        },
+                    },
+                    {  # a candidate whose model failed to build or run (search.CandidateError)
+                        "type": "object",
+                        "required": ["excluded", "passed", "error"],
+                        "properties": {"excluded": {"type": "integer", "minimum": 0}, "passed": {"const": False}, "error": {"type": "string"}},
+                    },
+                ]
             },
         },
         "node_report": {

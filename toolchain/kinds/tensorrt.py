@@ -146,8 +146,10 @@ def build(source, spec: TensorRTTarget, ctx: BuildContext) -> Artifact:
             quantize.pre_process(onnx_path, prep)
             calib = calibration_samples(recipe)
             method = spec.calibration or "minmax"
-            quantize.quantize_static_qdq(prep, qdq, calib, method, [], symmetric=True)
+            unbounded = quantize.quantize_static_qdq(prep, qdq, calib, method, [], symmetric=True)
             fields["quantization"] = {"mode": "int8", "format": "QDQ", "per_channel": True, "calibration": {"method": method, **calib.to_dict()}}
+            if unbounded:
+                fields["quantization"]["kept_float_why"] = {n: "a tensor it writes or reads calibrated to a range that is not finite" for n in unbounded}
             fields["warnings"] = [calib.warning] if calib.warning else []
             onnx_path = qdq
         shapes = profile_shapes(recipe)

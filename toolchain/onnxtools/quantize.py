@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +24,12 @@ from toolchain.parity import cosine
 from toolchain.records import ParityReport
 from toolchain.runners.onnxruntime import OnnxRuntimeRunner
 from toolchain.samples import CalibrationSet, calibration_samples
-from toolchain.search import PrecisionSearch
+from toolchain.search import CandidateError, PrecisionSearch
 
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 REPORT_NODES = 10  # nodes listed in the manifest's node_report
 SEARCH_SHARE = 0.5  # of the target's timeout, for fallback: auto's search
+UNBOUNDED_ROUNDS = 4  # re-quantizations (from the cached ranges) keeping nodes with non-finite ranges in float
 
 
 # ONNX Runtime's pre-processing, most thorough first: its symbolic shape inference
@@ -93,15 +94,52 @@ class _Reader:
 
 
 def quantize_static_qdq(prep: Path, dst: Path, calib: CalibrationSet, method: str, excluded: list[str], symmetric: bool, cache: Path | None = None,
-                        op_types: tuple[str, ...] | None = None, reduce_range: bool = False) -> None:  # fmt: skip
-    """Static QDQ with per-channel weights.
+                        op_types: tuple[str, ...] | None = None, reduce_range: bool = False) -> list[str]:  # fmt: skip
+    """Static QDQ with per-channel weights; returns the nodes kept in float because a tensor they
+    write or read calibrated to a range that is not finite.
 
     symmetric=True (TensorRT) puts every zero point at 0, as TensorRT requires;
     otherwise activations are asymmetric uint8, ONNX Runtime's CPU choice.
     `cache` keeps the calibrated ranges so search rounds skip recalibrating;
     `op_types` limits which op types are quantized (None: ONNX Runtime's default set);
     `reduce_range`: 7-bit weights, whose u8 x s8 pairs cannot saturate on CPUs without VNNI.
+
+    A range reaching inf or nan (MPNet's and T5's relative-position buckets take log(0) = -inf in a
+    branch `where` discards) gives an infinite scale: its DequantizeLinear then writes nan everywhere,
+    the discarded branch included, and a Cast to int64 turns that into a Gather index of INT64_MIN.
     """
+    import onnx
+
+    graph = onnx.load(str(prep), load_external_data=False).graph
+    kept: list[str] = []
+    for _ in range(UNBOUNDED_ROUNDS):
+        _quantize_static(prep, dst, calib, method, excluded + kept, symmetric, cache, op_types, reduce_range)
+        more = [n for n in _touching(graph, unbounded_tensors(dst)) if n not in excluded and n not in kept]
+        if not more:
+            return kept
+        kept += more
+    raise StepError(f"static INT8: tensors still calibrate to ranges that are not finite after keeping {len(kept)} nodes in float: {', '.join(kept[:5])}")
+
+
+def unbounded_tensors(path: Path) -> list[str]:
+    """Tensors whose QuantizeLinear scale in the model at `path` is not finite."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    scales = {i.name: i for i in graph.initializer}
+    return [n.input[0] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[1] in scales
+            and not np.all(np.isfinite(numpy_helper.to_array(scales[n.input[1]])))]  # fmt: skip
+
+
+def _touching(graph, tensors: list[str]) -> list[str]:
+    """The named nodes that write or read any of `tensors` (a tensor is quantized for either)."""
+    wanted = set(tensors)
+    return [n.name for n in graph.node if n.name and wanted & {*n.input, *n.output}]
+
+
+def _quantize_static(prep: Path, dst: Path, calib: CalibrationSet, method: str, excluded: list[str], symmetric: bool, cache: Path | None,
+                     op_types: tuple[str, ...] | None, reduce_range: bool) -> None:  # fmt: skip
     from onnxruntime import quantization as q
 
     q.quantize_static(
@@ -173,6 +211,8 @@ class Int8Job:
     reference: list[dict]
     tol: object
     reduce_range: bool = False  # for a fleet with CPUs without VNNI (toolchain/cpuclass.py SATURATING)
+    unbounded: list[str] = field(default_factory=list)  # nodes the last attempt kept in float for non-finite ranges
+    best_unbounded: list[str] = field(default_factory=list)  # ... and the best attempt's
 
     @property
     def attempt_path(self) -> Path:
@@ -185,15 +225,25 @@ class Int8Job:
     def evaluate(self, config: Config) -> tuple[ParityReport, list[dict]]:
         path = self.attempt_path
         if config.method is not None:
-            quantize_static_qdq(self.prep, path, self.calib, config.method, list(config.excluded), symmetric=False,
-                                cache=self.scratch / f"calibration.{config.method}.json", op_types=config.op_types, reduce_range=self.reduce_range)  # fmt: skip
+            self.unbounded = quantize_static_qdq(self.prep, path, self.calib, config.method, list(config.excluded), symmetric=False,
+                                                 cache=self.scratch / f"calibration.{config.method}.json", op_types=config.op_types,
+                                                 reduce_range=self.reduce_range)  # fmt: skip
         else:
             quantize_dynamic(self.prep, path, list(config.excluded), config.op_types, self.reduce_range)
-        runner = OnnxRuntimeRunner(path, self.source.input_names, self.source.output_names, self.spec.device)
-        return judge(runner, self.samples, self.reference, self.tol, self.source.recipe.parity.scores)
+        try:
+            runner = OnnxRuntimeRunner(path, self.source.input_names, self.source.output_names, self.spec.device)
+            return judge(runner, self.samples, self.reference, self.tol, self.source.recipe.parity.scores)
+        except Exception as e:
+            if type(e).__module__.startswith("onnxruntime"):  # its pybind errors; anything else is ours
+                raise CandidateError(f"ONNX Runtime cannot run this candidate: {one_line(e)}") from e
+            raise
 
     def search(self, deadline: float) -> PrecisionSearch[Config, list[dict]]:
-        return PrecisionSearch(self.evaluate, Config.to_dict, deadline, keep=lambda tried: shutil.copyfile(self.attempt_path, self.best_path))
+        return PrecisionSearch(self.evaluate, Config.to_dict, deadline, keep=self._keep)
+
+    def _keep(self, tried) -> None:
+        shutil.copyfile(self.attempt_path, self.best_path)
+        self.best_unbounded = self.unbounded
 
 
 def _default_op_types(static: bool) -> list[str]:
@@ -225,6 +275,8 @@ def _search(search: PrecisionSearch, job: Int8Job, base: Config, static: bool, e
     # Cheapest first: the op-type choice reuses the calibrated ranges; another method recalibrates.
     if static and not search.out_of_time():
         search.run(Config(base.method, COMPUTE_OPS, (), "compute-heavy ops only"))
+    if search.best is None:
+        return  # no candidate ran: there are no outputs to rank nodes by
     if static and not explicit_method:
         op_types = search.best.config.op_types
         # Not entropy: ONNX Runtime's KL threshold search took over ten minutes on EfficientNet-B0's
@@ -256,6 +308,8 @@ def _search(search: PrecisionSearch, job: Int8Job, base: Config, static: bool, e
     if search.passed or search.out_of_time():
         return
     baseline = search.run(Config(base.method, base.op_types, tuple(excluded), "baseline for the node ranking"))
+    if baseline.report is None:
+        return
     base_margin = baseline.score
     errors = node_errors(job.prep, job.attempt_path, job.samples[_worst_sample(job.reference, baseline.artifact)], job.spec.device)
     # Keeping a node in float must keep what it reads in float too: the quantizer puts a
@@ -319,12 +373,15 @@ def to_int8(source, spec, src: Path, dst: Path, scratch: Path, ctx) -> dict:
     search = job.search(time.monotonic() + spec.timeout * SEARCH_SHARE)
     base = Config(method if static else None)
     first = search.run(base)
-    report, outputs = first.report, first.artifact
     node_report = None
-    if not report.passed:
-        node_report = [e.to_dict() for e in node_errors(prep, scratch / "attempt.onnx", samples[_worst_sample(reference, outputs)], spec.device)[:REPORT_NODES]]
-        if spec.fallback == "auto":
-            _search(search, job, base, static, spec.calibration is not None)
+    if first.report is not None and not first.report.passed:
+        node_report = [e.to_dict() for e in node_errors(prep, scratch / "attempt.onnx", samples[_worst_sample(reference, first.artifact)], spec.device)[:REPORT_NODES]]  # fmt: skip
+    if not search.passed and spec.fallback == "auto":
+        _search(search, job, base, static, spec.calibration is not None)
+    if search.best is None:
+        tried = f"none of the {len(search.attempts)} candidates runs" if len(search.attempts) > 1 else "the quantized model does not run"
+        fix = "; set fallback: auto to search for one that does" if spec.fallback == "off" else ""
+        raise StepError(f"{spec.quantize}: {tried}; the first: {first.error}{fix}")
     best, report = search.best.config, search.best.report
     shutil.copyfile(job.best_path, dst)
     record["runtime"] = runtime_kernels(dst)
@@ -341,5 +398,7 @@ def to_int8(source, spec, src: Path, dst: Path, scratch: Path, ctx) -> dict:
             cos = min(d.cosine for d in report.outputs.values())
             warnings.append(f"{spec.quantize} misses its budget after {len(search.attempts)} attempts; the best ({best.why}) reached cosine {cos:.6f}; "
                             f"nodes adding the most error: {names}")  # fmt: skip
+    if job.best_unbounded:
+        record["kept_float_why"] = {n: "a tensor it writes or reads calibrated to a range that is not finite (inf or nan)" for n in job.best_unbounded}
     record |= {"attempts": search.attempts, "node_report": node_report}
-    return {"quantization": record, "excluded_nodes": list(best.excluded), "warnings": warnings}
+    return {"quantization": record, "excluded_nodes": [*best.excluded, *job.best_unbounded], "warnings": warnings}

@@ -24,6 +24,8 @@ SIZES = {
         position_buckets=32,
         max_relative_positions=64,
     ),
+    # relative-position buckets (log of the distance; log(0) = -inf in the branch `where` discards)
+    "mpnet": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, max_position_embeddings=130),
     "distilbert": dict(dim=64, n_layers=2, n_heads=2, hidden_dim=128, max_position_embeddings=128),
     "gpt2": dict(n_embd=64, n_layer=2, n_head=2, n_positions=128),
     "llama": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128),
