@@ -19,6 +19,7 @@ from toolchain.recipe import load_recipe
 from toolchain.runners import TwoPrograms, open_runner
 
 FILES = {"onnx": ["onnx/model.onnx", "onnx/prefill.onnx"], "aoti": ["aoti/decode.pt2", "aoti/prefill.pt2"]}
+WEIGHT_ONLY = ["onnx-int8w"]  # tiny-t5's (trained weights)
 
 
 @pytest.fixture(scope="module", params=["tiny-t5", "tiny-bart", "tiny-whisper"])
@@ -33,8 +34,8 @@ def test_every_target_generates_transformers_greedy_tokens(built):
     steps = sum(len(r.tokens) for r in refs)
     assert len(refs) == 2 and steps == 24 and len({t for r in refs for t in r.tokens}) > 6  # varied tokens, none cut by EOS
     names = [t["name"] for t in m["targets"]]
-    assert names == (["onnx", "onnx-fp16", "aoti"] if built.root.name == "tiny-bart" else ["onnx", "aoti"])
-    for name in names:
+    assert names == {"tiny-bart": ["onnx", "onnx-fp16", "aoti"], "tiny-t5": ["onnx", *WEIGHT_ONLY, "aoti"]}.get(built.root.name, ["onnx", "aoti"])
+    for name in [n for n in names if n not in WEIGHT_ONLY]:
         t, files = built.target(name), FILES.get(name, ["onnx-fp16/model.onnx", "onnx-fp16/prefill.onnx"])
         g = t["generation"]
         assert t["status"] == "ok" and g["passed"] and g["token_match"] == 1.0 and g["steps"] == steps, (name, g)
@@ -45,6 +46,28 @@ def test_every_target_generates_transformers_greedy_tokens(built):
         assert set(t["export"]["phases"]) == {"prefill", "decode"}
     if "onnx-fp16" in names:  # both programs in FP16, held to every token like FP32
         assert built.target("onnx-fp16")["quantization"]["mode"] == "fp16"
+
+
+def test_weight_only_quantizes_both_programs_and_holds_the_token_budget(built):
+    """tiny-t5's INT8 weights (MatMulNBits) in the prefill and the decode program, judged on the pair by the generation
+    gate, each program's quantized MatMuls counted in the manifest as in its file."""
+    if built.root.name != "tiny-t5":
+        pytest.skip("weight-only targets are built on the trained T5 only")
+    import onnx
+
+    for name, bits in (("onnx-int8w", 8),):
+        t = built.target(name)
+        g, w = t["generation"], t["quantization"]["weight_only"]
+        assert t["status"] == "ok" and g["passed"] and g["token_match"] >= g["floor"], (name, g)
+        assert w["bits"] == bits and "lm_head" in w["kept_float"]
+        assert set(w["programs"]) == {"prefill.onnx", "model.onnx"} and min(w["programs"].values()) > 0, w["programs"]
+        assert all(n.startswith(("prefill.onnx:", "model.onnx:")) for n in t["excluded_nodes"])
+        for program in ("prefill.onnx", "model.onnx"):
+            nodes = onnx.load(str(built.root / name / program), load_external_data=False).graph.node
+            kinds = [n.op_type for n in nodes]
+            assert kinds.count("MatMulNBits") == w["programs"][program], (name, program)
+            assert all(a.i == bits for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits")
+        assert set(t["export"]["phases"]) == {"prefill", "decode"}
 
 
 def test_reference_is_transformers_own_generate(built):

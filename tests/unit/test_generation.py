@@ -221,6 +221,22 @@ def test_blockwise_error_shrinks_with_bits():
     assert _quantization_error(np.zeros((32, 4), np.float32), 4, 32) == 0.0
 
 
+def test_weight_only_layers_are_named_by_module_whichever_exporter_wrote_them():
+    """An encoder-decoder's prefill may come from the TorchScript exporter (node names are scope paths) and its decode
+    step from the dynamo exporter (name_scopes metadata): a module both hold gets one name, so keep_float and the
+    search treat it as one layer."""
+    from onnx import helper
+
+    from toolchain.onnxtools.weights import _module_of
+
+    script = helper.make_node("MatMul", ["a", "w"], ["b"], name="/inner/decoder/block.0/layer.0/SelfAttention/q/MatMul")
+    dynamo = helper.make_node("MatMul", ["a", "w"], ["b"], name="node_linear_3")
+    scopes = "['', 'inner', 'inner.decoder.block.0.layer.0.SelfAttention.q', 'linear_3']"
+    dynamo.metadata_props.add(key="pkg.torch.onnx.name_scopes", value=scopes)
+    assert _module_of(script) == _module_of(dynamo) == "decoder.block.0.layer.0.SelfAttention.q"
+    assert _module_of(helper.make_node("MatMul", ["a", "w"], ["b"], name="MatMul_7")) is None
+
+
 def test_a_text_sample_that_is_not_text_is_refused(root):
     (root / "t.txt").write_bytes(b"\xff\xfe\x00bad")
     text = RECIPE.replace("  max_batch: 2\n", "  max_batch: 2\n  text: t.txt\n")
@@ -265,9 +281,10 @@ def test_encoder_decoder_is_two_programs_from_its_config(config, layers, heads, 
 @pytest.mark.parametrize(
     "old, new, key, message",
     [
-        ("  - kind: onnx\n", "  - kind: onnx\n    quantize: int4\n", "targets[0].quantize", "an encoder-decoder builds in FP32 or FP16 here"),
-        ("    device: cpu\n", "    device: cpu\n    precision: int8-weight\n", "targets[1].precision", "an encoder-decoder builds in fp32 here"),
-        ("    device: cpu\n", "    device: cpu\n  - kind: genai\n    of: onnx\n", "targets[2].kind", "decoder-only models here, not encoder-decoders"),
+        ("  - kind: onnx\n", "  - kind: onnx\n    quantize: int8\n", "targets[0].quantize", "FP32, FP16 or weight-only INT4/INT8"),
+        ("  - kind: onnx\n", "  - kind: onnx\n    quantize: int8-dynamic\n", "targets[0].quantize", "quantize: int8-dynamic is not built for it"),
+        ("    device: cpu\n", "    device: cpu\n    precision: int8-weight\n", "targets[2].precision", "an encoder-decoder builds in fp32 here"),
+        ("    device: cpu\n", "    device: cpu\n  - kind: genai\n    of: onnx\n", "targets[3].kind", "decoder-only models here, not encoder-decoders"),
     ],
 )
 def test_encoder_decoder_refuses_what_is_not_built_for_it(old, new, key, message):

@@ -23,7 +23,7 @@ from toolchain.onnxtools.export import shared_export
 from toolchain.onnxtools.files import check
 from toolchain.onnxtools.fp16 import to_fp16
 from toolchain.onnxtools.optimize import OPTIMIZATION_SCHEMA, optimize
-from toolchain.onnxtools.weights import WEIGHT_BITS, WeightOnly, to_weight_only
+from toolchain.onnxtools.weights import WEIGHT_BITS, Program, WeightOnly, to_weight_only
 from toolchain.options import TargetOptions, YamlOff
 from toolchain.records import ExportRecord
 from toolchain.records.steps import PREFILL
@@ -75,22 +75,46 @@ def load(path, device, on_gpu, device_id, input_names, output_names):
 """
 
 
-def _convert(source, spec: OnnxTarget, scratch: Path, dst: Path, ctx: BuildContext) -> tuple[ExportRecord, dict]:
-    """Export, then optimize and/or change precision; returns how it was exported and the other manifest fields."""
-    current = scratch / MODEL
+def _fp32(source, spec: OnnxTarget, scratch: Path, dst: Path, ctx: BuildContext) -> tuple[ExportRecord, dict, Path]:
+    """The program exported into `scratch` (and optimized; into `dst` when nothing follows): how, the fields, the file."""
+    current = scratch / dst.name
     record, fields = shared_export(source, spec.opset, current, ctx.shared, dst.name, ctx.workdir.name), {}
     if spec.optimize:
-        optimized = scratch / "optimized.onnx" if spec.quantize else dst
+        optimized = scratch / f"optimized.{dst.name}" if spec.quantize else dst
         fields["optimization"] = optimize(source, current, optimized, spec.device)
         current = optimized
+    return record, fields, current
+
+
+def _convert(source, spec: OnnxTarget, scratch: Path, dst: Path, ctx: BuildContext) -> tuple[ExportRecord, dict]:
+    """Export, then optimize and/or change precision; returns how it was exported and the other manifest fields."""
+    record, fields, current = _fp32(source, spec, scratch, dst, ctx)
     if spec.quantize == "fp16":
         fields["quantization"] = to_fp16(current, dst)
     elif spec.quantize in WEIGHT_BITS:
-        fields.update(to_weight_only(source, spec, current, dst, ctx))
+        fields.update(to_weight_only([Program(current, dst, source)], spec, ctx))
     elif spec.quantize:
         fields.update(quantize.to_int8(source, spec, current, dst, scratch, ctx))
     check(dst)
     return record, fields
+
+
+def _weight_only_pair(decode, prefill, spec: OnnxTarget, ctx: BuildContext) -> tuple[ExportRecord, dict]:
+    """An encoder-decoder's two programs in weight-only form, searched and judged together: the generation gate needs both."""
+    scratch = ctx.workdir / "fp32"
+    programs, records, fields = [], {}, {}
+    try:
+        for phase, source, name in (("prefill", prefill, PREFILL_MODEL), ("decode", decode, MODEL)):
+            (scratch / phase).mkdir(parents=True)
+            records[phase], more, current = _fp32(source, spec, scratch / phase, ctx.workdir / name, ctx)
+            fields = more  # the decode program's optimization record, as the other precisions keep
+            programs.append(Program(current, ctx.workdir / name, source))
+        fields.update(to_weight_only(programs, spec, ctx))
+        for p in programs:
+            check(p.dst)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return ExportRecord.of_phases(records), fields
 
 
 class OnnxKind(Kind):
@@ -122,20 +146,25 @@ class OnnxKind(Kind):
         return None
 
     def check(self, spec: OnnxTarget, recipe) -> list:
-        if recipe.seq2seq and spec.quantize not in (None, "fp16"):
-            return [(("quantize",), f"an encoder-decoder builds in FP32 or FP16 here; quantize: {spec.quantize} is not built for it yet",
-                     "remove quantize, or use quantize: fp16")]  # fmt: skip
+        if recipe.seq2seq and spec.quantize in ("int8", "int8-dynamic"):
+            return [(("quantize",), f"an encoder-decoder builds in FP32, FP16 or weight-only INT4/INT8 here; quantize: {spec.quantize} is not built for it yet",
+                     "use quantize: int8-weight (or int4, or fp16)")]  # fmt: skip
         return []
 
     def build(self, source, spec: OnnxTarget, ctx: BuildContext) -> Artifact:
         path = ctx.workdir / MODEL
-        record, fields = self._program(source, spec, ctx, path)
         options = {}
         if source.recipe.seq2seq:  # an encoder-decoder: the prefill program beside the decode program, converted alike
             prefill = source.for_phase("prefill")
-            first, _ = self._program(prefill, spec, ctx, ctx.workdir / PREFILL_MODEL)
-            record = ExportRecord.of_phases({"prefill": first, "decode": record})
+            if spec.quantize in WEIGHT_BITS:
+                record, fields = _weight_only_pair(source, prefill, spec, ctx)
+            else:
+                record, fields = self._program(source, spec, ctx, path)
+                first, _ = self._program(prefill, spec, ctx, ctx.workdir / PREFILL_MODEL)
+                record = ExportRecord.of_phases({"prefill": first, "decode": record})
             options = {PREFILL: {"runner": RUNNER, "path": PREFILL_MODEL, "inputs": prefill.input_names, "outputs": prefill.output_names}}
+        else:
+            record, fields = self._program(source, spec, ctx, path)
         fields = {"export": record.to_dict(), **fields}
         return Artifact(
             files=sorted(p for p in ctx.workdir.iterdir() if p.is_file()),

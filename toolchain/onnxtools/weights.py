@@ -17,7 +17,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -28,6 +28,7 @@ from toolchain import generation
 from toolchain.judge import judge
 from toolchain.options import Strict
 from toolchain.runners.onnxruntime import OnnxRuntimeRunner
+from toolchain.runners.pair import TwoPrograms
 
 WEIGHT_BITS = {"int4": 4, "int8-weight": 8}
 ACCURACY_LEVEL = {"int8": 4, "float": 0}  # MatMulNBits' accuracy_level: the type its CPU kernel computes in
@@ -63,6 +64,8 @@ def _module_of(node) -> str | None:
             if len(scopes) >= 2:
                 name = scopes[-2]
                 return name.removeprefix("inner.")  # the with-cache wrapper's attribute (sources/decoder.py)
+    if node.name.startswith("/") and node.name.count("/") >= 2:  # the TorchScript exporter's /inner/decoder/block.0/.../q/MatMul
+        return ".".join(node.name.strip("/").split("/")[:-1]).removeprefix("inner.")
     return None
 
 
@@ -129,25 +132,43 @@ class Verdict:
     failure: str
 
 
-def gate_for(source, spec, ctx) -> Callable[[Path], Verdict]:
-    """The target's own gate for one candidate model: the parity samples, and for a generator its greedy tokens (teacher-forced
-    on the source's) and its perplexity on the text sample, as the parity step will judge them."""
-    recipe = source.recipe
+@dataclass
+class Program:
+    """One ONNX program of the artifact: its FP32 file, where its weight-only form goes, and the source whose inputs and
+    outputs it has (an encoder-decoder has two: prefill.onnx and model.onnx, quantized and judged together)."""
+
+    src: Path
+    dst: Path
+    source: object
+    layers: list[Layer] = field(default_factory=list)
+
+    def exclude(self, modules: set[str]) -> list[str]:
+        return [x.node for x in self.layers if x.module in modules]
+
+
+def _runner(programs: list[Program], paths: list[Path], device: str):
+    runners = [OnnxRuntimeRunner(path, p.source.input_names, p.source.output_names, device) for p, path in zip(programs, paths)]
+    return TwoPrograms(*runners) if len(runners) == 2 else runners[0]
+
+
+def gate_for(programs: list[Program], spec, ctx) -> Callable[[list[Path]], Verdict]:
+    """The target's own gate for one candidate (a file per program): the parity samples, and for a generator its greedy tokens
+    (teacher-forced on the source's) and its perplexity on the text sample, as the parity step will judge them."""
+    recipe = programs[-1].source.recipe
     samples, reference = ctx.parity_data()
     tol = recipe.tolerance(spec)
     refs = generation.load_references(ctx.root / generation.GENERATION_FILE) if recipe.generates else []
     text = generation.load_text_sample(ctx.root / generation.TEXT_FILE) if recipe.generates else None
 
-    def gate(path: Path) -> Verdict:
-        runner = OnnxRuntimeRunner(path, source.input_names, source.output_names, spec.device)
-        report, _ = judge(runner, samples, reference, tol, recipe.parity.scores)
+    def gate(paths: list[Path]) -> Verdict:
+        report, _ = judge(_runner(programs, paths, spec.device), samples, reference, tol, recipe.parity.scores)
         summary, failures, score = report.summary(), [f"samples: {report.first_failure()}"] if not report.passed else [], report.margin()
-        if text is not None:
-            with runner as active:
+        if refs:
+            with _runner(programs, paths, spec.device) as active:
                 decoder = generation.decoder_for(active, recipe)
                 logits = [decoder.teacher_forced(r.prompt, r.tokens) for r in refs]
-                nll = generation.artifact_nll(decoder, text.chunks)
-            g = generation.judge(refs, logits, tol, "", generation.perplexity_check(text, nll, tol.perplexity) if text.chunks else None)
+                nll = generation.artifact_nll(decoder, text.chunks) if text is not None and text.chunks else None
+            g = generation.judge(refs, logits, tol, "", generation.perplexity_check(text, nll, tol.perplexity) if nll is not None else None)
             ppl = g.perplexity
             summary |= {"tokens": g.token_match, "perplexity_delta": ppl.delta if ppl else None}
             failures += g.failures
@@ -159,32 +180,38 @@ def gate_for(source, spec, ctx) -> Callable[[Path], Verdict]:
     return gate
 
 
-def to_weight_only(source, spec, src: Path, dst: Path, ctx) -> dict:
-    """Quantize `src`'s MatMul weights into `dst`; judge each try with the target's own gate (a generator's greedy tokens
-    and perplexity, else the parity samples) and, with fallback: auto, keep layers in float until it passes."""
+def to_weight_only(programs: list[Program], spec, ctx) -> dict:
+    """Quantize the MatMul weights of each program's `src` into its `dst`; judge each try with the target's own gate (a
+    generator's greedy tokens and perplexity, else the parity samples) and, with fallback: auto, keep layers in float until
+    it passes. A layer is a module: one the programs share (an encoder-decoder's decoder) is kept in float in both."""
     import onnx
 
     opts, bits = spec.weights or WeightOnly(), WEIGHT_BITS[spec.quantize]
-    model = onnx.load(str(src))
-    layers = rank(model, layers_of(model), bits, opts.block_size)
-    del model
-    kept = [x for x in layers if any(fnmatch.fnmatchcase(x.module, p) for p in opts.keep_float)]
-    unmatched = [p for p in opts.keep_float if not any(fnmatch.fnmatchcase(x.module, p) for x in layers)]
-    candidates = [x for x in layers if x not in kept]
-    gate = gate_for(source, spec, ctx)
-    scratch = dst.parent / "fp32"
+    for p in programs:
+        model = onnx.load(str(p.src))
+        p.layers = rank(model, layers_of(model), bits, opts.block_size)
+        del model
+    layers = sorted((x for p in programs for x in p.layers), key=lambda x: -x.error)
+    modules = list(dict.fromkeys(x.module for x in layers))  # the largest weight error first
+    kept = [m for m in modules if any(fnmatch.fnmatchcase(m, pat) for pat in opts.keep_float)]
+    unmatched = [pat for pat in opts.keep_float if not any(fnmatch.fnmatchcase(m, pat) for m in modules)]
+    candidates = [m for m in modules if m not in kept]
+    gate = gate_for(programs, spec, ctx)
+    scratch = programs[-1].dst.parent / "fp32"
     attempts: list[dict] = []
     best: tuple | None = None
     deadline = time.monotonic() + spec.timeout * SEARCH_SHARE
 
-    def attempt(extra: list[Layer], why: str) -> bool:
+    def attempt(extra: list[str], why: str) -> bool:
         nonlocal best
-        path = scratch / f"attempt{len(attempts)}.onnx"
-        quantize(src, path, bits, opts, [x.node for x in kept + extra])
-        verdict = gate(path)
+        n, floats = len(attempts), set(kept + extra)
+        paths = [scratch / f"attempt{n}.{p.dst.name}" for p in programs]
+        for p, path in zip(programs, paths):
+            quantize(p.src, path, bits, opts, p.exclude(floats))
+        verdict = gate(paths)
         attempts.append({"excluded": len(kept) + len(extra), "why": why, **verdict.summary})
         if best is None or (verdict.passed, verdict.score) > (best[0].passed, best[0].score):
-            best = (verdict, path, extra)
+            best = (verdict, paths, extra)
         return verdict.passed
 
     ok = attempt([], "as configured")
@@ -193,11 +220,13 @@ def to_weight_only(source, spec, src: Path, dst: Path, ctx) -> dict:
         while not ok and k < len(candidates) and time.monotonic() < deadline:  # all of them in float would be the FP32 model
             ok = attempt(candidates[:k], f"{k} layers with the largest weight error in float")
             k *= 2
-    verdict, path, extra = best
-    shutil.copyfile(path, dst)
-    for data in path.parent.glob(path.name + ".data"):
-        shutil.copyfile(data, dst.parent / (dst.name + ".data"))
+    verdict, paths, extra = best
+    for p, path in zip(programs, paths):
+        shutil.copyfile(path, p.dst)
+        for data in path.parent.glob(path.name + ".data"):
+            shutil.copyfile(data, p.dst.parent / (p.dst.name + ".data"))
     floats = kept + extra
+    error = {x.module: x.error for x in reversed(layers)}  # a module's largest
     record = {
         "mode": spec.quantize,
         "fallback": spec.fallback,
@@ -207,18 +236,24 @@ def to_weight_only(source, spec, src: Path, dst: Path, ctx) -> dict:
             "block_size": opts.block_size,
             "symmetric": opts.symmetric,
             "compute": opts.compute,
-            "quantized": len(layers) - len(floats),
-            "kept_float": [x.module for x in floats],
-            "layers": [{"module": x.module, "node": x.node, "shape": list(x.shape), "error": round(x.error, 6)} for x in layers[:REPORT_LAYERS]],
+            "quantized": sum(1 for x in layers if x.module not in floats),
+            "kept_float": floats,
+            "layers": [
+                {"module": x.module, "node": x.node, "shape": list(x.shape), "error": round(x.error, 6)}
+                for x in {x.module: x for x in reversed(layers)}.values()
+            ][::-1][:REPORT_LAYERS],  # fmt: skip
         },
         "attempts": attempts,
     }
-    warnings = [f"weights.keep_float: '{p}' matches no layer (layers are named like {layers[0].module})" for p in unmatched if layers]
+    if len(programs) > 1:
+        record["weight_only"]["programs"] = {p.dst.name: sum(1 for x in p.layers if x.module not in floats) for p in programs}
+    warnings = [f"weights.keep_float: '{pat}' matches no layer (layers are named like {modules[0]})" for pat in unmatched if modules]
     if not verdict.passed:
-        left = [x for x in candidates if x not in extra][:3]
-        names = ", ".join(f"{x.module} ({x.error:.3g})" for x in left) or "none: every candidate was tried in float"
-        floated = f"with {len(extra)} more layers in float ({', '.join(x.module for x in extra)}) " if extra else ""
+        left = [m for m in candidates if m not in extra][:3]
+        names = ", ".join(f"{m} ({error[m]:.3g})" for m in left) or "none: every candidate was tried in float"
+        floated = f"with {len(extra)} more layers in float ({', '.join(extra)}) " if extra else ""
         advice = "set fallback: auto to keep the worst layers in float, " if spec.fallback == "off" else f"after {len(attempts)} attempts; "
         warnings.append(f"{spec.quantize} misses its budget {floated}({verdict.failure}); the quantized layers that lose the most: {names}; "
                         f"{advice}name layers in weights.keep_float, or raise the budget")  # fmt: skip
-    return {"quantization": record, "excluded_nodes": [x.node for x in floats], "warnings": warnings}
+    nodes = [x for p in programs for x in (p.exclude(set(floats)) if len(programs) == 1 else [f"{p.dst.name}:{n}" for n in p.exclude(set(floats))])]
+    return {"quantization": record, "excluded_nodes": nodes, "warnings": warnings}
