@@ -10,6 +10,7 @@ import pytest
 
 from tests.e2e.conftest import mlpack
 from toolchain import cpuclass
+from toolchain.torchtools import attention
 
 MODEL = """\
 import torch
@@ -49,6 +50,7 @@ def test_int8_package_runs_attention_in_bf16_only_where_bf16_is_native(tmp_path)
     att = t["aoti"]["attention"]
     if cpuclass.machine_class() in cpuclass.NATIVE_BF16:
         assert att["dtype"] == "bfloat16" and att["rewritten"] == 2, att  # one attention per layer
+        assert att["form"] == attention.form_for(cpuclass.machine_class()) and att["kernel"], att
         assert cpuclass.machine_class() in att["why"]
         assert t["export"]["inductor_configs"]["realize_opcount_threshold"] == 4
         assert set(t["cpu"]["fast_on"]) & {"avx512_bf16", "amx_bf16"}, t["cpu"]  # the BF16 it needs to run at its speed

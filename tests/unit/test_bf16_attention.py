@@ -31,19 +31,30 @@ def _graph(module, *args):
     return torch.export.export(module.eval(), args, strict=False).module()
 
 
-def test_rewrite_keeps_outputs_with_bool_and_additive_masks():
+@pytest.mark.parametrize("form", ["matmuls", "fused"])
+def test_rewrite_keeps_outputs_with_bool_and_additive_masks(form):
     torch.manual_seed(0)
     x, keep = torch.randn(2, 16, 32), torch.ones(2, 16)
     keep[1, 10:] = 0  # padding in the second sequence
     module = Attn()
     gm = _graph(module, x, keep)
-    assert attention.to_bf16(gm) == 2
-    assert not any(n.target is torch.ops.aten.scaled_dot_product_attention.default for n in gm.graph.nodes)
+    assert attention.to_bf16(gm, form) == 2
+    sdpa = [n for n in gm.graph.nodes if n.target is torch.ops.aten.scaled_dot_product_attention.default]
+    if form == "matmuls":
+        assert not sdpa
+    else:  # the same kernel on BF16 q, k and v; the masks as the model gave them
+        assert len(sdpa) == 2 and all(a.kwargs.get("dtype") is torch.bfloat16 for n in sdpa for a in n.args[:3])
+        assert [n.args[3].meta["val"].dtype for n in sdpa] == [torch.bool, torch.float32]
     assert any(n.kwargs.get("dtype") is torch.bfloat16 for n in gm.graph.nodes)
     with torch.no_grad():
         want, got = module(x, keep), gm(x, keep)
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
     assert F.cosine_similarity(want.flatten(), got.flatten(), dim=0) > 0.9999
+
+
+def test_the_fused_form_only_where_it_was_measured_faster():
+    assert attention.form_for("amx") == "fused"
+    assert [attention.form_for(c) for c in ("avx512_bf16", "avx512_vnni", None)] == ["matmuls"] * 3
 
 
 def test_causal_attention_is_left_as_it_is():
@@ -79,13 +90,14 @@ def test_bf16_on_a_native_machine_for_its_own_class(tmp_path):
     assert ok and cpuclass.machine_class() in why
 
 
-def test_a_row_masked_everywhere_gives_zeros_as_sdpa_does():
+@pytest.mark.parametrize("form", ["matmuls", "fused"])
+def test_a_row_masked_everywhere_gives_zeros_as_sdpa_does(form):
     torch.manual_seed(1)
     x, keep = torch.randn(2, 8, 32), torch.ones(2, 8)
     keep[0] = 0  # every key of the first sequence masked
     module = Attn()
     gm = _graph(module, x, keep)
-    assert attention.to_bf16(gm) == 2
+    assert attention.to_bf16(gm, form) == 2
     with torch.no_grad():
         want, got = module(x, keep), gm(x, keep)
     assert torch.isfinite(got).all()

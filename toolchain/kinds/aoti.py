@@ -106,7 +106,13 @@ AOTI_SCHEMA: dict = {
             "type": "object",
             "description": "int8: the dtype of attention's matmuls (bfloat16 only where every class serving it has native BF16) and why",
             "required": ["dtype", "why"],
-            "properties": {"dtype": {"enum": ["float32", "bfloat16"]}, "why": {"type": "string"}, "rewritten": {"type": "integer"}},
+            "properties": {
+                "dtype": {"enum": ["float32", "bfloat16"]},
+                "why": {"type": "string"},
+                "rewritten": {"type": "integer"},
+                "form": {"enum": ["fused", "matmuls"], "description": "bfloat16: ATen's fused kernel (on AMX) or two matmuls around an FP32 softmax"},
+                "kernel": {"type": "string"},
+            },
         },
         "freezing_choice": {"type": "array", "items": {"type": "object"}},
         "kernels": {

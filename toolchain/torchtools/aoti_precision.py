@@ -208,7 +208,8 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
     deadline = time.monotonic() + spec.timeout * 0.5
     choice = _int8_module(source, spec, ctx, tol, deadline)
     bf16, in_bf16 = attention.bf16_reason(source.recipe, spec.device, spec.attention)
-    rewritten = attention.to_bf16(choice.module) if bf16 else 0
+    form = attention.form_for(cpuclass.machine_class())
+    rewritten = attention.to_bf16(choice.module, form) if bf16 else 0
     configs = {"freezing": spec.freezing != "off"} | (attention.COMPILE_CONFIGS if rewritten else {})
     try:
         program, record = compile_package(source, spec.device, path, module=choice.module, precision=spec.precision, configs=configs)
@@ -221,7 +222,7 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
         why = f"Inductor could not compile the model with its Conv1d layers in INT8 (torch 2.13): {str(e)[:200]}"
         print(f"int8: {why}; compiling again with them in float")
         choice = _int8_module(source, spec, ctx, tol, deadline + spec.timeout * 0.2, hazards=dict.fromkeys(convs, why))
-        rewritten = attention.to_bf16(choice.module) if bf16 else 0
+        rewritten = attention.to_bf16(choice.module, form) if bf16 else 0
         program, record = compile_package(source, spec.device, path, module=choice.module, precision=spec.precision, configs=configs)
     eager = choice.eager
     compiled = _judge_compiled(source, path, ctx, tol)
@@ -232,7 +233,7 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
               f"searching again with floor {raised:.6f}")  # fmt: skip
         second = _int8_module(source, spec, ctx, tol.model_copy(update={"cosine": raised}), deadline + spec.timeout * 0.2)
         if bf16:
-            attention.to_bf16(second.module)
+            attention.to_bf16(second.module, form)
         retry = path.with_name("retry.pt2")
         program2, record2 = compile_package(source, spec.device, retry, module=second.module, precision=spec.precision, configs=configs)
         again = _judge_compiled(source, retry, ctx, tol)
@@ -253,7 +254,8 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
         )
     dtype = "bfloat16" if rewritten else "float32"
     said = in_bf16 if rewritten or not bf16 else "the model has no scaled_dot_product_attention to rewrite"
-    return program, record, choice.fields(checks) | {"attention": {"dtype": dtype, "why": said, "rewritten": rewritten}}, choice
+    forms = {"form": form, "kernel": attention.FORMS[form]} if rewritten else {}
+    return program, record, choice.fields(checks) | {"attention": {"dtype": dtype, "why": said, "rewritten": rewritten, **forms}}, choice
 
 
 def int8_kernel_warnings(choice: Int8Choice, kernels: Kernels, source_module) -> list[str]:

@@ -5,6 +5,11 @@ Inductor lowers to ATen's FP32 flash kernel. On BERT-base (batch 1, seq 128, one
 took 8.4 of the INT8 package's 37 ms. The same attention written as two BF16 matmuls (oneDNN, vdpbf16ps) around an
 FP32 softmax took 4 ms, at the same cosine. BF16 is emulated (and slower than FP32) on CPUs without it, so this is
 done only when the build machine and every class of `serve.cpus` have it natively, and the manifest says so.
+
+Two forms, chosen by the build machine's class (the package is compiled for it): on AMX, ATen's fused BF16 attention
+kernel (q, k and v in BF16, the mask as the model gave it) was faster still, BERT-base INT8 32.5 ms against 35.1 ms for
+the two matmuls (Xeon with AMX, 1 thread; the softmax kernel alone took 4 ms there); on AVX512-BF16 without AMX the two
+matmuls were measured (above) and the fused kernel was not.
 """
 
 from __future__ import annotations
@@ -16,6 +21,13 @@ from toolchain import cpuclass
 # Inductor recomputes a shared pointwise producer (the padding mask) inside every consumer unless it is realized;
 # with the mask rebuilt per layer the softmax kernel cost 0.34 ms instead of 0.19 (BERT-base, Zen 5).
 COMPILE_CONFIGS = {"realize_opcount_threshold": 4}
+FUSED_ON = ("amx",)  # the classes where the fused BF16 kernel was measured faster than the two matmuls
+FORMS = {"fused": "ATen's fused attention kernel in BF16", "matmuls": "two BF16 matmuls around an FP32 softmax"}
+
+
+def form_for(machine_class: str | None) -> str:
+    """The BF16 form for a package compiled on `machine_class`."""
+    return "fused" if machine_class in FUSED_ON else "matmuls"
 
 
 def bf16_reason(recipe, device: str, option: str) -> tuple[bool, str]:
@@ -32,9 +44,11 @@ def bf16_reason(recipe, device: str, option: str) -> tuple[bool, str]:
     return True, f"every class that serves it has native BF16 ({', '.join(fleet)})"
 
 
-def to_bf16(gm) -> int:
-    """Rewrite each non-causal, dropout-free SDPA of an FX GraphModule as BF16 q @ k^T, an FP32 scaled, masked softmax,
-    and BF16 p @ v, back in the original dtype. Returns the number rewritten (0: the graph is unchanged)."""
+def to_bf16(gm, form: str = "matmuls") -> int:
+    """Rewrite each non-causal, dropout-free SDPA of an FX GraphModule in BF16, back in the original dtype: as BF16 q @ k^T,
+    an FP32 scaled, masked softmax and BF16 p @ v ("matmuls"), or as the same SDPA on BF16 q, k and v ("fused"; a float
+    mask stays float, so a row masked by large finite values averages as the source's does). Returns the number
+    rewritten (0: the graph is unchanged)."""
     import torch
 
     aten = torch.ops.aten
@@ -50,6 +64,15 @@ def to_bf16(gm) -> int:
         q, k, v, mask = given["query"], given["key"], given["value"], given.get("attn_mask")
         val = node.meta.get("val")
         if val is None or val.dtype != torch.float32 or not all(isinstance(t, torch.fx.Node) for t in (q, k, v)):
+            continue
+        if form == "fused":
+            with graph.inserting_before(node):
+                bf = [graph.call_function(aten._to_copy.default, (t,), {"dtype": torch.bfloat16}) for t in (q, k, v)]
+                fused = graph.call_function(node.target, (*bf, *node.args[3:]), dict(node.kwargs))
+                out = graph.call_function(aten._to_copy.default, (fused,), {"dtype": torch.float32})
+            node.replace_all_uses_with(out)
+            graph.erase_node(node)
+            done += 1
             continue
         scale = given.get("scale")
         scale = 1.0 / math.sqrt(q.meta["val"].shape[-1]) if scale is None else scale
