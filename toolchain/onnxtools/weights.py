@@ -161,10 +161,11 @@ def gate_for(programs: list[Program], spec, ctx) -> Callable[[list[Path]], Verdi
     text = generation.load_text_sample(ctx.root / generation.TEXT_FILE) if recipe.generates else None
 
     def gate(paths: list[Path]) -> Verdict:
-        report, _ = judge(_runner(programs, paths, spec.device), samples, reference, tol, recipe.parity.scores)
+        runner = _runner(programs, paths, spec.device)
+        report, _ = judge(runner, samples, reference, tol, recipe.parity.scores)
         summary, failures, score = report.summary(), [f"samples: {report.first_failure()}"] if not report.passed else [], report.margin()
         if refs:
-            with _runner(programs, paths, spec.device) as active:
+            with runner as active:
                 decoder = generation.decoder_for(active, recipe)
                 logits = [decoder.teacher_forced(r.prompt, r.tokens) for r in refs]
                 nll = generation.artifact_nll(decoder, text.chunks) if text is not None and text.chunks else None
@@ -255,5 +256,6 @@ def to_weight_only(programs: list[Program], spec, ctx) -> dict:
         advice = "set fallback: auto to keep the worst layers in float, " if spec.fallback == "off" else f"after {len(attempts)} attempts; "
         warnings.append(f"{spec.quantize} misses its budget {floated}({verdict.failure}); the quantized layers that lose the most: {names}; "
                         f"{advice}name layers in weights.keep_float, or raise the budget")  # fmt: skip
-    nodes = [x for p in programs for x in (p.exclude(set(floats)) if len(programs) == 1 else [f"{p.dst.name}:{n}" for n in p.exclude(set(floats))])]
+    prefix = (lambda p: f"{p.dst.name}:") if len(programs) > 1 else (lambda p: "")  # noqa: E731
+    nodes = [prefix(p) + n for p in programs for n in p.exclude(set(floats))]
     return {"quantization": record, "excluded_nodes": nodes, "warnings": warnings}
