@@ -16,7 +16,11 @@ printed, labelled. The
 time of the linears alone at a precision is a lower bound on any artifact of
 that precision that computes every linear, so `eager time / linears time` is
 the ceiling on its speed-up over eager FP32: nothing else (attention, norms,
-GELU, quantize/dequantize) is free in a real artifact.
+GELU, quantize/dequantize) is free in a real artifact. INT8 has a second row:
+the same linears quantized by PT2E and compiled with Inductor's max-autotune,
+each GEMM shape on the faster of Inductor's C++ GEMM (AMX tiles) and oneDNN's
+qlinear, as INT8 AOTI packages on AMX are built (toolchain/torchtools/gemm.py).
+The faster of the two INT8 rows is the INT8 ceiling.
 
 Prints the CPU's features (AMX, AVX512-BF16, VNNI) because the ceiling depends
 on them; needs transformers (installed by `make install`'s dev extra).
@@ -104,6 +108,47 @@ def _int8_stack(seq: int, distinct: bool = True):
     return run
 
 
+def _int8_autotuned(seq: int):
+    """The same 72 linears quantized by PT2E (u8 activations per tensor, s8 weights per channel, fp32 out) and compiled by
+    Inductor with max-autotune, as an INT8 AOTI package on AMX is (toolchain/torchtools/gemm.py): each GEMM shape on the
+    faster of Inductor's C++ GEMM (AMX tiles where the CPU has them) and oneDNN's qlinear, timed at compile time. Where
+    the template wins, this is below the oneDNN row, and it is the ceiling a package can reach."""
+    import torch
+    import torch._inductor
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    shapes, _ = _shapes(True)
+
+    class Linears(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(torch.nn.Linear(k, n) for k, n in shapes)
+
+        def forward(self, x768, x3072):
+            return [m(x768 if m.in_features == HIDDEN else x3072) for m in self.layers]
+
+    xs = (torch.randn(seq, HIDDEN), torch.randn(seq, FFN))
+    with torch.no_grad():
+        program = torch.export.export(Linears().eval(), xs, strict=False).module()
+        quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+        prepared = prepare_pt2e(program, quantizer)
+        prepared(*xs)
+        converted = convert_pt2e(prepared)
+        configs = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+        with tempfile.TemporaryDirectory() as tmp:  # a package, as the artifacts are: its wrapper is C++, not Python
+            path = torch._inductor.aoti_compile_and_package(torch.export.export(converted, xs, strict=False), package_path=f"{tmp}/linears.pt2",
+                                                            inductor_configs=configs)  # fmt: skip
+            compiled = torch._inductor.aoti_load_package(path)
+        compiled(*xs)
+
+    def run():
+        with torch.no_grad():
+            compiled(*xs)
+
+    return run
+
+
 def _eager_bert(seq: int):
     import torch
     from transformers import BertConfig, BertModel
@@ -142,6 +187,7 @@ def measure(threads: int, rounds: int, seq: int) -> dict:
         "72 linears fp32 (oneDNN, prepacked)": lambda: _fp32_stack(seq, torch.float32),
         "72 linears bf16 (oneDNN, prepacked)": lambda: _fp32_stack(seq, torch.bfloat16),
         "72 linears int8 (oneDNN qlinear)": lambda: _int8_stack(seq),
+        "72 linears int8 (autotuned: Inductor's C++ GEMM or oneDNN, the faster per shape)": lambda: _int8_autotuned(seq),
         # the figure published before 2026-12-06: one layer's weights 12 times, in cache (a bound for no model)
         "72 linears int8, one layer's weights 12 times (cache-resident)": lambda: _int8_stack(seq, distinct=False),
     }

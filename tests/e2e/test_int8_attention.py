@@ -10,7 +10,7 @@ import pytest
 
 from tests.e2e.conftest import mlpack
 from toolchain import cpuclass
-from toolchain.torchtools import attention
+from toolchain.torchtools import attention, gemm
 
 MODEL = """\
 import torch
@@ -57,3 +57,9 @@ def test_int8_package_runs_attention_in_bf16_only_where_bf16_is_native(tmp_path)
     else:
         assert att["dtype"] == "float32" and att["rewritten"] == 0 and "no native BF16" in att["why"], att
     assert t["parity"]["passed"] and min(o["cosine"] for o in t["parity"]["outputs"].values()) >= 0.99
+    # on AMX each GEMM was timed on Inductor's C++ GEMM and oneDNN's (torchtools/gemm.py): all 12 are INT8 either way
+    k, tuned = t["aoti"]["kernels"], t["aoti"]["gemm"]
+    assert tuned["autotuned"] == (cpuclass.machine_class() in gemm.TEMPLATE_ON), tuned
+    assert k["int8"] + k["int8_template"] == 12 and (tuned["autotuned"] or k["int8_template"] == 0), k
+    if k["int8_template"]:  # AMX tiles in the package's own code: it runs on AMX only, and says so
+        assert t["cpu"]["needs"] == "amx", t["cpu"]

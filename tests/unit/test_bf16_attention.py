@@ -103,3 +103,38 @@ def test_a_row_masked_everywhere_gives_zeros_as_sdpa_does(form):
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got[0], want[0], atol=2e-2, rtol=2e-2)
     assert F.cosine_similarity(want[1].flatten(), got[1].flatten(), dim=0) > 0.9999
+
+
+class QKV(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = (torch.nn.Linear(32, 32) for _ in range(3))
+
+    def forward(self, x):
+        heads = lambda t: t.view(x.shape[0], x.shape[1], 4, 8).transpose(1, 2)  # noqa: E731
+        return F.scaled_dot_product_attention(heads(self.q(x)), heads(self.k(x)), heads(self.v(x)))
+
+
+def test_int8_projections_write_bf16_themselves_in_the_fused_form():
+    """The fused form's q/k/v casts move into their INT8 linears (Inductor's BF16-output INT8 GEMM); a projection the
+    fallback kept float keeps its FP32 linear and the cast after it, so its input is not rounded to BF16."""
+    from toolchain.torchtools import pt2e
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 32)
+    module = QKV().eval()
+    gm = pt2e.quantize(torch.export.export(module, (x,), strict=False), [(torch.randn(2, 16, 32),) for _ in range(4)], False, ["k"])
+    with torch.no_grad():
+        before = gm(x)
+    assert attention.to_bf16(gm, "fused") == 1
+    aten = torch.ops.aten
+    linears = [n for n in gm.graph.nodes if n.target is aten.linear.default]
+    in_bf16 = [n for n in linears if n.args[0].target is aten._to_copy.default]
+    assert len(linears) == 3 and len(in_bf16) == 2  # q and v; k (float) is left as it was
+    assert all(a.kwargs["dtype"] is torch.bfloat16 for n in in_bf16 for a in n.args)
+    casts_after_linear = [n for n in gm.graph.nodes if n.target is aten._to_copy.default and n.kwargs.get("dtype") is torch.bfloat16
+                          and n.args[0].op == "call_function" and n.args[0].target in (aten.transpose.int, aten.view.default)]  # fmt: skip
+    assert len(casts_after_linear) == 1  # k's
+    with torch.no_grad():
+        got = gm(x)
+    assert got.dtype == torch.float32 and F.cosine_similarity(before.flatten(), got.flatten(), dim=0) > 0.999

@@ -237,6 +237,33 @@ def test_weight_only_layers_are_named_by_module_whichever_exporter_wrote_them():
     assert _module_of(helper.make_node("MatMul", ["a", "w"], ["b"], name="MatMul_7")) is None
 
 
+def _graph(nodes, inits, outputs):
+    from onnx import TensorProto, helper, numpy_helper
+
+    tensors = [numpy_helper.from_array(np.ones((4, 4), np.float32), n) for n in inits]
+    return helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                                               [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], tensors))  # fmt: skip
+
+
+def test_weight_only_default_keeps_the_output_projection_whatever_it_is_named():
+    """keep_float unset keeps the MatMul that writes an output through a bias, a scale and a reshape (Whisper's proj_out,
+    T5's scaled lm_head); a MatMul behind a norm or a residual add writes no output of its own, so an encoder keeps none."""
+    from onnx import helper
+
+    from toolchain.onnxtools.weights import head_modules, layers_of
+
+    scale = helper.make_node("Constant", [], ["s"], value=helper.make_tensor("s", 1, [], [0.5]))
+    head = [helper.make_node("MatMul", ["x", "w0"], ["h"], name="/inner/layer/MatMul"),
+            helper.make_node("MatMul", ["h", "w1"], ["p"], name="/inner/proj_out/MatMul"), scale,
+            helper.make_node("Mul", ["p", "s"], ["m"]), helper.make_node("Add", ["m", "w2"], ["logits"])]  # fmt: skip
+    model = _graph(head, ["w0", "w1", "w2"], ["logits"])
+    assert head_modules(model, layers_of(model)) == ["proj_out"]
+    encoder = [helper.make_node("MatMul", ["x", "w0"], ["h"], name="/inner/ffn/MatMul"), helper.make_node("Add", ["h", "x"], ["r"]),
+               helper.make_node("LayerNormalization", ["r", "w1"], ["last_hidden_state"])]  # fmt: skip
+    model = _graph(encoder, ["w0", "w1"], ["last_hidden_state"])
+    assert head_modules(model, layers_of(model)) == []
+
+
 def test_a_text_sample_that_is_not_text_is_refused(root):
     (root / "t.txt").write_bytes(b"\xff\xfe\x00bad")
     text = RECIPE.replace("  max_batch: 2\n", "  max_batch: 2\n  text: t.txt\n")

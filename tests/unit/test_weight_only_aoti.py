@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toolchain.torchtools.weight_only import int8_linear_class, quantize_linears
+from toolchain.torchtools.weight_only import int8_linear_class, output_projection, quantize_linears
 
 
 class Net(torch.nn.Module):
@@ -31,6 +31,18 @@ def test_eligible_layers_become_int8_and_the_rest_say_why():
     assert (wo["quantized"], wo["kept_float"], wo["compute"]) == (1, ["odd", "lm_head"], "bfloat16")
     assert "not a multiple of 16" in record["kept_float_why"]["odd"]
     assert 0 < wo["layers"][0]["error"] < 0.02  # 8 bits per output channel: under 2% of the weight's norm
+
+
+def test_the_output_projection_is_found_by_what_the_model_says_not_by_its_name():
+    """Kept float by default: transformers' output embeddings (Whisper's is proj_out), else a module named lm_head."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    cfg = WhisperConfig(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                        encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=8, max_source_positions=8, vocab_size=64, pad_token_id=0,
+                        bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)  # fmt: skip
+    assert output_projection(WhisperForConditionalGeneration(cfg)) == ["proj_out"]
+    assert output_projection(Net()) == ["lm_head"]
+    assert output_projection(torch.nn.Sequential(torch.nn.Linear(4, 4))) == []
 
 
 def test_gpt2_conv1d_projections_are_quantized_too():

@@ -26,7 +26,6 @@ MODEL = "model.pt2"
 RUNNER = "aoti"
 DECODER_RUNNER = "aoti-decoder"  # text-generation: a prefill and a decode package, one call each by its shape
 PHASES = ("prefill", "decode")
-KEEP_FLOAT = ["lm_head"]  # int8-weight: the last projection decides every token (as the onnx targets' default)
 MIN_TRITON = "26.03"  # the first Triton release whose pytorch backend serves .pt2 packages
 
 
@@ -36,7 +35,7 @@ class AotiTarget(TargetOptions):
     device: Literal["cpu", "cuda"] = "cpu"
     # fp32 | bf16 (exported under autocast: FP32 inputs and outputs, matmuls in bfloat16)
     # | int8 (PT2E static quantization, x86 CPUs) | fp16 (autocast, CUDA only)
-    # | int8-weight (text-generation: int8 weights per output channel, lm_head float; torchtools/weight_only.py)
+    # | int8-weight (text-generation: int8 weights per output channel, the output projection float; torchtools/weight_only.py)
     precision: Literal["fp32", "bf16", "int8", "fp16", "int8-weight"] = "fp32"
     # Inductor freezing (weights folded and prepacked for oneDNN): auto = on for int8; on for
     # bf16/fp16 unless the frozen package misses the budget and the unfrozen one does better;
@@ -46,6 +45,9 @@ class AotiTarget(TargetOptions):
     # int8: auto = attention's two matmuls in BF16 when this machine and every serve.cpus class have native BF16
     # (torchtools/attention.py); float = ATen's FP32 attention kernel
     attention: Literal["auto", "float"] = "auto"
+    # int8: auto = on a build machine with AMX, each GEMM timed at compile time on Inductor's C++ GEMM and on oneDNN's
+    # qlinear, the faster kept (torchtools/gemm.py); aten = oneDNN's alone (a faster compile)
+    gemm: Literal["auto", "aten"] = "auto"
 
     @model_validator(mode="after")
     def _precision_device(self) -> AotiTarget:
@@ -55,6 +57,8 @@ class AotiTarget(TargetOptions):
             raise PydanticCustomError("int8_cpu", "precision: int8 builds for x86 CPUs (oneDNN); use device: cpu, or a tensorrt int8 target for GPUs", {})
         if self.attention != "auto" and self.precision != "int8":
             raise PydanticCustomError("attention_int8", "attention: float applies to precision: int8 only (the other precisions keep theirs)", {})
+        if self.gemm != "auto" and self.precision != "int8":
+            raise PydanticCustomError("gemm_int8", "gemm: aten applies to precision: int8 only (the other precisions use ATen's kernels)", {})
         if self.fallback == "auto" and self.precision != "int8":
             raise PydanticCustomError("fallback_int8", "fallback: auto applies to precision: int8 only", {})
         return self
@@ -113,6 +117,12 @@ AOTI_SCHEMA: dict = {
                 "form": {"enum": ["fused", "matmuls"], "description": "bfloat16: ATen's fused kernel (on AMX) or two matmuls around an FP32 softmax"},
                 "kernel": {"type": "string"},
             },
+        },
+        "gemm": {
+            "type": "object",
+            "description": "int8: whether each GEMM was autotuned between Inductor's C++ GEMM and oneDNN's qlinear (AMX), and why",
+            "required": ["autotuned", "why"],
+            "properties": {"autotuned": {"type": "boolean"}, "why": {"type": "string"}},
         },
         "freezing_choice": {"type": "array", "items": {"type": "object"}},
         "kernels": {
@@ -183,7 +193,7 @@ class AotiKind(Kind):
         choice = None
         if spec.precision == "int8":
             program, record, extra, choice = aoti_precision.int8_package(source, spec, ctx, path)
-            aoti = {"precision": "int8", "freezing": spec.freezing != "off", "attention": extra.pop("attention")}
+            aoti = {"precision": "int8", "freezing": spec.freezing != "off", "attention": extra.pop("attention"), "gemm": extra.pop("gemm")}
         elif spec.precision in ("bf16", "fp16"):
             dtype = {"bf16": "bfloat16", "fp16": "float16"}[spec.precision]
             module = aoti_precision.autocast(source.module, len(source.input_names), spec.device, dtype)
@@ -225,7 +235,7 @@ class AotiKind(Kind):
         frozen = spec.freezing != "off"
         extra: dict = {}
         if spec.precision == "int8-weight":  # before export: both programs hold the int8 layers
-            extra["quantization"] = weight_only.quantize_linears(source.module.inner, KEEP_FLOAT)
+            extra["quantization"] = weight_only.quantize_linears(source.module.inner, weight_only.output_projection(source.module.inner))
         # int8-weight: the module is no longer the FP32 model, so the compile ladder does not hold the package to FP32
         # values (Inductor rounds around the bfloat16 activations its own way); the generation gate judges it.
         module = source.module if spec.precision == "int8-weight" else None

@@ -41,8 +41,9 @@ class WeightOnly(Strict):
 
     block_size: Annotated[StrictInt, Field(ge=16, le=256, multiple_of=16)] = 32
     symmetric: StrictBool = True
-    # fnmatch patterns over module names; lm_head by default: the last projection decides every token
-    keep_float: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=lambda: ["lm_head"])
+    # fnmatch patterns over module names; unset: the model's output projection (head_modules), whatever it is named
+    # (lm_head, Whisper's proj_out), because the last projection decides every token
+    keep_float: list[Annotated[str, Field(min_length=1)]] | None = None
     # int8: ONNX Runtime quantizes activations to int8 per block at run time (accuracy_level 4), its fast CPU path; float:
     # weights are decoded to float32 (accuracy_level 0). On an AMD Zen 4, 8-bit weights decoded 23x slower as float.
     compute: Literal["int8", "float"] = "int8"
@@ -81,6 +82,30 @@ def layers_of(model) -> list[Layer]:
             continue
         out.append(Layer(node.name, _module_of(node) or node.name, w.name, (int(w.dims[0]), int(w.dims[1]))))
     return out
+
+
+# ops between an output projection and the graph output it writes (a bias, a scale, a softcap, a reshape)
+_TO_OUTPUT = {"Add", "Mul", "Div", "Cast", "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Tanh"}
+
+
+def head_modules(model, layers: list[Layer]) -> list[str]:
+    """The modules of the layers that write a graph output through elementwise and shape ops only: the output
+    projection, whatever the model names it (lm_head; Whisper's proj_out). A layer followed by a norm or a residual
+    add is not one: an encoder has none."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    constant = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    module = {x.node: x.module for x in layers}
+    heads = []
+    for out in model.graph.output:
+        node = producer.get(out.name)
+        for _ in range(16):
+            if node is None or node.name in module or node.op_type not in _TO_OUTPUT:
+                break
+            live = [i for i in node.input if i and i not in constant]
+            node = producer.get(live[0]) if len(live) == 1 else None
+        if node is not None and node.name in module and module[node.name] not in heads:
+            heads.append(module[node.name])
+    return heads
 
 
 def _quantization_error(w: np.ndarray, bits: int, block: int) -> float:
@@ -188,14 +213,19 @@ def to_weight_only(programs: list[Program], spec, ctx) -> dict:
     import onnx
 
     opts, bits = spec.weights or WeightOnly(), WEIGHT_BITS[spec.quantize]
+    heads: list[str] = []
     for p in programs:
         model = onnx.load(str(p.src))
         p.layers = rank(model, layers_of(model), bits, opts.block_size)
+        heads += [m for m in head_modules(model, p.layers) if m not in heads]
         del model
     layers = sorted((x for p in programs for x in p.layers), key=lambda x: -x.error)
     modules = list(dict.fromkeys(x.module for x in layers))  # the largest weight error first
-    kept = [m for m in modules if any(fnmatch.fnmatchcase(m, pat) for pat in opts.keep_float)]
-    unmatched = [pat for pat in opts.keep_float if not any(fnmatch.fnmatchcase(m, pat) for m in modules)]
+    if opts.keep_float is None:  # the default: the output projection, by the name it has
+        kept, unmatched = [m for m in modules if m in heads], []
+    else:
+        kept = [m for m in modules if any(fnmatch.fnmatchcase(m, pat) for pat in opts.keep_float)]
+        unmatched = [pat for pat in opts.keep_float if not any(fnmatch.fnmatchcase(m, pat) for m in modules)]
     candidates = [m for m in modules if m not in kept]
     gate = gate_for(programs, spec, ctx)
     scratch = programs[-1].dst.parent / "fp32"

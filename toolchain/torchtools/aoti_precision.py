@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain import cpuclass
-from toolchain.errors import StepError
+from toolchain.errors import StepError, one_line
 from toolchain.judge import judge
 from toolchain.kinds.base import BuildContext
 from toolchain.records import ParityReport
 from toolchain.runners.aoti import AotiRunner
 from toolchain.samples import calibration_samples
 from toolchain.timing import interleaved
-from toolchain.torchtools import attention, package_kernels, pt2e
+from toolchain.torchtools import attention, gemm, package_kernels, pt2e
 from toolchain.torchtools.aoti_compile import CompileFailed, compile_package, runnable_export
 from toolchain.torchtools.package_kernels import Kernels
 
@@ -211,8 +211,20 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
     form = attention.form_for(cpuclass.machine_class())
     rewritten = attention.to_bf16(choice.module, form) if bf16 else 0
     configs = {"freezing": spec.freezing != "off"} | (attention.COMPILE_CONFIGS if rewritten else {})
+    tuned, gemm_why = gemm.configs_for(source.recipe, spec.gemm) if spec.device == "cpu" else ({}, "a CUDA package")
+    state = {"tuned": tuned, "why": gemm_why}
+
+    def compile_choice(module, dest: Path):
+        if state["tuned"]:
+            try:
+                return compile_package(source, spec.device, dest, module=module, precision=spec.precision, configs=configs | state["tuned"])
+            except CompileFailed as e:  # a template bug must not cost the artifact: oneDNN's kernels alone
+                state.update(tuned={}, why=f"Inductor's C++ GEMM did not compile ({one_line(e)[:160]}); oneDNN's kernels alone")
+                print(f"int8: {state['why']}")
+        return compile_package(source, spec.device, dest, module=module, precision=spec.precision, configs=configs)
+
     try:
-        program, record = compile_package(source, spec.device, path, module=choice.module, precision=spec.precision, configs=configs)
+        program, record = compile_choice(choice.module, path)
     except CompileFailed as e:
         # Inductor's INT8 fusions fail on a Conv1d whose output reaches an add under a dynamic length
         # ("The size of tensor a (s0 + 2) must match ... (s0)", torch 2.13; a TCN, wav2vec2): keep them in float.
@@ -223,7 +235,7 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
         print(f"int8: {why}; compiling again with them in float")
         choice = _int8_module(source, spec, ctx, tol, deadline + spec.timeout * 0.2, hazards=dict.fromkeys(convs, why))
         rewritten = attention.to_bf16(choice.module, form) if bf16 else 0
-        program, record = compile_package(source, spec.device, path, module=choice.module, precision=spec.precision, configs=configs)
+        program, record = compile_choice(choice.module, path)
     eager = choice.eager
     compiled = _judge_compiled(source, path, ctx, tol)
     checks = [_check(eager, compiled, tol.cosine)]
@@ -235,7 +247,7 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
         if bf16:
             attention.to_bf16(second.module, form)
         retry = path.with_name("retry.pt2")
-        program2, record2 = compile_package(source, spec.device, retry, module=second.module, precision=spec.precision, configs=configs)
+        program2, record2 = compile_choice(second.module, retry)
         again = _judge_compiled(source, retry, ctx, tol)
         checks.append(_check(None, again, raised))
         if again.passed or again.worst_cosine > compiled.worst_cosine:
@@ -255,13 +267,14 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
     dtype = "bfloat16" if rewritten else "float32"
     said = in_bf16 if rewritten or not bf16 else "the model has no scaled_dot_product_attention to rewrite"
     forms = {"form": form, "kernel": attention.FORMS[form]} if rewritten else {}
-    return program, record, choice.fields(checks) | {"attention": {"dtype": dtype, "why": said, "rewritten": rewritten, **forms}}, choice
+    fields = choice.fields(checks) | {"attention": {"dtype": dtype, "why": said, "rewritten": rewritten, **forms}}
+    return program, record, fields | {"gemm": {"autotuned": bool(state["tuned"]), "why": state["why"]}}, choice
 
 
 def int8_kernel_warnings(choice: Int8Choice, kernels: Kernels, source_module) -> list[str]:
     """What the compiled INT8 package's kernels say: none of them INT8, or layers PT2E leaves in float."""
     warnings = []
-    if not kernels.int8:
+    if not kernels.integer:
         why = (
             "Inductor did not lower the PT2E q/dq pairs"
             if choice.record.get("quantized_layers")
@@ -269,11 +282,12 @@ def int8_kernel_warnings(choice: Int8Choice, kernels: Kernels, source_module) ->
             if choice.record.get("kept_float_for_lowering")
             else "the quantizer found no layer it quantizes"
         )
-        warnings.append(f"the compiled package calls no oneDNN INT8 kernel (qlinear/qconv): {why}, so it computes in float (see aoti.kernels)")
+        how = "oneDNN qlinear/qconv or Inductor's INT8 GEMM"
+        warnings.append(f"the compiled package computes no GEMM in INT8 ({how}): {why}, so it computes in float (see aoti.kernels)")
     unsupported = pt2e.unquantizable_modules(source_module)
     if unsupported:
         warnings.append(
             f"PT2E's x86 quantizer quantizes Conv1d/Conv2d and Linear only: {unsupported} stay in float, so the package runs "
-            f"{kernels.int8} INT8 and {kernels.float} float GEMM/conv kernels (see aoti.kernels)"
+            f"{kernels.integer} INT8 and {kernels.float} float GEMM/conv kernels (see aoti.kernels)"
         )
     return warnings

@@ -16,6 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 _CALL = re.compile(r"\baoti_torch_cpu_(\w+?)\(|\b(cpp_fused_\w+?)_\d+\(")
+# Inductor's own C++ GEMM (max-autotune's template: micro-kernels, AMX tiles where the machine has them), by the
+# operand types of its definition in the package's kernel source: u8 x s8 is an INT8 GEMM
+_TEMPLATE = re.compile(r"void\s+(cpp_\w+?)\((const (uint8_t|float|at::BFloat16|at::Half)\* X, const (int8_t|float|at::BFloat16|at::Half)\* W)")
 CLASSES = (
     # oneDNN INT8 kernels the PT2E q/dq patterns lower to (onednn.qlinear_pointwise, qconv_pointwise)
     ("int8", re.compile(r"q(linear|conv)")),
@@ -34,10 +37,17 @@ class Kernels:
     onednn_float: int
     aten_float: int
     weight_dequant_per_call: int
+    int8_template: int = 0  # Inductor's C++ GEMM template (gemm: auto), in place of a oneDNN qlinear
+    float_template: int = 0
 
     @property
     def float(self) -> int:
-        return self.onednn_float + self.aten_float
+        return self.onednn_float + self.aten_float + self.float_template
+
+    @property
+    def integer(self) -> int:
+        """INT8 GEMMs, whichever kernel computes them."""
+        return self.int8 + self.int8_template
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,6 +60,7 @@ def summarize(path: Path) -> Kernels | None:
     try:
         with zipfile.ZipFile(path) as z:
             source = "".join(z.read(n).decode(errors="replace") for n in z.namelist() if n.endswith(".wrapper.cpp"))
+            kernels = "".join(z.read(n).decode(errors="replace") for n in z.namelist() if n.endswith(".kernel.cpp"))
     except (OSError, zipfile.BadZipFile):
         return None
     if not source:
@@ -65,4 +76,6 @@ def summarize(path: Path) -> Kernels | None:
                 calls[label] += 1
                 break
     dequant = sum("dequantize_per_channel" in k for k in fused)
-    return Kernels(*(calls.get(label, 0) for label, _ in CLASSES), weight_dequant_per_call=dequant)
+    templates = {name: x == "uint8_t" for name, _, x, _ in _TEMPLATE.findall(kernels + source)}
+    sites = Counter(templates[name] for name in re.findall(r"\b(cpp_\w+?)\((?!const )", source) if name in templates)  # not the declaration
+    return Kernels(*(calls.get(label, 0) for label, _ in CLASSES), weight_dequant_per_call=dequant, int8_template=sites[True], float_template=sites[False])

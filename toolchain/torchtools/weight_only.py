@@ -81,6 +81,17 @@ def _as_linear(module):
     return None
 
 
+def output_projection(model) -> list[str]:
+    """The name of the model's output projection, the layer kept float by default because it decides every token:
+    transformers' `get_output_embeddings()` (lm_head; Whisper's proj_out), else a module named lm_head, else none."""
+    try:
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    except (NotImplementedError, AttributeError):
+        head = None
+    names = [name for name, m in model.named_modules() if name and (m is head if head is not None else name == "lm_head")]
+    return names[:1]
+
+
 def quantize_linears(model, keep_float: list[str]) -> dict:
     """Replace `model`'s eligible nn.Linear layers in place; the manifest's `quantization` record.
 

@@ -1,0 +1,70 @@
+"""INT8 AOTI GEMMs autotuned on AMX (toolchain/torchtools/gemm.py): where it is on, and how the package's kernels are
+counted when Inductor's own C++ GEMM replaces oneDNN's qlinear (package_kernels.py)."""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+
+from toolchain import cpuclass
+from toolchain.recipe import load_recipe
+from toolchain.torchtools import gemm, package_kernels
+
+
+def _recipe(tmp_path, cpus: list[str], target: str = "{kind: aoti, precision: int8}"):
+    (tmp_path / "m.py").write_text("def build():\n    import torch\n    return torch.nn.Linear(4, 4)\n")
+    (tmp_path / "recipe.yaml").write_text(
+        "name: r\nsource: {framework: pytorch, factory: m.py:build}\ninputs: [{name: x, dtype: float32, shape: [1, 4]}]\n"
+        f"targets: [{target}]\nserve: {{cpus: {cpus}}}\n"
+    )
+    return load_recipe(tmp_path / "recipe.yaml")
+
+
+@pytest.mark.parametrize(
+    "machine, cpus, option, on, said",
+    [
+        ("amx", [], "auto", True, "AMX"),
+        ("amx", ["amx"], "auto", True, "AMX"),
+        ("amx", ["avx512_vnni", "amx"], "auto", False, "serve.cpus has avx512_vnni"),
+        ("avx512_bf16", [], "auto", False, "has no AMX"),
+        ("amx", [], "aten", False, "gemm: aten"),
+    ],
+)
+def test_autotuned_only_on_amx_for_a_fleet_of_amx(tmp_path, monkeypatch, machine, cpus, option, on, said):
+    monkeypatch.setattr(cpuclass, "machine_class", lambda: machine)
+    configs, why = gemm.configs_for(_recipe(tmp_path, cpus), option)
+    assert bool(configs) == on and said in why
+    assert configs == (gemm.CONFIGS if on else {})
+
+
+def test_gemm_option_is_for_int8(tmp_path):
+    with pytest.raises(Exception, match="gemm: aten applies to precision: int8 only"):
+        _recipe(tmp_path, [], "{kind: aoti, precision: bf16, gemm: aten}")
+
+
+WRAPPER = """
+extern "C" void cpp_fused_add_quantize_per_tensor_6(const uint8_t* X, const int8_t* W, const float* inp, float* Y);
+extern "C" void cpp_fused_gemm_1(const float* X, const float* W, float* Y);
+    AOTI_TORCH_ERROR_CODE_CHECK(aoti_torch_cpu__qlinear_pointwise_tensor(buf7, x_scale, &buf8_handle));
+    cpp_fused_add_quantize_per_tensor_6((const uint8_t*)(buf32.data_ptr()), (const int8_t*)(w.data_ptr()));
+    cpp_fused_add_quantize_per_tensor_6((const uint8_t*)(buf62.data_ptr()), (const int8_t*)(w2.data_ptr()));
+    cpp_fused_gemm_1((const float*)(buf1.data_ptr()), (const float*)(w3.data_ptr()));
+    cpp_fused_layer_norm_7((float*)(buf1.data_ptr()));
+"""
+KERNELS = """
+extern "C"
+void cpp_fused_add_quantize_per_tensor_6(const uint8_t* X, const int8_t* W, const float* inp, float* Y)
+extern "C"
+void cpp_fused_gemm_1(const float* X, const float* W, float* Y)
+extern "C"  void  cpp_fused_layer_norm_7(float* in_out_ptr0)
+"""
+
+
+def test_template_gemms_are_counted_by_their_operand_types_at_each_call(tmp_path):
+    path = tmp_path / "model.pt2"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("m/data/aotinductor/model/a.wrapper.cpp", WRAPPER)
+        z.writestr("m/data/aotinductor/model/b.kernel.cpp", KERNELS)
+    k = package_kernels.summarize(path)
+    assert (k.int8, k.int8_template, k.float_template, k.integer, k.float) == (1, 2, 1, 3, 1)
