@@ -212,15 +212,15 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
     rewritten = attention.to_bf16(choice.module, form) if bf16 else 0
     configs = {"freezing": spec.freezing != "off"} | (attention.COMPILE_CONFIGS if rewritten else {})
     tuned, gemm_why = gemm.configs_for(source.recipe, spec.gemm) if spec.device == "cpu" else ({}, "a CUDA package")
-    state = {"tuned": tuned, "why": gemm_why}
 
     def compile_choice(module, dest: Path):
-        if state["tuned"]:
+        nonlocal tuned, gemm_why
+        if tuned:
             try:
-                return compile_package(source, spec.device, dest, module=module, precision=spec.precision, configs=configs | state["tuned"])
+                return compile_package(source, spec.device, dest, module=module, precision=spec.precision, configs=configs | tuned)
             except CompileFailed as e:  # a template bug must not cost the artifact: oneDNN's kernels alone
-                state.update(tuned={}, why=f"Inductor's C++ GEMM did not compile ({one_line(e)[:160]}); oneDNN's kernels alone")
-                print(f"int8: {state['why']}")
+                tuned, gemm_why = {}, f"Inductor's C++ GEMM did not compile ({one_line(e)[:160]}); oneDNN's kernels alone"
+                print(f"int8: {gemm_why}")
         return compile_package(source, spec.device, dest, module=module, precision=spec.precision, configs=configs)
 
     try:
@@ -268,7 +268,7 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
     said = in_bf16 if rewritten or not bf16 else "the model has no scaled_dot_product_attention to rewrite"
     forms = {"form": form, "kernel": attention.FORMS[form]} if rewritten else {}
     fields = choice.fields(checks) | {"attention": {"dtype": dtype, "why": said, "rewritten": rewritten, **forms}}
-    return program, record, fields | {"gemm": {"autotuned": bool(state["tuned"]), "why": state["why"]}}, choice
+    return program, record, fields | {"gemm": {"autotuned": bool(tuned), "why": gemm_why}}, choice
 
 
 def int8_kernel_warnings(choice: Int8Choice, kernels: Kernels, source_module) -> list[str]:
