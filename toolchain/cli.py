@@ -14,11 +14,12 @@ from types import SimpleNamespace
 
 import click
 
-from toolchain import __version__, cache_admin, classgate
+from toolchain import __version__, cache_admin
 from toolchain import manifest as mf
 from toolchain.bench import bench
 from toolchain.build import build
 from toolchain.errors import EXIT_CONVERSION, EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, MlpackError, UsageError
+from toolchain.hostwarn import host_warnings
 from toolchain.junit import write_junit
 from toolchain.progress import make_progress
 from toolchain.recipe import load_recipe
@@ -446,13 +447,8 @@ def _serve_check(root: Path, server: Path | None = None, native: bool = False, t
     return result
 
 
-def _host_warnings(root: Path, names: list[str] | None = None) -> None:
-    """serve-check and bench: say so when this machine's CPU class is one an artifact was not proved (or offered) for."""
-    try:
-        m = Manifest.from_dict(mf.read_raw(root / "manifest.json" if root.is_dir() else root))
-    except (OSError, ValueError, KeyError):
-        return  # the command itself reports an unreadable manifest
-    for line in classgate.host_warnings(m.targets, names):
+def _host_warnings(root: Path, names: list[str] | None = None, threads: int | None = None) -> None:
+    for line in host_warnings(root, names, threads):
         print(f"mlpack: warning: {line}", file=sys.stderr)
 
 
@@ -534,7 +530,7 @@ def cmd_cache(args) -> int:
 def cmd_bench(args) -> int:
     if args.warmup < 0 or args.iters < 1 or args.seconds <= 0:
         raise UsageError("--warmup must be >= 0, --iters >= 1 and --seconds > 0")
-    _host_warnings(args.dir)
+    _host_warnings(args.dir, threads=args.threads)
     with make_progress() as progress:
         report = bench(
             args.dir,

@@ -5,6 +5,7 @@ package judged by the same parity gate."""
 from __future__ import annotations
 
 import json
+import zipfile
 
 import pytest
 
@@ -36,6 +37,7 @@ dims:
 targets:
   - {kind: aoti, name: aoti-int8, precision: int8, fallback: auto}
 parity: {samples: 4}
+serve: {threads: 3}
 """
 
 
@@ -63,3 +65,13 @@ def test_int8_package_runs_attention_in_bf16_only_where_bf16_is_native(tmp_path)
     assert k["int8"] + k["int8_template"] == 12 and (tuned["autotuned"] or k["int8_template"] == 0), k
     if k["int8_template"]:  # AMX tiles in the package's own code: it runs on AMX only, and says so
         assert t["cpu"]["needs"] == "amx", t["cpu"]
+        # split for serve.threads, not this machine's CPUs: the template's partition loop in the package says so
+        assert tuned["threads"] == 3 and "split for 3 threads (serve.threads)" in tuned["why"], tuned
+        (package,) = (tmp_path / "out").glob("*/aoti-int8/model.pt2")
+        with zipfile.ZipFile(package) as z:
+            code = "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".kernel.cpp"))
+        assert "tid < 3;" in code and "tid < 2;" not in code
+        # timed with more threads than that: bench says so before it runs, and the package still answers
+        bench = mlpack("bench", str(package.parents[1]), "--threads", "4", "--batch", "1", "--warmup", "0", "--iters", "2", "--seconds", "0.2")
+        assert bench.returncode == 0, bench.stderr[-2000:]
+        assert "aoti-int8: its GEMMs were compiled split for 3 thread(s) and use no more, here 4 run" in bench.stderr

@@ -3,6 +3,7 @@ counted when Inductor's own C++ GEMM replaces oneDNN's qlinear (package_kernels.
 
 from __future__ import annotations
 
+import os
 import zipfile
 
 import pytest
@@ -12,11 +13,11 @@ from toolchain.recipe import load_recipe
 from toolchain.torchtools import gemm, package_kernels
 
 
-def _recipe(tmp_path, cpus: list[str], target: str = "{kind: aoti, precision: int8}"):
+def _recipe(tmp_path, cpus: list[str], target: str = "{kind: aoti, precision: int8}", threads: str = ""):
     (tmp_path / "m.py").write_text("def build():\n    import torch\n    return torch.nn.Linear(4, 4)\n")
     (tmp_path / "recipe.yaml").write_text(
         "name: r\nsource: {framework: pytorch, factory: m.py:build}\ninputs: [{name: x, dtype: float32, shape: [1, 4]}]\n"
-        f"targets: [{target}]\nserve: {{cpus: {cpus}}}\n"
+        f"targets: [{target}]\nserve: {{cpus: {cpus}{threads}}}\n"
     )
     return load_recipe(tmp_path / "recipe.yaml")
 
@@ -33,9 +34,55 @@ def _recipe(tmp_path, cpus: list[str], target: str = "{kind: aoti, precision: in
 )
 def test_autotuned_only_on_amx_for_a_fleet_of_amx(tmp_path, monkeypatch, machine, cpus, option, on, said):
     monkeypatch.setattr(cpuclass, "machine_class", lambda: machine)
-    configs, why = gemm.configs_for(_recipe(tmp_path, cpus), option)
+    configs, why, threads = gemm.configs_for(_recipe(tmp_path, cpus), option)
     assert bool(configs) == on and said in why
-    assert configs == (gemm.CONFIGS if on else {})
+    assert configs == (gemm.CONFIGS | gemm.split_threads(None)[1] if on else {}) and (threads is not None) == on
+
+
+def test_gemms_are_split_for_the_serving_threads(tmp_path, monkeypatch):
+    """The template's GEMMs use no more threads than they were split for: serve.threads decides it, else the build's
+    intra-op threads; where the split is not the machine's CPU count, dynamic threads keep a call from always starting
+    that many OpenMP threads."""
+    import torch
+
+    monkeypatch.setattr(cpuclass, "machine_class", lambda: "amx")
+    configs, why, threads = gemm.configs_for(_recipe(tmp_path, [], threads=", threads: 16"), "auto")
+    assert threads == 16 and (configs["cpp.threads"], configs["cpp.dynamic_threads"]) == (16, True) and "split for 16 threads (serve.threads)" in why
+    configs, why, threads = gemm.configs_for(_recipe(tmp_path, []), "auto")
+    assert threads == torch.get_num_threads() and f"split for {threads} threads (the build's threads" in why
+    monkeypatch.setattr(os, "cpu_count", lambda: threads)
+    assert gemm.split_threads(None) == (threads, {})  # Inductor's default: the OpenMP count left to the caller
+    assert gemm.split_threads(threads + 1) == (threads + 1, {"cpp.threads": threads + 1, "cpp.dynamic_threads": True})
+    monkeypatch.setattr(os, "cpu_count", lambda: threads * 2)  # SMT: torch's threads are the cores
+    assert gemm.split_threads(None) == (threads, {"cpp.threads": threads, "cpp.dynamic_threads": True})
+
+
+def test_serve_threads_changes_the_cache_key(tmp_path):
+    from toolchain import cache
+
+    plain, sixteen = _recipe(tmp_path, []), _recipe(tmp_path, [], threads=", threads: 16")
+    keys = [cache.target_key(r, r.targets[0], "src") for r in (plain, sixteen)]
+    assert keys[0] != keys[1]
+
+
+def _targets():
+    from toolchain.records import Status, TargetResult
+
+    split = {"aoti": {"precision": "int8", "gemm": {"autotuned": True, "why": "AMX", "threads": 2}}}
+    return [
+        TargetResult("aoti-int8", "aoti", Status.OK, extra=split),
+        TargetResult("aoti", "aoti", Status.OK, extra={"aoti": {"precision": "fp32"}}),
+        TargetResult("onnx", "onnx", Status.OK),
+        TargetResult("failed", "aoti", Status.FAILED, extra=split),
+    ]
+
+
+def test_a_run_with_more_threads_than_the_split_is_warned():
+    from toolchain.hostwarn import thread_warnings
+
+    rows = thread_warnings(_targets(), None, 8)
+    assert len(rows) == 1 and rows[0].startswith("aoti-int8: its GEMMs were compiled split for 2 thread(s)") and "serve.threads: 8" in rows[0]
+    assert thread_warnings(_targets(), None, 2) == [] and thread_warnings(_targets(), ["aoti"], 8) == []
 
 
 def test_gemm_option_is_for_int8(tmp_path):

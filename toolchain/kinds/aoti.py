@@ -5,6 +5,7 @@ Triton's pytorch backend (platform torch_aoti) or a Python-backend model.py.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -122,7 +123,11 @@ AOTI_SCHEMA: dict = {
             "type": "object",
             "description": "int8: whether each GEMM was autotuned between Inductor's C++ GEMM and oneDNN's qlinear (AMX), and why",
             "required": ["autotuned", "why"],
-            "properties": {"autotuned": {"type": "boolean"}, "why": {"type": "string"}},
+            "properties": {
+                "autotuned": {"type": "boolean"},
+                "why": {"type": "string"},
+                "threads": {"type": "integer", "minimum": 1, "description": "autotuned: the threads each GEMM is split for; it uses no more"},
+            },
         },
         "freezing_choice": {"type": "array", "items": {"type": "object"}},
         "kernels": {
@@ -169,11 +174,16 @@ class AotiKind(Kind):
     def bf16_parts(self, extra: dict) -> bool:
         return (extra.get("aoti", {}).get("attention") or {}).get("dtype") == "bfloat16"
 
+    def split_threads(self, extra: dict) -> int | None:
+        return (extra.get("aoti", {}).get("gemm") or {}).get("threads")
+
     def cache_parts(self, spec: AotiTarget) -> dict:
         if spec.device == "cuda":
             return super().cache_parts(spec)
         # Inductor compiles a CPU package's code with -march=native: it runs only where this machine's features are
-        return {"cpu_class": cpuclass.machine_class(), "cpu_features": cpu_identity()["features"]}
+        parts = {"cpu_class": cpuclass.machine_class(), "cpu_features": cpu_identity()["features"]}
+        # an autotuned INT8 package's GEMMs are split for serve.threads (in the recipe's key) or this machine's threads
+        return parts | ({"cpus": os.cpu_count()} if spec.precision == "int8" and spec.gemm == "auto" else {})
 
     def check(self, spec: AotiTarget, recipe) -> list:
         if recipe.generates and spec.precision not in ("fp32", "int8-weight"):

@@ -192,6 +192,11 @@ class Kind:
         it is offered only to classes with native BF16 (from its manifest fields)."""
         return False
 
+    def split_threads(self, extra: dict) -> int | None:
+        """The intra-op threads the artifact's compiled code was split for, using no more (from its manifest fields);
+        None: it uses as many as it is given."""
+        return None
+
     def fingerprint_files(self) -> list[Path]:
         """Source files whose change must invalidate what this kind built (its module)."""
         return [Path(inspect.getsourcefile(type(self)) or "")]

@@ -433,6 +433,11 @@ class Serve(Strict):
         description="the CPU classes the fleet serves on: CPU packages are compiled for the lowest, and each artifact is gated on every class "
         "this machine can emulate (default: this machine's class only)",
     )
+    threads: Annotated[StrictInt, Field(ge=1, le=1024)] | None = Field(
+        None,
+        description="intra-op threads one serving instance runs with: code split per thread when compiled (an INT8 AOTI package's "
+        "autotuned GEMMs) is split for this many and uses no more (default: this machine's CPUs)",
+    )
 
     @field_validator("cpus")
     @classmethod

@@ -211,7 +211,7 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
     form = attention.form_for(cpuclass.machine_class())
     rewritten = attention.to_bf16(choice.module, form) if bf16 else 0
     configs = {"freezing": spec.freezing != "off"} | (attention.COMPILE_CONFIGS if rewritten else {})
-    tuned, gemm_why = gemm.configs_for(source.recipe, spec.gemm) if spec.device == "cpu" else ({}, "a CUDA package")
+    tuned, gemm_why, split = gemm.configs_for(source.recipe, spec.gemm) if spec.device == "cpu" else ({}, "a CUDA package", None)
 
     def compile_choice(module, dest: Path):
         nonlocal tuned, gemm_why
@@ -268,7 +268,7 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
     said = in_bf16 if rewritten or not bf16 else "the model has no scaled_dot_product_attention to rewrite"
     forms = {"form": form, "kernel": attention.FORMS[form]} if rewritten else {}
     fields = choice.fields(checks) | {"attention": {"dtype": dtype, "why": said, "rewritten": rewritten, **forms}}
-    return program, record, fields | {"gemm": {"autotuned": bool(tuned), "why": gemm_why}}, choice
+    return program, record, fields | {"gemm": {"autotuned": bool(tuned), "why": gemm_why, **({"threads": split} if tuned else {})}}, choice
 
 
 def int8_kernel_warnings(choice: Int8Choice, kernels: Kernels, source_module) -> list[str]:

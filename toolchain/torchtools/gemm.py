@@ -10,9 +10,19 @@ times the tile arithmetic; the template's is a third of that.
 Only on AMX, where it was measured. Elsewhere the template's INT8 kernel is AVX512-VNNI's, untimed against oneDNN, and
 autotuning costs compile time (each GEMM shape is compiled and timed). A fleet with a class below AMX gets its code
 compiled for that class (isa.py), which has no tiles, so it is not autotuned either.
+
+The template splits each GEMM into as many parts as the threads it is compiled for, and no more threads ever share it:
+a package compiled on a 2-CPU runner computed its GEMMs on 2 threads whatever the server gave it (BERT-base INT8 on
+the Xeon with AMX, 2 threads: 26.7 ms compiled for 1 thread, 19.7 compiled for 2). `serve.threads` sets the count
+(default: the build's intra-op threads). Where that differs from the machine's CPU count, Inductor would pin every
+call to that many OpenMP threads, so its dynamic threads are turned on: fewer threads at serving then run the parts
+in turn (BERT-base at 1 thread: 7% slower than without, at 2 threads the same). The manifest records the count and
+`bench`/`serve-check` warn when they run more.
 """
 
 from __future__ import annotations
+
+import os
 
 from toolchain import cpuclass
 from toolchain.torchtools import isa
@@ -21,14 +31,30 @@ TEMPLATE_ON = ("amx",)  # the classes where the template was measured faster
 CONFIGS = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 
 
-def configs_for(recipe, option: str) -> tuple[dict, str]:
-    """(Inductor configs, why) for an INT8 CPU package: autotuned GEMMs, or oneDNN's kernel alone ({})."""
+def configs_for(recipe, option: str) -> tuple[dict, str, int | None]:
+    """(Inductor configs, why, the threads its GEMMs are split for) for an INT8 CPU package: autotuned GEMMs, or
+    oneDNN's kernel alone ({}, why, None: it uses the threads it is given)."""
     if option == "aten":
-        return {}, "gemm: aten"
+        return {}, "gemm: aten", None
     here = cpuclass.machine_class()
     if here not in TEMPLATE_ON:
-        return {}, f"this machine ({here or 'below avx2'}) has no AMX, where Inductor's INT8 GEMM was measured faster"
+        return {}, f"this machine ({here or 'below avx2'}) has no AMX, where Inductor's INT8 GEMM was measured faster", None
     low = isa.portable_class(recipe, "int8")
     if low is not None and low not in TEMPLATE_ON:
-        return {}, f"serve.cpus has {low}: the code is compiled for it, without AMX tiles"
-    return dict(CONFIGS), "AMX: each GEMM timed at compile time on Inductor's C++ GEMM and on oneDNN's, the faster kept"
+        return {}, f"serve.cpus has {low}: the code is compiled for it, without AMX tiles", None
+    threads, configs = split_threads(recipe.serve.threads)
+    given = "serve.threads" if recipe.serve.threads else "the build's threads; set serve.threads to the serving instance's"
+    why = f"AMX: each GEMM timed at compile time on Inductor's C++ GEMM and on oneDNN's, the faster kept; split for {threads} threads ({given})"
+    return dict(CONFIGS) | configs, why, threads
+
+
+def split_threads(requested: int | None) -> tuple[int, dict]:
+    """(the threads the GEMMs are split for, the Inductor configs that do it): `serve.threads`, else the build's
+    intra-op threads, as Inductor takes them. Inductor leaves the OpenMP thread count to the caller only when the split
+    equals the machine's CPU count; otherwise dynamic threads keep a call from always starting that many."""
+    import torch
+
+    threads = requested or torch.get_num_threads()
+    if threads == torch.get_num_threads() == os.cpu_count():
+        return threads, {}  # Inductor's own default: split for them, the OpenMP count left to the caller
+    return threads, {"cpp.threads": threads, "cpp.dynamic_threads": True}
