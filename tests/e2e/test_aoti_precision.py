@@ -10,7 +10,9 @@ import pytest
 
 from tests.e2e.conftest import mlpack
 from tests.e2e.test_build_failures import write_recipe
+from toolchain import cpuclass
 from toolchain.manifest import schema
+from toolchain.torchtools import gemm
 
 RECIPE = """\
 name: fast
@@ -66,11 +68,16 @@ def test_fp32_keeps_the_faster_freezing_that_passes(built):
 def test_bf16_keeps_fp32_inputs_and_outputs_within_budget(built):
     _, _, m, _ = built
     t = target(m, "aoti-bf16")
-    kernels = t["aoti"].pop("kernels")
+    kernels, tuned = t["aoti"].pop("kernels"), t["aoti"].pop("gemm")
     assert t["aoti"] == {"precision": "bf16", "autocast": "bfloat16", "io": "float32", "freezing": True, "compiled_for": None}  # no fleet: this machine
     import torch
 
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # Frozen: every conv/linear runs on oneDNN with prepacked weights, none on plain ATen.
+    # on AMX each linear was timed on Inductor's C++ GEMM (AMX BF16 tiles) and oneDNN's (torchtools/gemm.py)
+    assert tuned["autotuned"] == (cpuclass.machine_class() in gemm.TEMPLATE_ON), tuned
+    assert tuned.get("threads") == (torch.get_num_threads() if tuned["autotuned"] else None), tuned
+    if tuned["autotuned"]:  # the convolutions stay on oneDNN; the classifier's linear on whichever was faster
+        assert kernels["onednn_float"] > 0 and kernels["aten_float"] == 0 and kernels["int8"] == kernels["int8_template"] == 0, kernels
+    elif torch.ops.mkldnn._is_mkldnn_bf16_supported():  # Frozen: every conv/linear runs on oneDNN with prepacked weights, none on plain ATen.
         assert kernels["onednn_float"] > 0 and kernels["aten_float"] == 0 and kernels["int8"] == 0
     else:  # AVX2 (a Zen 1): oneDNN has no BF16 path, so Inductor keeps them on ATen
         assert kernels["aten_float"] > 0 and kernels["onednn_float"] == 0 and kernels["int8"] == 0

@@ -34,7 +34,7 @@ def _recipe(tmp_path, cpus: list[str], target: str = "{kind: aoti, precision: in
 )
 def test_autotuned_only_on_amx_for_a_fleet_of_amx(tmp_path, monkeypatch, machine, cpus, option, on, said):
     monkeypatch.setattr(cpuclass, "machine_class", lambda: machine)
-    configs, why, threads = gemm.configs_for(_recipe(tmp_path, cpus), option)
+    configs, why, threads = gemm.configs_for(_recipe(tmp_path, cpus), option, "int8")
     assert bool(configs) == on and said in why
     assert configs == (gemm.CONFIGS | gemm.split_threads(None)[1] if on else {}) and (threads is not None) == on
 
@@ -46,9 +46,9 @@ def test_gemms_are_split_for_the_serving_threads(tmp_path, monkeypatch):
     import torch
 
     monkeypatch.setattr(cpuclass, "machine_class", lambda: "amx")
-    configs, why, threads = gemm.configs_for(_recipe(tmp_path, [], threads=", threads: 16"), "auto")
+    configs, why, threads = gemm.configs_for(_recipe(tmp_path, [], threads=", threads: 16"), "auto", "int8")
     assert threads == 16 and (configs["cpp.threads"], configs["cpp.dynamic_threads"]) == (16, True) and "split for 16 threads (serve.threads)" in why
-    configs, why, threads = gemm.configs_for(_recipe(tmp_path, []), "auto")
+    configs, why, threads = gemm.configs_for(_recipe(tmp_path, []), "auto", "int8")
     assert threads == torch.get_num_threads() and f"split for {threads} threads (the build's threads" in why
     monkeypatch.setattr(os, "cpu_count", lambda: threads)
     assert gemm.split_threads(None) == (threads, {})  # Inductor's default: the OpenMP count left to the caller
@@ -85,9 +85,21 @@ def test_a_run_with_more_threads_than_the_split_is_warned():
     assert thread_warnings(_targets(), None, 2) == [] and thread_warnings(_targets(), ["aoti"], 8) == []
 
 
-def test_gemm_option_is_for_int8(tmp_path):
-    with pytest.raises(Exception, match="gemm: aten applies to precision: int8 only"):
-        _recipe(tmp_path, [], "{kind: aoti, precision: bf16, gemm: aten}")
+def test_gemm_option_is_for_int8_and_bf16_cpu_packages(tmp_path):
+    assert _recipe(tmp_path, [], "{kind: aoti, precision: bf16, gemm: aten}").targets[0].gemm == "aten"
+    for target in ("{kind: aoti, precision: fp32, gemm: aten}", "{kind: aoti, precision: fp16, device: cuda, gemm: aten}"):
+        with pytest.raises(Exception, match="gemm: aten applies to CPU packages of precision int8 or bf16 only"):
+            _recipe(tmp_path, [], target)
+
+
+def test_bf16_is_compiled_for_the_lowest_bf16_class(tmp_path, monkeypatch):
+    """A BF16 package is offered only where BF16 is native: an avx2 host in the fleet does not stop its templates,
+    an avx512_bf16 one does (its code is compiled for it, without tiles)."""
+    monkeypatch.setattr(cpuclass, "machine_class", lambda: "amx")
+    assert gemm.configs_for(_recipe(tmp_path, ["avx2", "amx"], "{kind: aoti, precision: bf16}"), "auto", "bf16")[0]
+    assert gemm.configs_for(_recipe(tmp_path, ["avx2", "amx"]), "auto", "int8")[0] == {}
+    configs, why, _ = gemm.configs_for(_recipe(tmp_path, ["avx512_bf16", "amx"], "{kind: aoti, precision: bf16}"), "auto", "bf16")
+    assert configs == {} and "serve.cpus has avx512_bf16" in why
 
 
 WRAPPER = """

@@ -46,8 +46,8 @@ class AotiTarget(TargetOptions):
     # int8: auto = attention's two matmuls in BF16 when this machine and every serve.cpus class have native BF16
     # (torchtools/attention.py); float = ATen's FP32 attention kernel
     attention: Literal["auto", "float"] = "auto"
-    # int8: auto = on a build machine with AMX, each GEMM timed at compile time on Inductor's C++ GEMM and on oneDNN's
-    # qlinear, the faster kept (torchtools/gemm.py); aten = oneDNN's alone (a faster compile)
+    # int8, bf16 (CPU): auto = on a build machine with AMX, each GEMM timed at compile time on Inductor's C++ GEMM and
+    # on oneDNN's, the faster kept (torchtools/gemm.py); aten = oneDNN's alone (a faster compile)
     gemm: Literal["auto", "aten"] = "auto"
 
     @model_validator(mode="after")
@@ -58,8 +58,8 @@ class AotiTarget(TargetOptions):
             raise PydanticCustomError("int8_cpu", "precision: int8 builds for x86 CPUs (oneDNN); use device: cpu, or a tensorrt int8 target for GPUs", {})
         if self.attention != "auto" and self.precision != "int8":
             raise PydanticCustomError("attention_int8", "attention: float applies to precision: int8 only (the other precisions keep theirs)", {})
-        if self.gemm != "auto" and self.precision != "int8":
-            raise PydanticCustomError("gemm_int8", "gemm: aten applies to precision: int8 only (the other precisions use ATen's kernels)", {})
+        if self.gemm != "auto" and (self.precision not in ("int8", "bf16") or self.device != "cpu"):
+            raise PydanticCustomError("gemm_cpu", "gemm: aten applies to CPU packages of precision int8 or bf16 only (the others use ATen's kernels)", {})
         if self.fallback == "auto" and self.precision != "int8":
             raise PydanticCustomError("fallback_int8", "fallback: auto applies to precision: int8 only", {})
         return self
@@ -121,7 +121,7 @@ AOTI_SCHEMA: dict = {
         },
         "gemm": {
             "type": "object",
-            "description": "int8: whether each GEMM was autotuned between Inductor's C++ GEMM and oneDNN's qlinear (AMX), and why",
+            "description": "int8, bf16: whether each GEMM was autotuned between Inductor's C++ GEMM and oneDNN's (AMX), and why",
             "required": ["autotuned", "why"],
             "properties": {
                 "autotuned": {"type": "boolean"},
@@ -183,7 +183,7 @@ class AotiKind(Kind):
         # Inductor compiles a CPU package's code with -march=native: it runs only where this machine's features are
         parts = {"cpu_class": cpuclass.machine_class(), "cpu_features": cpu_identity()["features"]}
         # an autotuned INT8 package's GEMMs are split for serve.threads (in the recipe's key) or this machine's threads
-        return parts | ({"cpus": os.cpu_count()} if spec.precision == "int8" and spec.gemm == "auto" else {})
+        return parts | ({"cpus": os.cpu_count()} if spec.precision in ("int8", "bf16") and spec.gemm == "auto" else {})
 
     def check(self, spec: AotiTarget, recipe) -> list:
         if recipe.generates and spec.precision not in ("fp32", "int8-weight"):

@@ -117,21 +117,30 @@ def reduced_package(source, spec, ctx: BuildContext, path: Path, module):
     batch norms into weights already rounded to bfloat16 (EfficientNet-Lite0, real weights:
     cosine 0.99821 frozen against 0.9994 unfrozen)."""
     frozen = spec.freezing != "off"
-    program, record = compile_package(source, spec.device, path, module=module, precision=spec.precision, configs={"freezing": frozen})
+    tuned, why, split = gemm.configs_for(source.recipe, spec.gemm, spec.precision) if spec.device == "cpu" else ({}, "a CUDA package", None)
+    try:
+        program, record = compile_package(source, spec.device, path, module=module, precision=spec.precision, configs={"freezing": frozen} | tuned)
+    except CompileFailed as e:
+        if not tuned:
+            raise
+        tuned, why = {}, f"Inductor's C++ GEMM did not compile ({one_line(e)[:160]}); oneDNN's kernels alone"
+        print(f"{spec.precision}: {why}")
+        program, record = compile_package(source, spec.device, path, module=module, precision=spec.precision, configs={"freezing": frozen})
+    fields = {"gemm": {"autotuned": bool(tuned), "why": why, **({"threads": split} if tuned else {})}}
     if not (frozen and spec.freezing == "auto"):
-        return program, record, {"freezing": frozen}
+        return program, record, {"freezing": frozen} | fields
     first, _ = _judge_package(path, source, spec, ctx)
     if first.passed:
-        return program, record, {"freezing": True}
+        return program, record, {"freezing": True} | fields
     unfrozen = path.with_name("unfrozen.pt2")
-    program2, record2 = compile_package(source, spec.device, unfrozen, module=module, precision=spec.precision, configs={"freezing": False})
+    program2, record2 = compile_package(source, spec.device, unfrozen, module=module, precision=spec.precision, configs={"freezing": False} | tuned)
     second, _ = _judge_package(unfrozen, source, spec, ctx)
     choice = [{"freezing": True, **first.summary()}, {"freezing": False, **second.summary()}]
     if (second.passed, second.margin()) > (first.passed, first.margin()):
         unfrozen.replace(path)
-        return program2, record2, {"freezing": False, "freezing_choice": choice}
+        return program2, record2, {"freezing": False, "freezing_choice": choice} | fields
     unfrozen.unlink(missing_ok=True)
-    return program, record, {"freezing": True, "freezing_choice": choice}
+    return program, record, {"freezing": True, "freezing_choice": choice} | fields
 
 
 @dataclass
@@ -211,7 +220,7 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
     form = attention.form_for(cpuclass.machine_class())
     rewritten = attention.to_bf16(choice.module, form) if bf16 else 0
     configs = {"freezing": spec.freezing != "off"} | (attention.COMPILE_CONFIGS if rewritten else {})
-    tuned, gemm_why, split = gemm.configs_for(source.recipe, spec.gemm) if spec.device == "cpu" else ({}, "a CUDA package", None)
+    tuned, gemm_why, split = gemm.configs_for(source.recipe, spec.gemm, "int8") if spec.device == "cpu" else ({}, "a CUDA package", None)
 
     def compile_choice(module, dest: Path):
         nonlocal tuned, gemm_why
