@@ -7,8 +7,8 @@ the template won 60 of the 72 GEMMs (oneDNN kept the FFN-up with its GELU), 31.5
 against 255 ms, the same cosine (0.99976). oneDNN's qlinear costs about 180 us for a 128x768x768 product there, six
 times the tile arithmetic; the template's is a third of that.
 
-BF16 packages the same way (AMX BF16 tiles against oneDNN's BF16 linear): BERT-base BF16, one thread, 49.7 ms against
-57.6, the same outputs.
+BF16 packages the same way (AMX BF16 tiles against oneDNN's BF16 linear), a smaller gain: BERT-base BF16 47.4 ms
+against 50.9 at one thread, 26.5 against 29.2 at two, the same outputs.
 
 Only on AMX, where it was measured. Elsewhere the template's INT8 kernel is AVX512-VNNI's, untimed against oneDNN, and
 autotuning costs compile time (each GEMM shape is compiled and timed). A fleet with a class below AMX gets its code
