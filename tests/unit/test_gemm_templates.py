@@ -127,3 +127,34 @@ def test_template_gemms_are_counted_by_their_operand_types_at_each_call(tmp_path
         z.writestr("m/data/aotinductor/model/b.kernel.cpp", KERNELS)
     k = package_kernels.summarize(path)
     assert (k.int8, k.int8_template, k.float_template, k.integer, k.float) == (1, 2, 1, 3, 1)
+
+
+def test_a_template_that_fails_to_compile_costs_only_the_autotuning(monkeypatch, tmp_path, capsys):
+    """No model here makes Inductor's C++ GEMM fail to compile (a failing candidate is dropped by the autotuner itself),
+    so `compile_package` is replaced by a double that fails whenever the autotuning configs are passed: the package is
+    then compiled with oneDNN alone, and the manifest's why says so."""
+    from types import SimpleNamespace
+
+    from toolchain.records.steps import Attempt
+    from toolchain.torchtools import aoti_precision
+    from toolchain.torchtools.aoti_compile import CompileFailed
+
+    calls = []
+
+    def compile_double(source, device, dest, module=None, configs=None, precision=None):
+        calls.append(dict(configs))
+        if configs.get("max_autotune"):
+            raise CompileFailed([Attempt("strict", "compile", "C++ compile error: expected initializer before '*' token")], None)
+        return "program", "record"
+
+    monkeypatch.setattr(aoti_precision, "compile_package", compile_double)
+    spec = SimpleNamespace(device="cpu", precision="bf16")
+    tuned = gemm.CONFIGS | {"cpp.threads": 4, "cpp.dynamic_threads": True}
+    program, record, kept, why = aoti_precision._compile_tuned(None, spec, tmp_path / "m.pt2", None, {"freezing": True}, tuned, "AMX")
+    assert (program, record, kept) == ("program", "record", {}) and calls == [{"freezing": True} | tuned, {"freezing": True}]
+    assert why.startswith("Inductor's C++ GEMM did not compile (C++ compile error: expected initializer before '*' token)") and why.endswith("oneDNN's kernels alone")
+    assert "bf16: Inductor's C++ GEMM did not compile" in capsys.readouterr().out
+    calls.clear()  # without autotuning, a failure is the build's own: raised, not retried
+    monkeypatch.setattr(aoti_precision, "compile_package", lambda *a, **k: (_ for _ in ()).throw(CompileFailed([Attempt("strict", "compile", "x")], None)))
+    with pytest.raises(CompileFailed):
+        aoti_precision._compile_tuned(None, spec, tmp_path / "m.pt2", None, {"freezing": True}, {}, "gemm: aten")

@@ -182,7 +182,7 @@ class AotiKind(Kind):
             return super().cache_parts(spec)
         # Inductor compiles a CPU package's code with -march=native: it runs only where this machine's features are
         parts = {"cpu_class": cpuclass.machine_class(), "cpu_features": cpu_identity()["features"]}
-        # an autotuned INT8 package's GEMMs are split for serve.threads (in the recipe's key) or this machine's threads
+        # an autotuned INT8/BF16 package's GEMMs are split for serve.threads (in the recipe's key) or this machine's threads
         return parts | ({"cpus": os.cpu_count()} if spec.precision in ("int8", "bf16") and spec.gemm == "auto" else {})
 
     def check(self, spec: AotiTarget, recipe) -> list:

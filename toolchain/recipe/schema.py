@@ -435,8 +435,8 @@ class Serve(Strict):
     )
     threads: Annotated[StrictInt, Field(ge=1, le=1024)] | None = Field(
         None,
-        description="intra-op threads one serving instance runs with: code split per thread when compiled (an INT8 AOTI package's "
-        "autotuned GEMMs) is split for this many and uses no more (default: this machine's CPUs)",
+        description="intra-op threads one serving instance runs with: code split per thread when compiled (an INT8 or BF16 AOTI "
+        "package's autotuned GEMMs) is split for this many and uses no more (default: the build's intra-op threads)",
     )
 
     @field_validator("cpus")

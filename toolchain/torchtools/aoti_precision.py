@@ -118,14 +118,7 @@ def reduced_package(source, spec, ctx: BuildContext, path: Path, module):
     cosine 0.99821 frozen against 0.9994 unfrozen)."""
     frozen = spec.freezing != "off"
     tuned, why, split = gemm.configs_for(source.recipe, spec.gemm, spec.precision) if spec.device == "cpu" else ({}, "a CUDA package", None)
-    try:
-        program, record = compile_package(source, spec.device, path, module=module, precision=spec.precision, configs={"freezing": frozen} | tuned)
-    except CompileFailed as e:
-        if not tuned:
-            raise
-        tuned, why = {}, f"Inductor's C++ GEMM did not compile ({one_line(e)[:160]}); oneDNN's kernels alone"
-        print(f"{spec.precision}: {why}")
-        program, record = compile_package(source, spec.device, path, module=module, precision=spec.precision, configs={"freezing": frozen})
+    program, record, tuned, why = _compile_tuned(source, spec, path, module, {"freezing": frozen}, tuned, why)
     fields = {"gemm": {"autotuned": bool(tuned), "why": why, **({"threads": split} if tuned else {})}}
     if not (frozen and spec.freezing == "auto"):
         return program, record, {"freezing": frozen} | fields
@@ -141,6 +134,19 @@ def reduced_package(source, spec, ctx: BuildContext, path: Path, module):
         return program2, record2, {"freezing": False, "freezing_choice": choice} | fields
     unfrozen.unlink(missing_ok=True)
     return program, record, {"freezing": True, "freezing_choice": choice} | fields
+
+
+def _compile_tuned(source, spec, dest: Path, module, configs: dict, tuned: dict, why: str):
+    """(program, record, tuned, why): the package compiled with the autotuned GEMMs' configs, or, when Inductor's
+    template does not compile (a template bug must not cost the artifact), again with oneDNN's kernels alone."""
+    if tuned:
+        try:
+            return *compile_package(source, spec.device, dest, module=module, precision=spec.precision, configs=configs | tuned), tuned, why
+        except CompileFailed as e:
+            said = "; ".join(dict.fromkeys(t.error for t in e.tried if t.error)) or one_line(e)
+            why = f"Inductor's C++ GEMM did not compile ({said[:200]}); oneDNN's kernels alone"
+            print(f"{spec.precision}: {why}")
+    return *compile_package(source, spec.device, dest, module=module, precision=spec.precision, configs=configs), {}, why
 
 
 @dataclass
@@ -224,13 +230,8 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
 
     def compile_choice(module, dest: Path):
         nonlocal tuned, gemm_why
-        if tuned:
-            try:
-                return compile_package(source, spec.device, dest, module=module, precision=spec.precision, configs=configs | tuned)
-            except CompileFailed as e:  # a template bug must not cost the artifact: oneDNN's kernels alone
-                tuned, gemm_why = {}, f"Inductor's C++ GEMM did not compile ({one_line(e)[:160]}); oneDNN's kernels alone"
-                print(f"int8: {gemm_why}")
-        return compile_package(source, spec.device, dest, module=module, precision=spec.precision, configs=configs)
+        program, record, tuned, gemm_why = _compile_tuned(source, spec, dest, module, configs, tuned, gemm_why)
+        return program, record
 
     try:
         program, record = compile_choice(choice.module, path)
