@@ -152,7 +152,9 @@ def test_a_template_that_fails_to_compile_costs_only_the_autotuning(monkeypatch,
     tuned = gemm.CONFIGS | {"cpp.threads": 4, "cpp.dynamic_threads": True}
     program, record, kept, why = aoti_precision._compile_tuned(None, spec, tmp_path / "m.pt2", None, {"freezing": True}, tuned, "AMX")
     assert (program, record, kept) == ("program", "record", {}) and calls == [{"freezing": True} | tuned, {"freezing": True}]
-    assert why.startswith("Inductor's C++ GEMM did not compile (C++ compile error: expected initializer before '*' token)") and why.endswith("oneDNN's kernels alone")
+    assert why.startswith("Inductor's C++ GEMM did not compile (C++ compile error: expected initializer before '*' token)") and why.endswith(
+        "oneDNN's kernels alone"
+    )
     assert "bf16: Inductor's C++ GEMM did not compile" in capsys.readouterr().out
     calls.clear()  # without autotuning, a failure is the build's own: raised, not retried
     monkeypatch.setattr(aoti_precision, "compile_package", lambda *a, **k: (_ for _ in ()).throw(CompileFailed([Attempt("strict", "compile", "x")], None)))
