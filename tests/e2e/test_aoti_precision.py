@@ -36,6 +36,7 @@ parity:
 select: {metric: latency, batch: 1}
 serve:
   triton: {max_batch_size: 4, targets: [onnx, aoti, aoti-bf16, aoti-int8], backend: python}
+  threads: 2
 """
 
 
@@ -74,7 +75,7 @@ def test_bf16_keeps_fp32_inputs_and_outputs_within_budget(built):
 
     # on AMX each linear was timed on Inductor's C++ GEMM (AMX BF16 tiles) and oneDNN's (torchtools/gemm.py)
     assert tuned["autotuned"] == (cpuclass.machine_class() in gemm.TEMPLATE_ON), tuned
-    assert tuned.get("threads") == (torch.get_num_threads() if tuned["autotuned"] else None), tuned
+    assert tuned.get("threads") == (2 if tuned["autotuned"] else None), tuned  # serve.threads
     if tuned["autotuned"]:  # the convolutions stay on oneDNN; the classifier's linear on whichever was faster
         assert kernels["onednn_float"] > 0 and kernels["aten_float"] == 0 and kernels["int8"] == kernels["int8_template"] == 0, kernels
     elif torch.ops.mkldnn._is_mkldnn_bf16_supported():  # Frozen: every conv/linear runs on oneDNN with prepacked weights, none on plain ATen.
@@ -145,3 +146,11 @@ def test_serve_check_passes_on_the_served_winner(built):
     winner = m["selection"]["winner"]
     assert target(m, winner)["serving_check"]["triton"]["status"] == "ok"
     assert target(m, winner)["serving_check"]["triton"]["model"] == "fast"
+    # serve.threads reaches the torch-run models' configs (model.py sets torch's threads from it), and they serve
+    for name in ("aoti", "aoti-bf16", "aoti-int8"):
+        model = "fast" if name == winner else f"fast_{name.replace('-', '_')}"
+        config = (folder / "out" / "fast" / "triton" / model / "config.pbtxt").read_text()
+        assert 'key: "INTRA_OP_THREAD_COUNT"' in config and 'string_value: "2"' in config, config
+        assert target(m, name)["serving_check"]["triton"]["status"] == "ok", target(m, name)["serving_check"]
+    onnx = "fast" if winner == "onnx" else "fast_onnx"
+    assert "INTRA_OP_THREAD_COUNT" not in (folder / "out" / "fast" / "triton" / onnx / "config.pbtxt").read_text()

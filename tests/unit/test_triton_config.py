@@ -357,3 +357,14 @@ def test_tensorflow_kind_needs_the_saved_model_directory(tmp_path):
     (tmp_path / "xla").mkdir()
     with pytest.raises(FileNotFoundError, match="saved_model"):
         write_triton_model(tmp_path / "repo", "m", 1, "xla", tmp_path / "xla", sig(), serve(), "cpu")
+
+
+@pytest.mark.parametrize("backend", ["native", "python"])
+def test_serve_threads_reach_the_configs_of_torch_run_cpu_models_only(backend):
+    """serve.threads: an AOTI package's autotuned GEMMs are split for it, so its instance is given that many intra-op
+    threads (the pytorch backend's INTRA_OP_THREAD_COUNT; model.py passes it to torch.set_num_threads)."""
+    cfg = parse(render_config("m", "aoti", sig(), serve(backend=backend), "cpu", threads=6))
+    assert cfg.parameters["INTRA_OP_THREAD_COUNT"].string_value == "6"
+    assert "INTRA_OP_THREAD_COUNT" not in parse(render_config("m", "aoti", sig(), serve(backend=backend), "cpu")).parameters
+    assert "INTRA_OP_THREAD_COUNT" not in parse(render_config("m", "aoti", sig(), serve(backend=backend), "cuda", threads=6)).parameters
+    assert "INTRA_OP_THREAD_COUNT" not in parse(render_config("m", "onnx", sig(), serve(backend=backend), "cpu", threads=6)).parameters

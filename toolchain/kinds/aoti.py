@@ -174,6 +174,12 @@ class AotiKind(Kind):
     def bf16_parts(self, extra: dict) -> bool:
         return (extra.get("aoti", {}).get("attention") or {}).get("dtype") == "bfloat16"
 
+    def triton_threads(self, config, threads: int) -> bool:
+        # Triton's pytorch backend reads it (once per backend: its first model's value); model.py calls
+        # torch.set_num_threads with it
+        config.parameters["INTRA_OP_THREAD_COUNT"].string_value = str(threads)
+        return True
+
     def split_threads(self, extra: dict) -> int | None:
         return (extra.get("aoti", {}).get("gemm") or {}).get("threads")
 

@@ -155,6 +155,10 @@ class Kind:
     def triton_configure(self, config, serve: TritonServe, backend: str) -> None:
         """Set kind-specific fields of the ModelConfig proto (e.g. execution accelerators)."""
 
+    def triton_threads(self, config, threads: int) -> bool:
+        """Give a CPU instance `threads` intra-op threads (`serve.threads`) in its ModelConfig; False: not set."""
+        return False
+
     def triton_note(self, backend: str) -> str | None:
         """A note the build prints when it serves this kind (limits of the backend)."""
         return None

@@ -85,7 +85,8 @@ def _write_triton(recipe: Recipe, results: list[TargetResult], staging: Path, pr
                 model_dir = write_generator_model(staging / "triton", model, recipe, res.kind, staging / tname, res.device, tri.instance_group.count)
             else:
                 gate = size_gate(recipe, res, dims)
-                model_dir = write_triton_model(staging / "triton", model, recipe.version, res.kind, staging / tname, res.signature, tri, res.device, gate=gate)
+                model_dir = write_triton_model(staging / "triton", model, recipe.version, res.kind, staging / tname, res.signature, tri, res.device, gate=gate,
+                                                threads=recipe.serve.threads)  # fmt: skip
                 if gate.beyond_config:
                     progress.note(f"triton: {model}: its config cannot say {'; '.join(gate.beyond)}: " + (
                         "served by model.py (Python backend), which refuses other sizes or pads them"

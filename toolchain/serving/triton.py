@@ -104,7 +104,8 @@ def _fill_io(field, tensors: list[TensorSig], prefix: str, by_position: bool, ma
             entry.reshape.shape.extend(reshape)
 
 
-def build_config(model_name: str, kind: str, signature: Signature, serve: TritonServe, device: str, backend: str | None = None, gate: SizeGate | None = None):
+def build_config(model_name: str, kind: str, signature: Signature, serve: TritonServe, device: str, backend: str | None = None, gate: SizeGate | None = None,
+                 threads: int | None = None):  # fmt: skip
     """(ModelConfig, comment lines) for one served artifact; ValueError on a setup Triton would reject."""
     k, t = _kind(kind)
     b = backend_for(kind, serve, backend)
@@ -149,13 +150,15 @@ def build_config(model_name: str, kind: str, signature: Signature, serve: Triton
         cfg.dynamic_batching.preferred_batch_size.extend(sorted(set(db.preferred_batch_size)))
         cfg.dynamic_batching.max_queue_delay_microseconds = db.max_queue_delay_microseconds
     k.triton_configure(cfg, serve, b)
+    if threads is not None and device == "cpu" and k.triton_threads(cfg, threads):
+        comments.append(f"# serve.threads: {threads} intra-op threads (the artifact's code was split for them)")
     return cfg, comments
 
 
 def render_config(model_name: str, kind: str, signature: Signature, serve: TritonServe, device: str, backend: str | None = None,
-                  gate: SizeGate | None = None) -> str:  # fmt: skip
+                  gate: SizeGate | None = None, threads: int | None = None) -> str:  # fmt: skip
     """The config.pbtxt text for one served artifact; raises ValueError on a setup Triton would reject."""
-    cfg, comments = build_config(model_name, kind, signature, serve, device, backend, gate)
+    cfg, comments = build_config(model_name, kind, signature, serve, device, backend, gate, threads)
     return protos.to_text(cfg, comments)
 
 
@@ -187,6 +190,7 @@ def write_triton_model(
     device: str,
     backend: str | None = None,
     gate: SizeGate | None = None,
+    threads: int | None = None,
 ) -> Path:
     """Write repo/<model_name>/config.pbtxt and <version>/ files; returns the model dir.
 
@@ -196,7 +200,7 @@ def write_triton_model(
     """
     _, t = _kind(kind)
     b = "python" if gate and gate.beyond_config and t.python_backend is not None and not t.native_only else backend_for(kind, serve, backend)
-    text = render_config(model_name, kind, signature, serve, device, b, gate)  # validate before touching disk
+    text = render_config(model_name, kind, signature, serve, device, b, gate, threads)  # validate before touching disk
     artifact_dir = Path(artifact_dir)
     main = artifact_dir / t.artifact
     if not (main.is_dir() if t.directory else main.is_file()):
