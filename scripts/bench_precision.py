@@ -57,7 +57,7 @@ select: {metric: latency, batch: 1, threads: 1}
 serve: {cpus: CPUS, triton: {backend: python, max_batch_size: 8, targets: SERVED}}
 """
 CACHED = "cached int8"
-AUTOTUNED = "ceiling int8 autotuned"  # split()[1] is its precision
+AUTOTUNED = {p: f"ceiling {p} autotuned" for p in ("bf16", "int8")}  # split()[1] is its precision
 # -fused: `optimize: true`, ONNX Runtime's transformer fusions (attention, LayerNorm, GELU), as its best peer row has
 DEFAULT_TARGETS = ["onnx-fp32", "onnx-fp32-fused", "onnx-int8-dynamic", "onnx-int8-fused", "onnx-int8-static", "aoti-fp32", "aoti-bf16", "aoti-int8"]
 # built only when --targets names it: INT8 with ATen's FP32 attention, beside aoti-int8's choice (torchtools/attention.py)
@@ -270,10 +270,11 @@ def measure(name: str, manifest, root: Path, recipe, threads: int, rounds: int, 
         else:
             print(f"{name}: no BF16 ceiling: oneDNN has no BF16 linear on this CPU (no AVX-512)")
         stacks = {f"ceiling {p}": make() for p, make in makers}
-        try:  # the packages' own GEMMs on AMX (gemm: auto): where Inductor's C++ GEMM beats oneDNN, the lower bound is this
-            stacks[AUTOTUNED] = cpu_ceiling._int8_autotuned(seq)
-        except Exception as e:
-            print(f"{name}: no autotuned INT8 ceiling: {type(e).__name__}: {str(e)[:200]}")
+        for p, key in AUTOTUNED.items():  # the packages' own GEMMs on AMX (gemm: auto): where Inductor's C++ GEMM wins, the bound
+            try:
+                stacks[key] = cpu_ceiling._autotuned(seq, p)
+            except Exception as e:
+                print(f"{name}: no autotuned {p.upper()} ceiling: {type(e).__name__}: {str(e)[:200]}")
         stacks[CACHED] = cpu_ceiling._int8_stack(seq, distinct=False)  # the former ceiling, beside it
     with torch.no_grad():
         lat = interleaved({k: partial(r.infer, b1) for k, r in opened.items()} | stacks, rounds=rounds, seconds=0.5)
@@ -298,7 +299,9 @@ def measure(name: str, manifest, root: Path, recipe, threads: int, rounds: int, 
         rows.append(row)
     for k in stacks:
         if k != CACHED:
-            label = "ceiling int8 (72 linears alone, autotuned: Inductor's C++ GEMM or oneDNN)" if k == AUTOTUNED else f"{k} (72 linears alone)"
+            label = (
+                f"ceiling {k.split()[1]} (72 linears alone, autotuned: Inductor's C++ GEMM or oneDNN)" if k in AUTOTUNED.values() else f"{k} (72 linears alone)"
+            )
             rows.append({"model": name, "artifact": label, "threads": threads, "latency_ms": lat[k].median_ms,
                          "latency_x": eager / lat[k].median_ms, "ceiling": True})  # fmt: skip
     if CACHED in lat:

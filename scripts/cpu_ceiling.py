@@ -108,11 +108,12 @@ def _int8_stack(seq: int, distinct: bool = True):
     return run
 
 
-def _int8_autotuned(seq: int):
-    """The same 72 linears quantized by PT2E (u8 activations per tensor, s8 weights per channel, fp32 out) and compiled by
-    Inductor with max-autotune, as an INT8 AOTI package on AMX is (toolchain/torchtools/gemm.py): each GEMM shape on the
-    faster of Inductor's C++ GEMM (AMX tiles where the CPU has them) and oneDNN's qlinear, timed at compile time. Where
-    the template wins, this is below the oneDNN row, and it is the ceiling a package can reach."""
+def _autotuned(seq: int, precision: str = "int8"):
+    """The same 72 linears compiled by Inductor with max-autotune, as an INT8 or BF16 AOTI package on AMX is
+    (toolchain/torchtools/gemm.py): each GEMM shape on the faster of Inductor's C++ GEMM (AMX tiles where the CPU has
+    them) and oneDNN's, timed at compile time. INT8: quantized by PT2E (u8 activations per tensor, s8 weights per
+    channel, fp32 out); BF16: weights and activations in bfloat16. Where the template wins, this is below the oneDNN
+    row, and it is the ceiling a package can reach."""
     import torch
     import torch._inductor
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -128,16 +129,19 @@ def _int8_autotuned(seq: int):
         def forward(self, x768, x3072):
             return [m(x768 if m.in_features == HIDDEN else x3072) for m in self.layers]
 
-    xs = (torch.randn(seq, HIDDEN), torch.randn(seq, FFN))
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    xs = (torch.randn(seq, HIDDEN, dtype=dtype), torch.randn(seq, FFN, dtype=dtype))
     with torch.no_grad():
-        program = torch.export.export(Linears().eval(), xs, strict=False).module()
-        quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
-        prepared = prepare_pt2e(program, quantizer)
-        prepared(*xs)
-        converted = convert_pt2e(prepared)
+        module = Linears().eval().to(dtype)
+        if precision == "int8":
+            program = torch.export.export(module, xs, strict=False).module()
+            quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+            prepared = prepare_pt2e(program, quantizer)
+            prepared(*xs)
+            module = convert_pt2e(prepared)
         configs = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
         with tempfile.TemporaryDirectory() as tmp:  # a package, as the artifacts are: its wrapper is C++, not Python
-            path = torch._inductor.aoti_compile_and_package(torch.export.export(converted, xs, strict=False), package_path=f"{tmp}/linears.pt2",
+            path = torch._inductor.aoti_compile_and_package(torch.export.export(module, xs, strict=False), package_path=f"{tmp}/linears.pt2",
                                                             inductor_configs=configs)  # fmt: skip
             compiled = torch._inductor.aoti_load_package(path)
         compiled(*xs)
@@ -187,7 +191,8 @@ def measure(threads: int, rounds: int, seq: int) -> dict:
         "72 linears fp32 (oneDNN, prepacked)": lambda: _fp32_stack(seq, torch.float32),
         "72 linears bf16 (oneDNN, prepacked)": lambda: _fp32_stack(seq, torch.bfloat16),
         "72 linears int8 (oneDNN qlinear)": lambda: _int8_stack(seq),
-        "72 linears int8 (autotuned: Inductor's C++ GEMM or oneDNN, the faster per shape)": lambda: _int8_autotuned(seq),
+        "72 linears bf16 (autotuned: Inductor's C++ GEMM or oneDNN, the faster per shape)": lambda: _autotuned(seq, "bf16"),
+        "72 linears int8 (autotuned: Inductor's C++ GEMM or oneDNN, the faster per shape)": lambda: _autotuned(seq, "int8"),
         # the figure published before 2026-12-06: one layer's weights 12 times, in cache (a bound for no model)
         "72 linears int8, one layer's weights 12 times (cache-resident)": lambda: _int8_stack(seq, distinct=False),
     }
