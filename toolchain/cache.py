@@ -108,8 +108,7 @@ def target_key(recipe: Recipe, spec, src_key: str) -> str:
         **kind.cache_parts(spec),  # e.g. the GPU an engine or CUDA kernel is bound to
         # a fleet's classes: which of them this machine could emulate decides the verdicts, and CPU packages' code
         **({"cpus": recipe.serve.cpus, "cpu_class": cpuclass.machine_class()} if recipe.serve.cpus else {}),
-        # code split per thread at compile time (kinds' split_threads) is split for it
-        **({"serve_threads": recipe.serve.threads} if recipe.serve.threads else {}),
+        **kind.recipe_cache_parts(spec, recipe),  # e.g. the threads an AOTI package's GEMMs are split for
         # without a fleet, INT8 is quantized for this machine's class when it saturates (7-bit forms)
         **({"saturating": own} if not recipe.serve.cpus and (own := cpuclass.saturating([])) else {}),
     }

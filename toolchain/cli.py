@@ -447,13 +447,13 @@ def _serve_check(root: Path, server: Path | None = None, native: bool = False, t
     return result
 
 
-def _host_warnings(root: Path, names: list[str] | None = None, threads: int | None = None) -> None:
-    for line in host_warnings(root, names, threads):
+def _host_warnings(root: Path, names: list[str] | None = None, threads: int | None = None, serving: bool = False) -> None:
+    for line in host_warnings(root, names, threads, serving):
         print(f"mlpack: warning: {line}", file=sys.stderr)
 
 
 def cmd_serve_check(args) -> int:
-    _host_warnings(args.dir, list(args.target or []) or None)
+    _host_warnings(args.dir, list(args.target or []) or None, serving=True)
     result = _serve_check(args.dir, args.server, args.native, args.target, list(args.only or []) or None)
     if args.json:
         print(json.dumps(result.manifest.to_dict(), indent=2))

@@ -66,7 +66,7 @@ def test_int8_package_runs_attention_in_bf16_only_where_bf16_is_native(tmp_path)
     if k["int8_template"]:  # AMX tiles in the package's own code: it runs on AMX only, and says so
         assert t["cpu"]["needs"] == "amx", t["cpu"]
         # split for serve.threads, not this machine's CPUs: the template's partition loop in the package says so
-        assert tuned["threads"] == 3 and "split for 3 threads (serve.threads)" in tuned["why"], tuned
+        assert tuned["threads"] == 3 and tuned["given"] == "serve.threads" and "split for 3 threads (serve.threads)" in tuned["why"], tuned
         (package,) = (tmp_path / "out").glob("*/aoti-int8/model.pt2")
         with zipfile.ZipFile(package) as z:
             code = "".join(z.read(n).decode() for n in z.namelist() if n.endswith(".kernel.cpp"))

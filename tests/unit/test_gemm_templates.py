@@ -34,55 +34,76 @@ def _recipe(tmp_path, cpus: list[str], target: str = "{kind: aoti, precision: in
 )
 def test_autotuned_only_on_amx_for_a_fleet_of_amx(tmp_path, monkeypatch, machine, cpus, option, on, said):
     monkeypatch.setattr(cpuclass, "machine_class", lambda: machine)
-    configs, why, threads = gemm.configs_for(_recipe(tmp_path, cpus), option, "int8")
+    configs, why, split = gemm.configs_for(_recipe(tmp_path, cpus), option, "int8")
     assert bool(configs) == on and said in why
-    assert configs == (gemm.CONFIGS | gemm.split_threads(None)[1] if on else {}) and (threads is not None) == on
+    assert configs == (gemm.CONFIGS | gemm.split_threads(None)[1] if on else {}) and (split is not None) == on
 
 
 def test_gemms_are_split_for_the_serving_threads(tmp_path, monkeypatch):
     """The template's GEMMs use no more threads than they were split for: serve.threads decides it, else the build's
     intra-op threads; where the split is not the machine's CPU count, dynamic threads keep a call from always starting
-    that many OpenMP threads."""
+    that many OpenMP threads; one thread is serial code."""
     import torch
 
     monkeypatch.setattr(cpuclass, "machine_class", lambda: "amx")
-    configs, why, threads = gemm.configs_for(_recipe(tmp_path, [], threads=", threads: 16"), "auto", "int8")
-    assert threads == 16 and (configs["cpp.threads"], configs["cpp.dynamic_threads"]) == (16, True) and "split for 16 threads (serve.threads)" in why
-    configs, why, threads = gemm.configs_for(_recipe(tmp_path, []), "auto", "int8")
-    assert threads == torch.get_num_threads() and f"split for {threads} threads (the build's threads" in why
+    configs, why, split = gemm.configs_for(_recipe(tmp_path, [], threads=", threads: 16"), "auto", "int8")
+    assert split == {"threads": 16, "given": "serve.threads"} and "split for 16 threads (serve.threads)" in why
+    assert (configs["cpp.threads"], configs["cpp.dynamic_threads"]) == (16, True)
+    configs, why, split = gemm.configs_for(_recipe(tmp_path, []), "auto", "int8")
+    threads = torch.get_num_threads()
+    assert split == {"threads": threads, "given": "build"} and f"split for {threads} threads (the build's threads" in why
     monkeypatch.setattr(os, "cpu_count", lambda: threads)
-    assert gemm.split_threads(None) == (threads, {})  # Inductor's default: the OpenMP count left to the caller
+    assert gemm.split_threads(None) == (threads, {} if threads > 1 else {"cpp.threads": 1})  # Inductor's default
     assert gemm.split_threads(threads + 1) == (threads + 1, {"cpp.threads": threads + 1, "cpp.dynamic_threads": True})
+    assert gemm.split_threads(1) == (1, {"cpp.threads": 1})  # no dynamic threads (7% slower at one thread)
     monkeypatch.setattr(os, "cpu_count", lambda: threads * 2)  # SMT: torch's threads are the cores
-    assert gemm.split_threads(None) == (threads, {"cpp.threads": threads, "cpp.dynamic_threads": True})
+    assert gemm.split_threads(None) == (threads, {"cpp.threads": threads, "cpp.dynamic_threads": True} if threads > 1 else {"cpp.threads": 1})
 
 
-def test_serve_threads_changes_the_cache_key(tmp_path):
+def test_the_split_is_in_the_cache_key_of_autotuned_packages_only(tmp_path, monkeypatch):
+    """serve.threads (or, unset, what decides torch's thread count) keys an autotuned package, and nothing else."""
     from toolchain import cache
 
-    plain, sixteen = _recipe(tmp_path, []), _recipe(tmp_path, [], threads=", threads: 16")
-    keys = [cache.target_key(r, r.targets[0], "src") for r in (plain, sixteen)]
-    assert keys[0] != keys[1]
+    monkeypatch.setattr(cpuclass, "machine_class", lambda: "amx")
+    targets = "{kind: aoti, precision: int8}, {kind: aoti, name: fp, precision: fp32}, {kind: onnx}"
+    plain, sixteen = _recipe(tmp_path, [], targets), _recipe(tmp_path, [], targets, threads=", threads: 16")
+    keys = [[cache.target_key(r, t, "src") for t in r.targets] for r in (plain, sixteen)]
+    assert keys[0][0] != keys[1][0] and keys[0][1:] == keys[1][1:]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torch's default count changes: so does the unset split
+    assert cache.target_key(plain, plain.targets[0], "src") != keys[0][0]
+    assert cache.target_key(sixteen, sixteen.targets[0], "src") == keys[1][0]
+    monkeypatch.setattr(cpuclass, "machine_class", lambda: "avx512_bf16")  # not autotuned here: threads decide nothing
+    assert cache.target_key(plain, plain.targets[0], "src") == cache.target_key(sixteen, sixteen.targets[0], "src")
 
 
 def _targets():
     from toolchain.records import Status, TargetResult
 
-    split = {"aoti": {"precision": "int8", "gemm": {"autotuned": True, "why": "AMX", "threads": 2}}}
+    split = {"aoti": {"precision": "int8", "gemm": {"autotuned": True, "why": "AMX", "threads": 2, "given": "build"}}}
+    given = {"aoti": {"precision": "bf16", "gemm": {"autotuned": True, "why": "AMX", "threads": 2, "given": "serve.threads"}}}
     return [
         TargetResult("aoti-int8", "aoti", Status.OK, extra=split),
+        TargetResult("aoti-bf16", "aoti", Status.OK, extra=given),
         TargetResult("aoti", "aoti", Status.OK, extra={"aoti": {"precision": "fp32"}}),
         TargetResult("onnx", "onnx", Status.OK),
+        TargetResult("plugin", "not-installed-here", Status.OK),
         TargetResult("failed", "aoti", Status.FAILED, extra=split),
     ]
 
 
 def test_a_run_with_more_threads_than_the_split_is_warned():
+    import torch
+
     from toolchain.hostwarn import thread_warnings
 
     rows = thread_warnings(_targets(), None, 8)
-    assert len(rows) == 1 and rows[0].startswith("aoti-int8: its GEMMs were compiled split for 2 thread(s)") and "serve.threads: 8" in rows[0]
+    assert [r.split(":")[0] for r in rows] == ["aoti-int8", "aoti-bf16"]
+    assert rows[0].startswith("aoti-int8: its GEMMs were compiled split for 2 thread(s)") and "serve.threads: 8" in rows[0]
     assert thread_warnings(_targets(), None, 2) == [] and thread_warnings(_targets(), ["aoti"], 8) == []
+    # a server gives serve.threads to the instances its configs were written for: only the build's split is warned
+    assert [r.split(":")[0] for r in thread_warnings(_targets(), None, 8, serving=True)] == ["aoti-int8"]
+    # no count given: torch's default, what bench and a server run
+    assert bool(thread_warnings(_targets(), None, None)) == (torch.get_num_threads() > 2)
 
 
 def test_gemm_option_is_for_int8_and_bf16_cpu_packages(tmp_path):

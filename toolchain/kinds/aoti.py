@@ -5,7 +5,6 @@ Triton's pytorch backend (platform torch_aoti) or a Python-backend model.py.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,7 +19,7 @@ from toolchain.records import ExportRecord
 from toolchain.records.steps import PREFILL
 from toolchain.search import QUANTIZATION_SCHEMA
 from toolchain.tensors import Signature, TensorSig
-from toolchain.torchtools import aoti_precision, isa, package_kernels, weight_only
+from toolchain.torchtools import aoti_precision, gemm, isa, package_kernels, weight_only
 from toolchain.torchtools.aoti_compile import compile_package
 
 MODEL = "model.pt2"
@@ -127,6 +126,7 @@ AOTI_SCHEMA: dict = {
                 "autotuned": {"type": "boolean"},
                 "why": {"type": "string"},
                 "threads": {"type": "integer", "minimum": 1, "description": "autotuned: the threads each GEMM is split for; it uses no more"},
+                "given": {"enum": ["serve.threads", "build"], "description": "where threads came from (serve.threads: the Triton configs carry it)"},
             },
         },
         "freezing_choice": {"type": "array", "items": {"type": "object"}},
@@ -183,13 +183,18 @@ class AotiKind(Kind):
     def split_threads(self, extra: dict) -> int | None:
         return (extra.get("aoti", {}).get("gemm") or {}).get("threads")
 
+    def split_given(self, extra: dict) -> bool:
+        return (extra.get("aoti", {}).get("gemm") or {}).get("given") == "serve.threads"
+
     def cache_parts(self, spec: AotiTarget) -> dict:
         if spec.device == "cuda":
             return super().cache_parts(spec)
         # Inductor compiles a CPU package's code with -march=native: it runs only where this machine's features are
-        parts = {"cpu_class": cpuclass.machine_class(), "cpu_features": cpu_identity()["features"]}
-        # an autotuned INT8/BF16 package's GEMMs are split for serve.threads (in the recipe's key) or this machine's threads
-        return parts | ({"cpus": os.cpu_count()} if spec.precision in ("int8", "bf16") and spec.gemm == "auto" else {})
+        return {"cpu_class": cpuclass.machine_class(), "cpu_features": cpu_identity()["features"]}
+
+    def recipe_cache_parts(self, spec: AotiTarget, recipe) -> dict:
+        # an autotuned INT8/BF16 package's GEMMs are split for serve.threads or the build's threads (gemm.py)
+        return gemm.cache_part(recipe, spec.gemm, spec.precision) if spec.device == "cpu" and spec.precision in ("int8", "bf16") else {}
 
     def check(self, spec: AotiTarget, recipe) -> list:
         if recipe.generates and spec.precision not in ("fp32", "int8-weight"):

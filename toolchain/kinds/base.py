@@ -135,6 +135,10 @@ class Kind:
         """Recipe checks that need the whole recipe: (key path under the target, message, hint)."""
         return []
 
+    def recipe_cache_parts(self, spec: TargetOptions, recipe: Recipe) -> dict:
+        """What else of the recipe decides the artifact, for its cache key (e.g. the threads its code is split for)."""
+        return {}
+
     def cache_parts(self, spec: TargetOptions) -> dict:
         """What the target's cache key needs beyond its options (e.g. the GPU it is bound to)."""
         return {"gpu": gpu_identity()} if spec.target_device == "cuda" else {}
@@ -200,6 +204,10 @@ class Kind:
         """The intra-op threads the artifact's compiled code was split for, using no more (from its manifest fields);
         None: it uses as many as it is given."""
         return None
+
+    def split_given(self, extra: dict) -> bool:
+        """Whether that split is `serve.threads`, which the artifact's Triton config also gives its instances."""
+        return False
 
     def fingerprint_files(self) -> list[Path]:
         """Source files whose change must invalidate what this kind built (its module)."""

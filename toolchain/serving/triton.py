@@ -151,7 +151,7 @@ def build_config(model_name: str, kind: str, signature: Signature, serve: Triton
         cfg.dynamic_batching.max_queue_delay_microseconds = db.max_queue_delay_microseconds
     k.triton_configure(cfg, serve, b)
     if threads is not None and device == "cpu" and k.triton_threads(cfg, threads):
-        comments.append(f"# serve.threads: {threads} intra-op threads (the artifact's code was split for them)")
+        comments.append(f"# serve.threads: {threads} intra-op threads per instance")
     return cfg, comments
 
 

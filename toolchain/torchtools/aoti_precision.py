@@ -119,21 +119,26 @@ def reduced_package(source, spec, ctx: BuildContext, path: Path, module):
     frozen = spec.freezing != "off"
     tuned, why, split = gemm.configs_for(source.recipe, spec.gemm, spec.precision) if spec.device == "cpu" else ({}, "a CUDA package", None)
     program, record, tuned, why = _compile_tuned(source, spec, path, module, {"freezing": frozen}, tuned, why)
-    fields = {"gemm": {"autotuned": bool(tuned), "why": why, **({"threads": split} if tuned else {})}}
+    fields = {"gemm": gemm_record(tuned, why, split)}
     if not (frozen and spec.freezing == "auto"):
         return program, record, {"freezing": frozen} | fields
     first, _ = _judge_package(path, source, spec, ctx)
     if first.passed:
         return program, record, {"freezing": True} | fields
     unfrozen = path.with_name("unfrozen.pt2")
-    program2, record2 = compile_package(source, spec.device, unfrozen, module=module, precision=spec.precision, configs={"freezing": False} | tuned)
+    program2, record2, tuned2, why2 = _compile_tuned(source, spec, unfrozen, module, {"freezing": False}, tuned, why)
     second, _ = _judge_package(unfrozen, source, spec, ctx)
     choice = [{"freezing": True, **first.summary()}, {"freezing": False, **second.summary()}]
     if (second.passed, second.margin()) > (first.passed, first.margin()):
         unfrozen.replace(path)
-        return program2, record2, {"freezing": False, "freezing_choice": choice} | fields
+        return program2, record2, {"freezing": False, "freezing_choice": choice, "gemm": gemm_record(tuned2, why2, split)}
     unfrozen.unlink(missing_ok=True)
     return program, record, {"freezing": True, "freezing_choice": choice} | fields
+
+
+def gemm_record(tuned: dict, why: str, split: dict | None) -> dict:
+    """The manifest's `aoti.gemm`: whether the GEMMs were autotuned, why, and the threads they are split for."""
+    return {"autotuned": bool(tuned), "why": why, **(split if tuned and split else {})}
 
 
 def _compile_tuned(source, spec, dest: Path, module, configs: dict, tuned: dict, why: str):
@@ -278,7 +283,7 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
     said = in_bf16 if rewritten or not bf16 else "the model has no scaled_dot_product_attention to rewrite"
     forms = {"form": form, "kernel": attention.FORMS[form]} if rewritten else {}
     fields = choice.fields(checks) | {"attention": {"dtype": dtype, "why": said, "rewritten": rewritten, **forms}}
-    return program, record, fields | {"gemm": {"autotuned": bool(tuned), "why": gemm_why, **({"threads": split} if tuned else {})}}, choice
+    return program, record, fields | {"gemm": gemm_record(tuned, gemm_why, split)}, choice
 
 
 def int8_kernel_warnings(choice: Int8Choice, kernels: Kernels, source_module) -> list[str]:

@@ -34,30 +34,53 @@ TEMPLATE_ON = ("amx",)  # the classes where the template was measured faster
 CONFIGS = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 
 
-def configs_for(recipe, option: str, precision: str) -> tuple[dict, str, int | None]:
-    """(Inductor configs, why, the threads its GEMMs are split for) for an INT8 or BF16 CPU package: autotuned GEMMs,
-    or oneDNN's kernel alone ({}, why, None: it uses the threads it is given)."""
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # what torch's default intra-op thread count reads
+
+
+def _not_tuned(recipe, option: str, precision: str) -> str | None:
+    """Why an INT8 or BF16 CPU package is not autotuned on this machine, or None."""
     if option == "aten":
-        return {}, "gemm: aten", None
+        return "gemm: aten"
     here = cpuclass.machine_class()
     if here not in TEMPLATE_ON:
-        return {}, f"this machine ({here or 'below avx2'}) has no AMX, where Inductor's INT8 GEMM was measured faster", None
+        return f"this machine ({here or 'below avx2'}) has no AMX, where Inductor's C++ GEMM was measured faster"
     low = isa.portable_class(recipe, precision)
     if low is not None and low not in TEMPLATE_ON:
-        return {}, f"serve.cpus has {low}: the code is compiled for it, without AMX tiles", None
+        return f"serve.cpus has {low}: the code is compiled for it, without AMX tiles"
+    return None
+
+
+def configs_for(recipe, option: str, precision: str) -> tuple[dict, str, dict | None]:
+    """(Inductor configs, why, the split record) for an INT8 or BF16 CPU package: autotuned GEMMs, or oneDNN's kernel
+    alone ({}, why, None: it uses the threads it is given). The split record is the manifest's `threads` and where
+    they came from (`given`: serve.threads, whose count the Triton configs carry, or the build's)."""
+    why = _not_tuned(recipe, option, precision)
+    if why:
+        return {}, why, None
     threads, configs = split_threads(recipe.serve.threads)
     given = "serve.threads" if recipe.serve.threads else "the build's threads; set serve.threads to the serving instance's"
     why = f"AMX: each GEMM timed at compile time on Inductor's C++ GEMM and on oneDNN's, the faster kept; split for {threads} threads ({given})"
-    return dict(CONFIGS) | configs, why, threads
+    return dict(CONFIGS) | configs, why, {"threads": threads, "given": "serve.threads" if recipe.serve.threads else "build"}
+
+
+def cache_part(recipe, option: str, precision: str) -> dict:
+    """What decides an autotuned package's split, for its cache key, without importing torch (keys stay instant):
+    `serve.threads`, else this machine's CPU count and the variables torch's thread count reads."""
+    if _not_tuned(recipe, option, precision):
+        return {}
+    return {"split": recipe.serve.threads or {"cpus": os.cpu_count(), **{k: os.environ.get(k) for k in THREAD_ENV}}}
 
 
 def split_threads(requested: int | None) -> tuple[int, dict]:
     """(the threads the GEMMs are split for, the Inductor configs that do it): `serve.threads`, else the build's
     intra-op threads, as Inductor takes them. Inductor leaves the OpenMP thread count to the caller only when the split
-    equals the machine's CPU count; otherwise dynamic threads keep a call from always starting that many."""
+    equals the machine's CPU count; otherwise dynamic threads keep a call from always starting that many (but one
+    thread is serial code, as Inductor writes it for one)."""
     import torch
 
     threads = requested or torch.get_num_threads()
+    if threads == 1:
+        return 1, {"cpp.threads": 1}
     if threads == torch.get_num_threads() == os.cpu_count():
         return threads, {}  # Inductor's own default: split for them, the OpenMP count left to the caller
     return threads, {"cpp.threads": threads, "cpp.dynamic_threads": True}
