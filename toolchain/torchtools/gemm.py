@@ -32,8 +32,6 @@ from toolchain.torchtools import isa
 
 TEMPLATE_ON = ("amx",)  # the classes where the template was measured faster
 CONFIGS = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
-
-
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # what torch's default intra-op thread count reads
 
 
@@ -58,9 +56,10 @@ def configs_for(recipe, option: str, precision: str) -> tuple[dict, str, dict | 
     if why:
         return {}, why, None
     threads, configs = split_threads(recipe.serve.threads)
-    given = "serve.threads" if recipe.serve.threads else "the build's threads; set serve.threads to the serving instance's"
-    why = f"AMX: each GEMM timed at compile time on Inductor's C++ GEMM and on oneDNN's, the faster kept; split for {threads} threads ({given})"
-    return dict(CONFIGS) | configs, why, {"threads": threads, "given": "serve.threads" if recipe.serve.threads else "build"}
+    given = "serve.threads" if recipe.serve.threads else "build"
+    said = given if recipe.serve.threads else "the build's threads; set serve.threads to the serving instance's"
+    why = f"AMX: each GEMM timed at compile time on Inductor's C++ GEMM and on oneDNN's, the faster kept; split for {threads} threads ({said})"
+    return dict(CONFIGS) | configs, why, {"threads": threads, "given": given}
 
 
 def cache_part(recipe, option: str, precision: str) -> dict:
