@@ -385,6 +385,8 @@ def test_triton_streams_text_and_the_greedy_tokens(built, refs, tmp_path):
         assert g["text"] == [tok.decode(r.tokens) for r in refs]
     cfg = (root / "triton" / "tiny_llama_onnx" / "config.pbtxt").read_text()
     assert "decoupled: true" in cfg and 'name: "TEXT"' in cfg and "TYPE_STRING" in cfg
+    for model in ("tiny_llama_onnx", "tiny_llama_aoti"):  # serve.threads: the loaders give their runtimes 1 thread
+        assert json.loads((root / "triton" / model / "1" / "generation.json").read_text())["threads"] == 1
 
 
 def test_vllm_serves_the_source_folder_with_the_greedy_tokens(built, refs, tmp_path):

@@ -65,6 +65,8 @@ def test_command_line_flags():
     full = command_line(repo, xla=True, batching=True)
     assert full.endswith(XLA_FLAG)
     assert f"--enable_batching=true --batching_parameters_file={repo}/batching_parameters.txt" in full
+    assert "parallelism" not in full  # serve.threads unset: the server's default
+    assert "--tensorflow_intra_op_parallelism=4" in command_line(repo, xla=False, batching=False, threads=4).split()
 
 
 def test_served_names_first_target_takes_the_recipe_name():

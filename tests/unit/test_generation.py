@@ -422,6 +422,9 @@ def test_streaming_generator_config_is_decoupled_text_in_tokens_out(root):
     g = generation_json(r, "aoti")
     assert g["programs"] == {"prefill": "prefill.pt2", "decode": "decode.pt2"} and g["inputs"] == [i.name for i in r.inputs]
     assert g["past"][0] == "past_key_values.0.key" and g["present"][0] == "present.0.key" and g["prompts"] == ["one two three"]
+    assert g["threads"] is None  # serve.threads unset: each runtime's default
+    threaded = parse_recipe(RECIPE + "serve:\n  threads: 3\n  triton:\n    targets: [onnx]\n", root / "r.yaml")
+    assert generation_json(threaded, "onnx")["threads"] == 3
 
 
 @pytest.mark.parametrize(

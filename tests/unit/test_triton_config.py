@@ -290,12 +290,13 @@ def test_python_backend_model_py_runs_onnx(tmp_path, monkeypatch):
     s = Signature(
         [TensorSig("a", "float32", [-1, 3]), TensorSig("b", "float32", [-1, 3])], [TensorSig("y", "float32", [-1, 3]), TensorSig("s", "float32", [-1])]
     )
-    model_dir = write_triton_model(tmp_path / "repo", "add", 1, "onnx", art, s, serve(backend="python"), "cpu")
+    model_dir = write_triton_model(tmp_path / "repo", "add", 1, "onnx", art, s, serve(backend="python"), "cpu", threads=3)
     cfg = parse((model_dir / "config.pbtxt").read_text())
     config_json = {
         "max_batch_size": cfg.max_batch_size,
         "input": [{"name": t.name, "data_type": mc.DataType.Name(t.data_type)} for t in cfg.input],
         "output": [{"name": t.name, "data_type": mc.DataType.Name(t.data_type)} for t in cfg.output],
+        "parameters": {k: {"string_value": v.string_value} for k, v in cfg.parameters.items()},  # as Triton hands them over
     }
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", StubPbUtils)
     mod = types.ModuleType("generated_model")
@@ -310,6 +311,10 @@ def test_python_backend_model_py_runs_onnx(tmp_path, monkeypatch):
             "model_instance_device_id": "0",
         }
     )
+    # serve.threads (3) reached the session model.py runs, through the config's parameter
+    import inspect
+
+    assert inspect.getclosurevars(m._run).nonlocals["session"].get_session_options().intra_op_num_threads == 3
     rng = np.random.default_rng(0)
     reqs = []
     for n in (1, 3, 2):
@@ -360,11 +365,15 @@ def test_tensorflow_kind_needs_the_saved_model_directory(tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["native", "python"])
-def test_serve_threads_reach_the_configs_of_torch_run_cpu_models_only(backend):
+def test_serve_threads_reach_the_configs_of_cpu_models_under_each_backends_key(backend):
     """serve.threads: an AOTI package's autotuned GEMMs are split for it, so its instance is given that many intra-op
-    threads (the pytorch backend's INTRA_OP_THREAD_COUNT; model.py passes it to torch.set_num_threads)."""
+    threads (the pytorch backend's INTRA_OP_THREAD_COUNT), and an ONNX model's session as many (the onnxruntime
+    backend's per-model intra_op_thread_count); model.py's loaders apply the same."""
     cfg = parse(render_config("m", "aoti", sig(), serve(backend=backend), "cpu", threads=6))
+    assert dict(cfg.parameters) == {"INTRA_OP_THREAD_COUNT": cfg.parameters["INTRA_OP_THREAD_COUNT"]}
     assert cfg.parameters["INTRA_OP_THREAD_COUNT"].string_value == "6"
-    assert "INTRA_OP_THREAD_COUNT" not in parse(render_config("m", "aoti", sig(), serve(backend=backend), "cpu")).parameters
-    assert "INTRA_OP_THREAD_COUNT" not in parse(render_config("m", "aoti", sig(), serve(backend=backend), "cuda", threads=6)).parameters
-    assert "INTRA_OP_THREAD_COUNT" not in parse(render_config("m", "onnx", sig(), serve(backend=backend), "cpu", threads=6)).parameters
+    onnx = parse(render_config("m", "onnx", sig(), serve(backend=backend), "cpu", threads=6)).parameters
+    assert list(onnx) == ["intra_op_thread_count"] and onnx["intra_op_thread_count"].string_value == "6"
+    for kind in ("aoti", "onnx"):
+        assert not parse(render_config("m", kind, sig(), serve(backend=backend), "cpu")).parameters
+        assert not parse(render_config("m", kind, sig(), serve(backend=backend), "cuda", threads=6)).parameters

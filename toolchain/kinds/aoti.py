@@ -67,9 +67,12 @@ class AotiTarget(TargetOptions):
 # The Python backend's loader (see serving/model_py.txt). AOTInductor gives silently
 # wrong results on inputs whose layout differs from the export example: make them contiguous.
 PYTHON_BACKEND = """
-def load(path, device, on_gpu, device_id, input_names, output_names):
+def load(path, device, on_gpu, device_id, input_names, output_names, threads=None):
     import torch
     import torch._inductor
+
+    if threads:  # serve.threads: what the package's GEMMs were split for
+        torch.set_num_threads(threads)
 
     # The package's device is fixed at compile time; only the index varies.
     target = torch.device("cuda", device_id) if device == "cuda" else torch.device("cpu")

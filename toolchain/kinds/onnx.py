@@ -60,13 +60,16 @@ class OnnxTarget(TargetOptions):
 
 # The Python backend's loader (see serving/model_py.txt): ONNX Runtime, CUDA first on GPU instances.
 PYTHON_BACKEND = """
-def load(path, device, on_gpu, device_id, input_names, output_names):
+def load(path, device, on_gpu, device_id, input_names, output_names, threads=None):
     import onnxruntime as ort
 
     providers = ["CPUExecutionProvider"]
     if on_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
-    session = ort.InferenceSession(path, providers=providers)
+    options = ort.SessionOptions()
+    if threads:  # serve.threads (default: one per physical core)
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(path, options, providers=providers)
 
     def run(arrays):
         return session.run(output_names, dict(zip(input_names, arrays)))
@@ -185,6 +188,11 @@ class OnnxKind(Kind):
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
         return shared_export(source, spec.opset, path, ctx.shared, path.name, ctx.workdir.name), {}
+
+    def triton_threads(self, config, threads: int) -> bool:
+        # the onnxruntime backend's per-model session option; the Python backend's loader sets the same
+        config.parameters["intra_op_thread_count"].string_value = str(threads)
+        return True
 
     def triton_configure(self, config, serve, backend: str) -> None:
         """ONNX Runtime's TensorRT execution provider on GPU instances (`serve.triton.onnx_tensorrt`).

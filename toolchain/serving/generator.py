@@ -72,6 +72,7 @@ def generation_json(recipe: Recipe, kind: str) -> dict:
         "max_length": g.max_length,
         "max_new_tokens": g.max_new_tokens,
         "prompts": list(g.prompts or []),  # what the build judged it on: serve-check streams these
+        "threads": recipe.serve.threads,  # serve.threads: the loader gives its runtime that many intra-op threads
     }
 
 

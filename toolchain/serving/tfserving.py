@@ -53,9 +53,11 @@ def render_batching(b: TFServingBatching) -> str:
     return protos.to_text(msg)
 
 
-def command_line(repo: Path, xla: bool, batching: bool) -> str:
+def command_line(repo: Path, xla: bool, batching: bool, threads: int | None = None) -> str:
     """The tensorflow_model_server invocation for the repository at `repo`."""
     args = ["tensorflow_model_server", "--port=8500", "--rest_api_port=8501", f"--model_config_file={repo / 'models.config'}"]
+    if threads:  # serve.threads: TF Serving takes one count for the whole server, not per model
+        args.append(f"--tensorflow_intra_op_parallelism={threads}")
     if batching:
         args += ["--enable_batching=true", f"--batching_parameters_file={repo / 'batching_parameters.txt'}"]
     if xla:
@@ -63,9 +65,9 @@ def command_line(repo: Path, xla: bool, batching: bool) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
-def render_readme(repo: Path, models: list[tuple[str, str, str]], xla: bool, batching: bool) -> str:
+def render_readme(repo: Path, models: list[tuple[str, str, str]], xla: bool, batching: bool, threads: int | None = None) -> str:
     rows = "\n".join(f"- `{name}`: target `{target}` ({kind})" for name, target, kind in models)
-    cmd = command_line(repo, xla, batching)
+    cmd = command_line(repo, xla, batching, threads)
     q = shlex.quote(str(repo))
     docker = f"docker run --rm -p 8500:8500 -p 8501:8501 -v {q}:{q} tensorflow/serving " + cmd.split(" ", 1)[1]
     xla_note = (
@@ -169,7 +171,7 @@ def write_tfserving(
     if tfs.batching:
         repo.joinpath("batching_parameters.txt").write_text(render_batching(tfs.batching), encoding="utf-8")
     xla = any(kinds.get(kind).tfserving.xla for _, kind, _ in served)
-    repo.joinpath("README.md").write_text(render_readme(final_repo, rows, xla, tfs.batching is not None), encoding="utf-8")
+    repo.joinpath("README.md").write_text(render_readme(final_repo, rows, xla, tfs.batching is not None, recipe.serve.threads), encoding="utf-8")
     return out, why
 
 
