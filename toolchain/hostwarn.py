@@ -29,14 +29,14 @@ def thread_warnings(targets, names: list[str] | None, threads: int | None, servi
             kind = kinds.get(t.kind) if t.ok and (not names or t.name in names) else None
         except UsageError:  # a plugin kind not installed here: the command itself says so
             continue
-        split = kind.split_threads(t.extra) if kind else None
-        if not split or (serving and kind.split_given(t.extra)):
+        split = kind.thread_split(t.extra) if kind else None
+        if split is None or (serving and split.by_serve_threads):
             continue
         if threads is None:  # torch's default, what a server or bench runs unless told (imported only for such artifacts)
             import torch
 
             threads = torch.get_num_threads()
-        if threads > split:
-            out.append(f"{t.name}: its GEMMs were compiled split for {split} thread(s) and use no more, here {threads} run; "
+        if threads > split.threads:
+            out.append(f"{t.name}: its GEMMs were compiled split for {split.threads} thread(s) and use no more, here {threads} run; "
                        f"set serve.threads: {threads} and rebuild to use them")  # fmt: skip
     return out

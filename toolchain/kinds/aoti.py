@@ -12,7 +12,7 @@ from pydantic import model_validator
 from pydantic_core import PydanticCustomError
 
 from toolchain import cpuclass
-from toolchain.kinds.base import EXPORT_SCHEMA, Artifact, BuildContext, Kind, RunnerSpec, TritonModel
+from toolchain.kinds.base import EXPORT_SCHEMA, Artifact, BuildContext, Kind, RunnerSpec, ThreadSplit, TritonModel
 from toolchain.machine import cpu_identity, cuda_missing
 from toolchain.options import TargetOptions, YamlOff
 from toolchain.records import ExportRecord
@@ -183,11 +183,9 @@ class AotiKind(Kind):
         config.parameters["INTRA_OP_THREAD_COUNT"].string_value = str(threads)
         return True
 
-    def split_threads(self, extra: dict) -> int | None:
-        return (extra.get("aoti", {}).get("gemm") or {}).get("threads")
-
-    def split_given(self, extra: dict) -> bool:
-        return (extra.get("aoti", {}).get("gemm") or {}).get("given") == "serve.threads"
+    def thread_split(self, extra: dict) -> ThreadSplit | None:
+        g = extra.get("aoti", {}).get("gemm") or {}
+        return ThreadSplit(g["threads"], g.get("given") == "serve.threads") if g.get("threads") else None
 
     def cache_parts(self, spec: AotiTarget) -> dict:
         if spec.device == "cuda":

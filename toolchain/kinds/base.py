@@ -97,6 +97,15 @@ class TFServingModel:
     xla: bool = False  # needs --xla_cpu_compilation_enabled=true
 
 
+@dataclass(frozen=True)
+class ThreadSplit:
+    """The intra-op threads an artifact's compiled code was split for (it uses no more), and whether that count is
+    `serve.threads`, which its Triton config then also gives its instances."""
+
+    threads: int
+    by_serve_threads: bool
+
+
 class Kind:
     """Base of every kind: declarations, plus hooks with the common defaults."""
 
@@ -200,14 +209,10 @@ class Kind:
         it is offered only to classes with native BF16 (from its manifest fields)."""
         return False
 
-    def split_threads(self, extra: dict) -> int | None:
-        """The intra-op threads the artifact's compiled code was split for, using no more (from its manifest fields);
-        None: it uses as many as it is given."""
+    def thread_split(self, extra: dict) -> ThreadSplit | None:
+        """The threads the artifact's compiled code was split for (from its manifest fields); None: it uses as many
+        as it is given."""
         return None
-
-    def split_given(self, extra: dict) -> bool:
-        """Whether that split is `serve.threads`, which the artifact's Triton config also gives its instances."""
-        return False
 
     def fingerprint_files(self) -> list[Path]:
         """Source files whose change must invalidate what this kind built (its module)."""
