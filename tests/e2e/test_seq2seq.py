@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import zipfile
 
 import jsonschema
 import numpy as np
@@ -19,7 +20,7 @@ from toolchain.recipe import load_recipe
 from toolchain.runners import TwoPrograms, open_runner
 
 FILES = {"onnx": ["onnx/model.onnx", "onnx/prefill.onnx"], "aoti": ["aoti/decode.pt2", "aoti/prefill.pt2"]}
-WEIGHT_ONLY = ["onnx-int8w"]  # tiny-t5's (trained weights)
+WEIGHT_ONLY = ["onnx-int8w", "aoti-int8w"]  # tiny-t5's (trained weights)
 
 
 @pytest.fixture(scope="module", params=["tiny-t5", "tiny-bart", "tiny-whisper"])
@@ -49,7 +50,7 @@ def test_every_target_generates_transformers_greedy_tokens(built):
 
 
 def test_weight_only_quantizes_both_programs_and_holds_the_token_budget(built):
-    """tiny-t5's INT8 weights (MatMulNBits) in the prefill and the decode program, judged on the pair by the generation
+    """tiny-t5's INT8 weights (ONNX: MatMulNBits; AOTI: _weight_int8pack_mm) in the prefill and the decode program, judged on the pair by the generation
     gate, each program's quantized MatMuls counted in the manifest as in its file."""
     if built.root.name != "tiny-t5":
         pytest.skip("weight-only targets are built on the trained T5 only")
@@ -68,6 +69,16 @@ def test_weight_only_quantizes_both_programs_and_holds_the_token_budget(built):
             assert kinds.count("MatMulNBits") == w["programs"][program], (name, program)
             assert all(a.i == bits for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits")
         assert set(t["export"]["phases"]) == {"prefill", "decode"}
+    # AOTInductor: both packages call _weight_int8pack_mm on int8 weights, every Linear but lm_head quantized once
+    # (encoder, decoder self- and cross-attention, feed-forward: the prefill and the decode step share the model)
+    t = built.target("aoti-int8w")
+    g, q = t["generation"], t["quantization"]["weight_only"]
+    assert t["status"] == "ok" and g["passed"] and g["token_match"] >= g["floor"] and t["aoti"]["precision"] == "int8-weight", g
+    assert (q["bits"], q["quantized"], q["kept_float"]) == (8, 36, ["lm_head"]) and set(t["aoti"]["packages"]) == {"prefill", "decode"}
+    for phase in ("prefill", "decode"):
+        with zipfile.ZipFile(built.root / "aoti-int8w" / f"{phase}.pt2") as z:
+            code = b"".join(z.read(n) for n in z.namelist() if n.endswith("wrapper.cpp"))
+        assert b"_weight_int8pack_mm" in code, phase
 
 
 def test_reference_is_transformers_own_generate(built):

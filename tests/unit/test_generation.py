@@ -310,8 +310,8 @@ def test_encoder_decoder_is_two_programs_from_its_config(config, layers, heads, 
     [
         ("  - kind: onnx\n", "  - kind: onnx\n    quantize: int8\n", "targets[0].quantize", "FP32, FP16 or weight-only INT4/INT8"),
         ("  - kind: onnx\n", "  - kind: onnx\n    quantize: int8-dynamic\n", "targets[0].quantize", "quantize: int8-dynamic is not built for it"),
-        ("    device: cpu\n", "    device: cpu\n    precision: int8-weight\n", "targets[2].precision", "an encoder-decoder builds in fp32 here"),
-        ("    device: cpu\n", "    device: cpu\n  - kind: genai\n    of: onnx\n", "targets[3].kind", "decoder-only models here, not encoder-decoders"),
+        ("    device: cpu\n", "    device: cpu\n    precision: bf16\n", "targets[3].precision", "builds in fp32 or int8-weight here"),
+        ("    device: cpu\n", "    device: cpu\n  - kind: genai\n    of: onnx\n", "targets[4].kind", "decoder-only models here, not encoder-decoders"),
     ],
 )
 def test_encoder_decoder_refuses_what_is_not_built_for_it(old, new, key, message):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toolchain.torchtools.weight_only import int8_linear_class, output_projection, quantize_linears
+from toolchain.torchtools.weight_only import contiguous_activations, int8_linear_class, output_projection, quantize_linears
 
 
 class Net(torch.nn.Module):
@@ -88,6 +88,36 @@ def test_int8_layer_matches_the_float_layer_within_bfloat16_rounding():
     got, want = q(x), linear(x)
     assert got.shape == want.shape == (2, 5, 64) and got.dtype == torch.float32
     assert float((got - want).abs().max() / want.abs().max()) < 0.02
+
+
+class AfterPermute(torch.nn.Module):
+    """Whisper's encoder in small: a convolution's (B, C, T) output permuted to (B, T, C), normalized, projected."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm, self.proj = torch.nn.Conv1d(8, 64, 3, padding=1), torch.nn.LayerNorm(64), torch.nn.Linear(64, 64)
+
+    def forward(self, x):
+        return self.proj(self.norm(torch.nn.functional.gelu(self.conv(x)).permute(0, 2, 1)))
+
+
+def test_an_int8_layer_after_a_permute_compiles_and_runs_in_a_package(tmp_path):
+    """Inductor gave _weight_int8pack_mm a column-major activation there ("A must be contiguous on the last
+    dimension" when the package ran); contiguous_activations() makes it row-major."""
+    torch.manual_seed(0)
+    model, x = AfterPermute().eval(), torch.randn(2, 8, 50)
+    with torch.no_grad():
+        want = model(x)
+        quantize_linears(model, [])
+        contiguous_activations()
+        batch = torch.export.Dim("batch", min=1, max=4)
+        program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+        runner = torch._inductor.aoti_load_package(
+            torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "m.pt2"), inductor_configs={"freezing": True})
+        )
+        assert runner(torch.randn(1, 8, 50)).shape == (1, 50, 64)
+        got = runner(x)
+    assert float(torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)) > 0.9999
 
 
 @pytest.mark.parametrize(

@@ -201,8 +201,6 @@ class AotiKind(Kind):
         if recipe.generates and spec.precision not in ("fp32", "int8-weight"):
             return [(("precision",), f"a decoder with its cache builds in fp32 or int8-weight here; precision {spec.precision} is not built for text-generation yet",
                      "set precision: fp32 or int8-weight (bf16 decoders are planned)")]  # fmt: skip
-        if recipe.generates and recipe.seq2seq and spec.precision != "fp32":
-            return [(("precision",), f"an encoder-decoder builds in fp32 here; precision {spec.precision} is not built for it yet", "set precision: fp32")]
         if not recipe.generates and spec.precision == "int8-weight":
             return [(("precision",), "int8-weight builds decoders (task: text-generation)", "use precision: int8 (PT2E, weights and activations) or bf16")]
         return []
@@ -258,16 +256,18 @@ class AotiKind(Kind):
         extra: dict = {}
         if spec.precision == "int8-weight":  # before export: both programs hold the int8 layers
             extra["quantization"] = weight_only.quantize_linears(source.module.inner, weight_only.output_projection(source.module.inner))
+            weight_only.contiguous_activations()
         # int8-weight: the module is no longer the FP32 model, so the compile ladder does not hold the package to FP32
-        # values (Inductor rounds around the bfloat16 activations its own way); the generation gate judges it.
-        module = source.module if spec.precision == "int8-weight" else None
+        # values (Inductor rounds around the bfloat16 activations its own way); the generation gate judges it. Each
+        # phase exports its own module (an encoder-decoder's prefill takes other inputs), all around the one quantized model.
+        weight_only_ = spec.precision == "int8-weight"
         recurrent = source.recipe.decoder.recurrent  # a state-space decoder: one program, its step
         phases = ("decode",) if recurrent else PHASES
+        views = {p: source.for_phase(p) for p in phases}
         built = {
-            p: compile_package(
-                source.for_phase(p), spec.device, ctx.workdir / f"{p}.pt2", module=module, precision=spec.precision, configs={"freezing": frozen}
-            )
-            for p in phases
+            p: compile_package(v, spec.device, ctx.workdir / f"{p}.pt2", module=v.module if weight_only_ else None, precision=spec.precision,
+                               configs={"freezing": frozen})  # fmt: skip
+            for p, v in views.items()
         }
         source.module.to("cpu")
         program = built["decode" if source.recipe.seq2seq or recurrent else "prefill"][0]  # the recipe's inputs: an encoder-decoder's decode program

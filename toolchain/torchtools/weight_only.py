@@ -65,6 +65,17 @@ def int8_linear_class():
     return _CLASS
 
 
+def contiguous_activations() -> None:
+    """Make Inductor hand `_weight_int8pack_mm` a row-major activation. Its lowering (mm_args) takes any layout, but
+    the ATen kernel refuses one whose last dim is not contiguous, and Inductor picks column-major for a buffer that
+    follows a permute (Whisper's encoder after its convolutions: "A must be contiguous on the last dimension" at
+    run time); the module's own `.contiguous()` is a no-op in the exported graph. Process-wide, and idempotent."""
+    import torch
+    from torch._inductor import lowering
+
+    lowering.add_layout_constraint(torch.ops.aten._weight_int8pack_mm.default, lowering.require_contiguous)
+
+
 def _as_linear(module):
     """An nn.Linear, or the same layer as one: transformers' Conv1D (GPT-2's projections) is y = x @ W + b with W
     [in, out]; anything else None."""
