@@ -2,14 +2,14 @@
 
 Builds an 8-layer Llama (hidden 512, GQA 8/2, vocabulary 2000, about 25M parameters, random weights:
 `python recipes/models/tiny_llama.py DIR --small`) with every generator target mlpack has: ONNX FP32,
-INT4 and INT8 weights, AOTInductor prefill/decode (FP32 and INT8 weights), and ORT GenAI folders by both strategies (mlpack's
+INT4 and INT8 weights, AOTInductor prefill/decode (FP32, BF16 and INT8 weights), and ORT GenAI folders by both strategies (mlpack's
 export and ORT GenAI's own builder). Random weights say nothing about quantization accuracy, so the
 weight-only budgets are lifted here (docs/generators.md quotes the trained tiny-llama for accuracy).
 Then `select: {metric: throughput, threads: 1}` ranks them by whole greedy generations, and
 `mlpack bench --threads 1` times TTFT, prefill and decode tokens/s and peak memory, interleaved in one
 process. Record the CPU class with the figures: they hold for this machine only.
 
-    python scripts/bench_generate.py [OUT] [--batch 1,8]
+    python scripts/bench_generate.py [OUT] [--batch 1,8] [--targets aoti,aoti-bf16]   (--targets: those alone)
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ generation:
   max_length: 128
   max_batch: 8
 targets:
-  - kind: onnx
-    opset: 18
+  - {{kind: onnx, opset: 18}}
   - {{kind: onnx, name: onnx-int4, quantize: int4}}
   - {{kind: onnx, name: onnx-int8w, quantize: int8-weight}}
   - {{kind: aoti, device: cpu}}
   - {{kind: aoti, name: aoti-int8w, precision: int8-weight}}
+  - {{kind: aoti, name: aoti-bf16, precision: bf16}}
   - {{kind: genai, of: onnx}}
   - {{kind: genai, name: genai-int4, of: onnx-int4}}
   - {{kind: genai, name: genai-builder, builder: fp32}}
@@ -51,21 +51,43 @@ parity:
     onnx-int4: {LIFTED}
     onnx-int8w: {LIFTED}
     aoti-int8w: {LIFTED}
+    aoti-bf16: {LIFTED}
     genai-int4: {LIFTED}
     genai-builder-int4: {LIFTED}
 select: {{metric: throughput, threads: 1, batch: 1}}
 """
 
 
+def _target_name(line: str) -> str:
+    """The name of a one-line target entry: its `name`, else its kind."""
+    fields = dict(part.split(": ", 1) for part in line.strip(" -{}").split(", "))
+    return fields.get("name", fields["kind"])
+
+
+def _only(recipe: str, keep: set[str]) -> str:
+    """The recipe with the named targets alone (and their lifted budgets)."""
+    out = []
+    for line in recipe.split("\n"):
+        if line.startswith("  - {") and _target_name(line) not in keep:
+            continue
+        if line.endswith(f": {LIFTED}") and line.split(":")[0].strip() not in keep:
+            continue
+        out.append(line)
+    return "\n".join(out)
+
+
 def main() -> int:
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    args = [a for i, a in enumerate(sys.argv[1:], 1) if not a.startswith("--") and sys.argv[i - 1] not in ("--batch", "--targets")]
     batch = sys.argv[sys.argv.index("--batch") + 1] if "--batch" in sys.argv else "1,8"
     out = Path(args[0] if args else "out-bench-generate").resolve()
     work = out / "recipe"
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "model" / "config.json").is_file():
         subprocess.run([sys.executable, str(ROOT / "recipes" / "models" / "tiny_llama.py"), str(work / "model"), "--small"], check=True)
-    (work / "small-llama.yaml").write_text(RECIPE)
+    recipe = RECIPE
+    if "--targets" in sys.argv:
+        recipe = _only(recipe, set(sys.argv[sys.argv.index("--targets") + 1].split(",")))
+    (work / "small-llama.yaml").write_text(recipe)
     mlpack = [sys.executable, "-m", "toolchain"]
     build = subprocess.run([*mlpack, "build", str(work / "small-llama.yaml"), "--out", str(out), "--json"], capture_output=True, text=True)
     if build.returncode != 0:

@@ -140,6 +140,22 @@ def test_aoti_int8_weight_meets_its_budget_with_int8_kernels(built):
         assert code.count(b"_weight_int8pack_mm") >= 14, phase
 
 
+def test_aoti_bf16_decodes_in_bfloat16_and_keeps_every_token(built):
+    """AOTInductor BF16 decoder: each phase exported under autocast, so both packages compute their matmuls on
+    bfloat16 buffers (the FP32 packages have none) while the cache and the logits stay float32; held to every token."""
+    import zipfile
+
+    t = built.target("aoti-bf16")
+    g = t["generation"]
+    assert t["status"] == "ok" and g["passed"] and g["token_match"] == 1.0 and g["floor"] == 1.0, g
+    assert (t["aoti"]["precision"], t["aoti"]["autocast"], t["aoti"]["io"]) == ("bf16", "bfloat16", "float32")
+    for name, bf16 in (("aoti-bf16", True), ("aoti", False)):
+        for phase in ("prefill", "decode"):
+            with zipfile.ZipFile(built.root / name / f"{phase}.pt2") as z:
+                code = b"".join(z.read(n) for n in z.namelist() if n.endswith("wrapper.cpp"))
+            assert (b"at::BFloat16*" in code) == bf16, (name, phase)
+
+
 def test_builder_strategy_int4_meets_the_int4_budget(built):
     """ORT GenAI's model builder at INT4: its own graph (GroupQueryAttention, MatMulNBits), held to the same int4
     budgets as mlpack's onnx-int4 and recorded as the builder's work."""
@@ -361,7 +377,7 @@ def _served_copy(built, tmp_path):
     import shutil
 
     root = tmp_path / "tiny-llama"
-    shutil.copytree(built.root, root, symlinks=True, ignore=shutil.ignore_patterns("genai*", "onnx-int*", "aoti-int8w"))
+    shutil.copytree(built.root, root, symlinks=True, ignore=shutil.ignore_patterns("genai*", "onnx-int*", "aoti-int8w", "aoti-bf16"))
     return root
 
 

@@ -310,7 +310,7 @@ def test_encoder_decoder_is_two_programs_from_its_config(config, layers, heads, 
     [
         ("  - kind: onnx\n", "  - kind: onnx\n    quantize: int8\n", "targets[0].quantize", "FP32, FP16 or weight-only INT4/INT8"),
         ("  - kind: onnx\n", "  - kind: onnx\n    quantize: int8-dynamic\n", "targets[0].quantize", "quantize: int8-dynamic is not built for it"),
-        ("    device: cpu\n", "    device: cpu\n    precision: bf16\n", "targets[3].precision", "builds in fp32 or int8-weight here"),
+        ("    device: cpu\n", "    device: cpu\n    precision: int8\n", "targets[3].precision", "builds in fp32, bf16 or int8-weight here"),
         ("    device: cpu\n", "    device: cpu\n  - kind: genai\n    of: onnx\n", "targets[4].kind", "decoder-only models here, not encoder-decoders"),
     ],
 )

@@ -122,7 +122,7 @@ def test_an_int8_layer_after_a_permute_compiles_and_runs_in_a_package(tmp_path):
 
 @pytest.mark.parametrize(
     "recipe_kind, precision, message",
-    [("predict", "int8-weight", "int8-weight builds decoders"), ("generate", "bf16", "fp32 or int8-weight here")],
+    [("predict", "int8-weight", "int8-weight builds decoders"), ("generate", "int8", "fp32, bf16 or int8-weight here")],
 )
 def test_recipe_rules(tmp_path, recipe_kind, precision, message):
     import shutil

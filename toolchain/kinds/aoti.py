@@ -195,12 +195,13 @@ class AotiKind(Kind):
 
     def recipe_cache_parts(self, spec: AotiTarget, recipe) -> dict:
         # an autotuned INT8/BF16 package's GEMMs are split for serve.threads or the build's threads (gemm.py)
-        return gemm.cache_part(recipe, spec.gemm, spec.precision) if spec.device == "cpu" and spec.precision in ("int8", "bf16") else {}
+        tuned = spec.device == "cpu" and spec.precision in ("int8", "bf16") and not recipe.generates  # a decoder's GEMMs are not autotuned
+        return gemm.cache_part(recipe, spec.gemm, spec.precision) if tuned else {}
 
     def check(self, spec: AotiTarget, recipe) -> list:
-        if recipe.generates and spec.precision not in ("fp32", "int8-weight"):
-            return [(("precision",), f"a decoder with its cache builds in fp32 or int8-weight here; precision {spec.precision} is not built for text-generation yet",
-                     "set precision: fp32 or int8-weight (bf16 decoders are planned)")]  # fmt: skip
+        if recipe.generates and spec.precision not in ("fp32", "int8-weight", "bf16"):
+            return [(("precision",), f"a decoder with its cache builds in fp32, bf16 or int8-weight here; precision {spec.precision} is not built for text-generation yet",
+                     "set precision: fp32, bf16 or int8-weight")]  # fmt: skip
         if not recipe.generates and spec.precision == "int8-weight":
             return [(("precision",), "int8-weight builds decoders (task: text-generation)", "use precision: int8 (PT2E, weights and activations) or bf16")]
         return []
@@ -260,13 +261,19 @@ class AotiKind(Kind):
         # int8-weight: the module is no longer the FP32 model, so the compile ladder does not hold the package to FP32
         # values (Inductor rounds around the bfloat16 activations its own way); the generation gate judges it. Each
         # phase exports its own module (an encoder-decoder's prefill takes other inputs), all around the one quantized model.
-        weight_only_ = spec.precision == "int8-weight"
+        # bf16: each phase's module under autocast, as a bf16 package of a model that answers in one call (FP32 in and
+        # out, the cache too; matmuls in bfloat16, which freezing stores as bfloat16 constants).
         recurrent = source.recipe.decoder.recurrent  # a state-space decoder: one program, its step
         phases = ("decode",) if recurrent else PHASES
         views = {p: source.for_phase(p) for p in phases}
+
+        def module_of(view):
+            if spec.precision == "bf16":
+                return aoti_precision.autocast(view.module, len(view.input_names), spec.device, "bfloat16")
+            return view.module if spec.precision == "int8-weight" else None
+
         built = {
-            p: compile_package(v, spec.device, ctx.workdir / f"{p}.pt2", module=v.module if weight_only_ else None, precision=spec.precision,
-                               configs={"freezing": frozen})  # fmt: skip
+            p: compile_package(v, spec.device, ctx.workdir / f"{p}.pt2", module=module_of(v), precision=spec.precision, configs={"freezing": frozen})
             for p, v in views.items()
         }
         source.module.to("cpu")
@@ -276,6 +283,7 @@ class AotiKind(Kind):
             "precision": spec.precision,
             "freezing": frozen,
             "packages": {p: f"{p}.pt2" for p in phases},
+            **({"autocast": "bfloat16", "io": "float32"} if spec.precision == "bf16" else {}),
             "compiled_for": isa.portable_class(source.recipe, spec.precision) if spec.device == "cpu" else None,
         }
         runner = RunnerSpec(runner=DECODER_RUNNER, path=str(ctx.workdir), inputs=source.input_names, outputs=source.output_names, device=spec.device)
