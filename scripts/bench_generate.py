@@ -73,6 +73,8 @@ def _only(recipe: str, keep: set[str]) -> str:
         if line.endswith(f": {LIFTED}") and line.split(":")[0].strip() not in keep:
             continue
         out.append(line)
+    if out[out.index("  per_target:") + 1].startswith("select:"):  # nothing lifted is left: an empty mapping is not one
+        out.remove("  per_target:")
     return "\n".join(out)
 
 

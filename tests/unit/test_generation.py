@@ -319,6 +319,17 @@ def test_encoder_decoder_refuses_what_is_not_built_for_it(old, new, key, message
     assert any(k == key and message in m and h for k, m, h in found), found
 
 
+@pytest.mark.parametrize("precision", ["bf16", "int8-weight"])
+def test_encoder_decoder_takes_the_aoti_precisions_decoders_take(precision):
+    r = parse_recipe(SEQ2SEQ.replace("    device: cpu\n", f"    device: cpu\n    precision: {precision}\n"), ROOT / "recipes" / "r.yaml")
+    assert r.seq2seq and r.targets[3].precision == precision
+
+
+def test_a_decoders_gemms_are_not_autotuned_so_gemm_is_refused(tmp_path):
+    found = problems(SEQ2SEQ.replace("    device: cpu\n", "    device: cpu\n    precision: bf16\n    gemm: aten\n"), ROOT / "recipes")
+    assert any(k == "targets[3].gemm" and "not autotuned" in m and h for k, m, h in found), found
+
+
 def test_encoder_decoder_config_without_a_start_token_is_named(tmp_path):
     for part in ("tiny-t5", "tiny-llama"):
         shutil.copytree(ROOT / "recipes" / "models" / part, tmp_path / "models" / part)

@@ -332,6 +332,52 @@ def test_python_backend_model_py_runs_onnx(tmp_path, monkeypatch):
     assert bad[0].error is not None
 
 
+def _model_py(kind, monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", StubPbUtils)
+    mod = types.ModuleType("generated_model")
+    exec(compile(render_model_py(kind, "cpu"), "model.py", "exec"), mod.__dict__)
+    return mod
+
+
+def _initialize(mod, parameters: dict):
+    import json
+
+    config = {"max_batch_size": 0, "input": [{"name": "x", "data_type": "TYPE_FP32"}], "output": [{"name": "y", "data_type": "TYPE_FP32"}],
+              "parameters": {k: {"string_value": v} for k, v in parameters.items()}}  # fmt: skip
+    m = mod.TritonPythonModel()
+    m.initialize({"model_config": json.dumps(config), "model_repository": "/nowhere", "model_version": "1", "model_instance_kind": "CPU"})
+    return m
+
+
+def test_aoti_model_py_gives_torch_the_configs_thread_count(monkeypatch):
+    """The AOTI loader sets torch's intra-op threads from INTRA_OP_THREAD_COUNT (serve.threads) before it loads the
+    package (torch._inductor.aoti_load_package stubbed: no package is built here)."""
+    import torch
+    import torch._inductor
+
+    loaded = []
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path, device_index: loaded.append((path, device_index)) or (lambda *a: a))
+    before = torch.get_num_threads()
+    try:
+        _initialize(_model_py("aoti", monkeypatch), {"INTRA_OP_THREAD_COUNT": "1" if before > 1 else "2"})
+        assert torch.get_num_threads() == (1 if before > 1 else 2) and loaded == [("/nowhere/1/model.pt2", -1)]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_six_argument_plugin_loader_still_loads_where_no_thread_count_is_set(monkeypatch):
+    """model.py passes `threads` by keyword and only when the config sets it: a plugin kind's loader written before
+    the argument existed keeps working on recipes without serve.threads."""
+    mod = _model_py("onnx", monkeypatch)
+    mod.load = lambda path, device, on_gpu, device_id, input_names, output_names: lambda arrays: arrays
+    assert _initialize(mod, {})._run([1]) == [1]
+    with pytest.raises(TypeError):
+        _initialize(mod, {"intra_op_thread_count": "2"})
+
+
 @pytest.mark.parametrize("kind", ["xla", "savedmodel"])
 @pytest.mark.parametrize("batch", [0, 8])
 def test_tensorflow_savedmodel_config(tmp_path, kind, batch):
@@ -370,8 +416,7 @@ def test_serve_threads_reach_the_configs_of_cpu_models_under_each_backends_key(b
     threads (the pytorch backend's INTRA_OP_THREAD_COUNT), and an ONNX model's session as many (the onnxruntime
     backend's per-model intra_op_thread_count); model.py's loaders apply the same."""
     cfg = parse(render_config("m", "aoti", sig(), serve(backend=backend), "cpu", threads=6))
-    assert dict(cfg.parameters) == {"INTRA_OP_THREAD_COUNT": cfg.parameters["INTRA_OP_THREAD_COUNT"]}
-    assert cfg.parameters["INTRA_OP_THREAD_COUNT"].string_value == "6"
+    assert list(cfg.parameters) == ["INTRA_OP_THREAD_COUNT"] and cfg.parameters["INTRA_OP_THREAD_COUNT"].string_value == "6"
     onnx = parse(render_config("m", "onnx", sig(), serve(backend=backend), "cpu", threads=6)).parameters
     assert list(onnx) == ["intra_op_thread_count"] and onnx["intra_op_thread_count"].string_value == "6"
     for kind in ("aoti", "onnx"):

@@ -101,9 +101,13 @@ class AfterPermute(torch.nn.Module):
         return self.proj(self.norm(torch.nn.functional.gelu(self.conv(x)).permute(0, 2, 1)))
 
 
-def test_an_int8_layer_after_a_permute_compiles_and_runs_in_a_package(tmp_path):
+def test_an_int8_layer_after_a_permute_compiles_and_runs_in_a_package(tmp_path, monkeypatch):
     """Inductor gave _weight_int8pack_mm a column-major activation there ("A must be contiguous on the last
     dimension" when the package ran); contiguous_activations() makes it row-major."""
+    from torch._inductor import lowering
+
+    # the constraint is process-wide: removed again after this test (setitem restores the entry's absence)
+    monkeypatch.setitem(lowering._maybe_layout_constraints, torch.ops.aten._weight_int8pack_mm.default, None)
     torch.manual_seed(0)
     model, x = AfterPermute().eval(), torch.randn(2, 8, 50)
     with torch.no_grad():

@@ -202,6 +202,9 @@ class AotiKind(Kind):
         if recipe.generates and spec.precision not in ("fp32", "int8-weight", "bf16"):
             return [(("precision",), f"a decoder with its cache builds in fp32, bf16 or int8-weight here; precision {spec.precision} is not built for text-generation yet",
                      "set precision: fp32, bf16 or int8-weight")]  # fmt: skip
+        if recipe.generates and spec.gemm != "auto":
+            return [(("gemm",), "a decoder's GEMMs are not autotuned (gemm applies to models that answer in one call): gemm: aten changes nothing",
+                     "remove gemm")]  # fmt: skip
         if not recipe.generates and spec.precision == "int8-weight":
             return [(("precision",), "int8-weight builds decoders (task: text-generation)", "use precision: int8 (PT2E, weights and activations) or bf16")]
         return []

@@ -435,8 +435,9 @@ class Serve(Strict):
     )
     threads: Annotated[StrictInt, Field(ge=1, le=1024)] | None = Field(
         None,
-        description="intra-op threads one serving instance runs with: code split per thread when compiled (an INT8 or BF16 AOTI "
-        "package's autotuned GEMMs) is split for this many and uses no more (default: the build's intra-op threads)",
+        description="intra-op threads one serving instance runs with (Triton configs of CPU AOTI and ONNX models, generators' "
+        "generation.json, TF Serving's command line); code split per thread when compiled (an INT8 or BF16 AOTI package's "
+        "autotuned GEMMs) is split for this many and uses no more (default: the build's intra-op threads; each runtime's own)",
     )
 
     @field_validator("cpus")

@@ -57,7 +57,7 @@ def render_model_py(kind: str, device: str) -> str:
     return text
 
 
-def generation_json(recipe: Recipe, kind: str) -> dict:
+def generation_json(recipe: Recipe, kind: str, device: str = "cpu") -> dict:
     """What model.py needs to run the loop: the programs, their tensors in order, the cache and the end tokens."""
     d, g = recipe.decoder, recipe.generation
     return {
@@ -72,7 +72,7 @@ def generation_json(recipe: Recipe, kind: str) -> dict:
         "max_length": g.max_length,
         "max_new_tokens": g.max_new_tokens,
         "prompts": list(g.prompts or []),  # what the build judged it on: serve-check streams these
-        "threads": recipe.serve.threads,  # serve.threads: the loader gives its runtime that many intra-op threads
+        "threads": recipe.serve.threads if device == "cpu" else None,  # serve.threads: the loader gives its runtime as many
     }
 
 
@@ -95,7 +95,7 @@ def write_generator_model(repo: Path, model_name: str, recipe: Recipe, kind: str
     for f in sorted(artifact_dir.iterdir()):  # the programs, their external weights and the tokenizer files
         if f.is_file():
             link_or_copy(f, vdir / f.name)
-    (vdir / "generation.json").write_text(json.dumps(generation_json(recipe, kind), indent=2) + "\n")
+    (vdir / "generation.json").write_text(json.dumps(generation_json(recipe, kind, device), indent=2) + "\n")
     (vdir / "model.py").write_text(render_model_py(kind, device), encoding="utf-8")
     (model_dir / "config.pbtxt").write_text(text, encoding="utf-8")
     return model_dir
