@@ -18,7 +18,7 @@ from toolchain.records import ParityReport
 from toolchain.runners.aoti import AotiRunner
 from toolchain.samples import calibration_samples
 from toolchain.timing import interleaved
-from toolchain.torchtools import attention, gemm, package_kernels, pt2e
+from toolchain.torchtools import attention, concat_linear, gemm, package_kernels, pt2e
 from toolchain.torchtools.aoti_compile import CompileFailed, compile_package, runnable_export
 from toolchain.torchtools.package_kernels import Kernels
 
@@ -229,9 +229,15 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
     choice = _int8_module(source, spec, ctx, tol, deadline)
     bf16, in_bf16 = attention.bf16_reason(source.recipe, spec.device, spec.attention)
     form = attention.form_for(cpuclass.machine_class())
-    rewritten = attention.to_bf16(choice.module, form) if bf16 else 0
-    configs = {"freezing": spec.freezing != "off"} | (attention.COMPILE_CONFIGS if rewritten else {})
     tuned, gemm_why, split = gemm.configs_for(source.recipe, spec.gemm, "int8") if spec.device == "cpu" else ({}, "a CUDA package", None)
+
+    def rewrite(module) -> tuple[int, int]:
+        # concatenated where the GEMMs are autotuned only (oneDNN alone ran them slower), before the attention's rewrite
+        # makes the projections write BF16
+        return (concat_linear.fuse(module) if tuned else 0), (attention.to_bf16(module, form) if bf16 else 0)
+
+    concatenated, rewritten = rewrite(choice.module)
+    configs = {"freezing": spec.freezing != "off"} | (attention.COMPILE_CONFIGS if rewritten else {})
 
     def compile_choice(module, dest: Path):
         nonlocal tuned, gemm_why
@@ -249,7 +255,7 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
         why = f"Inductor could not compile the model with its Conv1d layers in INT8 (torch 2.13): {str(e)[:200]}"
         print(f"int8: {why}; compiling again with them in float")
         choice = _int8_module(source, spec, ctx, tol, deadline + spec.timeout * 0.2, hazards=dict.fromkeys(convs, why))
-        rewritten = attention.to_bf16(choice.module, form) if bf16 else 0
+        concatenated, rewritten = rewrite(choice.module)
         program, record = compile_choice(choice.module, path)
     eager = choice.eager
     compiled = _judge_compiled(source, path, ctx, tol)
@@ -259,8 +265,7 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
         print(f"int8: the compiled package reached cosine {compiled.worst_cosine:.6f} where its eager form reached {eager.worst_cosine:.6f}; "
               f"searching again with floor {raised:.6f}")  # fmt: skip
         second = _int8_module(source, spec, ctx, tol.model_copy(update={"cosine": raised}), deadline + spec.timeout * 0.2)
-        if bf16:
-            attention.to_bf16(second.module, form)
+        rewrite(second.module)
         retry = path.with_name("retry.pt2")
         program2, record2 = compile_choice(second.module, retry)
         again = _judge_compiled(source, retry, ctx, tol)
@@ -283,7 +288,8 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
     said = in_bf16 if rewritten or not bf16 else "the model has no scaled_dot_product_attention to rewrite"
     forms = {"form": form, "kernel": attention.FORMS[form]} if rewritten else {}
     fields = choice.fields(checks) | {"attention": {"dtype": dtype, "why": said, "rewritten": rewritten, **forms}}
-    return program, record, fields | {"gemm": gemm_record(tuned, gemm_why, split)}, choice
+    joined = {"concatenated": concatenated} if concatenated else {}  # groups of projections computed as one GEMM
+    return program, record, fields | {"gemm": gemm_record(tuned, gemm_why, split) | joined}, choice
 
 
 def int8_kernel_warnings(choice: Int8Choice, kernels: Kernels, source_module) -> list[str]:
