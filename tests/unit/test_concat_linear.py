@@ -103,3 +103,62 @@ def test_the_joined_gemm_writes_bf16_once_for_the_fused_attention():
     with torch.no_grad():
         got = gm(x)
     assert got.dtype == torch.float32 and F.cosine_similarity(before.flatten(), got.flatten(), dim=0) > 0.999
+
+
+class Flat(torch.nn.Module):
+    """Projections whose outputs are flattened with `.view`: a view that merges the last dimension, which a slice of
+    the wide output cannot take as a view."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(32, 16), torch.nn.Linear(32, 16)
+
+    def forward(self, x):
+        return self.a(x).view(x.shape[0], -1) + self.b(x).view(x.shape[0], -1)
+
+
+def test_views_that_merge_the_last_dimension_still_run():
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 32)
+    gm = pt2e.quantize(torch.export.export(Flat().eval(), (x,), strict=False), [(torch.randn(2, 8, 32),) for _ in range(4)], False, [])
+    with torch.no_grad():
+        before = gm(x)
+    assert concat_linear.fuse(gm) == 1
+    assert not [n for n in gm.graph.nodes if n.target is aten.view.default]  # reshapes now: a copy only where needed
+    with torch.no_grad():
+        assert torch.equal(gm(x), before)
+    torch.export.export(gm, (x,), strict=False)  # and the graph still exports, as the package is compiled from it
+
+
+class Shared(QKV):
+    """v's projection also feeds the output directly: its slice does not end in a BF16 cast."""
+
+    def forward(self, x):
+        return super().forward(x) + self.v(x)
+
+
+def test_the_joined_gemm_stays_fp32_when_one_of_its_outputs_is_not_cast():
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 32)
+    gm = pt2e.quantize(torch.export.export(Shared().eval(), (x,), strict=False), [(torch.randn(2, 16, 32),) for _ in range(4)], False, [])
+    with torch.no_grad():
+        before = gm(x)
+    assert concat_linear.fuse(gm) == 1
+    assert attention.to_bf16(gm, "fused") == 1
+    (joined,) = [n for n in _linears(gm) if len(n.users) > 1]
+    assert len(joined.users) == 4  # q, k, v and v again: the second call is a linear of its own on the same input
+    assert joined.args[0].target is not aten._to_copy.default  # left FP32: v's raw output is used too
+    with torch.no_grad():
+        got = gm(x)
+    assert F.cosine_similarity(before.flatten(), got.flatten(), dim=0) > 0.999
+
+
+def test_the_matmuls_form_reads_shapes_through_the_slices():
+    gm, x = _quantized()
+    with torch.no_grad():
+        before = gm(x)
+    assert concat_linear.fuse(gm) == 1
+    assert attention.to_bf16(gm, "matmuls") == 1  # needs q's shape, from the slice's meta
+    with torch.no_grad():
+        got = gm(x)
+    assert F.cosine_similarity(before.flatten(), got.flatten(), dim=0) > 0.999

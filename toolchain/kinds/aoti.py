@@ -130,6 +130,7 @@ AOTI_SCHEMA: dict = {
                 "why": {"type": "string"},
                 "threads": {"type": "integer", "minimum": 1, "description": "autotuned: the threads each GEMM is split for; it uses no more"},
                 "given": {"enum": ["serve.threads", "build"], "description": "where threads came from (serve.threads: the Triton configs carry it)"},
+                "concatenated": {"type": "integer", "minimum": 1, "description": "int8: groups of linears on one input computed as one GEMM"},
             },
         },
         "freezing_choice": {"type": "array", "items": {"type": "object"}},

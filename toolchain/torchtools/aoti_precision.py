@@ -265,7 +265,7 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
         print(f"int8: the compiled package reached cosine {compiled.worst_cosine:.6f} where its eager form reached {eager.worst_cosine:.6f}; "
               f"searching again with floor {raised:.6f}")  # fmt: skip
         second = _int8_module(source, spec, ctx, tol.model_copy(update={"cosine": raised}), deadline + spec.timeout * 0.2)
-        rewrite(second.module)
+        counts = rewrite(second.module)
         retry = path.with_name("retry.pt2")
         program2, record2 = compile_choice(second.module, retry)
         again = _judge_compiled(source, retry, ctx, tol)
@@ -275,6 +275,7 @@ def int8_package(source, spec, ctx: BuildContext, path: Path) -> tuple[object, d
             program, record = program2, record2
             second.attempts = choice.attempts + second.attempts
             choice = second
+            concatenated, rewritten = counts
         else:  # keep the first package and its record
             retry.unlink(missing_ok=True)
     if eager.passed and not any(c["passed"] for c in checks):

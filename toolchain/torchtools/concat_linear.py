@@ -48,6 +48,28 @@ def _member(gm, dq, qn):
     return dq, lin, w, bias, key
 
 
+def _reshape_views(out) -> None:
+    """A slice of the wide output is not contiguous (its rows are the wide GEMM's): a `view` that merged its last dimension
+    with another (a model's `proj(x).view(batch, -1)`) would fail on it. Every view reached from the slice through
+    view-like ops becomes a reshape, which Inductor keeps a view wherever the strides allow (splitting the last
+    dimension into heads, as attention does) and copies only where they do not."""
+    import torch
+
+    aten = torch.ops.aten
+    follow = {aten.transpose.int, aten.permute.default, aten.unsqueeze.default, aten.squeeze.dim, aten.expand.default,
+              aten.slice.Tensor, aten.select.int, aten.t.default, aten.reshape.default}  # fmt: skip
+    stack = [out]
+    while stack:
+        node = stack.pop()
+        for user in list(node.users):
+            if user.op != "call_function":
+                continue
+            if user.target in (aten.view.default, aten._unsafe_view.default):
+                user.target = aten.reshape.default
+            if user.target in follow:
+                stack.append(user)
+
+
 def fuse(gm) -> int:
     """Concatenate, in a converted PT2E GraphModule, the linears that dequantize one quantized tensor alike (same
     input scale, same weight quantization, same in_features, all with or all without bias) into one linear whose
@@ -82,12 +104,14 @@ def fuse(gm) -> int:
                 wq = graph.call_function(qd.dequantize_per_channel.default, (got["weight"], got["scale"], got["zero_point"], *members[0][2].args[3:]))
                 linear = graph.call_function(aten.linear.default, (first_dq, wq) + ((got["bias"],) if "bias" in got else ()))
                 start, outs = 0, []
-                for w in weights:
+                for (_, old, _, _), w in zip(members, weights):
                     outs.append(graph.call_function(aten.slice.Tensor, (linear, -1, start, start + w.shape[0])))
+                    outs[-1].meta.update(old.meta)  # the same shape and dtype as the linear it stands for
                     start += w.shape[0]
             for (dq, old, w, bias), out in zip(members, outs):
                 replaced.update(a.target for a in (*w.args[:3], bias) if a is not None)
                 old.replace_all_uses_with(out)
+                _reshape_views(out)
                 graph.erase_node(old)
                 graph.erase_node(w)
                 if dq is not first_dq:
