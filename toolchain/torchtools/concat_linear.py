@@ -6,8 +6,8 @@ Concatenated along the output channels (weights, per-channel scales and zero poi
 N=2304 with the same numbers: the input's quantization is shared already and every output channel keeps its own scale,
 so the package's outputs are bitwise those of the separate GEMMs. Inductor's autotuned C++ GEMM (AMX) runs the wide one
 faster where there are rows to fill it: BERT-base INT8, seq 128, one thread, Xeon with AMX, the two packages side by
-side: batch 8 2 to 5% faster (187.5 against 196.6 ms, 181.8 against 185.7); batch 1 a tie within the host's noise (four
-runs, from 1.2% faster to 1.7% slower). oneDNN's qlinear alone ran
+side: batch 8 2 to 5% faster (187.5 against 196.6 ms, 181.8 against 185.7); batch 1 within the host's noise but slower
+in four of five runs (from 1.2% faster to 1.7% slower). oneDNN's qlinear alone ran
 the wide GEMM slower (the 36 projections at 128 rows: 13.0 against 9.5 ms), so it is done only where the GEMMs are
 autotuned (toolchain/torchtools/gemm.py).
 """
