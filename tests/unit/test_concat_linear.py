@@ -27,11 +27,12 @@ class QKV(torch.nn.Module):
         return self.o(a.transpose(1, 2).reshape(x.shape))
 
 
-def _quantized(excluded=(), bias: bool = True):
+def _quantized(excluded=(), bias: bool = True, module=None, seq: int = 16):
+    """(the PT2E-converted GraphModule of `module` (default: QKV), an input)."""
     torch.manual_seed(0)
-    x = torch.randn(2, 16, 32)
-    module = QKV(bias).eval()
-    gm = pt2e.quantize(torch.export.export(module, (x,), strict=False), [(torch.randn(2, 16, 32),) for _ in range(4)], False, list(excluded))
+    x = torch.randn(2, seq, 32)
+    module = (module or QKV(bias)).eval()
+    gm = pt2e.quantize(torch.export.export(module, (x,), strict=False), [(torch.randn(2, seq, 32),) for _ in range(4)], False, list(excluded))
     return gm, x
 
 
@@ -118,9 +119,7 @@ class Flat(torch.nn.Module):
 
 
 def test_views_that_merge_the_last_dimension_still_run():
-    torch.manual_seed(0)
-    x = torch.randn(2, 8, 32)
-    gm = pt2e.quantize(torch.export.export(Flat().eval(), (x,), strict=False), [(torch.randn(2, 8, 32),) for _ in range(4)], False, [])
+    gm, x = _quantized(module=Flat(), seq=8)
     with torch.no_grad():
         before = gm(x)
     assert concat_linear.fuse(gm) == 1
@@ -138,9 +137,7 @@ class Shared(QKV):
 
 
 def test_the_joined_gemm_stays_fp32_when_one_of_its_outputs_is_not_cast():
-    torch.manual_seed(0)
-    x = torch.randn(2, 16, 32)
-    gm = pt2e.quantize(torch.export.export(Shared().eval(), (x,), strict=False), [(torch.randn(2, 16, 32),) for _ in range(4)], False, [])
+    gm, x = _quantized(module=Shared())
     with torch.no_grad():
         before = gm(x)
     assert concat_linear.fuse(gm) == 1
