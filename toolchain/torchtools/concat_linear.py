@@ -14,14 +14,13 @@ autotuned (toolchain/torchtools/gemm.py).
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 PREFIX = "_mlpack_concat"  # the buffers holding the concatenated weights
 
 
 def _attr(gm, node):
-    obj = gm
-    for part in node.target.split("."):
-        obj = getattr(obj, part)
-    return obj
+    return attrgetter(node.target)(gm)  # a get_attr node's tensor (its target may be dotted)
 
 
 def _member(gm, dq, qn):
@@ -95,9 +94,9 @@ def fuse(gm) -> int:
                      "zero_point": torch.cat([_attr(gm, w.args[2]) for _, _, w, _ in members])}  # fmt: skip
             if members[0][3] is not None:
                 parts["bias"] = torch.cat([_attr(gm, b) for _, _, _, b in members])
-            names = {}
+            index = sum(1 for n, _ in gm.named_buffers() if n.startswith(PREFIX))  # unique across calls on one module
+            names = {part: f"{PREFIX}{index}_{part}" for part in parts}
             for part, tensor in parts.items():
-                names[part] = f"{PREFIX}{sum(1 for n, _ in gm.named_buffers() if n.startswith(PREFIX))}_{part}"
                 gm.register_buffer(names[part], tensor)
             first_dq, first_lin = members[0][0], members[0][1]
             with graph.inserting_before(first_lin):
